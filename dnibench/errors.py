@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints ``str(err)`` as one line and exits non-zero, no traceback."""
+
+
+class DnibenchError(Exception):
+    """Base for every error caused by input a person gave (suite, flags, data files)."""
+
+
+class SuiteError(DnibenchError):
+    """A suite file that is missing, malformed, or names something that does not exist."""
+
+
+class DataError(DnibenchError):
+    """A data file that is missing, fails its checksum, or is not in the expected format."""
