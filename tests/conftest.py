@@ -1,0 +1,56 @@
+"""Shared test fixtures. Data fixtures (``fake_*``) write tiny data sets in the exact on-disk formats
+(MNIST IDX, CIFAR-10 python batches), so no test needs the network or the real data."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+
+def _write_idx(path, arr):
+    header = struct.pack(f">4B{arr.ndim}I", 0, 0, 8, arr.ndim, *arr.shape)  # magic 0x0000080N, big-endian dims
+    blob = header + arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
+
+
+@pytest.fixture
+def fake_mnist_idx(tmp_path):
+    """(folder, arrays): 12 train / 5 test random 28x28 digits; train files gzip'd, test files plain."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), "y_train": rng.integers(0, 10, 12, dtype=np.uint8),
+              "x_test": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), "y_test": rng.integers(0, 10, 5, dtype=np.uint8)}
+    arrays["x_train"][0, 0, 0], arrays["x_train"][0, 0, 1] = 0, 255  # both ends of the range
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    _write_idx(folder / "train-images-idx3-ubyte.gz", arrays["x_train"])
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", arrays["y_train"])
+    _write_idx(folder / "t10k-images-idx3-ubyte", arrays["x_test"])
+    _write_idx(folder / "t10k-labels-idx1-ubyte", arrays["y_test"])
+    return folder, arrays
+
+
+@pytest.fixture
+def fake_mnist_data_dir(tmp_path, fake_mnist_idx):
+    """A data dir holding a verified MNIST cache built from ``fake_mnist_idx``: load_mnist(it) works offline."""
+    from dnibench.data import fetch_mnist
+
+    data_dir = tmp_path / "data"
+    fetch_mnist(data_dir, idx_dir=fake_mnist_idx[0], log=lambda *_: None)
+    return data_dir
+
+
+@pytest.fixture
+def fake_cifar_dir(tmp_path):
+    """(parent, arrays): parent/cifar-10-batches-py with 5 train batches of 3 rows and a test batch of 2."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for name, n in [(f"data_batch_{i}", 3) for i in range(1, 6)] + [("test_batch", 2)]:
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        arrays[name] = batch
+    return folder.parent, arrays
