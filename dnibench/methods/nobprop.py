@@ -1,0 +1,25 @@
+"""No Bprop (Table 1, first column): only the output stage learns; the stages below keep their
+random initialisation (batch-norm statistics still track the data). It is the floor that shows
+DNI really teaches the lower layers."""
+from __future__ import annotations
+
+import torch
+
+from . import register
+from .base import Method, task_loss
+
+
+@register
+class NoBackprop(Method):
+    name = "nobprop"
+    description = "only the last layer learns (lower layers stay random)"
+
+    def step(self, x, y):
+        with torch.no_grad():
+            h = x
+            for stage in self.stages[:-1]:
+                h = stage(h)
+        loss = task_loss(self.stages[-1](h), y)
+        loss.backward()
+        self.apply_update(len(self.stages) - 1)
+        return {"train_loss": loss.detach()}

@@ -1,0 +1,151 @@
+"""The runner: a plan of runs -> MLflow. One parent run per invocation, one child run per
+(suite entry, seed). A child already FINISHED with the same config hash is skipped, so an
+interrupted invocation resumes where it stopped; a run that fails or is interrupted is marked
+FAILED/KILLED, never left RUNNING.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
+
+from .suite import RunSpec, Suite, load_suite, plan
+from .tasks import get_task
+from .tracking import installed_packages, machine_description, run_tags, write_json
+from .train import resolve_device, train_ff
+
+ROLE = "dnibench.role"
+DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Keep artifacts next to a local sqlite store (results/artifacts), not in ./mlruns."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent.resolve() / "artifacts").as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(tracking_uri)
+    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+def finished_hashes(client: MlflowClient, exp_id: str) -> set[str]:
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{ROLE}` = 'child' and attributes.status = 'FINISHED'",
+                              max_results=50_000)
+    return {r.data.tags.get("config_hash") for r in runs}
+
+
+def flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            flatten(f"{prefix}.{key}" if prefix else key, sub, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+@dataclass
+class Outcome:
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def prepare_tracking(tracking_uri: str) -> MlflowClient:
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri)
+
+
+def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int | None = None,
+               tracking_uri: str = DEFAULT_TRACKING_URI, force: bool = False, data_dir: Path | None = None,
+               cifar_dir: Path | None = None, progress: bool = True) -> Outcome:
+    # Everything that can be wrong with the input is checked before a single run is created.
+    dev = resolve_device(device)
+    suites: list[Suite] = [load_suite(p) for p in paths]
+    plans = [(suite, plan(suite, profile, seeds, dev.type)) for suite in suites]
+    datasets = {suite.task: get_task(suite.task).load(data_dir, cifar_dir) for suite, _ in plans}
+
+    client = prepare_tracking(tracking_uri)
+    outcome = Outcome()
+    total = sum(len(specs) for _, specs in plans)
+    bar = tqdm(total=total, desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)
+    for suite, specs in plans:
+        exp_id = experiment_id(client, suite.name, tracking_uri)
+        done = set() if force else finished_hashes(client, exp_id)
+        todo = [s for s in specs if s.config_hash not in done]
+        outcome.skipped += len(specs) - len(todo)
+        bar.update(len(specs) - len(todo))
+        if not todo:
+            continue
+        parent = client.create_run(exp_id, run_name=f"{suite.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                   tags={ROLE: "parent", "suite": suite.name, "profile": profile,
+                                         "device": dev.type, **run_tags(dev)})
+        status = "FAILED"
+        try:
+            _log_parent_artifacts(client, parent.info.run_id, suite, dev)
+            for spec in todo:
+                bar.set_postfix_str(spec.label)
+                _run_child(client, exp_id, parent.info.run_id, spec, datasets[suite.task], dev, progress)
+                outcome.ran += 1
+                bar.update(1)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            client.set_terminated(parent.info.run_id, status)
+    bar.close()
+    return outcome
+
+
+def _log_parent_artifacts(client: MlflowClient, run_id: str, suite: Suite, device) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "packages.txt").write_text(installed_packages())
+        write_json(tmp / "machine.json", machine_description(device))
+        write_json(tmp / "suite.json", suite.model_dump())
+        for name in ("packages.txt", "machine.json", "suite.json"):
+            client.log_artifact(run_id, str(tmp / name), artifact_path="environment")
+
+
+def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec, data, device, progress: bool) -> None:
+    tags = {ROLE: "child", "mlflow.parentRunId": parent_id, "suite": spec.suite, "profile": spec.profile,
+            "task": spec.task, "model": spec.model, "method": spec.method, "seed": str(spec.seed),
+            "device": device.type, "config_hash": spec.config_hash, **run_tags(device)}
+    run = client.create_run(exp_id, run_name=spec.label, tags=tags)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        params = flatten("", spec.resolved(), {})
+        items = list(params.items())
+        for start in range(0, len(items), 100):     # MLflow accepts at most 100 params per batch
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in items[start:start + 100]])
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+        bar = tqdm(total=spec.train.steps, desc=spec.label, unit="step", position=1, leave=False,
+                   disable=not progress, file=sys.stderr, mininterval=0.5)
+        train_ff(spec, data, log, on_step=lambda n: bar.update(1))
+        bar.close()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run_id, status)

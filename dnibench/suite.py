@@ -1,0 +1,185 @@
+"""Suite files: YAML validated against a schema, resolved into a plan of runs.
+
+suite file -> Suite (validated) -> plan(profile, seeds, device) -> [RunSpec] (one per run, each with a
+stable config hash). Errors name the file, the field and what was expected, in one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import DnibenchError, SuiteError
+
+PROFILES = ("smoke", "quick", "paper")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainSettings(Strict):
+    """The training schedule. Paper defaults: Adam, batch 256, lr 3e-5 x0.1 at 300k and 400k, 500k steps."""
+    steps: int = Field(500_000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(3e-5, gt=0)
+    lr_decay_at: list[int] = Field(default_factory=lambda: [300_000, 400_000])
+    lr_decay_factor: float = Field(0.1, gt=0, le=1)
+    eval_every: int = Field(5_000, ge=1)
+    log_every: int = Field(100, ge=1)
+    train_subset: int | None = Field(None, ge=1)   # first N training examples only (smoke runs)
+    test_subset: int | None = Field(None, ge=1)    # first N test examples only (smoke runs)
+    cnn_filters: int = Field(64, ge=1)
+
+
+class Profile(Strict):
+    description: str = ""
+    departures: list[str] = Field(default_factory=list)   # how this profile departs from the paper
+    seeds: int = Field(1, ge=1)
+    train: dict[str, Any] = Field(default_factory=dict)   # overrides of TrainSettings
+    method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name
+
+
+class Entry(Strict):
+    model: str | list[str]
+    method: str | list[str]
+    args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name: its settings
+    train: dict[str, Any] = Field(default_factory=dict)
+    profiles: list[str] | None = None                     # run only at these profiles (default: all)
+    skip_reason: str = ""                                 # said in the report where the entry is left out
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_profiles(cls, value):
+        for name in value or []:
+            if name not in PROFILES:
+                raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+        return value
+
+    def grid(self) -> list[tuple[str, str]]:
+        models = [self.model] if isinstance(self.model, str) else self.model
+        methods = [self.method] if isinstance(self.method, str) else self.method
+        return [(model, method) for model in models for method in methods]
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = ""
+    task: str
+    train: dict[str, Any] = Field(default_factory=dict)
+    profiles: dict[str, Profile]
+    entries: list[Entry] = Field(min_length=1)
+    path: str = ""
+
+    @model_validator(mode="after")
+    def _all_profiles(self):
+        missing = [p for p in PROFILES if p not in self.profiles]
+        if missing:
+            raise ValueError(f"profiles: missing {', '.join(missing)} (every suite defines {', '.join(PROFILES)})")
+        return self
+
+
+class RunSpec(BaseModel):
+    """One run: everything that determines its result (and so its config hash)."""
+    model_config = ConfigDict(frozen=True)
+    suite: str
+    profile: str
+    task: str
+    model: str
+    method: str
+    method_args: dict[str, Any]
+    train: TrainSettings
+    seed: int
+    device: str
+
+    def resolved(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return f"{self.suite}/{self.model}/{self.method}/seed{self.seed}"
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    got = first.get("input")
+    got_text = f"; got {got!r}" if not isinstance(got, dict) and got is not None else ""
+    return f"{path}: field '{where}': {first['msg']}{got_text}{extra}"
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: suite file does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SuiteError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        suite = Suite.model_validate({**raw, "path": str(path)})
+    except ValidationError as err:
+        raise SuiteError(_format_validation(path, err)) from None
+    return suite
+
+
+def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cpu") -> list[RunSpec]:
+    """Resolve a suite at a profile into runs. Validates method names and settings up front, so a
+    bad suite fails before anything is started or logged."""
+    from .methods import get_method
+    from .tasks import get_task
+
+    where = Path(suite.path or suite.name)
+    if profile not in PROFILES:
+        raise SuiteError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    get_task(suite.task, where)
+    prof = suite.profiles[profile]
+    n_seeds = seeds or prof.seeds
+    specs = []
+    for e_index, entry in enumerate(suite.entries):
+        if entry.profiles is not None and profile not in entry.profiles:
+            continue
+        for model, method_name in entry.grid():
+            try:
+                method = get_method(method_name)
+                train = TrainSettings.model_validate({**suite.train, **prof.train, **entry.train})
+                args = {**entry.args.get(method_name, {}), **prof.method_args.get(method_name, {})}
+                settings = method.Settings.model_validate(args).model_dump()
+            except ValidationError as err:
+                msg = _format_validation(where, err).split(": ", 1)[1]
+                raise SuiteError(f"{where}: entries[{e_index}] ({model}, {method_name}): {msg}") from None
+            except DnibenchError as err:
+                raise SuiteError(f"{where}: entries[{e_index}]: {err}") from None
+            get_task(suite.task, where).check_model(model)
+            for seed in range(n_seeds):
+                specs.append(RunSpec(suite=suite.name, profile=profile, task=suite.task, model=model,
+                                     method=method_name, method_args=settings, train=train,
+                                     seed=seed, device=device))
+    hashes = [s.config_hash for s in specs]
+    if len(set(hashes)) != len(hashes):
+        raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")
+    return specs
+
+
+def skipped_entries(suite: Suite, profile: str) -> list[dict[str, str]]:
+    """Entries a profile leaves out, with the suite's reason, for the report."""
+    out = []
+    for entry in suite.entries:
+        if entry.profiles is not None and profile not in entry.profiles:
+            for model, method in entry.grid():
+                out.append({"model": model, "method": method, "reason": entry.skip_reason or "not in this profile"})
+    return out

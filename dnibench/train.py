@@ -1,0 +1,148 @@
+"""The feed-forward training loop: one run from a RunSpec, metrics out through a callback.
+
+Training code never touches MLflow or plots; it calls ``log(metrics, step)``. Timing is honest:
+on CUDA every clock read is preceded by torch.cuda.synchronize(), the training clock excludes
+evaluation, and the step itself contains no host sync (metrics stay on the device until a log point).
+"""
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import ImageData
+from .methods import Setup, get_method
+from .models import build_stages, stage_output_shapes
+from .suite import RunSpec
+from .tracking import ResourceSampler
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import DnibenchError
+        raise DnibenchError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Batches:
+    """Shuffled mini-batches without replacement, reshuffled every epoch, from a seeded CPU generator."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.n, self.batch_size, self.generator, self.device = n, min(batch_size, n), generator, device
+        self._order, self._pos = None, n
+
+    def next(self) -> torch.Tensor:
+        if self._pos + self.batch_size > self.n:
+            self._order = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self._pos = 0
+        idx = self._order[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return idx
+
+
+@torch.no_grad()
+def test_error(stages: torch.nn.ModuleList, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> float:
+    """Percent of misclassified examples, batch-norm in inference mode."""
+    stages.eval()
+    wrong = torch.zeros((), dtype=torch.long, device=x.device)
+    for start in range(0, x.shape[0], batch):
+        h = x[start:start + batch]
+        for stage in stages:
+            h = stage(h)
+        wrong += (h.argmax(1) != y[start:start + batch]).sum()
+    stages.train()
+    return 100.0 * wrong.item() / x.shape[0]      # .item(): the one sync of an evaluation
+
+
+def learning_rate(spec: RunSpec, step: int) -> float:
+    decays = sum(step >= at for at in spec.train.lr_decay_at)
+    return spec.train.lr * spec.train.lr_decay_factor ** decays
+
+
+def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int], None] = lambda n: None) -> dict:
+    cfg = spec.train
+    device = resolve_device(spec.device)
+    seed_everything(spec.seed)
+    in_shape = tuple(data.x_train.shape[1:])
+    stages = build_stages(spec.model, in_shape, data.num_classes, cfg.cnn_filters).to(device)
+    method_cls = get_method(spec.method)
+    setup = Setup(num_classes=data.num_classes, in_shape=in_shape,
+                  stage_shapes=stage_output_shapes(stages, in_shape), lr=cfg.lr, device=device,
+                  generator=torch.Generator().manual_seed(10_000 + spec.seed))
+    method = method_cls(stages, method_cls.Settings.model_validate(spec.method_args), setup)
+    optimizers = method.optimizers()
+
+    n_train = min(cfg.train_subset or len(data.y_train), len(data.y_train))
+    n_test = min(cfg.test_subset or len(data.y_test), len(data.y_test))
+    x_train, y_train = data.x_train[:n_train].to(device), data.y_train[:n_train].to(device)
+    x_test, y_test = data.x_test[:n_test].to(device), data.y_test[:n_test].to(device)
+    batches = Batches(n_train, cfg.batch_size, torch.Generator().manual_seed(spec.seed), device)
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    train_s = eval_s = 0.0
+    final: dict[str, float] = {}
+    current_lr = None
+    with ResourceSampler(device) as sampler:
+        mark, interval_steps = sampler.mark(), 0
+        sync(device)
+        t0 = time.perf_counter()
+        for step in range(1, cfg.steps + 1):
+            lr = learning_rate(spec, step)
+            if lr != current_lr:
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                current_lr = lr
+            idx = batches.next()
+            metrics = method.step(x_train[idx], y_train[idx])
+            for key, value in metrics.items():        # device-side running sums: no sync here
+                sums[key] = sums[key] + value if key in sums else value.clone()
+                counts[key] = counts.get(key, 0) + 1
+            interval_steps += 1
+            on_step(step)
+            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
+            if step % cfg.log_every == 0 or is_eval:
+                sync(device)
+                elapsed = time.perf_counter() - t0
+                train_s += elapsed
+                row = {key: (sums[key] / counts[key]).item() for key in sums}
+                row["samples_per_s"] = interval_steps * batches.batch_size / max(elapsed, 1e-9)
+                row["wall_s/train"] = train_s
+                row["lr"] = lr
+                row.update(sampler.since(mark))
+                row.update({f"updates/stage{i + 1}": float(n) for i, n in enumerate(method.update_counts)})
+                if is_eval:
+                    e0 = time.perf_counter()
+                    row["test_error"] = test_error(stages, x_test, y_test)
+                    eval_s += time.perf_counter() - e0
+                    row["wall_s/eval"] = eval_s
+                    final = dict(row)
+                log(row, step)
+                sums, counts, interval_steps, mark = {}, {}, 0, sampler.mark()
+                sync(device)
+                t0 = time.perf_counter()
+    summary = {"final_test_error": final["test_error"], "final_train_loss": final.get("train_loss", float("nan")),
+               "total_wall_s/train": train_s, "total_wall_s/eval": eval_s,
+               "mean_samples_per_s": cfg.steps * batches.batch_size / max(train_s, 1e-9)}
+    summary.update(sampler.summary())
+    log(summary, cfg.steps)
+    return summary
