@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .suite import RunSpec, Suite, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
-from .train import resolve_device, train_ff
+from .train import resolve_device
 
 ROLE = "dnibench.role"
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
@@ -141,7 +141,7 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
 
         bar = tqdm(total=spec.train.steps, desc=spec.label, unit="step", position=1, leave=False,
                    disable=not progress, file=sys.stderr, mininterval=0.5)
-        train_ff(spec, data, log, on_step=lambda n: bar.update(1))
+        get_task(spec.task).train(spec, data, log, on_step=lambda n: bar.update(1))
         bar.close()
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -42,6 +42,7 @@ class Profile(Strict):
     seeds: int = Field(1, ge=1)
     train: dict[str, Any] = Field(default_factory=dict)   # overrides of TrainSettings
     method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name
+    task_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class Entry(Strict):
@@ -49,6 +50,7 @@ class Entry(Strict):
     method: str | list[str]
     args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name: its settings
     train: dict[str, Any] = Field(default_factory=dict)
+    task_args: dict[str, Any] = Field(default_factory=dict)
     profiles: list[str] | None = None                     # run only at these profiles (default: all)
     skip_reason: str = ""                                 # said in the report where the entry is left out
 
@@ -71,6 +73,7 @@ class Suite(Strict):
     description: str = ""
     task: str
     train: dict[str, Any] = Field(default_factory=dict)
+    task_args: dict[str, Any] = Field(default_factory=dict)   # validated by the task's Settings
     profiles: dict[str, Profile]
     entries: list[Entry] = Field(min_length=1)
     path: str = ""
@@ -92,6 +95,7 @@ class RunSpec(BaseModel):
     model: str
     method: str
     method_args: dict[str, Any]
+    task_args: dict[str, Any] = Field(default_factory=dict)
     train: TrainSettings
     seed: int
     device: str
@@ -146,7 +150,7 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
     where = Path(suite.path or suite.name)
     if profile not in PROFILES:
         raise SuiteError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
-    get_task(suite.task, where)
+    task = get_task(suite.task, where)
     prof = suite.profiles[profile]
     n_seeds = seeds or prof.seeds
     specs = []
@@ -159,15 +163,23 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                 train = TrainSettings.model_validate({**suite.train, **prof.train, **entry.train})
                 args = {**entry.args.get(method_name, {}), **prof.method_args.get(method_name, {})}
                 settings = method.Settings.model_validate(args).model_dump()
+                task_args = task.Settings.model_validate({**suite.task_args, **prof.task_args,
+                                                          **entry.task_args}).model_dump()
             except ValidationError as err:
                 msg = _format_validation(where, err).split(": ", 1)[1]
                 raise SuiteError(f"{where}: entries[{e_index}] ({model}, {method_name}): {msg}") from None
             except DnibenchError as err:
                 raise SuiteError(f"{where}: entries[{e_index}]: {err}") from None
-            get_task(suite.task, where).check_model(model)
+            if method.family != task.family:
+                raise SuiteError(f"{where}: entries[{e_index}]: method {method_name!r} is for {method.family!r} "
+                                 f"tasks, task {task.name!r} is {task.family!r}")
+            try:
+                task.check_model(model)
+            except DnibenchError as err:
+                raise SuiteError(f"{where}: entries[{e_index}]: {err}") from None
             for seed in range(n_seeds):
                 specs.append(RunSpec(suite=suite.name, profile=profile, task=suite.task, model=model,
-                                     method=method_name, method_args=settings, train=train,
+                                     method=method_name, method_args=settings, task_args=task_args, train=train,
                                      seed=seed, device=device))
     hashes = [s.config_hash for s in specs]
     if len(set(hashes)) != len(hashes):

@@ -5,21 +5,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pydantic import BaseModel, ConfigDict
+
 from .errors import SuiteError
 from .models import parse_model_name
 
 
+def _check_ff_model(model: str) -> None:
+    parse_model_name(model)
+
+
+def _train_ff(*args, **kwargs):
+    from .train import train_ff
+    return train_ff(*args, **kwargs)
+
+
+class NoTaskSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 @dataclass(frozen=True)
 class Task:
+    """A task: its data loader, its model-name check, its training loop, and its own settings
+    (``task_args`` in a suite, validated by ``Settings``)."""
     name: str
-    family: str                           # "ff" (image classification) or "rnn"
-    loader: Callable[..., object]         # (data_dir, options) -> data
-    models: tuple[str, ...] = ("fcn", "cnn")
-
-    def check_model(self, model: str) -> None:
-        kind, _ = parse_model_name(model)
-        if kind not in self.models:
-            raise SuiteError(f"task {self.name!r} has no model {model!r}")
+    family: str                                     # "ff" (image classification) or "rnn"
+    loader: Callable[..., object]                   # (data_dir, cifar_dir) -> data
+    check_model: Callable[[str], None] = _check_ff_model
+    train: Callable[..., dict] = _train_ff          # (spec, data, log, on_step) -> summary metrics
+    Settings: type[BaseModel] = NoTaskSettings
 
     def load(self, data_dir: Path | None, cifar_dir: Path | None = None):
         return self.loader(data_dir, cifar_dir)
@@ -38,7 +52,12 @@ def _cifar10(_data_dir, cifar_dir):
     return load_cifar10(cifar_dir)
 
 
-TASKS = {t.name: t for t in [Task("mnist", "ff", _mnist), Task("cifar10", "ff", _cifar10)]}
+TASKS: dict[str, Task] = {t.name: t for t in [Task("mnist", "ff", _mnist), Task("cifar10", "ff", _cifar10)]}
+
+
+def register_task(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
 
 
 def get_task(name: str, where: Path | str = "suite") -> Task:
