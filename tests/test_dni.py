@@ -1,0 +1,168 @@
+"""The DNI core against autograd: oracle synthesizers reproduce backprop exactly, bootstrapped
+targets equal the next synthetic gradient back-propagated, zero-initialised synthesizers predict zero."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dnibench.dni import BackwardInterface, Synthesizer, synthetic_gradient_loss
+from dnibench.methods import Setup, get_method
+from dnibench.models import build_stages, stage_output_shapes
+
+IN_SHAPE = (1, 28, 28)
+
+
+def make(method: str, model: str = "fcn4", seed: int = 0, **settings):
+    torch.manual_seed(seed)
+    stages = build_stages(model, IN_SHAPE, 10, cnn_filters=4)
+    cls = get_method(method)
+    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-2, device=torch.device("cpu"))
+    return cls(stages, cls.Settings(**settings), setup)
+
+
+def batch(n=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *IN_SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def true_gradients(stages, x, y):
+    """dL/dh_i for every stage output below the top, by plain autograd on a copy."""
+    stages = copy.deepcopy(stages)
+    hs, h = [], x
+    for stage in stages:
+        h = stage(h)
+        hs.append(h)
+    loss = nn.functional.cross_entropy(h, y)
+    return torch.autograd.grad(loss, hs[:-1])
+
+
+class Oracle(nn.Module):
+    """A 'synthesizer' that returns the true per-example gradient (B * dL/dh) it was given."""
+
+    def __init__(self, gradient):
+        super().__init__()
+        self.gradient = gradient
+
+    def forward(self, h, context=None):
+        return self.gradient * h.shape[0]
+
+
+def params(method):
+    return [p.detach().clone() for p in method.stages.parameters()]
+
+
+@pytest.mark.parametrize("model", ["fcn4", "fcn6", "cnn3"])
+def test_oracle_synthesizer_reproduces_backprop_updates(model):
+    x, y = batch()
+    bprop, dni = make("bprop", model), make("dni", model)
+    dni.stages.load_state_dict(bprop.stages.state_dict())
+    for step in range(3):                      # several steps: Adam state must evolve identically too
+        grads = true_gradients(dni.stages, x, y)
+        for iface, grad in zip(dni.interfaces, grads):
+            iface.synthesizer, iface.optimizer = Oracle(grad), None
+        bprop.step(x, y)
+        dni.step(x, y)
+        for a, b in zip(params(bprop), params(dni)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bootstrapped_target_is_next_synthetic_gradient_backpropagated():
+    x, y = batch()
+    dni = make("dni", "fcn4", synth_hidden_layers=1, synth_width=32)
+    for synth in dni.synthesizers:             # non-zero synthesizers, so the targets are not trivial
+        nn.init.normal_(synth.net[-1].weight, std=0.1)
+    before = copy.deepcopy(dni)
+    received = {}
+    for i, iface in enumerate(dni.interfaces):
+        original = iface.receive
+        iface.receive = lambda g, i=i, original=original: (received.__setitem__(i, g.clone()), original(g))[1]
+    dni.step(x, y)
+
+    # Expected, by autograd on the untouched copy: forward to h_{i-1}, then the synthetic gradient at h_i
+    # (M_{i+1}(h_i) / B) pulled back through stage i; at the top, the true loss gradient.
+    hs, h = [x], x
+    for stage in before.stages:
+        h = stage(h)
+        hs.append(h)
+    top = len(before.stages) - 1
+    for i in range(1, len(before.stages)):
+        h_in = hs[i].detach().requires_grad_(True)
+        h_out = before.stages[i](h_in)
+        if i == top:
+            expected, = torch.autograd.grad(nn.functional.cross_entropy(h_out, y), h_in)
+        else:
+            synthetic = before.synthesizers[i](h_out.detach()) / x.shape[0]
+            expected, = torch.autograd.grad(h_out, h_in, synthetic)
+        assert expected.abs().sum() > 0
+        torch.testing.assert_close(received[i - 1], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_zero_initialised_synthesizers_leave_lower_stages_unchanged_on_first_step():
+    x, y = batch()
+    dni = make("dni", "fcn4")
+    for synth in dni.synthesizers:
+        assert synth.net[-1].weight.abs().sum() == 0 and synth.net[-1].bias.abs().sum() == 0
+    before = [copy.deepcopy(s.state_dict()) for s in dni.stages]
+    dni.step(x, y)
+    for i, stage in enumerate(dni.stages):
+        changed = any(not torch.equal(before[i][k], v) for k, v in stage.state_dict().items() if "running" not in k
+                      and "num_batches" not in k)
+        assert changed == (i == len(dni.stages) - 1), f"stage {i}"
+    # ... and the synthesizers did learn from their targets, so the second step moves the lower stages.
+    assert any(s.net[-1].weight.abs().sum() > 0 for s in dni.synthesizers)
+
+
+def test_nobprop_changes_only_the_last_layer():
+    x, y = batch()
+    method = make("nobprop", "fcn5")
+    before = [copy.deepcopy(s) for s in method.stages]
+    for _ in range(3):
+        method.step(x, y)
+    for i, (old, new) in enumerate(zip(before, method.stages)):
+        same = all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters()))
+        assert same == (i < len(method.stages) - 1), f"stage {i}"
+
+
+def test_cdni_synthesizer_sees_the_label():
+    x, y = batch()
+    cdni = make("cdni", "fcn4")
+    synth = cdni.synthesizers[0]
+    assert synth.context_dim == 10
+    nn.init.normal_(synth.net[-1].weight)
+    h = cdni.stages[0](x)
+    other = (y + 1) % 10
+    out_y = cdni.interfaces[0].send(h, nn.functional.one_hot(y, 10).float())
+    out_other = cdni.interfaces[0].send(h, nn.functional.one_hot(other, 10).float())
+    assert not torch.allclose(out_y, out_other)
+    with pytest.raises(ValueError, match="context"):
+        synth(h)
+
+
+def test_conv_synthesizer_with_label_channels():
+    synth = Synthesizer((4, 7, 7), hidden_layers=2, context_dim=10)
+    nn.init.normal_(synth.net[-1].weight)
+    h = torch.randn(3, 4, 7, 7)
+    c = nn.functional.one_hot(torch.tensor([0, 1, 2]), 10).float()
+    out = synth(h, c)
+    assert out.shape == h.shape
+    assert synth.net[0].in_channels == 14       # 4 feature channels + 10 constant label channels
+
+
+def test_synthetic_gradient_loss_reductions():
+    pred, target = torch.zeros(4, 3), torch.ones(4, 3)
+    assert synthetic_gradient_loss(pred, target, "mean").item() == pytest.approx(3.0)
+    assert synthetic_gradient_loss(pred, target, "sum").item() == pytest.approx(12.0)
+
+
+def test_interface_regresses_towards_its_target():
+    torch.manual_seed(0)
+    synth = Synthesizer((5,), hidden_layers=0)
+    iface = BackwardInterface(synth, torch.optim.SGD(synth.parameters(), lr=0.1))
+    h = torch.randn(32, 5)
+    target = h @ torch.randn(5, 5) / 32           # a linear map a linear synthesizer can learn (batch gradient)
+    losses = []
+    for _ in range(200):
+        iface.send(h)
+        losses.append(iface.receive(target).item())
+    assert losses[-1] < 0.01 * losses[0]
