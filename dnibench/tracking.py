@@ -102,22 +102,26 @@ class ResourceSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _sample(self) -> None:
+        self.samples["cpu_util_pct"].append(psutil.cpu_percent(interval=None))
+        if self._handle is not None:
+            import pynvml
+            self.samples["gpu_util_pct"].append(float(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+            self.samples["gpu_mem_mb"].append(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
+
     def _loop(self) -> None:
-        psutil.cpu_percent(interval=None)        # the first reading is meaningless; prime it
         while not self._stop.wait(self.interval):
-            self.samples["cpu_util_pct"].append(psutil.cpu_percent(interval=None))
-            if self._handle is not None:
-                import pynvml
-                self.samples["gpu_util_pct"].append(float(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
-                self.samples["gpu_mem_mb"].append(pynvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
+            self._sample()
 
     def __enter__(self):
+        psutil.cpu_percent(interval=None)        # starts psutil's measurement window
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._sample()                           # a run shorter than one interval still gets one reading
 
     def mark(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.samples.items()}

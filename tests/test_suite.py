@@ -1,0 +1,95 @@
+"""Suite files: schema validation with precise one-line errors, plan resolution, stable hashes."""
+from pathlib import Path
+
+import pytest
+
+from dnibench.errors import SuiteError
+from dnibench.suite import load_suite, plan, skipped_entries
+
+SUITES = sorted(Path(__file__).resolve().parent.parent.joinpath("suites").glob("*.yaml"))
+
+MINIMAL = """
+name: tiny
+task: mnist
+train: {steps: 4, batch_size: 8, eval_every: 2, log_every: 1}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: [bprop, dni]
+    args: {dni: {synth_hidden_layers: 0}}
+"""
+
+
+def write(tmp_path, text, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", SUITES, ids=lambda p: p.name)
+def test_every_shipped_suite_plans_at_every_profile(path):
+    suite = load_suite(path)
+    for profile in ("smoke", "quick", "paper"):
+        specs = plan(suite, profile)
+        assert specs or skipped_entries(suite, profile), f"{path.name} at {profile} plans nothing"
+        assert len({s.config_hash for s in specs}) == len(specs)
+
+
+def test_mnist_ff_grid_is_the_papers_table():
+    suite = load_suite(Path("suites/mnist_ff.yaml"))
+    paper = plan(suite, "paper")
+    assert {(s.model, s.method) for s in paper} == {
+        (m, k) for m in ["fcn3", "fcn4", "fcn5", "fcn6", "cnn3", "cnn4"] for k in ["nobprop", "bprop", "dni", "cdni"]}
+    spec = next(s for s in paper if s.model == "fcn4" and s.method == "dni")
+    assert spec.train.lr == 3e-5 and spec.train.steps == 500_000 and spec.train.batch_size == 256
+    assert spec.train.lr_decay_at == [300_000, 400_000]
+    assert spec.method_args["synth_hidden_layers"] == 2 and spec.method_args["synth_width"] == 1024
+    cdni = next(s for s in paper if s.model == "fcn4" and s.method == "cdni")
+    assert cdni.method_args["synth_hidden_layers"] == 0
+    quick = plan(suite, "quick")
+    assert {s.model for s in quick} == {"fcn3", "fcn4", "fcn5", "fcn6"}
+    assert {e["model"] for e in skipped_entries(suite, "quick")} == {"cnn3", "cnn4"}
+
+
+def test_plan_resolves_overrides_and_hashes_are_stable(tmp_path):
+    suite = load_suite(write(tmp_path, MINIMAL))
+    a, b = plan(suite, "smoke", seeds=2), plan(suite, "smoke", seeds=2)
+    assert len(a) == 4 and [s.config_hash for s in a] == [s.config_hash for s in b]
+    dni = [s for s in a if s.method == "dni"]
+    assert dni[0].method_args["synth_hidden_layers"] == 0 and dni[0].config_hash != dni[1].config_hash
+    assert plan(suite, "smoke", device="cuda")[0].config_hash != a[0].config_hash
+
+
+@pytest.mark.parametrize("mutation, expected", [
+    (("method: [bprop, dni]", "method: [bprop, dnii]"), "unknown method 'dnii'"),
+    (("steps: 4", "steps: four"), "field 'steps'"),
+    (("args: {dni: {synth_hidden_layers: 0}}", "args: {dni: {synth_hidden_layers: 7}}"), "synth_hidden_layers"),
+    (("args: {dni: {synth_hidden_layers: 0}}", "args: {dni: {synth_colour: 1}}"), "synth_colour"),
+    (("task: mnist", "task: imagenet"), "unknown task 'imagenet'"),
+    (("model: fcn3", "model: resnet50"), "unknown model 'resnet50'"),
+    (("profiles: {smoke: {}, quick: {}, paper: {}}", "profiles: {smoke: {}, quick: {}}"), "missing paper"),
+    (("name: tiny", "name: Tiny Suite"), "field 'name'"),
+    (("entries:", "entries:\n  - 3\nxentries:"), "field 'entries.0'"),
+])
+def test_bad_suites_name_the_file_and_field(tmp_path, mutation, expected):
+    path = write(tmp_path, MINIMAL.replace(*mutation))
+    with pytest.raises(SuiteError) as info:
+        plan(load_suite(path), "smoke")
+    message = str(info.value)
+    assert str(path) in message and expected in message, message
+    assert "\n" not in message
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(SuiteError, match=r"malformed YAML at line \d+"):
+        load_suite(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(SuiteError, match="does not exist"):
+        load_suite(tmp_path / "nope.yaml")
+    with pytest.raises(SuiteError, match="expected a mapping"):
+        load_suite(write(tmp_path, "- a\n- b\n"))
+
+
+def test_wrong_type_in_train_settings_names_the_field(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("steps: 4", "steps: four"))
+    with pytest.raises(SuiteError, match=r"field 'steps'.*integer.*'four'"):
+        plan(load_suite(path), "smoke")
