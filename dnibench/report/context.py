@@ -1,0 +1,212 @@
+"""What every report section reads: one query of MLflow into a DataFrame, the published numbers,
+the suites, and the writers for figures, tables and reports/README.md.
+
+The store is queried once (all experiments, FINISHED child runs); a config run more than once
+(``--force``) counts once, with its latest run. Metric histories are fetched lazily and cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ..errors import DnibenchError
+from ..suite import Suite, load_suite
+
+PUBLISHED_PATH = Path(__file__).resolve().parent.parent / "published" / "jaderberg2016.yaml"
+ROLE = "dnibench.role"                     # the runner's tag for parent/child runs
+TAG_COLUMNS = ["suite", "profile", "task", "model", "method", "seed", "device", "config_hash", "git_commit"]
+
+# How the report names things: the paper's column names and model names.
+DISPLAY_NAMES = {"nobprop": "No Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI"}
+
+
+def display_name(name: str) -> str:
+    """'cdni' -> 'cDNI', 'fcn4' -> 'FCN-4'; anything else unchanged."""
+    if name in DISPLAY_NAMES:
+        return DISPLAY_NAMES[name]
+    for prefix in ("fcn", "cnn"):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return f"{prefix.upper()}-{name[len(prefix):]}"
+    return name
+
+
+def load_published(path: Path = PUBLISHED_PATH) -> dict:
+    """The paper's numbers (the one data file that holds them), parsed."""
+    try:
+        published = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise DnibenchError(f"{path}: cannot read the published numbers: {err}") from None
+    if not isinstance(published, dict) or "tolerance_points" not in published or "status" not in published:
+        raise DnibenchError(f"{path}: expected a mapping with 'status' and 'tolerance_points'")
+    return published
+
+
+def _store_missing(tracking_uri: str) -> bool:
+    """A local sqlite store that does not exist has no runs; opening it would create an empty database."""
+    return tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists()
+
+
+def _empty_runs() -> pd.DataFrame:
+    return pd.DataFrame(columns=["run_id", "experiment", *TAG_COLUMNS, "start_time", "variant"])
+
+
+def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataFrame:
+    """One row per FINISHED child run (the latest per config_hash) of every experiment in the store.
+
+    Columns: run_id, experiment, the runner's tags (suite, profile, task, model, method, seed (int),
+    device, config_hash, git_commit), start_time, ``param.<flat key>`` (strings as logged),
+    ``metric.<key>`` (the latest value), and ``variant``: a hash of every param but the seed, so the
+    seeds of one configuration share it (a suite edited between invocations gives a new variant).
+    """
+    if _store_missing(tracking_uri):
+        return _empty_runs()
+    client = client or MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    rows, token = [], None
+    while experiments:
+        page = client.search_runs(list(experiments), filter_string=f"tags.`{ROLE}` = 'child' and "
+                                  "attributes.status = 'FINISHED'", max_results=10_000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            row = {"run_id": run.info.run_id, "experiment": experiments[run.info.experiment_id],
+                   **{key: tags.get(key) for key in TAG_COLUMNS}, "start_time": run.info.start_time}
+            row.update({f"param.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    if not rows:
+        return _empty_runs()
+    runs = pd.DataFrame(rows).sort_values("start_time", kind="stable")
+    runs = runs.drop_duplicates("config_hash", keep="last")       # a --force rerun replaces the old run
+    runs["seed"] = runs["seed"].astype(int)
+    params = sorted(c for c in runs.columns if c.startswith("param.") and c != "param.seed")
+    runs["variant"] = [hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:12]
+                       for row in runs[params].itertuples(index=False)]
+    return runs.sort_values(["suite", "profile", "model", "method", "seed"]).reset_index(drop=True)
+
+
+def latest_variant(runs: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, int]:
+    """Within each group of ``by`` (e.g. one table cell), keep only the seeds of the configuration
+    run last, so a mean never mixes an old schedule with a new one. Returns (kept, number dropped)."""
+    if runs.empty:
+        return runs, 0
+    latest = runs.sort_values("start_time", kind="stable").groupby(by, sort=False)["variant"].last()
+    keep = runs.join(latest.rename("latest_variant"), on=by)
+    kept = runs[keep["variant"] == keep["latest_variant"]]
+    return kept, len(runs) - len(kept)
+
+
+def load_suites(suites_dir: Path) -> dict[str, Suite]:
+    """Every suite file under suites_dir, by suite name (for departures and skip reasons)."""
+    suites_dir = Path(suites_dir)
+    if not suites_dir.is_dir():
+        return {}
+    suites = (load_suite(path) for path in sorted(suites_dir.glob("*.y*ml")))
+    return {suite.name: suite for suite in suites}
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas' to_markdown needs `tabulate`, not a dependency)."""
+    def cell(value) -> str:
+        text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    header = [cell(c) for c in df.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ReportContext:
+    tracking_uri: str
+    out: Path
+    runs: pd.DataFrame
+    published: dict
+    suites: dict[str, Suite]
+    generated_at: str = ""
+    _client: MlflowClient | None = field(default=None, repr=False)
+    _histories: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, tracking_uri: str, out: Path, suites_dir: Path = Path("suites")) -> ReportContext:
+        # Reports are rendered to files, never shown: a headless backend, whatever the machine has.
+        matplotlib.use("Agg")
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        client = None if _store_missing(tracking_uri) else MlflowClient(tracking_uri)
+        return cls(tracking_uri=tracking_uri, out=out, runs=load_runs(tracking_uri, client),
+                   published=load_published(), suites=load_suites(suites_dir),
+                   generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), _client=client)
+
+    def history(self, run_id: str, key: str) -> pd.DataFrame:
+        """A metric's full history: DataFrame[step, value, timestamp], sorted by step (cached)."""
+        if (run_id, key) not in self._histories:
+            points = self._client.get_metric_history(run_id, key) if self._client else []
+            frame = pd.DataFrame([(m.step, m.value, m.timestamp) for m in points],
+                                 columns=["step", "value", "timestamp"])
+            self._histories[(run_id, key)] = frame.sort_values("step", kind="stable").reset_index(drop=True)
+        return self._histories[(run_id, key)]
+
+    def save_figure(self, fig, stem: str) -> list[Path]:
+        """Write out/<stem>.png (150 dpi) and out/<stem>.pdf, then close the figure."""
+        import matplotlib.pyplot as plt
+
+        paths = [self.out / f"{stem}.png", self.out / f"{stem}.pdf"]
+        fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+        fig.savefig(paths[1], bbox_inches="tight")
+        plt.close(fig)
+        return paths
+
+    def write_table(self, df: pd.DataFrame, stem: str) -> list[Path]:
+        """Write out/<stem>.md, .csv and .tex from the same DataFrame (its index is not written)."""
+        paths = [self.out / f"{stem}.md", self.out / f"{stem}.csv", self.out / f"{stem}.tex"]
+        paths[0].write_text(markdown_table(df))
+        df.to_csv(paths[1], index=False)
+        latex = df.to_latex(index=False, escape=True, na_rep="")
+        paths[2].write_text(latex.replace("±", r"$\pm$"))
+        return paths
+
+    def write_index(self, sections: list) -> list[Path]:
+        """Write out/README.md (title, provenance, each section with links to its files); returns
+        every file the report wrote, README last."""
+        runs = self.runs
+        lines = ["# dnibench report", "",
+                 f"Generated {self.generated_at} from the MLflow store `{self.tracking_uri}` (reads MLflow only; "
+                 "`dnibench report` re-renders it).", ""]
+        if runs.empty:
+            lines += [f"**No finished runs in `{self.tracking_uri}`.** Run a suite first, e.g. "
+                      "`dnibench run suites/mnist_ff.yaml --profile smoke`.", ""]
+        else:
+            per = runs.groupby(["suite", "profile"]).size()
+            listing = ", ".join(f"{suite} at {profile} ({n})" for (suite, profile), n in per.items())
+            commits = ", ".join(sorted(c[:10] for c in runs["git_commit"].dropna().unique()))
+            lines += [f"{len(runs)} finished runs: {listing}. Code: git {commits}. "
+                      f"Devices: {', '.join(sorted(runs['device'].dropna().unique()))}.", ""]
+        lines += [f"Published values come from `dnibench/published/{PUBLISHED_PATH.name}`, "
+                  f"{self.published['status']}.", ""]
+        files: list[Path] = []
+        for section in sections:
+            lines += [f"## {section.title}", "", section.body.rstrip(), ""]
+            if section.files:
+                links = " · ".join(f"[{p.name}]({self._relative(p)})" for p in section.files)
+                lines += [f"Files: {links}", ""]
+            files += list(section.files)
+        readme = self.out / "README.md"
+        readme.write_text("\n".join(lines))
+        return files + [readme]
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return Path(path).resolve().relative_to(self.out.resolve()).as_posix()
+        except ValueError:
+            return Path(path).as_posix()

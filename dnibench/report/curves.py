@@ -1,0 +1,144 @@
+"""Learning curves: test error against iterations and against training wall-clock, one figure per
+(suite, profile), a row of panels per model, one line per method (mean over seeds; the band spans
+the seeds' min..max). A wall-clock table per (suite, profile) gives each method's throughput.
+
+Wall-clock is ``wall_s/train``, the training clock the runner logs at every evaluation step (it
+excludes evaluation), so the right-hand panels compare what each method costs to reach an error.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
+
+from . import Section
+from .context import DISPLAY_NAMES, ReportContext, display_name, markdown_table
+from ..suite import PROFILES
+
+COLOURS = {"nobprop": "#7f7f7f", "bprop": "#000000", "dni": "#1f77b4", "cdni": "#d62728"}
+LINESTYLES = ["-", "--", ":", "-."]
+METHOD_ORDER = list(DISPLAY_NAMES)
+
+
+def _model_key(model: str):
+    # FCNs before CNNs, then by depth, as in the paper's Table 1.
+    digits = "".join(ch for ch in model if ch.isdigit())
+    return (not model.startswith("fcn"), model.rstrip("0123456789"), int(digits) if digits else 0, model)
+
+
+def line_labels(runs: pd.DataFrame) -> pd.Series:
+    """A label per run: the method's name, plus the params that tell its variants apart when one
+    method was run with more than one configuration (e.g. several p_update values)."""
+    labels = pd.Series([display_name(m) for m in runs["method"]], index=runs.index)
+    params = [c for c in runs.columns if c.startswith("param.") and c not in ("param.seed",)]
+    for _, group in runs.groupby(["model", "method"]):
+        if group["variant"].nunique() < 2:
+            continue
+        differing = [c for c in params if group[c].astype(str).nunique() > 1][:3]
+        for index, row in group.iterrows():
+            extra = ", ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in differing)
+            labels[index] = f"{display_name(row['method'])} ({extra})"
+    return labels
+
+
+def mean_curve(ctx: ReportContext, run_ids: list[str]) -> pd.DataFrame:
+    """DataFrame[step, wall_s, mean, lo, hi]: test error averaged over runs at each evaluation step,
+    with the training seconds at that step (mean over runs)."""
+    errors, walls = {}, {}
+    for run_id in run_ids:
+        err = ctx.history(run_id, "test_error").set_index("step")["value"]
+        wall = ctx.history(run_id, "wall_s/train").drop_duplicates("step", keep="last").set_index("step")["value"]
+        errors[run_id], walls[run_id] = err, wall.reindex(err.index)
+    err, wall = pd.DataFrame(errors), pd.DataFrame(walls)
+    return pd.DataFrame({"step": err.index, "wall_s": wall.mean(axis=1).to_numpy(), "mean": err.mean(axis=1).to_numpy(),
+                         "lo": err.min(axis=1).to_numpy(), "hi": err.max(axis=1).to_numpy()}).dropna(subset=["mean"])
+
+
+def _figure(ctx: ReportContext, runs: pd.DataFrame, title: str) -> Figure:
+    models = sorted(set(runs["model"]), key=_model_key)
+    fig = Figure(figsize=(10, 2.7 * len(models) + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(models), 2, squeeze=False))
+    handles = {}
+    for row, model in zip(axes, models):
+        at = runs[runs["model"] == model]
+        for n, (label, group) in enumerate(sorted(at.groupby("label"), key=lambda kv: _method_rank(kv[1]))):
+            method = group["method"].iloc[0]
+            style = dict(color=COLOURS.get(method, f"C{n}"),
+                         linestyle=LINESTYLES[_variant_index(at, group) % len(LINESTYLES)])
+            curve = mean_curve(ctx, group["run_id"].tolist())
+            seeds = len(group)
+            for ax, x in zip(row, ("step", "wall_s")):
+                (line,) = ax.plot(curve[x], curve["mean"], marker="o", markersize=2.5, linewidth=1.4, **style)
+                if seeds > 1:
+                    ax.fill_between(curve[x], curve["lo"], curve["hi"], alpha=0.15, color=style["color"], linewidth=0)
+                handles.setdefault(label, line)
+        row[0].set_ylabel(f"{display_name(model)}\ntest error (%)")
+        for ax in row:
+            ax.set_yscale("log")     # No Bprop sits several times above the rest; log keeps both readable
+            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            ax.grid(True, which="both", alpha=0.3)
+    axes[-1][0].set_xlabel("iteration")
+    axes[-1][1].set_xlabel("training wall-clock (s)")
+    axes[0][0].set_title("against iterations")
+    axes[0][1].set_title("against training wall-clock")
+    fig.suptitle(title)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)))
+    return fig
+
+
+def _method_rank(group: pd.DataFrame):
+    method = group["method"].iloc[0]
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method, group["label"].iloc[0])
+
+
+def _variant_index(model_runs: pd.DataFrame, group: pd.DataFrame) -> int:
+    variants = sorted(set(model_runs.loc[model_runs["method"] == group["method"].iloc[0], "variant"]))
+    return variants.index(group["variant"].iloc[0])
+
+
+def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per model and method: seeds, device, mean samples/s, total training seconds, final test error
+    (means over seeds), and the sampled utilisation where the runs logged it."""
+    columns = {"metric.mean_samples_per_s": ("samples/s", "{:.0f}"), "metric.total_wall_s/train": ("train s", "{:.3g}"),
+               "metric.final_test_error": ("final test error %", "{:.2f}"),
+               "metric.cpu_util_pct_mean": ("CPU util %", "{:.0f}"), "metric.gpu_util_pct_mean": ("GPU util %", "{:.0f}"),
+               "metric.gpu_mem_mb_mean": ("GPU mem MB", "{:.0f}")}
+    rows = []
+    for (model, label), group in runs.groupby(["model", "label"], sort=False):
+        row = {"Model": display_name(model), "Method": label, "Seeds": len(group),
+               "Device": ", ".join(sorted(set(group["device"])))}
+        for column, (name, fmt) in columns.items():
+            if column in group and group[column].notna().any():
+                row[name] = fmt.format(group[column].mean())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.fillna("")
+
+
+def render(ctx: ReportContext) -> Section | None:
+    runs = ctx.runs
+    if runs.empty or "metric.test_error" not in runs:
+        return None
+    runs = runs[runs["metric.test_error"].notna()]
+    body, files = ["Test error (log scale) at each evaluation, mean over seeds (band: min..max over seeds), "
+                   "against iterations (left) and training wall-clock (right, evaluation time excluded).", ""], []
+    groups = [(s, p) for s in sorted(set(runs["suite"])) for p in PROFILES
+              if ((runs["suite"] == s) & (runs["profile"] == p)).any()]
+    for suite, profile in groups:
+        at = runs[(runs["suite"] == suite) & (runs["profile"] == profile)].copy()
+        at["label"] = line_labels(at)
+        order = sorted(at.index, key=lambda i: (_model_key(at.at[i, "model"]), _method_rank(at.loc[[i]])))
+        at = at.loc[order]
+        stem = f"curves_{suite}_{profile}"
+        fig = _figure(ctx, at, f"{suite}, profile {profile}: test error")
+        figure_files = ctx.save_figure(fig, stem)
+        table = wallclock_table(at)
+        table_files = ctx.write_table(table, f"{stem}_wallclock")
+        files += figure_files + table_files
+        devices = ", ".join(sorted(set(at["device"])))
+        body += [f"### `{suite}` at `{profile}`", "", f"![learning curves]({figure_files[0].name})", "",
+                 f"Wall-clock per method ({devices}; means over seeds; samples/s counts training examples "
+                 "per second of training time):", "", markdown_table(table), ""]
+    return Section(title="Learning curves and wall-clock", body="\n".join(body), files=files)
