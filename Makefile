@@ -44,7 +44,8 @@ test: venv ## run the test suite (CPU, no data download, a few minutes)
 	$(PY) -m pytest -q -m "not integration"
 
 bench: venv ## pytest-benchmark: training steps/s and achieved FLOP/s
-	$(PY) -m pytest -q benchmarks --benchmark-enable --benchmark-only --benchmark-columns=mean,stddev,ops
+	@mkdir -p results
+	$(PY) -m pytest -q benchmarks --benchmark-columns=mean,stddev,ops --benchmark-json=results/bench.json
 
 clean-results: ## delete local runs and rendered reports (keeps the READMEs)
 	rm -rf results/mlflow.db results/artifacts reports/*.{md,csv,tex,png,pdf}
