@@ -1,0 +1,213 @@
+"""The sequence tasks of paper §3.2 and their registration: Copy and Repeat Copy (the NTM tasks of
+Graves et al. 2014, generated on the fly, with the curriculum), Penn Treebank characters, and the
+two-timescale system. Each task has its own pydantic ``Settings`` (a suite's ``task_args``).
+
+Copy / Repeat Copy episode (our layout; the paper gives the task, not the encoding). A character is
+a random binary vector of ``bits`` bits (Graves et al. 2014). The network reads N characters, then a
+delimiter step (stop channel on; for Repeat Copy the repeat count R on its own channel, as R /
+``repeat_norm``), then writes the N characters (R times for Repeat Copy) and finally an end marker.
+The loss (bits per character) is counted on the written characters and the end marker only. Input
+channels: bits + stop (+ repeat); output channels: bits + end.
+
+Length, as the paper reports it: T_task = N + 3 for Copy and N*R + 3 for Repeat Copy. The curriculum
+starts at N = R = 1 and, once the average error at the current length falls below 0.15 bits per
+character, lengthens by one step: N + 1 for Copy; for Repeat Copy N and R grow in turn
+((1,1), (2,1), (2,2), (3,2), ...: lengths 4, 5, 7, 9, 12, 15, 19, 23, ...; every Repeat Copy value of
+the paper's table is one of these lengths).
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import SuiteError
+from ..tasks import Task, register_task
+
+MAX_UNITS = 16384
+
+
+def lstm_units(model: str) -> int:
+    """'lstm256' -> 256: RNN tasks name their model by the LSTM's size."""
+    match = re.fullmatch(r"lstm(\d+)", model)
+    if not match or not 1 <= int(match.group(1)) <= MAX_UNITS:
+        raise SuiteError(f"model {model!r}: expected lstmN, an LSTM with N units (1..{MAX_UNITS}), e.g. lstm256")
+    return int(match.group(1))
+
+
+# ---- Copy and Repeat Copy ---------------------------------------------------------------------------
+
+class CopySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bits: int = Field(8, ge=1, le=64)                        # a character: random binary vector (NTM: 8 bits)
+    threshold_bpc: float = Field(0.15, gt=0, le=64)          # lengthen once the error is below this
+    check_every: int = Field(100, ge=1, le=1_000_000)        # steps between curriculum checks
+    start_n: int = Field(1, ge=1, le=10_000)                 # N of the first episodes
+    max_n: int | None = Field(None, ge=1, le=10_000)         # stop once this N is solved (None: the step budget)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.threshold_bpc >= self.bits:
+            raise ValueError(f"threshold_bpc {self.threshold_bpc} must be below the chance level of {self.bits} "
+                             "bits per character")
+        if self.max_n is not None and self.max_n < self.start_n:
+            raise ValueError(f"max_n {self.max_n} must be at least start_n {self.start_n}")
+        return self
+
+
+class RepeatCopySettings(CopySettings):
+    repeat_norm: float = Field(10.0, gt=0)                   # R is presented as R / repeat_norm
+
+
+class Curriculum:
+    """The current (N, R) and the record of every length solved with the samples seen by then."""
+
+    def __init__(self, repeat: bool, start_n: int = 1):
+        self.repeat = repeat
+        self.n, self.r = start_n, 1
+        self.solved: list[tuple[int, int]] = []              # (length, samples seen when first solved)
+
+    @property
+    def length(self) -> int:
+        return self.n * self.r + 3
+
+    def advance(self, samples: int) -> None:
+        self.solved.append((self.length, samples))
+        if self.repeat and self.r < self.n:
+            self.r += 1
+        else:
+            self.n += 1
+
+    @property
+    def max_len_solved(self) -> int:
+        return self.solved[-1][0] if self.solved else 0
+
+
+class EpisodeStreams:
+    """``batch`` independent streams of episodes, back to back: the LSTM runs on across episode
+    boundaries (paper §3.2). Each stream starts after a random number of idle steps, so window
+    boundaries fall at different places of the episodes in different streams. A stream takes the
+    curriculum's current (N, R) when it starts an episode; ``current`` marks positions whose episode
+    is at the current length (the only ones the curriculum check counts)."""
+
+    def __init__(self, batch: int, bits: int, curriculum: Curriculum, generator: torch.Generator,
+                 repeat_norm: float = 10.0):
+        self.batch, self.bits, self.cur, self.gen = batch, bits, curriculum, generator
+        self.repeat_norm = repeat_norm
+        self.in_dim = bits + (2 if curriculum.repeat else 1)
+        self.out_dim = bits + 1
+        first = curriculum.n * (curriculum.r + 1) + 2
+        self.phase = -torch.randint(0, first, (batch,), generator=generator)   # idle steps first
+        self.n = torch.full((batch,), curriculum.n)
+        self.r = torch.full((batch,), curriculum.r)
+        self.chars = torch.zeros(batch, curriculum.n, bits)
+        self.episodes = 0                                    # completed episodes, all streams
+
+    def window(self, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next T steps: x [T, B, in], y [T, B, out], mask [T, B] (positions with a loss), current [T, B]."""
+        B, rows = self.batch, torch.arange(self.batch)
+        x = torch.zeros(T, B, self.in_dim)
+        y = torch.zeros(T, B, self.out_dim)
+        mask = torch.zeros(T, B)
+        current = torch.zeros(T, B)
+        for t in range(T):
+            start = self.phase == 0
+            if bool(start.any()):
+                self.n[start], self.r[start] = self.cur.n, self.cur.r
+                if self.cur.n > self.chars.shape[1]:
+                    self.chars = torch.cat([self.chars, torch.zeros(B, self.cur.n - self.chars.shape[1], self.bits)], 1)
+                fresh = torch.randint(0, 2, self.chars.shape, generator=self.gen).float()
+                self.chars[start] = fresh[start]
+            p, n, r = self.phase, self.n, self.r
+            reading = (p >= 0) & (p < n)
+            writing = (p > n) & (p <= n + n * r)
+            end = p == n + n * r + 1
+            x[t, :, :self.bits] = self.chars[rows, p.clamp(0, self.chars.shape[1] - 1)] * reading[:, None]
+            x[t, :, self.bits] = (p == n).float()
+            if self.cur.repeat:
+                x[t, :, self.bits + 1] = (p == n).float() * r / self.repeat_norm
+            out_index = ((p - n - 1).clamp(min=0) % n).clamp(max=self.chars.shape[1] - 1)
+            y[t, :, :self.bits] = self.chars[rows, out_index] * writing[:, None]
+            y[t, :, self.bits] = end.float()
+            mask[t] = (writing | end).float()
+            current[t] = ((n == self.cur.n) & (r == self.cur.r)).float()
+            self.phase = torch.where(end, torch.zeros_like(p), p + 1)
+            self.episodes += int(end.sum())
+        return x, y, mask, current
+
+
+# ---- Penn Treebank characters -----------------------------------------------------------------------
+
+class PTBSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    valid_chars: int | None = Field(None, ge=2)              # first N validation characters (None: all)
+    test_chars: int | None = Field(None, ge=2)               # first N test characters (None: all)
+    eval_streams: int = Field(16, ge=1, le=4096)             # evaluation runs the text as this many streams
+    patience: int | None = Field(None, ge=1)                 # stop after this many evals without a new best
+
+
+class TextStreams:
+    """The usual character-LM batching: the text cut into ``batch`` contiguous streams read side by
+    side, T characters per window; the state runs on, and the streams wrap round at the end."""
+
+    def __init__(self, ids: torch.Tensor, batch: int):
+        length = (len(ids) - 1) // batch
+        if length < 2:
+            raise SuiteError(f"PTB: {len(ids)} characters cannot feed a batch of {batch} streams")
+        self.inputs = ids[:length * batch].view(batch, length).t()
+        self.targets = ids[1:length * batch + 1].view(batch, length).t()
+        self.pos = 0
+
+    def window(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos + T > self.inputs.shape[0]:
+            self.pos = 0
+        x, y = self.inputs[self.pos:self.pos + T], self.targets[self.pos:self.pos + T]
+        self.pos += T
+        return x, y
+
+
+# ---- the two-timescale system ------------------------------------------------------------------------
+
+class MultiscaleSettings(BaseModel):
+    """Network A ticks every step on a stream of random digits and classifies the current digit;
+    network B ticks every T steps (the method's T), reads A's message, and must say how many of the
+    last T digits were odd. A learns to send the count only through B's loss (our concrete choice of
+    the paper's two-timescale task, whose data the paper leaves unspecified here: MNIST digits are
+    replaced by random one-hot digits so the task needs no data set)."""
+    model_config = ConfigDict(extra="forbid")
+    digits: int = Field(10, ge=2, le=1000)
+    message_dim: int = Field(16, ge=1, le=4096)
+    b_units: int = Field(64, ge=1, le=MAX_UNITS)
+    # "method": the method decides (bptt: A waits for B's true gradient; dni_bptt: synthetic gradient);
+    # "none": the message is cut, A gets no gradient from B (the floor).
+    message_gradient: Literal["method", "none"] = "method"
+
+
+def digit_window(T: int, batch: int, digits: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, digits, (T, batch), generator=generator)
+
+
+# ---- registration ------------------------------------------------------------------------------------
+
+def _generated(_data_dir, _cifar_dir):
+    return None                                              # generated on the fly, seeded per run
+
+
+def _ptb(data_dir, _cifar_dir):
+    from ..data import load_ptb
+    return load_ptb(data_dir)
+
+
+def _train(kind: str):
+    def train(spec, data, log, on_step=lambda n: None):
+        from . import train as loops
+        return getattr(loops, f"train_{kind}")(spec, data, log, on_step)
+    return train
+
+
+register_task(Task("copy", "rnn", _generated, lstm_units, _train("copy"), CopySettings))
+register_task(Task("repeat_copy", "rnn", _generated, lstm_units, _train("copy"), RepeatCopySettings))
+register_task(Task("ptb", "rnn", _ptb, lstm_units, _train("ptb"), PTBSettings))
+register_task(Task("multiscale", "rnn", _generated, lstm_units, _train("multiscale"), MultiscaleSettings))
