@@ -64,3 +64,6 @@ def get_task(name: str, where: Path | str = "suite") -> Task:
     if name not in TASKS:
         raise SuiteError(f"{where}: field 'task': unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
     return TASKS[name]
+
+# The recurrent tasks (copy, repeat_copy, ptb, multiscale) register themselves; imported last (it imports Task from here).
+from .rnn import tasks as _rnn_tasks  # noqa: E402,F401
