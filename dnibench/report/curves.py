@@ -35,10 +35,12 @@ def line_labels(runs: pd.DataFrame) -> pd.Series:
     for _, group in runs.groupby(["model", "method"]):
         if group["variant"].nunique() < 2:
             continue
-        differing = [c for c in params if group[c].astype(str).nunique() > 1][:3]
-        for index, row in group.iterrows():
-            extra = ", ".join(f"{c.rsplit('.', 1)[-1]}={row[c]}" for c in differing)
-            labels[index] = f"{display_name(row['method'])} ({extra})"
+        # A param a newer version of the code added is missing (NaN) in older runs: that differs too.
+        values = group[params].apply(lambda col: col.map(lambda v: "unset" if pd.isna(v) else str(v)))
+        differing = [c for c in params if values[c].nunique() > 1][:3]
+        for index in group.index:
+            extra = ", ".join(f"{c.rsplit('.', 1)[-1]}={values.at[index, c]}" for c in differing)
+            labels[index] = f"{display_name(group.at[index, 'method'])} ({extra})"
     return labels
 
 
@@ -65,7 +67,7 @@ def _figure(ctx: ReportContext, runs: pd.DataFrame, title: str) -> Figure:
         for n, (label, group) in enumerate(sorted(at.groupby("label"), key=lambda kv: _method_rank(kv[1]))):
             method = group["method"].iloc[0]
             style = dict(color=COLOURS.get(method, f"C{n}"),
-                         linestyle=LINESTYLES[_variant_index(at, group) % len(LINESTYLES)])
+                         linestyle=LINESTYLES[_variant_index(runs, group) % len(LINESTYLES)])
             curve = mean_curve(ctx, group["run_id"].tolist())
             seeds = len(group)
             for ax, x in zip(row, ("step", "wall_s")):
@@ -93,9 +95,11 @@ def _method_rank(group: pd.DataFrame):
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method, group["label"].iloc[0])
 
 
-def _variant_index(model_runs: pd.DataFrame, group: pd.DataFrame) -> int:
-    variants = sorted(set(model_runs.loc[model_runs["method"] == group["method"].iloc[0], "variant"]))
-    return variants.index(group["variant"].iloc[0])
+def _variant_index(runs: pd.DataFrame, group: pd.DataFrame) -> int:
+    """The line style of a method's variant: by its label across the whole figure, so one label
+    keeps one style in every panel."""
+    labels = sorted(set(runs.loc[runs["method"] == group["method"].iloc[0], "label"]))
+    return labels.index(group["label"].iloc[0])
 
 
 def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:

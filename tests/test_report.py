@@ -1,0 +1,270 @@
+"""The report: a real MLflow store written by the runner on fake MNIST -> reports/ files whose numbers
+are the store's; the published column is the YAML's; verdict logic; an empty store still gives a README."""
+import gzip
+import math
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from dnibench.report import SECTIONS, write_report
+from dnibench.report.context import PUBLISHED_PATH, ReportContext, latest_variant, load_published, markdown_table
+from dnibench.report.table1 import LEFT_OUT, cells, pattern, wide
+from dnibench.report.verdict import NO_DATA, NO_RUNS, NOT_COMPARABLE, OUTSIDE, WITHIN, mean_ci, verdict
+from dnibench.runner import ROLE, run_suites
+from dnibench.suite import Suite
+
+# Named like the real Table 1 suite, so the report reads its runs into Table 1.
+SUITE = """
+name: mnist_ff
+task: mnist
+train: {steps: 4, batch_size: 8, lr: 1.0e-3, lr_decay_at: [], eval_every: 2, log_every: 2}
+profiles:
+  smoke: {seeds: 2, departures: [four steps on twelve fake images]}
+  quick: {}
+  paper: {}
+entries:
+  - model: fcn3
+    method: [nobprop, bprop, dni, cdni]
+    args: {dni: {synth_hidden_layers: 1, synth_width: 16}}
+  - model: cnn3
+    method: [bprop]
+    profiles: [paper]
+    skip_reason: too slow for this test
+"""
+METHODS = ["nobprop", "bprop", "dni", "cdni"]
+
+
+def _write_idx(path, arr):
+    blob = struct.pack(f">4B{arr.ndim}I", 0, 0, 8, arr.ndim, *arr.shape) + arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(blob))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """(ctx-free facts): the store URI, the suites folder and the written report folder."""
+    from dnibench.data import fetch_mnist
+
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    idx = root / "idx"
+    idx.mkdir()
+    for name, shape in [("train-images-idx3-ubyte.gz", (16, 28, 28)), ("train-labels-idx1-ubyte.gz", (16,)),
+                        ("t10k-images-idx3-ubyte.gz", (10, 28, 28)), ("t10k-labels-idx1-ubyte.gz", (10,))]:
+        _write_idx(idx / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape))
+    fetch_mnist(root / "data", idx_dir=idx, log=lambda *_: None)
+    suites = root / "suites"
+    suites.mkdir()
+    (suites / "mnist_ff.yaml").write_text(SUITE)
+    uri = f"sqlite:///{root}/m.db"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # batch-8 steps gain nothing from threads; on a shared 2-core box they lose 2x
+    try:
+        run_suites([str(suites / "mnist_ff.yaml")], "smoke", device="cpu", tracking_uri=uri, data_dir=root / "data",
+                   progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    out = root / "reports"
+    written = write_report(uri, out, suites_dir=suites)
+    return {"uri": uri, "suites": suites, "out": out, "written": written}
+
+
+def final_errors_in_store(uri):
+    """method -> final_test_error of each seed, straight from MLflow (not through the report code)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("mnist_ff")
+    out = {}
+    for run in client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'child'"):
+        out.setdefault(run.data.tags["method"], []).append(run.data.metrics["final_test_error"])
+    return out
+
+
+def test_sections_are_registered():
+    assert SECTIONS[:2] == ["table1", "curves"]
+
+
+def test_report_writes_every_file_and_links_them(report):
+    out = report["out"]
+    expected = ["README.md", "table1_smoke.md", "table1_smoke.csv", "table1_smoke.tex", "table1_smoke_cells.csv",
+                "table1_smoke_pattern.md", "curves_mnist_ff_smoke.png", "curves_mnist_ff_smoke.pdf",
+                "curves_mnist_ff_smoke_wallclock.md", "curves_mnist_ff_smoke_wallclock.csv",
+                "curves_mnist_ff_smoke_wallclock.tex"]
+    for name in expected:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert {p.name for p in report["written"]} >= set(expected)
+    readme = (out / "README.md").read_text()
+    for path in report["written"]:
+        if path.name != "README.md":
+            assert f"]({path.name})" in readme, path.name
+    assert "as published" in readme and report["uri"] in readme
+    assert "four steps on twelve fake images" in readme               # the profile's departures are stated
+    assert "\\begin{tabular}" in (out / "table1_smoke.tex").read_text()
+
+
+def test_table_cells_are_the_mlflow_values(report):
+    store = final_errors_in_store(report["uri"])
+    assert sorted(store) == sorted(METHODS) and all(len(v) == 2 for v in store.values())
+    numeric = pd.read_csv(report["out"] / "table1_smoke_cells.csv")
+    table = pd.read_csv(report["out"] / "table1_smoke.csv", keep_default_na=False)
+    fcn3 = table[(table["Dataset"] == "MNIST") & (table["Model"] == "FCN-3")].iloc[0]
+    t975_1dof = 12.7062047                                             # Student's t, 97.5%, 1 degree of freedom
+    for method, name in zip(METHODS, ["No Bprop", "Bprop", "DNI", "cDNI"]):
+        values = store[method]
+        mean, half = np.mean(values), t975_1dof * np.std(values, ddof=1) / math.sqrt(2)
+        row = numeric[(numeric["dataset"] == "mnist") & (numeric["model"] == "fcn3") & (numeric["method"] == method)]
+        assert row["measured_mean"].item() == pytest.approx(mean, abs=1e-9)
+        assert row["ci95_halfwidth"].item() == pytest.approx(half, abs=1e-6)
+        assert row["seeds"].item() == 2
+        assert fcn3[name] == f"{mean:.2f} ± {half:.2f} (2 seeds)"
+        assert fcn3[f"{name} verdict"] == NOT_COMPARABLE                  # smoke is not the paper's setup
+
+
+def test_published_column_is_the_yaml(report):
+    raw = yaml.safe_load(PUBLISHED_PATH.read_text())
+    table = pd.read_csv(report["out"] / "table1_smoke.csv", keep_default_na=False, dtype=str)
+    assert len(table) == 12                                            # 6 models x MNIST and CIFAR-10
+    for _, row in table.iterrows():
+        dataset = {"MNIST": "mnist", "CIFAR-10": "cifar10"}[row["Dataset"]]
+        model = row["Model"].lower().replace("-", "")
+        for method, name in zip(METHODS, ["No Bprop", "Bprop", "DNI", "cDNI"]):
+            assert row[f"{name} paper"] == f"{raw['table1'][dataset][model][method]:.1f}"
+    for dataset in ("mnist", "cifar10"):                                # the whole grid, every cell a percentage
+        assert list(raw["table1"][dataset]) == ["fcn3", "fcn4", "fcn5", "fcn6", "cnn3", "cnn4"]
+        for model, row in raw["table1"][dataset].items():
+            assert list(row) == METHODS and all(0 < v < 100 for v in row.values()), (dataset, model)
+    assert raw["tolerance_points"] == 0.3 and raw["status"].startswith("as published")
+
+
+def test_cifar_rows_say_data_not_provided_and_unrun_mnist_rows_say_no_runs(report):
+    table = pd.read_csv(report["out"] / "table1_smoke.csv", keep_default_na=False)
+    cifar = table[table["Dataset"] == "CIFAR-10"]
+    assert len(cifar) == 6
+    assert (cifar[["No Bprop", "DNI verdict", "cDNI"]] == NO_DATA).all().all()
+    fcn4 = table[(table["Dataset"] == "MNIST") & (table["Model"] == "FCN-4")].iloc[0]
+    assert fcn4["Bprop"] == NO_RUNS
+    cnn3 = table[(table["Dataset"] == "MNIST") & (table["Model"] == "CNN-3")].iloc[0]
+    assert cnn3["Bprop verdict"] == LEFT_OUT                          # the entry is paper-only
+    assert "too slow for this test" in (report["out"] / "README.md").read_text()
+
+
+def test_figures_are_real_images(report):
+    png = report["out"] / "curves_mnist_ff_smoke.png"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 300 and pixels.std() > 5   # drawn on, not blank
+    assert (report["out"] / "curves_mnist_ff_smoke.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_wallclock_table_and_curves_come_from_the_store(report):
+    ctx = ReportContext.build(report["uri"], report["out"], report["suites"])
+    assert len(ctx.runs) == 8 and set(ctx.runs["seed"]) == {0, 1}
+    table = pd.read_csv(report["out"] / "curves_mnist_ff_smoke_wallclock.csv")
+    dni = ctx.runs[ctx.runs["method"] == "dni"]
+    row = table[table["Method"] == "DNI"].iloc[0]
+    assert row["samples/s"] == pytest.approx(dni["metric.mean_samples_per_s"].mean(), abs=0.5)
+    history = ctx.history(dni["run_id"].iloc[0], "test_error")
+    assert history["step"].tolist() == [2, 4]
+    assert history["value"].iloc[-1] == dni["metric.final_test_error"].iloc[0]
+
+
+def test_empty_store_gives_a_readme(tmp_path):
+    uri = f"sqlite:///{tmp_path}/absent.db"
+    written = write_report(uri, tmp_path / "out", suites_dir=tmp_path / "no-suites")
+    assert [p.name for p in written] == ["README.md"]
+    assert f"No finished runs in `{uri}`" in (tmp_path / "out" / "README.md").read_text()
+    assert not (tmp_path / "absent.db").exists()                      # reading never creates a store
+
+
+# --- verdict logic ---------------------------------------------------------------------------------
+
+def test_mean_ci_uses_student_t():
+    mean, half, n = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.30265273 / math.sqrt(3))
+    assert mean_ci([5.0, float("nan")])[::2] == (5.0, 1) and math.isnan(mean_ci([5.0])[1])
+    assert mean_ci([])[2] == 0
+
+
+@pytest.mark.parametrize("mean, half, published, comparable, expected", [
+    (2.2, 0.1, 2.0, True, WITHIN),             # intervals overlap
+    (2.3, 0.0, 2.0, True, WITHIN),             # exactly at published + tolerance
+    (2.7, 0.25, 2.2, True, WITHIN),            # only the CI reaches the tolerance band
+    (2.7, 0.15, 2.2, True, OUTSIDE),
+    (1.5, 0.15, 2.2, True, OUTSIDE),           # below, too
+    (1.0, float("nan"), 2.0, True, OUTSIDE),   # one seed: a point
+    (1.8, float("nan"), 2.0, True, WITHIN),
+    (2.0, 0.1, 2.0, False, NOT_COMPARABLE),
+    (float("nan"), float("nan"), 2.0, True, NO_RUNS),
+])
+def test_verdict(mean, half, published, comparable, expected):
+    assert verdict(mean, half, published, 0.3, comparable) == expected
+
+
+def _ctx(tmp_path, rows, suites=None):
+    runs = pd.DataFrame(rows)
+    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
+    runs["start_time"] = range(len(runs))
+    return ReportContext(tracking_uri="none", out=tmp_path, runs=runs, published=load_published(), suites=suites or {})
+
+
+def test_paper_profile_cells_get_verdicts(tmp_path):
+    def run(method, value, seed, variant="v1"):
+        return {"suite": "mnist_ff", "profile": "paper", "task": "mnist", "model": "fcn4", "method": method,
+                "seed": seed, "variant": variant, "metric.final_test_error": value}
+    ctx = _ctx(tmp_path, [run("dni", 2.1, 0), run("dni", 2.3, 1),          # paper 2.2: within
+                          run("bprop", 5.0, 0), run("bprop", 5.2, 1),      # paper 1.8: outside
+                          run("cdni", 40.0, 0, "old"), run("cdni", 1.9, 0)])  # the old variant is not counted
+    rows, notes = cells(ctx, ctx.runs, "paper")
+    fcn4 = rows[(rows["dataset"] == "mnist") & (rows["model"] == "fcn4")].set_index("method")
+    assert fcn4.at["dni", "verdict"] == WITHIN and fcn4.at["dni", "measured_mean"] == pytest.approx(2.2)
+    assert fcn4.at["bprop", "verdict"] == OUTSIDE
+    assert fcn4.at["cdni", "measured_mean"] == 1.9 and fcn4.at["cdni", "seeds"] == 1
+    assert fcn4.at["nobprop", "verdict"] == NO_RUNS
+    assert any("1 older run" in note for note in notes)
+    table = wide(rows, METHODS)
+    assert table.iloc[1]["DNI"] == "2.20 ± 1.27 (2 seeds)" and table.iloc[1]["DNI paper"] == "2.2"
+    assert "| FCN-4 |" in markdown_table(table)
+
+
+def test_pattern_check_says_far_only_at_least_halfway():
+    rows = pd.DataFrame([{"dataset": "mnist", "model": "fcn3", "method": m, "measured_mean": v}
+                         for m, v in [("nobprop", 10.0), ("bprop", 2.0), ("dni", 5.9), ("cdni", 6.1)]])
+    checks = pattern(rows, load_published()["table1"]).set_index("Check")
+    assert checks.at["No Bprop is the worst", "Holds"] == "yes"
+    assert checks.at["DNI far below No Bprop", "Holds"] == "yes"         # 5.9 <= halfway 6.0
+    assert checks.at["cDNI far below No Bprop", "Holds"] == "no"         # 6.1 > 6.0
+    assert "halfway 6.00" in checks.at["cDNI far below No Bprop", "Measured (mean test error %)"]
+    assert checks.at["No Bprop is the worst", "Paper"] == "yes"           # the published FCN-3 row shows it
+    worse = rows.assign(measured_mean=[3.0, 2.0, 3.5, 2.6])
+    assert pattern(worse, {})["Holds"].tolist() == ["no", "no", "no"]
+
+
+def test_latest_variant_keeps_the_configuration_run_last():
+    runs = pd.DataFrame({"model": ["fcn3"] * 3, "method": ["dni"] * 3, "variant": ["a", "b", "b"],
+                         "start_time": [1, 2, 3]})
+    kept, dropped = latest_variant(runs, ["model", "method"])
+    assert dropped == 1 and kept["variant"].tolist() == ["b", "b"]
+
+
+def test_suite_departures_reach_table1_section(tmp_path):
+    suite = Suite.model_validate(yaml.safe_load(SUITE))
+    ctx = _ctx(tmp_path, [{"suite": "mnist_ff", "profile": "smoke", "task": "mnist", "model": "fcn3",
+                           "method": "bprop", "seed": 0, "variant": "v", "metric.final_test_error": 3.0}],
+               {"mnist_ff": suite})
+    from dnibench.report.table1 import render
+    section = render(ctx)
+    assert "four steps on twelve fake images" in section.body and "table1_smoke.md" in {p.name for p in section.files}
+
+
+def test_curve_labels_tell_variants_apart_even_when_a_param_is_missing():
+    from dnibench.report.curves import line_labels
+    runs = pd.DataFrame({"model": ["fcn4"] * 4, "method": ["dni", "dni", "dni", "bprop"],
+                         "variant": ["a", "a", "b", "c"], "param.seed": ["0", "1", "0", "0"],
+                         "param.method_args.p_update": ["0.2", "0.2", float("nan"), "1.0"]})
+    assert line_labels(runs).tolist() == ["DNI (p_update=0.2)", "DNI (p_update=0.2)", "DNI (p_update=unset)", "Bprop"]
