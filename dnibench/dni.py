@@ -106,3 +106,59 @@ class BackwardInterface:
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels, num_classes).float()
+
+
+# ---- Complete unlock: synthetic inputs (paper §3.1, "Complete Unlock") ----------------------------
+
+class SyntheticInputModel(nn.Module):
+    """I_i(x): predicts a stage's input h_{i-1} from the network input x. Flattened x, 0-2 hidden
+    layers (Linear-BN-ReLU), then a linear layer with the default initialisation: unlike a
+    synthesizer there is no safe constant to start from (a zero input would stall the stage)."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], hidden_layers: int = 2,
+                 width: int = 1024):
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        features = int(torch.tensor(in_shape).prod())
+        layers: list[nn.Module] = [nn.Flatten()]
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU()]
+            features = width
+        layers.append(nn.Linear(features, int(torch.tensor(out_shape).prod())))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).view(x.shape[0], *self.out_shape)
+
+
+class ForwardInterface:
+    """A synthetic-input interface in front of one stage: the model I_i, its own optimizer, and the
+    prediction waiting for the real input.
+
+    ``send(x)`` gives the stage its synthetic input at once (detached: the stage's gradient never
+    trains I_i); ``receive(h)`` regresses the held prediction (L2) towards the real h_{i-1}, when the
+    stage below has produced it.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, loss_weight: float = 1.0,
+                 reduction: Literal["mean", "sum"] = "mean"):
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_weight = loss_weight
+        self.reduction = reduction
+        self._prediction: torch.Tensor | None = None
+
+    def send(self, x: torch.Tensor) -> torch.Tensor:
+        self._prediction = self.model(x)
+        return self._prediction.detach()
+
+    def receive(self, real_input: torch.Tensor) -> torch.Tensor:
+        if self._prediction is None:
+            raise RuntimeError("receive() without a preceding send()")
+        prediction, self._prediction = self._prediction, None
+        loss = self.loss_weight * synthetic_gradient_loss(prediction, real_input.detach(), self.reduction)
+        if self.optimizer is not None and prediction.requires_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()

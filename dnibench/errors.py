@@ -11,3 +11,8 @@ class SuiteError(DnibenchError):
 
 class DataError(DnibenchError):
     """A data file that is missing, fails its checksum, or is not in the expected format."""
+
+
+class DataNotProvided(DataError):
+    """A data set that cannot be fetched here and was not given (CIFAR-10 without --cifar-dir):
+    the runner skips its suites with a notice instead of failing the whole invocation."""

@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
+from .errors import DataNotProvided
 from .suite import RunSpec, Suite, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
@@ -77,7 +78,14 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     dev = resolve_device(device)
     suites: list[Suite] = [load_suite(p) for p in paths]
     plans = [(suite, plan(suite, profile, seeds, dev.type)) for suite in suites]
-    datasets = {suite.task: get_task(suite.task).load(data_dir, cifar_dir) for suite, _ in plans}
+    datasets = {}
+    for suite, _ in plans:
+        try:
+            if suite.task not in datasets:
+                datasets[suite.task] = get_task(suite.task).load(data_dir, cifar_dir)
+        except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
+            print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
+    plans = [(suite, specs) for suite, specs in plans if suite.task in datasets]
 
     client = prepare_tracking(tracking_uri)
     outcome = Outcome()

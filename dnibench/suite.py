@@ -6,10 +6,12 @@ stable config hash). Errors name the file, the field and what was expected, in o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -45,10 +47,25 @@ class Profile(Strict):
     task_args: dict[str, Any] = Field(default_factory=dict)
 
 
+class UniformSweep(Strict):
+    """``samples`` values drawn uniformly from [low, high] with a fixed seed (the paper samples
+    p_update uniformly), rounded to 4 decimals so they read cleanly as run parameters."""
+    uniform: tuple[float, float]
+    samples: int = Field(ge=1)
+    seed: int = 0
+
+    def values(self) -> list[float]:
+        low, high = self.uniform
+        return sorted(round(float(v), 4) for v in np.random.default_rng(self.seed).uniform(low, high, self.samples))
+
+
 class Entry(Strict):
     model: str | list[str]
     method: str | list[str]
     args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name: its settings
+    # A grid over method settings, applied to every method of the entry: one run per combination,
+    # e.g. {p_update: [0.1, 0.5, 1.0]} or {p_update: {uniform: [0.02, 1.0], samples: 20, seed: 0}}.
+    sweep: dict[str, Annotated[list[Any], Field(min_length=1)] | UniformSweep] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     task_args: dict[str, Any] = Field(default_factory=dict)
     profiles: list[str] | None = None                     # run only at these profiles (default: all)
@@ -66,6 +83,14 @@ class Entry(Strict):
         models = [self.model] if isinstance(self.model, str) else self.model
         methods = [self.method] if isinstance(self.method, str) else self.method
         return [(model, method) for model in models for method in methods]
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """Every combination of the swept settings ([{}] without a sweep)."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.sweep.items():
+            values = values.values() if isinstance(values, UniformSweep) else values
+            points = [{**point, key: value} for point in points for value in values]
+        return points
 
 
 class Suite(Strict):
@@ -157,11 +182,11 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
     for e_index, entry in enumerate(suite.entries):
         if entry.profiles is not None and profile not in entry.profiles:
             continue
-        for model, method_name in entry.grid():
+        for (model, method_name), point in itertools.product(entry.grid(), entry.sweep_points()):
             try:
                 method = get_method(method_name)
                 train = TrainSettings.model_validate({**suite.train, **prof.train, **entry.train})
-                args = {**entry.args.get(method_name, {}), **prof.method_args.get(method_name, {})}
+                args = {**entry.args.get(method_name, {}), **prof.method_args.get(method_name, {}), **point}
                 settings = method.Settings.model_validate(args).model_dump()
                 task_args = task.Settings.model_validate({**suite.task_args, **prof.task_args,
                                                           **entry.task_args}).model_dump()

@@ -46,9 +46,9 @@ def _mnist(data_dir, _cifar_dir):
 
 def _cifar10(_data_dir, cifar_dir):
     from .data import load_cifar10
-    from .errors import DataError
+    from .errors import DataNotProvided
     if cifar_dir is None:
-        raise DataError("CIFAR-10 is not obtainable here: pass --cifar-dir DIR (the cifar-10-batches-py folder)")
+        raise DataNotProvided("CIFAR-10 is not obtainable here: pass --cifar-dir DIR (the cifar-10-batches-py folder)")
     return load_cifar10(cifar_dir)
 
 

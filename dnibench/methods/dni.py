@@ -6,13 +6,23 @@ One step, stage by stage from the bottom (this is what each stage would do in it
      and update theta_i at once                          -- stage i is update-unlocked
   3. the gradient that reached h_{i-1} is  delta_hat_i * dh_i/dh_{i-1}:  the bootstrapped target for M_i
 With p_update < 1 each stage does 2-3 on its own coin; M_i learns only when stage i ran its backward.
+
+Update delay (beyond the paper): with ``delay = k > 0`` the gradient injected in step 2 comes from a
+copy of M_{i+1} holding the parameters M_{i+1} had at the start of step t - k (the initial ones
+while t <= k); M_{i+1} itself keeps regressing on fresh targets with its current parameters.
+"Staleness" is therefore of the synthesizer's *parameters*, applied to the current h_i: this is
+what a stage sees when its synthesizer is trained elsewhere and its parameters reach the stage k
+steps late. A queue of old *predictions* would instead pair a gradient with a different batch.
 """
 from __future__ import annotations
 
+import copy
+from collections import deque
 from typing import Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer, one_hot
 from . import register
@@ -25,6 +35,24 @@ class DNISettings(MethodSettings):
     synth_loss_weight: float = Field(1.0, gt=0)          # task : synthesizer loss weighted 1:1
     synth_reduction: Literal["mean", "sum"] = "mean"     # over the batch; features are always summed
     synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
+    delay: int = Field(0, ge=0)                          # k: stages use synthesizer parameters k steps old
+
+
+class StaleSynthesizer:
+    """The parameter states one synthesizer had at the start of the last k+1 steps, and a frozen
+    copy loaded with the oldest of them: the synthesizer as a stage k steps behind sees it."""
+
+    def __init__(self, synthesizer: nn.Module, delay: int):
+        self.copy = copy.deepcopy(synthesizer).requires_grad_(False)
+        self.states: deque[dict[str, torch.Tensor]] = deque(maxlen=delay + 1)
+
+    def record(self, synthesizer: nn.Module) -> None:
+        """Called at the start of every step, before anything in the step updates the synthesizer."""
+        self.states.append({k: v.detach().clone() for k, v in synthesizer.state_dict().items()})
+
+    def oldest(self) -> nn.Module:
+        self.copy.load_state_dict(self.states[0])
+        return self.copy
 
 
 @register
@@ -44,6 +72,8 @@ class DNI(Method):
             opt = torch.optim.Adam(synth.parameters(), lr=settings.synth_lr or setup.lr)
             self.synth_optimizers.append(opt)
             self.interfaces.append(BackwardInterface(synth, opt, settings.synth_loss_weight, settings.synth_reduction))
+        # delay = 0 keeps no history: the stage uses the synthesizer itself, exactly as without the option.
+        self.stale = [StaleSynthesizer(s, settings.delay) for s in self.synthesizers] if settings.delay else []
 
     @property
     def synthesizers(self):
@@ -53,11 +83,27 @@ class DNI(Method):
         return self.stage_optimizers + self.synth_optimizers
 
     def train(self, mode: bool = True) -> None:
-        for synth in self.synthesizers:
+        for synth in self.synthesizers + [s.copy for s in self.stale]:
             synth.train(mode)
+
+    def record_synthesizers(self) -> None:
+        """Start of a step: remember the synthesizers' parameters for the delayed stages."""
+        for history, synth in zip(self.stale, self.synthesizers):
+            history.record(synth)
+
+    def synthetic_gradient(self, i: int, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """M_{i+1}'s prediction for h (held for its regression) and the gradient to inject into h:
+        from M_{i+1} itself, or with a delay from its parameters k steps ago."""
+        gradient = self.interfaces[i].send(h, context)
+        if not self.stale:
+            return gradient
+        with torch.no_grad():
+            stale = self.stale[i].oldest()(h.detach(), context)
+        return stale * (self.interfaces[i].grad_scale / h.shape[0])
 
     def step(self, x, y):
         coins = self.coins()
+        self.record_synthesizers()
         context = one_hot(y, self.setup.num_classes) if self.conditioned else None
         metrics: dict[str, torch.Tensor] = {}
         top = len(self.stages) - 1
@@ -75,7 +121,7 @@ class DNI(Method):
                 if learns:
                     loss.backward()
             else:
-                synthetic_gradient = self.interfaces[i].send(h_out, context)
+                synthetic_gradient = self.synthetic_gradient(i, h_out, context)
                 if learns:
                     h_out.backward(synthetic_gradient)
             if learns:

@@ -1,0 +1,105 @@
+"""Complete unlock: synthetic inputs and synthetic gradients for every stage (paper §3.1, "Complete
+Unlock"). No stage waits for another in either direction.
+
+Every stage i > 1 has a synthetic input model I_i(x) that predicts its input h_{i-1} from the network
+input x (stage 1's input is x itself). One step, stage by stage (each could be its own process):
+  1. h_in = I_i(x)                                       the synthetic input, at once
+  2. h_i = f_i(h_in); inject delta_hat_i = M_{i+1}(h_i, c)  (the top stage: the true loss gradient)
+     and update theta_i                                    -- exactly DNI's step 2, on h_in
+  3. M_i is regressed at this stage's own input: M_i(h_in, c) towards the gradient that reached h_in,
+     delta_hat_i * dh_i/dh_in (bootstrapped as in DNI). The pair (input, gradient at that input) is
+     always local to stage i, so M_i learns whenever stage i ran, whether or not stage i-1 did.
+  4. h_i, the *real* input of stage i+1, is sent up: I_{i+1} is regressed (L2) towards it.
+With p_update < 1 one coin per stage gates steps 1-4 (its forward and its backward together); I_{i+1}
+learns whenever stage i produced a real h_i, whatever stage i+1's own coin said.
+
+Test error is measured on the real forward chain (train.test_error): synthetic inputs exist only to
+train. With oracle inputs (I_i(x) = the true h_{i-1}) a step is exactly a DNI step, and with oracle
+synthetic gradients too, exactly a backprop step (tests/test_unlock.py).
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..dni import ForwardInterface, SyntheticInputModel, one_hot
+from . import register
+from .base import task_loss
+from .dni import DNI, DNISettings
+
+
+class UnlockSettings(DNISettings):
+    # The paper does not give I_i's architecture in the text we have; it mirrors the DNI synthesizer
+    # (2 hidden layers of 1024, Linear-BN-ReLU) and can be changed per suite.
+    input_hidden_layers: int = Field(2, ge=0, le=2)
+    input_width: int = Field(1024, ge=1)
+    input_loss_weight: float = Field(1.0, gt=0)
+    input_lr: float | None = Field(None, gt=0)           # default: the run's lr
+
+
+class UnlockCDNISettings(UnlockSettings):
+    synth_hidden_layers: int = Field(0, ge=0, le=2)      # as cDNI: linear synthesizers
+
+
+@register
+class UnlockDNI(DNI):
+    name = "unlock_dni"
+    description = "complete unlock: synthetic inputs and synthetic gradients for every layer"
+    Settings = UnlockSettings
+
+    def __init__(self, stages, settings, setup):
+        super().__init__(stages, settings, setup)
+        self.inputs: list[ForwardInterface] = []       # inputs[j] feeds stage j+1 (I_{j+2} in the paper's 1-based names)
+        self.input_optimizers = []
+        for shape in setup.stage_shapes[:-1]:
+            model = SyntheticInputModel(setup.in_shape, shape, settings.input_hidden_layers,
+                                        settings.input_width).to(setup.device)
+            opt = torch.optim.Adam(model.parameters(), lr=settings.input_lr or setup.lr)
+            self.input_optimizers.append(opt)
+            self.inputs.append(ForwardInterface(model, opt, settings.input_loss_weight, settings.synth_reduction))
+
+    def optimizers(self):
+        return super().optimizers() + self.input_optimizers
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        for iface in self.inputs:
+            iface.model.train(mode)
+
+    def step(self, x, y):
+        coins = self.coins()
+        self.record_synthesizers()
+        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
+        metrics: dict[str, torch.Tensor] = {}
+        top = len(self.stages) - 1
+        real: dict[int, torch.Tensor] = {}                 # real outputs h_i of the stages that ran
+        for i, stage in enumerate(self.stages):
+            if not coins[i]:                               # p_update gates forward and backward together
+                continue
+            h_in = x if i == 0 else self.inputs[i - 1].send(x).requires_grad_(True)
+            h_out = stage(h_in)
+            if i == top:
+                loss = task_loss(h_out, y)
+                metrics["train_loss"] = loss.detach()
+                loss.backward()
+            else:
+                h_out.backward(self.synthetic_gradient(i, h_out, context))
+                real[i] = h_out.detach()
+            self.apply_update(i)
+            if i > 0:                                      # M_i at this stage's own (synthetic) input
+                self.interfaces[i - 1].send(h_in, context)
+                metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(h_in.grad)
+        # The real inputs arrive after every stage has used its synthetic one (no stage waited).
+        for i, h in real.items():
+            if not coins[i + 1]:                           # stage i+1 did not ask for a synthetic input
+                self.inputs[i].send(x)
+            metrics[f"input_loss/h{i + 1}"] = self.inputs[i].receive(h)
+        return metrics
+
+
+@register
+class UnlockCDNI(UnlockDNI):
+    name = "unlock_cdni"
+    description = "complete unlock with label-conditioned synthesizers (cDNI)"
+    Settings = UnlockCDNISettings
+    conditioned = True

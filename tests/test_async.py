@@ -1,0 +1,138 @@
+"""Sporadic updates (p_update): the coins, the per-layer update counts the loop logs, and the suite
+``sweep`` that makes the p_update grid."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dnibench.data import ImageData
+from dnibench.errors import SuiteError
+from dnibench.methods import Setup, get_method
+from dnibench.models import build_stages, stage_output_shapes
+from dnibench.suite import RunSpec, TrainSettings, load_suite, plan
+from dnibench.train import train_ff
+
+IN_SHAPE = (1, 4, 4)                    # tiny images: the coins, not the digits, are under test
+
+
+def make(method, seed=0, **settings):
+    torch.manual_seed(seed)
+    stages = build_stages("fcn4", IN_SHAPE, 10)
+    cls = get_method(method)
+    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-3, device=torch.device("cpu"),
+                  generator=torch.Generator().manual_seed(seed))
+    return cls(stages, cls.Settings(**settings), setup)
+
+
+def batch(n=8):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, *IN_SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def stage_params(method):
+    """Each stage's last parameter (a bias): it moves with every Adam step that has a gradient."""
+    return [list(stage.parameters())[-1].detach().clone() for stage in method.stages]
+
+
+def run_and_record(method, steps):
+    """Per step: which stages the method counted as updated, and which actually changed."""
+    x, y = batch()
+    counted, changed = [], []
+    for _ in range(steps):
+        before_counts, before = list(method.update_counts), stage_params(method)
+        method.step(x, y)
+        counted.append([a != b for a, b in zip(method.update_counts, before_counts)])
+        changed.append([not torch.equal(a, b) for a, b in zip(stage_params(method), before)])
+    return counted, changed
+
+
+def within_binomial(count, steps, p, sigmas=4.5):
+    return abs(count - steps * p) <= sigmas * math.sqrt(steps * p * (1 - p)) + 1
+
+
+def test_bprop_layer_updates_only_when_every_layer_above_did():
+    steps, p = 200, 0.6
+    bprop = make("bprop", p_update=p)
+    counted, changed = run_and_record(bprop, steps)
+    assert counted == changed                      # a counted update is a real parameter change, and only then
+    for row in counted:                            # the updated stages are always a top suffix: backward stops at the first "no"
+        lowest = row.index(True) if any(row) else len(row)
+        assert all(row[lowest:]) and not any(row[:lowest])
+    counts = bprop.update_counts
+    assert counts == sorted(counts)                # non-decreasing towards the top
+    n = len(counts)
+    for i, count in enumerate(counts):             # stage i (0-based) of n: p^(n - i)
+        assert within_binomial(count, steps, p ** (n - i)), (i, count, steps * p ** (n - i))
+
+
+@pytest.mark.parametrize("method", ["dni", "cdni"])
+def test_dni_layers_update_on_their_own_coins(method):
+    steps, p = 200, 0.3
+    dni = make(method, p_update=p, synth_hidden_layers=0)
+    for synth in dni.synthesizers:                 # non-zero synthesizers: every counted update moves the stage
+        nn.init.normal_(synth.net[-1].weight, std=0.1)
+    counted, changed = run_and_record(dni, steps)
+    assert counted == changed
+    for count in dni.update_counts:
+        assert within_binomial(count, steps, p)
+    # Decoupled: a lower layer updates in steps where the top one does not (never possible with bprop).
+    assert any(row[0] and not row[-1] for row in counted)
+
+
+def test_training_loop_logs_updates_per_stage():
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(torch.rand(64, *IN_SHAPE, generator=g), torch.randint(0, 10, (64,), generator=g),
+                     torch.rand(16, *IN_SHAPE, generator=g), torch.randint(0, 10, (16,), generator=g), 10, "random")
+    spec = RunSpec(suite="t", profile="smoke", task="mnist", model="fcn4", method="bprop",
+                   method_args=get_method("bprop").Settings(p_update=0.5).model_dump(),
+                   train=TrainSettings(steps=120, batch_size=8, lr=1e-3, lr_decay_at=[], eval_every=60, log_every=30),
+                   seed=0, device="cpu")
+    logged = {}
+    train_ff(spec, data, lambda metrics, step: logged.setdefault(step, {}).update(metrics))
+    last = logged[120]
+    counts = [last[f"updates/stage{i}"] for i in range(1, 5)]
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+    assert within_binomial(counts[-1], 120, 0.5)
+    assert [logged[s]["updates/stage4"] for s in (30, 60, 90, 120)] == sorted(logged[s]["updates/stage4"] for s in (30, 60, 90, 120))
+
+
+SWEEP_SUITE = """
+name: sweep
+task: mnist
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn4
+    method: [bprop, dni]
+    sweep: {p_update: [0.1, 0.5, 1.0]}
+  - model: fcn4
+    method: cdni
+    sweep: {p_update: {uniform: [0.01, 1.0], samples: 5, seed: 3}}
+"""
+
+
+def test_sweep_makes_one_run_per_value_and_uniform_samples_are_seeded(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP_SUITE)
+    specs = plan(load_suite(path), "smoke")
+    assert sorted((s.method, s.method_args["p_update"]) for s in specs if s.method != "cdni") == \
+        [("bprop", 0.1), ("bprop", 0.5), ("bprop", 1.0), ("dni", 0.1), ("dni", 0.5), ("dni", 1.0)]
+    uniform = [s.method_args["p_update"] for s in specs if s.method == "cdni"]
+    assert len(set(uniform)) == 5 and all(0.01 <= p <= 1.0 for p in uniform)
+    assert uniform == [s.method_args["p_update"] for s in plan(load_suite(path), "smoke") if s.method == "cdni"]
+    assert len({s.config_hash for s in specs}) == len(specs) == 11
+
+
+def test_sweep_value_out_of_range_names_entry_and_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(SWEEP_SUITE.replace("[0.1, 0.5, 1.0]", "[0.1, 1.5]"))
+    with pytest.raises(SuiteError, match=r"bad.yaml: entries\[0\] \(fcn4, bprop\): field 'p_update'"):
+        plan(load_suite(path), "smoke")
+
+
+def test_shipped_async_suite_has_the_p_update_grid():
+    suite = load_suite("suites/mnist_async.yaml")
+    grid = {(s.method, s.method_args["p_update"]) for s in plan(suite, "quick")}
+    assert grid == {(m, p) for m in ("bprop", "dni", "cdni") for p in (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
+    paper = [s for s in plan(suite, "paper") if s.method_args["p_update"] not in {0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0}]
+    assert len(paper) == 40                        # 20 uniform samples x (dni, cdni)

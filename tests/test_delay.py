@@ -1,0 +1,84 @@
+"""The update-delay option of DNI/cDNI: with delay k a stage's injected synthetic gradient comes from
+its synthesizer's parameters at the start of step t - k; delay 0 is the undelayed method."""
+import copy
+
+import pydantic
+import pytest
+import torch
+from torch import nn
+
+from dnibench.methods import Setup, get_method
+from dnibench.models import build_stages, stage_output_shapes
+
+IN_SHAPE = (1, 6, 6)
+
+
+def make(method="dni", seed=0, **settings):
+    torch.manual_seed(seed)
+    stages = build_stages("fcn3", IN_SHAPE, 10)
+    cls = get_method(method)
+    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-2, device=torch.device("cpu"))
+    dni = cls(stages, cls.Settings(synth_hidden_layers=1, synth_width=32, **settings), setup)
+    for synth in dni.synthesizers:
+        nn.init.normal_(synth.net[-1].weight, std=0.1)     # non-zero predictions from the first step
+    return dni
+
+
+def injected_into_first_stage(dni, steps, batches):
+    """Per step: the synthesizer M_2 as it was at the start of the step, the first stage's output
+    h_1, and the gradient the step injected into h_1."""
+    record = {}
+
+    def hook(module, inputs, output):
+        record["h"] = output.detach().clone()
+        if output.requires_grad:
+            output.register_hook(lambda g: record.__setitem__("g", g.clone()))
+
+    dni.stages[0].register_forward_hook(hook)
+    out = []
+    for t in range(steps):
+        snapshot = copy.deepcopy(dni.synthesizers[0])
+        x, y = batches[t]
+        dni.step(x, y)
+        out.append((snapshot, record["h"], record["g"], y))
+    return out
+
+
+def batches(n):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(16, *IN_SHAPE, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+
+
+def prediction(synth, h, y, conditioned):
+    context = nn.functional.one_hot(y, 10).float() if conditioned else None
+    with torch.no_grad():
+        return synth(h, context) / h.shape[0]
+
+
+@pytest.mark.parametrize("method", ["dni", "cdni"])
+@pytest.mark.parametrize("delay", [0, 2])
+def test_injected_gradient_comes_from_the_synthesizer_k_steps_ago(method, delay):
+    steps = 6
+    dni = make(method, delay=delay)
+    seen = injected_into_first_stage(dni, steps, batches(steps))
+    conditioned = method == "cdni"
+    for t, (_, h, g, y) in enumerate(seen):
+        stale_synth = seen[max(0, t - delay)][0]            # the synthesizer at the start of step t - k
+        torch.testing.assert_close(g, prediction(stale_synth, h, y, conditioned), rtol=0, atol=1e-7)
+        if delay and t > delay:                             # ... and not the current one: the test can fail
+            assert not torch.allclose(g, prediction(seen[t][0], h, y, conditioned), atol=1e-6)
+    assert (dni.stale == []) == (delay == 0)                # delay 0 keeps no history: the undelayed method
+
+
+def test_a_delayed_synthesizer_still_learns_from_fresh_targets():
+    dni = make(delay=3)
+    before = [p.detach().clone() for p in dni.synthesizers[0].parameters()]
+    for x, y in batches(2):
+        dni.step(x, y)
+    assert any(not torch.equal(p, q) for p, q in zip(before, dni.synthesizers[0].parameters()))
+    assert len(dni.stale[0].states) == 2                    # one state per step so far, at most k + 1
+
+
+def test_negative_delay_is_rejected():
+    with pytest.raises(pydantic.ValidationError):
+        get_method("dni").Settings(delay=-1)

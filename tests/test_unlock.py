@@ -1,0 +1,128 @@
+"""Complete unlock: with oracle synthetic inputs a step is exactly a locked DNI step, with oracle
+synthetic gradients too exactly a backprop step; the synthetic inputs learn; p_update gates a layer."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dnibench.dni import ForwardInterface, SyntheticInputModel
+from dnibench.methods import Setup, get_method
+from dnibench.models import build_stages, stage_output_shapes
+
+IN_SHAPE = (1, 6, 6)                 # tiny images keep these tests fast; the equations do not care
+
+
+def make(method, seed=0, model="fcn4", **settings):
+    torch.manual_seed(seed)
+    stages = build_stages(model, IN_SHAPE, 10)
+    cls = get_method(method)
+    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-2, device=torch.device("cpu"))
+    return cls(stages, cls.Settings(**settings), setup)
+
+
+def batch(n=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *IN_SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def true_activations(stages, x, y):
+    """The real forward chain h_1..h_N on a copy of the stages, and dL/dh_i below the top."""
+    stages = copy.deepcopy(stages)
+    hs, h = [], x
+    for stage in stages:
+        h = stage(h)
+        hs.append(h)
+    grads = torch.autograd.grad(nn.functional.cross_entropy(h, y), hs[:-1])
+    return [h.detach() for h in hs], grads
+
+
+class Given(nn.Module):
+    """An oracle: returns the tensor it was given (scaled per example for a synthesizer)."""
+
+    def __init__(self, value, per_example=False):
+        super().__init__()
+        self.value, self.per_example = value, per_example
+
+    def forward(self, h, context=None):
+        return self.value * h.shape[0] if self.per_example else self.value
+
+
+def all_params(method, synthesizers=True):
+    modules = list(method.stages) + (method.synthesizers if synthesizers else [])
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+@pytest.mark.parametrize("locked_name,unlocked_name", [("dni", "unlock_dni"), ("cdni", "unlock_cdni")])
+def test_oracle_inputs_give_exactly_the_locked_dni_update(locked_name, unlocked_name):
+    x, y = batch()
+    locked = make(locked_name, synth_hidden_layers=1, synth_width=32)
+    unlocked = make(unlocked_name, synth_hidden_layers=1, synth_width=32, input_hidden_layers=0)
+    unlocked.stages.load_state_dict(locked.stages.state_dict())
+    for a, b in zip(locked.synthesizers, unlocked.synthesizers):
+        nn.init.normal_(a.net[-1].weight, std=0.1)          # non-zero synthetic gradients from the start
+        b.load_state_dict(a.state_dict())
+    for _ in range(3):                                      # Adam states must evolve identically too
+        real, _ = true_activations(unlocked.stages, x, y)
+        for iface, h in zip(unlocked.inputs, real[:-1]):    # I_{i+1}(x) = the true h_i
+            iface.model, iface.optimizer = Given(h), None
+        locked.step(x, y)
+        unlocked.step(x, y)
+        for a, b in zip(all_params(locked), all_params(unlocked)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(all_params(locked), all_params(make(locked_name))))
+
+
+def test_oracle_inputs_and_gradients_give_exactly_the_backprop_update():
+    x, y = batch()
+    bprop, unlocked = make("bprop"), make("unlock_dni", input_hidden_layers=0)
+    unlocked.stages.load_state_dict(bprop.stages.state_dict())
+    for _ in range(3):
+        real, grads = true_activations(unlocked.stages, x, y)
+        for iface, h in zip(unlocked.inputs, real[:-1]):
+            iface.model, iface.optimizer = Given(h), None
+        for iface, g in zip(unlocked.interfaces, grads):
+            iface.synthesizer, iface.optimizer = Given(g, per_example=True), None
+        bprop.step(x, y)
+        unlocked.step(x, y)
+        for a, b in zip(all_params(bprop, False), all_params(unlocked, False)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_synthetic_input_loss_decreases_on_a_tiny_problem():
+    x, y = batch(n=32)
+    unlocked = make("unlock_cdni", input_hidden_layers=1, input_width=64)
+    first = last = None
+    for step in range(60):
+        metrics = unlocked.step(x, y)
+        loss = sum(metrics[f"input_loss/h{i}"].item() for i in (1, 2, 3))
+        first = loss if first is None else first
+        last = loss
+    assert last < 0.5 * first, (first, last)
+
+
+def test_forward_interface_regresses_towards_the_real_input():
+    torch.manual_seed(0)
+    model = SyntheticInputModel(IN_SHAPE, (5,), hidden_layers=0)
+    iface = ForwardInterface(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    x, real = torch.rand(8, *IN_SHAPE), torch.rand(8, 5)
+    synthetic = iface.send(x)
+    assert synthetic.shape == real.shape and not synthetic.requires_grad
+    expected = (model(x) - real).pow(2).sum(1).mean()      # L2: summed over features, mean over the batch
+    torch.testing.assert_close(iface.receive(real), expected.detach())
+    iface.send(x)
+    assert iface.receive(real) < expected                  # one SGD step moved I towards the real input
+    with pytest.raises(RuntimeError):
+        iface.receive(real)
+
+
+def test_p_update_gates_a_layers_forward_and_backward():
+    x, y = batch()
+    unlocked = make("unlock_dni", p_update=0.5, synth_hidden_layers=0, input_hidden_layers=0)
+    calls = [0] * len(unlocked.stages)
+    for i, stage in enumerate(unlocked.stages):
+        stage.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    for _ in range(40):
+        unlocked.step(x, y)
+    assert calls == unlocked.update_counts                 # a layer runs forward exactly when it updates
+    assert all(8 <= c <= 32 for c in calls), calls
