@@ -136,3 +136,47 @@ def test_shipped_async_suite_has_the_p_update_grid():
     assert grid == {(m, p) for m in ("bprop", "dni", "cdni") for p in (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
     paper = [s for s in plan(suite, "paper") if s.method_args["p_update"] not in {0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0}]
     assert len(paper) == 40                        # 20 uniform samples x (dni, cdni)
+
+
+def fake_report_context(tmp_path, rows, final_key="metric.final_test_error"):
+    """A ReportContext over made-up finished runs: each row's test error falls linearly to its final value."""
+    import pandas as pd
+
+    from dnibench.report.context import ReportContext, load_published, load_suites
+    runs = pd.DataFrame(rows)
+    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
+    runs["start_time"] = range(len(runs))
+    runs["variant"] = runs["run_id"]
+    ctx = ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
+                        suites=load_suites("suites"))
+    for row in runs.itertuples():
+        steps = int(runs.at[row.Index, "param.train.steps"])
+        final = runs.at[row.Index, final_key]
+        ctx._histories[(row.run_id, "test_error")] = pd.DataFrame(
+            {"step": [steps // 2, steps], "value": [final + 5.0, final], "timestamp": [0, 1]})
+    return ctx
+
+
+def async_row(profile, method, p, final, steps=500_000):
+    return {"suite": "mnist_async", "profile": profile, "method": method, "model": "fcn4", "seed": 0,
+            "param.method_args.p_update": str(p), "param.train.steps": str(steps), "metric.final_test_error": final,
+            **{f"metric.updates/stage{i}": steps * p ** (5 - i if method == "bprop" else 1) for i in range(1, 5)}}
+
+
+def test_async_report_judges_the_two_claims_from_the_runs(tmp_path):
+    from dnibench.report import async_updates
+    rows = [async_row("paper", "dni", 0.2, 2.1), async_row("paper", "dni", 1.0, 1.9),
+            async_row("paper", "cdni", 0.05, 2.6), async_row("paper", "cdni", 1.0, 1.9),
+            async_row("paper", "bprop", 0.2, 9.0), async_row("paper", "bprop", 1.0, 1.8),
+            async_row("quick", "dni", 0.2, 2.1, 3000), async_row("quick", "cdni", 0.05, 2.0, 3000),
+            async_row("quick", "cdni", 1.0, 1.9, 3000)]
+    section = async_updates.render(fake_report_context(tmp_path, rows))
+    paper = (tmp_path / "async_claims_paper.csv").read_text()
+    assert "within tolerance" in paper.splitlines()[1]                 # DNI 2.1 vs about 2.0 (±0.3)
+    assert paper.splitlines()[2].endswith("does not hold")             # cDNI 2.6 > 1.9 + 0.5
+    quick = (tmp_path / "async_claims_quick.csv").read_text().splitlines()
+    assert "not comparable at this profile" in quick[1] and "2.10%" in quick[1]
+    assert quick[2].endswith("not comparable at this profile (the rule would say: holds)")
+    for stem in ("async_p_update", "async_curves", "async_updates"):
+        assert (tmp_path / f"{stem}_paper.png").stat().st_size > 10_000
+    assert "Profile `quick`" in section.body and "Departures" in section.body

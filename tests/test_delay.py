@@ -82,3 +82,16 @@ def test_a_delayed_synthesizer_still_learns_from_fresh_targets():
 def test_negative_delay_is_rejected():
     with pytest.raises(pydantic.ValidationError):
         get_method("dni").Settings(delay=-1)
+
+
+def test_delay_report_tabulates_final_error_against_delay(tmp_path):
+    from test_async import fake_report_context
+
+    from dnibench.report import delay as delay_report
+    rows = [{"suite": "mnist_delay", "profile": "quick", "method": m, "model": "fcn4", "seed": 0,
+             "param.method_args.delay": str(k), "param.train.steps": "3000", "metric.final_test_error": err}
+            for m, k, err in [("dni", 0, 3.0), ("dni", 30, 4.0), ("cdni", 0, 2.5), ("cdni", 30, 2.75)]]
+    section = delay_report.render(fake_report_context(tmp_path, rows))
+    assert (tmp_path / "delay_quick.csv").read_text().splitlines() == [
+        "delay,DNI final test error (%),cDNI final test error (%)", "0,3.0,2.5", "30,4.0,2.75"]
+    assert (tmp_path / "delay_quick.png").stat().st_size > 10_000 and "delay_quick.png" in section.body

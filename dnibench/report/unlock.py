@@ -1,0 +1,129 @@
+"""Complete unlock (paper §3.1, "Complete Unlock"), from the mnist_unlock suite: test error against
+iterations of the completely unlocked FCN-4 (synthetic inputs and synthetic gradients) next to
+backprop, DNI and cDNI run in the same suite on the same schedule, and the paper's claim.
+
+The claim has two parts, judged separately:
+  - "reaches about 2% error": the final test error against the published value +- tolerance
+    (only at the paper profile; elsewhere reported as measured, "not comparable at this profile");
+  - "more slowly": measured as the first iteration at which test error falls to a target, the
+    target being SLOWER_FACTOR x backprop's final error in the same profile (a level every method
+    can reach at any profile); it holds when each unlocked method gets there later than its locked
+    counterpart (unlock_dni vs dni, unlock_cdni vs cdni), or not at all.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from . import Section
+from .async_updates import error_axis
+from .context import ReportContext, display_name, latest_variant, markdown_table
+from .verdict import NO_RUNS, NOT_COMPARABLE, mean_ci, verdict
+from ..suite import PROFILES
+
+SUITE = "mnist_unlock"
+LOCKED = {"unlock_dni": "dni", "unlock_cdni": "cdni"}          # unlocked method -> its locked counterpart
+METHODS = ["bprop", "dni", "cdni", "unlock_dni", "unlock_cdni"]
+NAMES = {"unlock_dni": "DNI, complete unlock", "unlock_cdni": "cDNI, complete unlock"}
+SLOWER_FACTOR = 2.0
+
+
+def _name(method: str) -> str:
+    return NAMES.get(method, display_name(method))
+
+
+def mean_curve(ctx: ReportContext, runs: pd.DataFrame) -> pd.Series:
+    """Test error against iteration, averaged over the runs (seeds) given."""
+    curves = [ctx.history(r, "test_error").set_index("step")["value"] for r in runs["run_id"]]
+    return pd.concat(curves, axis=1).mean(axis=1) if curves else pd.Series(dtype=float)
+
+
+def first_reach(curve: pd.Series, target: float) -> float:
+    below = curve[curve <= target]
+    return float(below.index[0]) if len(below) else math.inf
+
+
+def figure(ctx: ReportContext, curves: dict[str, pd.Series], profile: str):
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    styles = {"bprop": ("k", "-"), "dni": ("tab:blue", "-"), "cdni": ("tab:orange", "-"),
+              "unlock_dni": ("tab:blue", "--"), "unlock_cdni": ("tab:orange", "--")}
+    for method, curve in curves.items():
+        colour, line = styles.get(method, ("grey", ":"))
+        ax.plot(curve.index, curve.values, line, color=colour, lw=1.5, label=_name(method))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("test error (%)")
+    error_axis(ax)
+    ax.legend(fontsize=8)
+    ax.set_title(f"FCN-4 MNIST, complete unlock ({profile}; mean over seeds)")
+    return ctx.save_figure(fig, f"unlock_curves_{profile}")
+
+
+def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series], profile: str) -> pd.DataFrame:
+    published = ctx.published["complete_unlock"]
+    about, tolerance = float(published["test_error_about"]), ctx.published["tolerance_points"]
+    comparable = profile == "paper"
+    bprop = runs[runs["method"] == "bprop"]["metric.final_test_error"].mean() if "bprop" in curves else math.nan
+    target = SLOWER_FACTOR * bprop
+    rows = []
+    for method, locked in LOCKED.items():
+        at = runs[runs["method"] == method]
+        mean, half, n = mean_ci(at["metric.final_test_error"].tolist())
+        level = verdict(mean, half, about, tolerance, comparable)
+        if n == 0 or locked not in curves or not math.isfinite(target):
+            slower_text, slower = "no runs to compare", NO_RUNS
+        else:
+            mine, theirs = first_reach(curves[method], target), first_reach(curves[locked], target)
+            fmt = lambda s: "never" if math.isinf(s) else f"iteration {s:g}"  # noqa: E731
+            slower_text = f"{fmt(mine)} vs {_name(locked)} {fmt(theirs)} (target {target:.2f}%)"
+            if math.isinf(mine) and math.isinf(theirs):
+                outcome = "undecided: neither reached the target"
+            else:
+                outcome = "holds" if mine > theirs else "does not hold"
+            slower = outcome if comparable else f"{NOT_COMPARABLE} (measured: {outcome})"
+        measured = "no run" if n == 0 else f"{mean:.2f}%" + (f" ± {half:.2f} ({n} seeds)" if n > 1 else " (1 seed)")
+        rows.append({"Method": _name(method), "Claim (as published)": published["text"],
+                     "Final test error": measured, f"About {about:g}% (±{tolerance})": level,
+                     f"Reaches {SLOWER_FACTOR:g}x Bprop's final error": slower_text, "More slowly": slower})
+    return pd.DataFrame(rows)
+
+
+def render(ctx: ReportContext) -> Section | None:
+    runs = ctx.runs
+    if runs.empty:
+        return None
+    runs = runs[(runs["suite"] == SUITE) & runs["method"].isin(METHODS)]
+    if runs.empty:
+        return None
+    runs, _ = latest_variant(runs, ["profile", "method"])   # a since-edited suite: its latest configuration
+    body = ["FCN-4 on MNIST. *Complete unlock*: every layer above the first trains on a synthetic input "
+            "I_i(x), predicted from the image and regressed (L2) towards the real input whenever the layer "
+            "below produced it, and on a synthetic gradient; no layer waits for another in either "
+            "direction. Test error is measured on the real forward chain. \"More slowly\" is measured as the "
+            f"first iteration at which test error reaches {SLOWER_FACTOR:g}x Bprop's final error in the same "
+            "profile, against the locked DNI / cDNI run.", ""]
+    files = []
+    for profile in [p for p in PROFILES if p in set(runs["profile"])]:
+        at = runs[runs["profile"] == profile]
+        curves = {m: mean_curve(ctx, at[at["method"] == m]) for m in METHODS if m in set(at["method"])}
+        files += figure(ctx, curves, profile)
+        table = claims(ctx, at, curves, profile)
+        files += ctx.write_table(table, f"unlock_claims_{profile}")
+        finals = at.groupby("method")["metric.final_test_error"].agg(["mean", "count"]).reindex(
+            [m for m in METHODS if m in set(at["method"])])
+        finals = pd.DataFrame({"Method": [_name(m) for m in finals.index],
+                               "Final test error (%)": np.round(finals["mean"].to_numpy(), 2),
+                               "Seeds": finals["count"].to_numpy()})
+        suite = ctx.suites.get(SUITE)
+        steps = int(at["param.train.steps"].astype(int).max())
+        body += [f"### Profile `{profile}` ({len(at)} runs, {steps} iterations)", ""]
+        if profile != "paper":
+            departures = suite.profiles[profile].departures if suite else []
+            body += ["Not the paper's schedule, so the claim is *not comparable*; the measured numbers are "
+                     "reported as they are. Departures:", *[f"- {d}" for d in departures], ""]
+        body += [f"![complete unlock](unlock_curves_{profile}.png)", "", markdown_table(finals), "",
+                 "Claim:", "", markdown_table(table)]
+    return Section(title="Complete unlock: synthetic inputs and synthetic gradients", body="\n".join(body),
+                   files=files)
