@@ -1,4 +1,4 @@
-"""Command line: dnibench run | report | list | data fetch. Input errors print one line, exit 2."""
+"""Command line: dnibench run | report | compare | list | data fetch. Input errors print one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,14 @@ def _cmd_report(args) -> int:
     from .report import write_report
     written = write_report(args.tracking_uri, Path(args.out), suites_dir=Path(args.suites_dir))
     print(f"dnibench: report written to {args.out}/ ({len(written)} files)")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .compare import compare, render, write_comparison
+    table, metric, profile = compare(args.tracking_uri, args.suite, args.profile, args.baseline, args.metric)
+    print(render(table, args.suite, profile, metric, args.baseline))
+    print(f"\n(also written to {write_comparison(table, Path(args.out), args.suite, profile)})")
     return 0
 
 
@@ -70,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports")
     report.add_argument("--suites-dir", default="suites")
     report.set_defaults(func=_cmd_report)
+
+    cmp = sub.add_parser("compare", help="a variant against the baselines over seeds (from MLflow)")
+    cmp.add_argument("suite", help="suite name, e.g. mnist_ff")
+    cmp.add_argument("--profile", default=None, help="default: the profile run last")
+    cmp.add_argument("--baseline", default="bprop")
+    cmp.add_argument("--metric", default=None, help="default: final_test_error (or the task's headline metric)")
+    cmp.add_argument("--tracking-uri", default=default_uri)
+    cmp.add_argument("--out", default="reports")
+    cmp.set_defaults(func=_cmd_compare)
 
     lst = sub.add_parser("list", help="list methods, tasks and suites")
     lst.add_argument("--suites-dir", default="suites")

@@ -1,0 +1,88 @@
+"""`dnibench compare`: a variant against the baselines over seeds, from MLflow only.
+
+For one suite (and profile) it tabulates, per model and method configuration: the seeds, the metric's
+mean ± 95% CI, the difference to the baseline method with its Welch 95% CI, training throughput and its
+ratio to the baseline's, and GPU utilisation where logged.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import DnibenchError
+from .report.context import latest_variant, load_runs, markdown_table
+from .report.curves import line_labels
+from .report.verdict import mean_ci
+
+
+def welch_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a) - mean(b) and its 95% CI half-width (Welch's t); NaN half-width below 2 seeds each."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return diff, 0.0
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return diff, float(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
+
+
+def _pm(mean: float, half: float, digits: int = 2) -> str:
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if math.isfinite(half) else "")
+
+
+def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline: str = "bprop",
+            metric: str | None = None) -> tuple[pd.DataFrame, str, str]:
+    """(table, metric, profile) for one suite; raises DnibenchError when there is nothing to compare."""
+    runs = load_runs(tracking_uri)
+    runs = runs[runs["suite"] == suite]
+    if runs.empty:
+        raise DnibenchError(f"no finished runs of suite {suite!r} in {tracking_uri}")
+    if profile is None:
+        profile = runs.sort_values("start_time")["profile"].iloc[-1]
+    runs = runs[runs["profile"] == profile]
+    if runs.empty:
+        raise DnibenchError(f"no finished runs of suite {suite!r} at profile {profile!r} in {tracking_uri}")
+    if metric is None:
+        metric = next((m for m in ("final_test_error", "max_len_solved", "test_bpc") if f"metric.{m}" in runs), None)
+    if metric is None or f"metric.{metric}" not in runs:
+        raise DnibenchError(f"metric {metric!r} was not logged by suite {suite!r}")
+    runs = runs.assign(label=line_labels(runs))
+    rows = []
+    for model, by_model in runs.groupby("model", sort=True):
+        base, _ = latest_variant(by_model[by_model["method"] == baseline], ["model"])
+        base_values = base[f"metric.{metric}"].dropna().tolist()
+        base_speed = base["metric.mean_samples_per_s"].mean() if "metric.mean_samples_per_s" in base else math.nan
+        for label, group in by_model.groupby("label", sort=False):
+            values = group[f"metric.{metric}"].dropna().tolist()
+            mean, half, n = mean_ci(values)
+            diff, diff_half = welch_difference(values, base_values) if base_values and values else (math.nan, math.nan)
+            speed = group["metric.mean_samples_per_s"].mean() if "metric.mean_samples_per_s" in group else math.nan
+            gpu = group["metric.gpu_util_pct_mean"].mean() if "metric.gpu_util_pct_mean" in group else math.nan
+            rows.append({"model": model, "method": label, "seeds": n, metric: _pm(mean, half),
+                         f"vs {baseline}": "baseline" if (group["method"] == baseline).all() else _pm(diff, diff_half),
+                         "samples/s": f"{speed:.0f}" if math.isfinite(speed) else "—",
+                         f"speed vs {baseline}": f"{speed / base_speed:.2f}x"
+                         if math.isfinite(speed) and math.isfinite(base_speed) and base_speed else "—",
+                         "GPU util %": f"{gpu:.0f}" if math.isfinite(gpu) else "—"})
+    return pd.DataFrame(rows), metric, profile
+
+
+def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"compare_{suite}_{profile}.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+def render(table: pd.DataFrame, suite: str, profile: str, metric: str, baseline: str) -> str:
+    head = (f"Suite `{suite}` at `{profile}`: {metric} (mean ± 95% CI over seeds); difference to `{baseline}` "
+            f"with Welch's 95% CI; samples/s = training throughput.\n\n")
+    return head + markdown_table(table)
