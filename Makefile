@@ -11,7 +11,7 @@ PROFILE ?= quick
 DEVICE ?= auto
 SEEDS ?=
 TRACKING_URI ?= sqlite:///results/mlflow.db
-SUITES ?= suites/mnist_ff.yaml
+SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml suites/mnist_delay.yaml suites/cifar10_ff.yaml
 RUN_FLAGS ?=
 
 .DEFAULT_GOAL := help
