@@ -13,6 +13,7 @@ while t <= k); M_{i+1} itself keeps regressing on fresh targets with its current
 "Staleness" is therefore of the synthesizer's *parameters*, applied to the current h_i: this is
 what a stage sees when its synthesizer is trained elsewhere and its parameters reach the stage k
 steps late. A queue of old *predictions* would instead pair a gradient with a different batch.
+Memory grows with k: k+1 copies of every synthesizer's state are kept.
 """
 from __future__ import annotations
 
