@@ -49,9 +49,9 @@ class CopySettings(BaseModel):
 
     @model_validator(mode="after")
     def _ranges(self):
-        if self.threshold_bpc >= self.bits:
-            raise ValueError(f"threshold_bpc {self.threshold_bpc} must be below the chance level of {self.bits} "
-                             "bits per character")
+        if self.threshold_bpc >= self.bits + 1:          # a uniform guess costs 1 bit per channel
+            raise ValueError(f"threshold_bpc {self.threshold_bpc} must be below the chance level of {self.bits + 1} "
+                             f"bits per character ({self.bits} bits and the end marker)")
         if self.max_n is not None and self.max_n < self.start_n:
             raise ValueError(f"max_n {self.max_n} must be at least start_n {self.start_n}")
         return self
