@@ -11,7 +11,8 @@ PROFILE ?= quick
 DEVICE ?= auto
 SEEDS ?=
 TRACKING_URI ?= sqlite:///results/mlflow.db
-SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml suites/mnist_delay.yaml suites/cifar10_ff.yaml
+SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml suites/mnist_delay.yaml suites/cifar10_ff.yaml \
+          suites/rnn_copy.yaml suites/rnn_repeat_copy.yaml suites/rnn_ptb.yaml suites/rnn_multiscale.yaml
 RUN_FLAGS ?=
 
 .DEFAULT_GOAL := help
