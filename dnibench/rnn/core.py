@@ -89,16 +89,18 @@ def backward_window(core: LSTMCore, s_in: torch.Tensor, x: torch.Tensor, loss_fn
         delta_out = synthetic_gradient(s_out.detach()).detach()
         # d/ds_out of <s_out, g> is g: the injected batch gradient is prediction * scale / B.
         objective = objective + (s_out * delta_out).sum() * (scale / batch)
-    objective.backward(retain_graph=aux_head is not None)
-    target = s_in.grad * batch if dni else None
     aux_loss = None
     if aux_head is not None:
         if delta_out is None:
             raise ValueError("the auxiliary task predicts a synthetic gradient: it needs a synthesizer")
-        aux_loss = aux_weight * synthetic_gradient_loss(aux_head(outputs[0]), delta_out)
-        # inputs=: the auxiliary gradient trains the LSTM and the head but never reaches s_in's target.
-        aux_loss.backward(inputs=[p for p in [*core.parameters(), *aux_head.parameters()] if p.requires_grad])
+        # The first step again, from a detached s_in: the same gradient for the LSTM's weights as through
+        # outputs[0], but none reaches s_in, so the bootstrapped target stays the task's alone.
+        first = core(x[:1], s_in.detach())[2][0]
+        aux_loss = aux_weight * synthetic_gradient_loss(aux_head(first), delta_out)
+        objective = objective + aux_loss
         aux_loss = aux_loss.detach()
+    objective.backward()
+    target = s_in.grad * batch if dni else None
     return WindowResult(losses.detach(), s_out.detach(), target, delta_out, aux_loss)
 
 
