@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import DnibenchError
@@ -102,8 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt   # SIGTERM (kill, a scheduler's timeout) ends runs as KILLED, like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     if getattr(args, "seeds", None) is not None and args.seeds < 1:
         print("dnibench: error: --seeds must be at least 1", file=sys.stderr)
         return 2

@@ -151,3 +151,27 @@ def test_cli_list_shows_methods_and_suites():
     assert result.returncode == 0
     for name in ["bprop", "nobprop", "dni", "cdni", "suites/mnist_ff.yaml"]:
         assert name in result.stdout
+
+
+def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
+    import signal
+    import time
+    slow = SUITE.replace("steps: 6", "steps: 100000").replace("eval_every: 3", "eval_every: 100000")
+    path = tmp_path / "slow.yaml"
+    path.write_text(slow)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    proc = subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(path), "--profile", "smoke",
+                             "--device", "cpu", "--tracking-uri", uri, "--data-dir", str(fake_mnist_data_dir),
+                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(uri)
+    deadline = time.time() + 120
+    while time.time() < deadline:                        # wait until the first child run is RUNNING
+        exp = client.get_experiment_by_name("tiny") if (tmp_path / "m.db").exists() else None
+        if exp and client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'child'"):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun to resume" in err
+    statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses == {"KILLED"}                          # parent and child: nothing left RUNNING
