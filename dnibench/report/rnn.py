@@ -183,7 +183,8 @@ def render(ctx: ReportContext) -> Section | None:
     runs = runs[runs["task"].isin([*TASKS, "multiscale"])].copy()
     body, files = [], []
     tol_note = ("Verdicts only at the paper profile; tolerance one curriculum step for Copy/Repeat Copy, "
-                f"{PTB_TOLERANCE} BPC for PTB (ours). Cells: measured (published); '·' no run, '–' no published value.")
+                f"{PTB_TOLERANCE} BPC for PTB (ours). Cells: measured (published); 0 no length solved, '·' no run, "
+                "'–' no published value.")
     for profile in PROFILES:
         at = runs[(runs["profile"] == profile) & runs["task"].isin(list(TASKS))]
         if at.empty:
@@ -207,7 +208,8 @@ def render(ctx: ReportContext) -> Section | None:
         if fig is not None:
             paths = ctx.save_figure(fig, f"rnn_data_efficiency_{profile}")
             files += paths
-            body += [f"Data efficiency at `{profile}`: samples (episodes) seen when each length was first solved.", "",
+            body += [f"Data efficiency at `{profile}`: samples (episodes) seen when each length was first solved "
+                     "(mean over the seeds that reached it; a run that solved no length has no line).", "",
                      f"![data efficiency]({paths[0].name})", ""]
         fig = _ptb_figure(ctx, at[at["task"] == "ptb"])
         if fig is not None:
