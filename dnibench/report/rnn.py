@@ -54,7 +54,9 @@ def published_cell(ctx: ReportContext, task: str, method: str, T: int) -> float 
 def _fmt(task: str, value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
-    return f"{value:.3f}" if task == "ptb" else f"{value:.0f}"
+    if task == "ptb":
+        return f"{value:.3f}"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"    # a mean over seeds may fall between
 
 
 def cells(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.DataFrame:
