@@ -136,10 +136,10 @@ def test_unlock_report_judges_level_and_speed_from_the_runs(tmp_path):
                                  "seed": 0, "param.train.steps": "500000", "metric.final_test_error": final}
     rows = [row("bprop", 1.5), row("dni", 2.0), row("cdni", 1.9), row("unlock_dni", 2.2), row("unlock_cdni", 4.5)]
     ctx = fake_report_context(tmp_path, rows)
-    ctx._histories[("r1", "test_error")]["value"] = [2.5, 2.0]   # DNI reaches 3% (2x Bprop) half-way,
+    ctx._histories[("r0", "test_error")]["value"] = [2.5, 1.5]   # Bprop reaches 3% (2x its final) half-way,
     ctx._histories[("r3", "test_error")]["value"] = [9.0, 2.2]   # unlock_dni only at the end
     unlock_report.render(ctx)
     lines = (tmp_path / "unlock_claims_paper.csv").read_text().splitlines()
-    assert "within tolerance" in lines[1] and lines[1].endswith(",holds")        # 2.2 ≈ 2 (±0.3); slower than DNI
+    assert "within tolerance" in lines[1] and lines[1].endswith(",holds")        # 2.2 ≈ 2 (±0.3); slower than Bprop
     assert ",outside," in lines[2] and "never" in lines[2]                       # 4.5 is not about 2; never reached 3%
     assert (tmp_path / "unlock_curves_paper.png").stat().st_size > 10_000

@@ -5,10 +5,11 @@ backprop, DNI and cDNI run in the same suite on the same schedule, and the paper
 The claim has two parts, judged separately:
   - "reaches about 2% error": the final test error against the published value +- tolerance
     (only at the paper profile; elsewhere reported as measured, "not comparable at this profile");
-  - "more slowly": measured as the first iteration at which test error falls to a target, the
-    target being SLOWER_FACTOR x backprop's final error in the same profile (a level every method
-    can reach at any profile); it holds when each unlocked method gets there later than its locked
-    counterpart (unlock_dni vs dni, unlock_cdni vs cdni), or not at all.
+  - "more slowly" (than backprop, as published): measured as the first iteration at which test
+    error falls to a target, SLOWER_FACTOR x backprop's final error in the same profile (a level
+    backprop reaches at any profile); it holds when the unlocked method gets there later than
+    backprop, or not at all. The locked counterpart's iteration (DNI for unlock_dni, cDNI for
+    unlock_cdni) is shown next to it: what the forward unlock itself costs.
 """
 from __future__ import annotations
 
@@ -72,21 +73,21 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series],
         at = runs[runs["method"] == method]
         mean, half, n = mean_ci(at["metric.final_test_error"].tolist())
         level = verdict(mean, half, about, tolerance, comparable)
-        if n == 0 or locked not in curves or not math.isfinite(target):
+        if n == 0 or not math.isfinite(target):
             slower_text, slower = "no runs to compare", NO_RUNS
         else:
-            mine, theirs = first_reach(curves[method], target), first_reach(curves[locked], target)
             fmt = lambda s: "never" if math.isinf(s) else f"iteration {s:g}"  # noqa: E731
-            slower_text = f"{fmt(mine)} vs {_name(locked)} {fmt(theirs)} (target {target:.2f}%)"
-            if math.isinf(mine) and math.isinf(theirs):
-                outcome = "undecided: neither reached the target"
-            else:
-                outcome = "holds" if mine > theirs else "does not hold"
+            mine, bprop_at = first_reach(curves[method], target), first_reach(curves["bprop"], target)
+            slower_text = f"{fmt(mine)}; Bprop {fmt(bprop_at)}"
+            if locked in curves:
+                slower_text += f"; {_name(locked)} {fmt(first_reach(curves[locked], target))}"
+            outcome = "holds" if mine > bprop_at else "does not hold"
             slower = outcome if comparable else f"{NOT_COMPARABLE} (measured: {outcome})"
         measured = "no run" if n == 0 else f"{mean:.2f}%" + (f" ± {half:.2f} ({n} seeds)" if n > 1 else " (1 seed)")
         rows.append({"Method": _name(method), "Claim (as published)": published["text"],
                      "Final test error": measured, f"About {about:g}% (±{tolerance})": level,
-                     f"Reaches {SLOWER_FACTOR:g}x Bprop's final error": slower_text, "More slowly": slower})
+                     f"Reaches {target:.2f}% ({SLOWER_FACTOR:g}x Bprop's final error)": slower_text,
+                     "More slowly than Bprop": slower})
     return pd.DataFrame(rows)
 
 
@@ -103,7 +104,7 @@ def render(ctx: ReportContext) -> Section | None:
             "below produced it, and on a synthetic gradient; no layer waits for another in either "
             "direction. Test error is measured on the real forward chain. \"More slowly\" is measured as the "
             f"first iteration at which test error reaches {SLOWER_FACTOR:g}x Bprop's final error in the same "
-            "profile, against the locked DNI / cDNI run.", ""]
+            "profile, against Bprop's; the locked DNI / cDNI run's is shown too.", ""]
     files = []
     for profile in [p for p in PROFILES if p in set(runs["profile"])]:
         at = runs[runs["profile"] == profile]
