@@ -13,8 +13,15 @@ from .errors import DnibenchError
 
 def _cmd_run(args) -> int:
     from .runner import run_suites
+    shard = None
+    if args.shard:
+        try:
+            index, count = (int(part) for part in args.shard.split("/"))
+        except ValueError:
+            raise DnibenchError(f"--shard {args.shard!r}: expected I/N, e.g. 0/4") from None
+        shard = (index, count)
     outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
-                         args.data_dir, args.cifar_dir, progress=not args.no_progress)
+                         args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard)
     print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)")
     return 0
 
@@ -73,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", type=Path, default=None, help="data cache (default $DNIBENCH_DATA or ~/.cache/dnibench)")
     run.add_argument("--cifar-dir", type=Path, default=None, help="a cifar-10-batches-py folder")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--shard", default=None, help="I/N: run every N-th run starting at I (default under "
+                     "torchrun: RANK/WORLD_SIZE), for processes or machines sharing one tracking store")
     run.set_defaults(func=_cmd_run)
 
     report = sub.add_parser("report", help="render tables and figures from MLflow (no training)")

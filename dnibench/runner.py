@@ -5,6 +5,7 @@ FAILED/KILLED, never left RUNNING.
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from .errors import DataNotProvided
+from .errors import DataNotProvided, DnibenchError
 from .suite import RunSpec, Suite, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
@@ -39,7 +41,20 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     root = artifact_root(tracking_uri)
-    return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    try:
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except mlflow.exceptions.MlflowException:       # another shard created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """(index, count) when launched by torchrun (RANK / WORLD_SIZE), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
 
 
 def finished_hashes(client: MlflowClient, exp_id: str) -> set[str]:
@@ -55,6 +70,25 @@ def flatten(prefix: str, value, out: dict) -> dict:
     else:
         out[prefix] = value
     return out
+
+
+def prepare_store(tracking_uri: str, experiments: list[str]) -> MlflowClient:
+    """Create the store and the experiments once. Under torchrun, rank 0 does it while the other
+    ranks wait at a torch.distributed (gloo) barrier: two processes migrating one new sqlite store
+    at once corrupt it."""
+    launched = "RANK" in os.environ and "MASTER_ADDR" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        if dist.get_rank() != 0:
+            dist.barrier()
+    client = prepare_tracking(tracking_uri)
+    for name in experiments:
+        experiment_id(client, name, tracking_uri)
+    if launched and dist.get_rank() == 0:
+        dist.barrier()
+    return client
 
 
 @dataclass
@@ -73,11 +107,23 @@ def prepare_tracking(tracking_uri: str) -> MlflowClient:
 
 def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int | None = None,
                tracking_uri: str = DEFAULT_TRACKING_URI, force: bool = False, data_dir: Path | None = None,
-               cifar_dir: Path | None = None, progress: bool = True) -> Outcome:
+               cifar_dir: Path | None = None, progress: bool = True,
+               shard: tuple[int, int] | None = None) -> Outcome:
+    """Run the suites' plans. ``shard=(i, n)`` (or torchrun's RANK/WORLD_SIZE) keeps every n-th run
+    starting at i, so n processes or machines sharing one tracking store split a suite without overlap."""
     # Everything that can be wrong with the input is checked before a single run is created.
+    shard = shard or shard_from_env()
+    if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"   # one GPU per process
     dev = resolve_device(device)
     suites: list[Suite] = [load_suite(p) for p in paths]
     plans = [(suite, plan(suite, profile, seeds, dev.type)) for suite in suites]
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise DnibenchError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
+        counter = iter(range(sum(len(specs) for _, specs in plans)))
+        plans = [(suite, [s for s in specs if next(counter) % count == index]) for suite, specs in plans]
     datasets = {}
     for suite, _ in plans:
         try:
@@ -87,7 +133,7 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
     plans = [(suite, specs) for suite, specs in plans if suite.task in datasets]
 
-    client = prepare_tracking(tracking_uri)
+    client = prepare_store(tracking_uri, [suite.name for suite, _ in plans])
     outcome = Outcome()
     total = sum(len(specs) for _, specs in plans)
     bar = tqdm(total=total, desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)

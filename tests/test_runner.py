@@ -175,3 +175,26 @@ def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
     assert proc.returncode == 130 and "rerun to resume" in err
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses == {"KILLED"}                          # parent and child: nothing left RUNNING
+
+
+def test_torchrun_processes_split_a_suite_without_overlap(tmp_path, suite_path, fake_mnist_data_dir):
+    """Two real processes under torchrun (gloo barrier while rank 0 creates the store) share one
+    sqlite store: every run once, none twice."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(torchrun + ["-m", "dnibench.cli", "run", str(suite_path), "--profile", "smoke",
+                                        "--device", "cpu", "--tracking-uri", uri, "--data-dir",
+                                        str(fake_mnist_data_dir), "--no-progress"],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("4 run(s) done") == 2
+    _, runs = child_runs(uri)
+    hashes = [r.data.tags["config_hash"] for r in runs]
+    assert len(hashes) == 8 == len(set(hashes)) and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_shard_flag_is_validated(tmp_path, suite_path):
+    result = run_cli("run", str(suite_path), "--shard", "3/2", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert result.returncode == 2 and "--shard 3/2" in result.stderr
+    result = run_cli("run", str(suite_path), "--shard", "x", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    assert result.returncode == 2 and "expected I/N" in result.stderr
