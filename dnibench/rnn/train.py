@@ -232,7 +232,9 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     ticks at the last step of every window of T steps on A's message m = W h_A and must output the
     number of odd digits in the window. How A learns from B's loss: the method's message interface
     (None: A's window waits for B's backward and gets the true gradient; DNI: a synthetic gradient
-    at once, the synthesizer regressed on B's true gradient later), or not at all ("none")."""
+    at once, the synthesizer regressed on B's true gradient later), or not at all ("none").
+    A's own recurrence is plain truncated BPTT over the window: the method object supplies T and the
+    message interface; its state synthesizer (DNI) plays no part here."""
     args = MultiscaleSettings.model_validate(spec.task_args)
     device, core, method = _build(spec, args.digits, args.digits)
     T, cfg = method.settings.T, spec.train
@@ -249,7 +251,7 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     batch = cfg.batch_size
     a_state = core.initial_state(batch, device)
     b_state = (torch.zeros(batch, args.b_units, device=device), torch.zeros(batch, args.b_units, device=device))
-    steps_done = 0
+    steps_done, final = 0, {}
     with ResourceSampler(device) as sampler:
         meter = Meter(device, sampler)
         for step in range(1, cfg.steps + 1):
@@ -273,8 +275,9 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
                 b_losses.mean().backward()
             if interface is not None:                       # B's true gradient at m trains the synthesizer
                 meter.add("synth_loss", interface.receive(b_in.grad))
-            a_opt.step(), b_opt.step()
-            a_opt.zero_grad(set_to_none=True), b_opt.zero_grad(set_to_none=True)
+            for opt in (a_opt, b_opt):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             a_state = s_out.detach()
             meter.add("err", a_losses.sum())
             meter.add("chars", torch.tensor(float(d.numel()), device=device))
