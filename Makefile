@@ -41,7 +41,7 @@ report: venv ## re-render reports/ from the MLflow store (no training)
 	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports
 
 test: venv ## run the test suite (CPU, no data download, a few minutes)
-	$(PY) -m pytest -q -m "not integration"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not integration" --durations=10
 
 bench: venv ## pytest-benchmark: training steps/s and achieved FLOP/s
 	@mkdir -p results
