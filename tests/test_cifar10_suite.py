@@ -1,7 +1,6 @@
 """The shipped CIFAR-10 suite: it runs at smoke on data in the standard format, and without the data
 the runner skips it with a one-line notice instead of failing the whole invocation."""
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from dnibench.errors import DataError
@@ -9,15 +8,6 @@ from dnibench.runner import ROLE, run_suites
 
 SUITE = "suites/cifar10_ff.yaml"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine two threads spend more time handing work
-    over than computing (a 60-step test took 75 s with two, 0.6 s with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_cifar10_suite_runs_at_smoke_on_cifar_format_data(tmp_path, fake_cifar_dir):

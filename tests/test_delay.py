@@ -13,15 +13,6 @@ from dnibench.models import build_stages, stage_output_shapes
 IN_SHAPE = (1, 6, 6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine two threads spend more time handing work
-    over than computing (a 60-step test took 75 s with two, 0.6 s with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make(method="dni", seed=0, **settings):
     torch.manual_seed(seed)

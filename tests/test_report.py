@@ -7,7 +7,6 @@ import struct
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -62,13 +61,8 @@ def report(tmp_path_factory):
     suites.mkdir()
     (suites / "mnist_ff.yaml").write_text(SUITE)
     uri = f"sqlite:///{root}/m.db"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # batch-8 steps gain nothing from threads; on a shared 2-core box they lose 2x
-    try:
-        run_suites([str(suites / "mnist_ff.yaml")], "smoke", device="cpu", tracking_uri=uri, data_dir=root / "data",
-                   progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    run_suites([str(suites / "mnist_ff.yaml")], "smoke", device="cpu", tracking_uri=uri, data_dir=root / "data",
+               progress=False)
     out = root / "reports"
     written = write_report(uri, out, suites_dir=suites)
     return {"uri": uri, "suites": suites, "out": out, "written": written}

@@ -39,14 +39,6 @@ def monkeypatch_module():
         yield mp
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    # Tiny LSTMs: one thread avoids OpenMP oversubscription when the test machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def smoke_store(tmp_path_factory, fake_ptb, one_thread):

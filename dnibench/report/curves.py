@@ -121,11 +121,17 @@ def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table.fillna("")
 
 
+OWN_SECTION_SUITES = ("mnist_async", "mnist_unlock", "mnist_delay")
+
+
 def render(ctx: ReportContext) -> Section | None:
     runs = ctx.runs
     if runs.empty or "metric.test_error" not in runs:
         return None
-    runs = runs[runs["metric.test_error"].notna()]
+    # Suites with a section of their own (p_update, unlock, delay) draw their curves there.
+    runs = runs[runs["metric.test_error"].notna() & ~runs["suite"].isin(OWN_SECTION_SUITES)]
+    if runs.empty:
+        return None
     body, files = ["Test error (log scale) at each evaluation, mean over seeds (band: min..max over seeds), "
                    "against iterations (left) and training wall-clock (right, evaluation time excluded).", ""], []
     groups = [(s, p) for s in sorted(set(runs["suite"])) for p in PROFILES
