@@ -83,10 +83,6 @@ class DNI(Method):
     def optimizers(self):
         return self.stage_optimizers + self.synth_optimizers
 
-    def train(self, mode: bool = True) -> None:
-        for synth in self.synthesizers + [s.copy for s in self.stale]:
-            synth.train(mode)
-
     def record_synthesizers(self) -> None:
         """Start of a step: remember the synthesizers' parameters for the delayed stages."""
         for history, synth in zip(self.stale, self.synthesizers):

@@ -61,11 +61,6 @@ class UnlockDNI(DNI):
     def optimizers(self):
         return super().optimizers() + self.input_optimizers
 
-    def train(self, mode: bool = True) -> None:
-        super().train(mode)
-        for iface in self.inputs:
-            iface.model.train(mode)
-
     def step(self, x, y):
         coins = self.coins()
         self.record_synthesizers()
