@@ -29,8 +29,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create the virtual environment and install dnibench into it
 
-data: venv ## fetch and verify MNIST into the data cache
+data: venv ## fetch and verify MNIST and Penn Treebank into the data cache
 	$(VENV)/bin/dnibench data fetch mnist
+	$(VENV)/bin/dnibench data fetch ptb
 
 reproduce: venv ## run the suites at PROFILE (smoke|quick|paper) and write reports/
 	$(VENV)/bin/dnibench run $(SUITES) --profile $(PROFILE) --device $(DEVICE) \
