@@ -131,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("dnibench: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)
-        return 130
+        # Every run was already ended as KILLED (the runner's finally blocks). Leave now: at interpreter
+        # shutdown a late KeyboardInterrupt (seen under load) would turn the exit status into -SIGINT.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

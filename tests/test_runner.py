@@ -172,7 +172,7 @@ def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "rerun to resume" in err
+    assert proc.returncode == 130 and "rerun to resume" in err, err[-3000:]
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses == {"KILLED"}                          # parent and child: nothing left RUNNING
 
