@@ -8,27 +8,21 @@ from torch import nn
 
 from dnibench.data import ImageData
 from dnibench.errors import SuiteError
-from dnibench.methods import Setup, get_method
-from dnibench.models import build_stages, stage_output_shapes
+from dnibench.methods import get_method
 from dnibench.suite import RunSpec, TrainSettings, load_suite, plan
 from dnibench.train import train_ff
+from tiny_methods import build_method, random_batch
 
 IN_SHAPE = (1, 4, 4)                    # tiny images: the coins, not the digits, are under test
 
 
 
 def make(method, seed=0, **settings):
-    torch.manual_seed(seed)
-    stages = build_stages("fcn4", IN_SHAPE, 10)
-    cls = get_method(method)
-    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-3, device=torch.device("cpu"),
-                  generator=torch.Generator().manual_seed(seed))
-    return cls(stages, cls.Settings(**settings), setup)
+    return build_method(method, IN_SHAPE, "fcn4", seed, lr=1e-3, coin_seed=seed, **settings)
 
 
 def batch(n=8):
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, *IN_SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return random_batch(IN_SHAPE, n)
 
 
 def stage_params(method):

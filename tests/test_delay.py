@@ -7,19 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from dnibench.methods import Setup, get_method
-from dnibench.models import build_stages, stage_output_shapes
+from dnibench.methods import get_method
+from tiny_methods import build_method
 
 IN_SHAPE = (1, 6, 6)
 
 
 
 def make(method="dni", seed=0, **settings):
-    torch.manual_seed(seed)
-    stages = build_stages("fcn3", IN_SHAPE, 10)
-    cls = get_method(method)
-    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-2, device=torch.device("cpu"))
-    dni = cls(stages, cls.Settings(synth_hidden_layers=1, synth_width=32, **settings), setup)
+    dni = build_method(method, IN_SHAPE, "fcn3", seed, synth_hidden_layers=1, synth_width=32, **settings)
     for synth in dni.synthesizers:
         nn.init.normal_(synth.net[-1].weight, std=0.1)     # non-zero predictions from the first step
     return dni

@@ -7,24 +7,18 @@ import torch
 from torch import nn
 
 from dnibench.dni import ForwardInterface, SyntheticInputModel
-from dnibench.methods import Setup, get_method
-from dnibench.models import build_stages, stage_output_shapes
+from tiny_methods import build_method, random_batch
 
 IN_SHAPE = (1, 6, 6)                 # tiny images keep these tests fast; the equations do not care
 
 
 
 def make(method, seed=0, model="fcn4", **settings):
-    torch.manual_seed(seed)
-    stages = build_stages(model, IN_SHAPE, 10)
-    cls = get_method(method)
-    setup = Setup(10, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), lr=1e-2, device=torch.device("cpu"))
-    return cls(stages, cls.Settings(**settings), setup)
+    return build_method(method, IN_SHAPE, model, seed, **settings)
 
 
 def batch(n=16, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, *IN_SHAPE, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return random_batch(IN_SHAPE, n, seed)
 
 
 def true_activations(stages, x, y):

@@ -67,11 +67,9 @@ class DNI(Method):
         super().__init__(stages, settings, setup)
         context_dim = setup.num_classes if self.conditioned else 0
         self.interfaces: list[BackwardInterface] = []
-        self.synth_optimizers = []
         for shape in setup.stage_shapes[:-1]:             # one interface on every h_i below the output
             synth = Synthesizer(shape, settings.synth_hidden_layers, settings.synth_width, context_dim).to(setup.device)
             opt = torch.optim.Adam(synth.parameters(), lr=settings.synth_lr or setup.lr)
-            self.synth_optimizers.append(opt)
             self.interfaces.append(BackwardInterface(synth, opt, settings.synth_loss_weight, settings.synth_reduction))
         # delay = 0 keeps no history: the stage uses the synthesizer itself, exactly as without the option.
         self.stale = [StaleSynthesizer(s, settings.delay) for s in self.synthesizers] if settings.delay else []
@@ -81,7 +79,7 @@ class DNI(Method):
         return [iface.synthesizer for iface in self.interfaces]
 
     def optimizers(self):
-        return self.stage_optimizers + self.synth_optimizers
+        return self.stage_optimizers + [i.optimizer for i in self.interfaces if i.optimizer is not None]
 
     def record_synthesizers(self) -> None:
         """Start of a step: remember the synthesizers' parameters for the delayed stages."""

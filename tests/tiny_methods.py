@@ -1,0 +1,22 @@
+"""Build a method on a tiny network and draw a seeded random batch: what the method tests share."""
+import torch
+
+from dnibench.methods import Setup, get_method
+from dnibench.models import build_stages, stage_output_shapes
+
+
+def build_method(method: str, in_shape: tuple[int, ...], model: str = "fcn4", seed: int = 0, lr: float = 1e-2,
+                 coin_seed: int | None = None, **settings):
+    """``method`` on freshly seeded ``model`` stages (4-filter CNNs), CPU; ``coin_seed`` seeds p_update's coins."""
+    torch.manual_seed(seed)
+    stages = build_stages(model, in_shape, 10, cnn_filters=4)
+    cls = get_method(method)
+    setup = Setup(10, in_shape, stage_output_shapes(stages, in_shape), lr=lr, device=torch.device("cpu"))
+    if coin_seed is not None:
+        setup.generator = torch.Generator().manual_seed(coin_seed)
+    return cls(stages, cls.Settings(**settings), setup)
+
+
+def random_batch(in_shape: tuple[int, ...], n: int = 16, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *in_shape, generator=g), torch.randint(0, 10, (n,), generator=g)
