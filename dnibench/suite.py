@@ -111,6 +111,13 @@ class Suite(Strict):
         return self
 
 
+class MethodFile(BaseModel):
+    """A method a suite names by a ``.py`` path: where every process loads it from, and its content."""
+    model_config = ConfigDict(frozen=True)
+    path: str                   # absolute and resolved (see methods.find_method_file)
+    sha256: str                 # of the file: an edited file is a new configuration
+
+
 class RunSpec(BaseModel):
     """One run: everything that determines its result (and so its config hash)."""
     model_config = ConfigDict(frozen=True)
@@ -118,20 +125,35 @@ class RunSpec(BaseModel):
     profile: str
     task: str
     model: str
-    method: str
+    method: str                 # the registered name, also for a method from a file
     method_args: dict[str, Any]
     task_args: dict[str, Any] = Field(default_factory=dict)
     train: TrainSettings
     seed: int
     device: str
+    method_file: MethodFile | None = None
 
     def resolved(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
+        data = json.loads(self.model_dump_json())
+        if data["method_file"] is None:       # built-in methods keep the hashes they had before files
+            del data["method_file"]
+        return data
 
     @property
     def config_hash(self) -> str:
-        blob = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        data = self.resolved()
+        if "method_file" in data:             # the file's content counts, not where the checkout lives
+            data["method_file"] = {"sha256": data["method_file"]["sha256"]}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def method_class(self):
+        """The method's class, in whatever process runs it (a file is loaded from its planned path
+        and must still have its planned content)."""
+        from .methods import get_method, load_method_file
+        if self.method_file is None:
+            return get_method(self.method)
+        return load_method_file(self.method_file.path, self.method_file.sha256)[0]
 
     @property
     def label(self) -> str:
@@ -169,7 +191,7 @@ def load_suite(path: str | Path) -> Suite:
 def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cpu") -> list[RunSpec]:
     """Resolve a suite at a profile into runs. Validates method names and settings up front, so a
     bad suite fails before anything is started or logged."""
-    from .methods import get_method
+    from .methods import find_method_file, get_method, load_method_file
     from .tasks import get_task
 
     where = Path(suite.path or suite.name)
@@ -184,9 +206,17 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
             continue
         for (model, method_name), point in itertools.product(entry.grid(), entry.sweep_points()):
             try:
-                method = get_method(method_name)
+                method_file = None
+                if method_name.endswith(".py"):   # a relative path: from the suite's folder, else the cwd
+                    path = find_method_file(method_name, Path(suite.path).parent if suite.path else None)
+                    method, digest = load_method_file(path)
+                    method_file = MethodFile(path=str(path), sha256=digest)
+                else:
+                    method = get_method(method_name)
                 train = TrainSettings.model_validate({**suite.train, **prof.train, **entry.train})
-                args = {**entry.args.get(method_name, {}), **prof.method_args.get(method_name, {}), **point}
+                # A file's settings may be given under its path as written or its registered name.
+                args = {**entry.args.get(method.name, {}), **entry.args.get(method_name, {}),
+                        **prof.method_args.get(method.name, {}), **prof.method_args.get(method_name, {}), **point}
                 settings = method.Settings.model_validate(args).model_dump()
                 task_args = task.Settings.model_validate({**suite.task_args, **prof.task_args,
                                                           **entry.task_args}).model_dump()
@@ -204,8 +234,8 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                 raise SuiteError(f"{where}: entries[{e_index}]: {err}") from None
             for seed in range(n_seeds):
                 specs.append(RunSpec(suite=suite.name, profile=profile, task=suite.task, model=model,
-                                     method=method_name, method_args=settings, task_args=task_args, train=train,
-                                     seed=seed, device=device))
+                                     method=method.name, method_args=settings, task_args=task_args, train=train,
+                                     seed=seed, device=device, method_file=method_file))
     hashes = [s.config_hash for s in specs]
     if len(set(hashes)) != len(hashes):
         raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")

@@ -3,18 +3,26 @@ named in a suite as ``path/to/file.py`` (loaded with ``load_method_file``).
 
 The protocol is small: a subclass of ``Method`` with a ``name``, a pydantic ``Settings`` model
 (its hyperparameters, validated from the suite), and ``step(x, y) -> metrics``; see base.py.
+
+A method file is executed once per process, keyed by its resolved path: every grid point, run and
+plan after the first reuses its class. A file whose content changed since it was loaded is executed
+again (its old registration is dropped first), so a long-lived process never runs stale code.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from pathlib import Path
 
 from ..errors import SuiteError
 from .base import Method, MethodSettings, Setup  # noqa: F401  (the protocol, re-exported)
 
 REGISTRY: dict[str, type[Method]] = {}
+# resolved path of a method file -> (sha256 of its content, the class it registered)
+_FILES: dict[Path, tuple[str, type[Method]]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -32,27 +40,73 @@ def _discover() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-def load_method_file(path: str | Path) -> None:
-    """Import a variant defined in a file outside the package; it registers itself."""
-    path = Path(path)
+def find_method_file(name: str, suite_dir: str | Path | None = None) -> Path:
+    """The file a suite means by ``method: name``: an absolute path as it is; a relative one relative
+    to the suite file's folder first, then to the working directory. Returned resolved (absolute,
+    symlinks followed), so every process that loads it later loads the same file."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = ([Path(suite_dir) / path] if suite_dir is not None else []) + [Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise SuiteError(f"method file {name} does not exist (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_method_file(path: str | Path, sha256: str | None = None) -> tuple[type[Method], str]:
+    """(the class a method file registers, the sha256 of the file it came from). Executes the file
+    only the first time (or when its content changed); it must register exactly one method.
+    With ``sha256`` the file must still have that content (a run planned from it must run it)."""
+    path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise SuiteError(f"method file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"dnibench_plugin_{path.stem}", path)
+    digest = file_sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise SuiteError(f"method file {path} changed since the run was planned (sha256 {digest[:12]}, "
+                         f"planned {sha256[:12]}); plan the suite again")
+    if path in _FILES and _FILES[path][0] == digest:
+        return _FILES[path][1], digest
+    previous = _FILES.pop(path, None)
+    if previous is not None:                     # edited since it was loaded: its new version replaces it
+        REGISTRY.pop(previous[1].name, None)
+    before = dict(REGISTRY)
+    # One module name per file (two files may share a stem); in sys.modules while it runs, as pydantic
+    # needs it to resolve a Settings class's postponed annotations.
+    module_name = f"dnibench_method_file_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:  # a plugin's own bug: name the file, keep it one line
-        raise SuiteError(f"method file {path}: {type(err).__name__}: {err}") from err
+        new = [name for name in REGISTRY if name not in before]
+        if len(new) != 1:
+            found = f"registered {', '.join(repr(n) for n in new)}" if new else "registered none"
+            raise SuiteError(f"must register exactly one method (a Method subclass decorated with @register), {found}")
+    except Exception as err:  # the file's own bug: name the file, keep it one line
+        REGISTRY.clear()
+        REGISTRY.update(before)                  # nothing half-registered stays behind
+        sys.modules.pop(module_name, None)
+        if previous is not None:
+            REGISTRY[previous[1].name] = previous[1]
+            _FILES[path] = previous
+        detail = str(err) if isinstance(err, SuiteError) else f"{type(err).__name__}: {err}"
+        raise SuiteError(f"method file {path}: {' '.join(detail.split())}") from err
+    cls = REGISTRY[new[0]]
+    _FILES[path] = (digest, cls)
+    return cls, digest
 
 
 def get_method(name: str) -> type[Method]:
+    """A registered method by name, or the method a ``.py`` file registers (a relative path is
+    taken from the working directory; suites resolve theirs with ``find_method_file``)."""
     if name.endswith(".py"):
-        before = set(REGISTRY)
-        load_method_file(name)
-        new = set(REGISTRY) - before
-        if len(new) != 1:
-            raise SuiteError(f"method file {name} must register exactly one method, registered {sorted(new)}")
-        return REGISTRY[new.pop()]
+        return load_method_file(find_method_file(name))[0]
     if name not in REGISTRY:
         raise SuiteError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
