@@ -57,11 +57,14 @@ def runs_of(uri, suite):
 
 def test_smoke_suites_log_the_rnn_metrics(smoke_store):
     _, uri, out, seconds = smoke_store
-    assert (out.ran, out.failed) == (42, 0)
+    assert (out.ran, out.failed) == (58, 0)
     print(f"four RNN suites at smoke: {seconds:.1f} s")
     for suite in ["rnn_copy", "rnn_repeat_copy"]:
         client, runs = runs_of(uri, suite)
-        assert len(runs) == 13 and all(r.info.status == "FINISHED" for r in runs)
+        assert len(runs) == 21 and all(r.info.status == "FINISHED" for r in runs)
+        # both readings of the bootstrapped target: 8 DNI runs each (2 methods x 4 T)
+        discounts = [r.data.params.get("method_args.target_discount") for r in runs]
+        assert discounts.count("1.0") == 8 and discounts.count("0.1") == 8
         assert sorted((r.data.tags["method"], r.data.params["method_args.T"]) for r in runs)[:2] == \
             [("bptt", "2"), ("bptt", "3")]
         for run in runs:

@@ -1,7 +1,8 @@
 """Recurrent DNI (paper §3.2): truncated BPTT plus a synthetic gradient for the LSTM state (cell and
 hidden together) injected at every window boundary, the synthesizer regressed towards the
 bootstrapped target (true gradient inside the next window plus the synthetic gradient at the next
-boundary, back-propagated); see dnibench/rnn/core.py for the window.
+boundary, back-propagated; undiscounted by default, the paper's equation: ``target_discount``); see
+dnibench/rnn/core.py for the window.
 
 DNI+Aux: the LSTM also predicts, through a linear head on its output after the window's first step,
 the synthetic gradient at the window's end, T steps after the window's initial state (the paper's
@@ -10,7 +11,7 @@ auxiliary task). Its L2 loss trains the LSTM, not the synthesizer, and is kept o
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer
@@ -21,9 +22,23 @@ from . import register
 class DNIBPTTSettings(RNNSettings):
     synth_hidden_layers: int = Field(0, ge=0, le=2)      # 0: linear in [h, c] (our choice; see the suites)
     synth_width: int = Field(256, ge=1)                  # hidden width when synth_hidden_layers > 0
-    # Multiplier on the injected synthetic gradient; 0.1 as reimplementations report (a hyperparameter).
+    # Multiplier on the synthetic gradient injected into the LSTM's update; 0.1 as reimplementations
+    # report (a hyperparameter). It does not enter the bootstrapped target: see target_discount.
     synth_scale: float = Field(0.1, gt=0, le=10)
+    # Multiplier on the next synthetic gradient inside the bootstrapped target. 1.0 is the paper's
+    # equation (§3.2: the true gradient in the window plus delta_hat(s_out) ds_out/ds_in, undiscounted);
+    # target_discount = synth_scale is the other reading (one backward pass for both; a gradient from k
+    # windows ahead shrinks by synth_scale^k), run beside it in the Copy and Repeat Copy suites.
+    target_discount: float = Field(1.0, ge=0, le=1)
     synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
+
+    @model_validator(mode="after")
+    def _width_needs_hidden_layers(self):
+        # A linear synthesizer has no hidden width: a width given for it would be silently ignored.
+        if self.synth_hidden_layers == 0 and self.synth_width != type(self).model_fields["synth_width"].default:
+            raise ValueError(f"synth_width {self.synth_width} has no effect with synth_hidden_layers = 0 "
+                             "(a linear synthesizer); leave it out or add hidden layers")
+        return self
 
 
 @register
@@ -37,8 +52,8 @@ class DNIBPTT(RecurrentMethod):
         self.synth = StateSynthesizer(self.core.state_dim, s.synth_hidden_layers, s.synth_width,
                                       s.synth_lr or self.lr, self.device)
 
-    def optimizers(self):
-        return [self.optimizer, self.synth.optimizer]
+    def optimizer_roles(self):
+        return {**super().optimizer_roles(), "synth": [self.synth.optimizer]}
 
     def synthetic_gradient(self):
         return self.synth.predict

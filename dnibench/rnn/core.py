@@ -6,18 +6,23 @@ One window, from state s_in (the last state of the previous window) over inputs 
   1. forward T steps:  s_out = F(s_in; x_1..x_T), window loss L = sum_t mean_batch l_t
   2. backward  L + <scale * delta_hat(s_out), s_out>    -- with DNI, the synthetic gradient for the
      future beyond the window is injected at s_out; plain truncated BPTT injects nothing
-  3. the gradient that reached s_in is the *bootstrapped target* for delta_hat(s_in): the true
-     gradient inside the window plus the next boundary's synthetic gradient back-propagated
+  3. the *bootstrapped target* for delta_hat(s_in) is the gradient at s_in of
+     L + <discount * delta_hat(s_out), s_out>: the true gradient inside the window plus the next
+     boundary's synthetic gradient back-propagated
   4. update the LSTM at once, regress the synthesizer (L2) towards the target, carry s_out on.
 
 State: cell and hidden together, s = [h, c] of size 2H (the paper's synthesizer sees both).
 Scales follow dnibench.dni: L is a batch mean, so synthesizers predict per-example gradients; the
 injected batch gradient is prediction * scale / B and targets are batch gradients * B.
 
-The injection scale (``synth_scale``, 0.1 as reimplementations use) also multiplies the next
-synthetic gradient inside the bootstrapped target, because both come out of the same backward pass;
-the synthesizer then learns a future gradient discounted by ``synth_scale`` per window. At
-``synth_scale = 1`` it is the paper's undiscounted target; the autograd tests check both cases.
+Two separate numbers (dnibench/methods/dni_bptt.py settings ``synth_scale``, ``target_discount``):
+  - the injection *scale* (0.1 as reimplementations use) multiplies only what the LSTM's update sees;
+  - the target *discount* multiplies the next synthetic gradient inside the bootstrapped target.
+The paper's target (§3.2) is sum of the true gradients in the window + delta_hat(s_out) ds_out/ds_in,
+undiscounted: discount 1, the methods' default. With discount = scale (what one backward pass gives,
+and dnibench's behaviour before the two were split) a gradient from k windows ahead is shrunk by
+scale^k. When they differ, the synthetic part's gradient at s_in is taken once more by autograd and
+added with weight (discount - scale): one forward pass, no second graph.
 """
 from __future__ import annotations
 
@@ -69,14 +74,16 @@ class WindowResult:
 
 def backward_window(core: LSTMCore, s_in: torch.Tensor, x: torch.Tensor, loss_fn: LossFn,
                     synthetic_gradient: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    scale: float = 1.0, aux_head: nn.Module | None = None, aux_weight: float = 1.0) -> WindowResult:
+                    scale: float = 1.0, aux_head: nn.Module | None = None, aux_weight: float = 1.0,
+                    discount: float | None = None) -> WindowResult:
     """Steps 1-3 above: forward, backward, bootstrapped target. Parameter gradients accumulate in
     ``.grad``; no optimizer steps here, so a test can sum windows and compare with autograd.
 
     ``synthetic_gradient(s)`` returns the per-example predicted gradient at a state (None: plain
-    truncated BPTT). ``aux_head`` (DNI+Aux) reads the LSTM output after the window's first step and
-    is regressed towards the synthetic gradient at s_out, T steps further on; its loss trains the LSTM
-    but is kept out of the bootstrapped target.
+    truncated BPTT). ``scale`` weighs it in the LSTM's gradient, ``discount`` in the bootstrapped
+    target (None: the same as ``scale``, the single-backward reading). ``aux_head`` (DNI+Aux) reads
+    the LSTM output after the window's first step and is regressed towards the synthetic gradient at
+    s_out, T steps further on; its loss trains the LSTM but is kept out of the bootstrapped target.
     """
     batch = s_in.shape[0]
     dni = synthetic_gradient is not None
@@ -99,8 +106,16 @@ def backward_window(core: LSTMCore, s_in: torch.Tensor, x: torch.Tensor, loss_fn
         aux_loss = aux_weight * synthetic_gradient_loss(aux_head(first), delta_out)
         objective = objective + aux_loss
         aux_loss = aux_loss.detach()
+    correction = None
+    if dni and discount is not None and discount != scale:
+        # The target wants the next synthetic gradient at weight `discount`, the backward below gives it
+        # at `scale`: add the difference, back-propagated from s_out to s_in alone (no parameter grads).
+        correction = torch.autograd.grad(s_out, s_in, grad_outputs=delta_out * ((discount - scale) / batch),
+                                         retain_graph=True)[0]
     objective.backward()
-    target = s_in.grad * batch if dni else None
+    target = None
+    if dni:
+        target = (s_in.grad if correction is None else s_in.grad + correction) * batch
     return WindowResult(losses.detach(), s_out.detach(), target, delta_out, aux_loss)
 
 
@@ -127,7 +142,7 @@ class StateSynthesizer:
 
 class RNNSettings(BaseModel):
     """Settings every recurrent method has: the truncation T (paper §3.2: T = 2, 3, 4, 5, 8)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan in a suite: one-line error
     T: int = Field(5, ge=1, le=1000)
     clip_norm: float | None = Field(None, gt=0)          # gradient-norm clipping of the LSTM (None: off)
 
@@ -154,8 +169,12 @@ class RecurrentMethod:
     def trained_parameters(self) -> list[nn.Parameter]:
         return [p for m in [self.core, *self.extra_modules] for p in m.parameters()]
 
+    def optimizer_roles(self) -> dict[str, list[torch.optim.Optimizer]]:
+        """Every optimizer by what it trains; the loop scales each one's own base rate and logs ``lr/<role>``."""
+        return {"lstm": [self.optimizer]}
+
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer]
+        return [opt for opts in self.optimizer_roles().values() for opt in opts]
 
     def synthetic_gradient(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return None                                          # truncated BPTT: nothing beyond the window
@@ -174,8 +193,10 @@ class RecurrentMethod:
         if self.state is None or self.state.shape[0] != batch:
             self.state = self.core.initial_state(batch, x.device)
         s_in = self.state
+        aux_head, aux_weight = self.aux()
         result = backward_window(self.core, s_in, x, loss_fn, self.synthetic_gradient(),
-                                 getattr(self.settings, "synth_scale", 1.0), *self.aux())
+                                 scale=getattr(self.settings, "synth_scale", 1.0), aux_head=aux_head,
+                                 aux_weight=aux_weight, discount=getattr(self.settings, "target_discount", None))
         metrics = {"losses": result.losses, **self.learn_boundary(s_in, result)}
         if result.aux_loss is not None:
             metrics["aux_loss"] = result.aux_loss
