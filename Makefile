@@ -33,10 +33,13 @@ data: venv ## fetch and verify MNIST and Penn Treebank into the data cache
 	$(VENV)/bin/dnibench data fetch mnist
 	$(VENV)/bin/dnibench data fetch ptb
 
+# `dnibench run` exits 1 when the suites finished but some run FAILED (diverged): the report is still
+# written (it lists the failed runs), then make fails. Any other error stops before the report.
 reproduce: venv ## run the suites at PROFILE (smoke|quick|paper) and write reports/
-	$(VENV)/bin/dnibench run $(SUITES) --profile $(PROFILE) --device $(DEVICE) \
-	  --tracking-uri $(TRACKING_URI) $(if $(SEEDS),--seeds $(SEEDS)) $(RUN_FLAGS)
-	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports
+	status=0; $(VENV)/bin/dnibench run $(SUITES) --profile $(PROFILE) --device $(DEVICE) \
+	  --tracking-uri $(TRACKING_URI) $(if $(SEEDS),--seeds $(SEEDS)) $(RUN_FLAGS) || status=$$?; \
+	if [ $$status -gt 1 ]; then exit $$status; fi; \
+	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports && exit $$status
 
 report: venv ## re-render reports/ from the MLflow store (no training)
 	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports

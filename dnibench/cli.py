@@ -22,8 +22,11 @@ def _cmd_run(args) -> int:
         shard = (index, count)
     outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
                          args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard)
-    print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)")
-    return 0
+    print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)"
+          + (f", {outcome.failed} FAILED" if outcome.failed else ""))
+    for label, reason in outcome.failures:
+        print(f"dnibench: FAILED {label}: {reason}")
+    return 1 if outcome.failed else 0           # the suite finished, but not every run is a result
 
 
 def _cmd_report(args) -> int:
@@ -34,9 +37,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare, render, write_comparison
+    from .compare import compare, failed_runs, render, write_comparison
     table, metric, profile = compare(args.tracking_uri, args.suite, args.profile, args.baseline, args.metric)
-    print(render(table, args.suite, profile, metric, args.baseline))
+    print(render(table, args.suite, profile, metric, args.baseline,
+                 failed=failed_runs(args.tracking_uri, args.suite, profile)))
     print(f"\n(also written to {write_comparison(table, Path(args.out), args.suite, profile)})")
     return 0
 

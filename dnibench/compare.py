@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import stats
 
 from .errors import DnibenchError
-from .report.context import latest_variant, load_runs, markdown_table
+from .report.context import latest_variant, load_failed_runs, load_runs, markdown_table
 from .report.curves import line_labels
 from .report.verdict import mean_ci
 
@@ -44,7 +44,10 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
     runs = load_runs(tracking_uri)
     runs = runs[runs["suite"] == suite]
     if runs.empty:
-        raise DnibenchError(f"no finished runs of suite {suite!r} in {tracking_uri}")
+        failed = failed_runs(tracking_uri, suite)
+        reasons = "; ".join(f"{r.model}/{r.method}/seed{r.seed}: {r.reason}" for r in failed.head(5).itertuples())
+        raise DnibenchError(f"no finished runs of suite {suite!r} in {tracking_uri}"
+                            + (f" ({len(failed)} FAILED: {reasons})" if len(failed) else ""))
     if profile is None:
         profile = runs.sort_values("start_time")["profile"].iloc[-1]
     runs = runs[runs["profile"] == profile]
@@ -75,6 +78,15 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
     return pd.DataFrame(rows), metric, profile
 
 
+def failed_runs(tracking_uri: str, suite: str, profile: str | None = None) -> pd.DataFrame:
+    """The suite's FAILED runs (at the profile, if given) with their reasons: model, method, seed, reason."""
+    failed = load_failed_runs(tracking_uri)
+    failed = failed[failed["suite"] == suite]
+    if profile is not None:
+        failed = failed[failed["profile"] == profile]
+    return failed[["model", "method", "seed", "reason"]].reset_index(drop=True)
+
+
 def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"compare_{suite}_{profile}.csv"
@@ -82,7 +94,11 @@ def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -
     return path
 
 
-def render(table: pd.DataFrame, suite: str, profile: str, metric: str, baseline: str) -> str:
+def render(table: pd.DataFrame, suite: str, profile: str, metric: str, baseline: str,
+           failed: pd.DataFrame | None = None) -> str:
     head = (f"Suite `{suite}` at `{profile}`: {metric} (mean ± 95% CI over seeds); difference to `{baseline}` "
             f"with Welch's 95% CI; samples/s = training throughput.\n\n")
-    return head + markdown_table(table)
+    text = head + markdown_table(table)
+    if failed is not None and not failed.empty:      # not results, but never dropped silently
+        text += f"\n{len(failed)} run(s) FAILED and are not in the table above:\n\n" + markdown_table(failed)
+    return text

@@ -16,3 +16,13 @@ class DataError(DnibenchError):
 class DataNotProvided(DataError):
     """A data set that cannot be fetched here and was not given (CIFAR-10 without --cifar-dir):
     the runner skips its suites with a notice instead of failing the whole invocation."""
+
+
+class Diverged(DnibenchError):
+    """A run whose loss became non-finite: it is stopped and marked FAILED with ``reason`` as its
+    ``failure`` tag, and the suite goes on to the next run (a diverged run is not a result)."""
+
+    def __init__(self, step: int, what: str = "loss"):
+        self.step = step
+        self.reason = f"diverged at step {step}"
+        super().__init__(f"{self.reason} (non-finite {what})")

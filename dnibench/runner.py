@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -18,7 +18,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from .errors import DataNotProvided, DnibenchError
+from .errors import DataNotProvided, Diverged, DnibenchError
 from .suite import RunSpec, Suite, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
@@ -96,6 +96,7 @@ class Outcome:
     ran: int = 0
     skipped: int = 0
     failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)   # (run label, reason), e.g. diverged runs
 
 
 def prepare_tracking(tracking_uri: str) -> MlflowClient:
@@ -151,10 +152,17 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
         status = "FAILED"
         try:
             _log_parent_artifacts(client, parent.info.run_id, suite, dev)
+            for path in sorted({s.method_file.path for s in todo if s.method_file}):   # the variant code that ran
+                client.log_artifact(parent.info.run_id, path, artifact_path="method_files")
             for spec in todo:
                 bar.set_postfix_str(spec.label)
-                _run_child(client, exp_id, parent.info.run_id, spec, datasets[suite.task], dev, progress)
-                outcome.ran += 1
+                failure = _run_child(client, exp_id, parent.info.run_id, spec, datasets[suite.task], dev, progress)
+                if failure is None:
+                    outcome.ran += 1
+                else:                                   # a diverged run: recorded FAILED, the suite goes on
+                    outcome.failed += 1
+                    outcome.failures.append((spec.label, failure))
+                    tqdm.write(f"dnibench: {spec.label} FAILED: {failure}", file=sys.stderr)
                 bar.update(1)
             status = "FINISHED"
         except KeyboardInterrupt:
@@ -176,7 +184,13 @@ def _log_parent_artifacts(client: MlflowClient, run_id: str, suite: Suite, devic
             client.log_artifact(run_id, str(tmp / name), artifact_path="environment")
 
 
-def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec, data, device, progress: bool) -> None:
+FAILURE_TAG = "failure"                     # why a child run is FAILED, e.g. "diverged at step 12"
+
+
+def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec, data, device,
+               progress: bool) -> str | None:
+    """One child run. Returns None when it FINISHED, or the reason it FAILED when it diverged (the
+    suite goes on). Any other error is tagged on the run and raised: a bug stops the suite."""
     tags = {ROLE: "child", "mlflow.parentRunId": parent_id, "suite": spec.suite, "profile": spec.profile,
             "task": spec.task, "model": spec.model, "method": spec.method, "seed": str(spec.seed),
             "device": device.type, "config_hash": spec.config_hash, **run_tags(device)}
@@ -198,8 +212,17 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
         get_task(spec.task).train(spec, data, log, on_step=lambda n: bar.update(1))
         bar.close()
         status = "FINISHED"
+    except Diverged as err:
+        bar.close()
+        client.set_tag(run_id, FAILURE_TAG, err.reason)
+        return err.reason
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except Exception as err:
+        first_line = (str(err).splitlines() or [""])[0]
+        client.set_tag(run_id, FAILURE_TAG, f"error: {type(err).__name__}: {first_line}"[:500])
+        raise
     finally:
         client.set_terminated(run_id, status)
+    return None

@@ -21,7 +21,8 @@ PROFILES = ("smoke", "quick", "paper")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields and non-finite numbers (YAML .inf / .nan) are errors: an lr of .inf is not a setting.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainSettings(Strict):

@@ -21,7 +21,7 @@ def _train_ff(*args, **kwargs):
 
 
 class NoTaskSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .data import ImageData
-from .methods import Setup, get_method
+from .errors import Diverged
+from .methods import Setup
 from .models import build_stages, stage_output_shapes
 from .suite import RunSpec
 from .tracking import ResourceSampler
@@ -72,9 +73,57 @@ def test_error(stages: torch.nn.ModuleList, x: torch.Tensor, y: torch.Tensor, ba
     return 100.0 * wrong.item() / x.shape[0]      # .item(): the one sync of an evaluation
 
 
+def lr_factor(spec: RunSpec, step: int) -> float:
+    """The schedule as a multiplier: lr_decay_factor once per decay point passed."""
+    return spec.train.lr_decay_factor ** sum(step >= at for at in spec.train.lr_decay_at)
+
+
 def learning_rate(spec: RunSpec, step: int) -> float:
-    decays = sum(step >= at for at in spec.train.lr_decay_at)
-    return spec.train.lr * spec.train.lr_decay_factor ** decays
+    return spec.train.lr * lr_factor(spec, step)
+
+
+def apply_schedule(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    """Scale every parameter group's own base rate (a synthesizer's synth_lr, a synthetic input
+    model's input_lr, ...) by the schedule's factor; the base rate is the one it was built with."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
+def lr_metrics(roles: dict[str, list[torch.optim.Optimizer]], optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+    """The learning rate each role's optimizers actually use: ``lr/<role>``, or ``lr/<role><i>`` per
+    parameter group where a role's groups differ. Optimizers outside every role count as "other"."""
+    named = {id(opt) for opts in roles.values() for opt in opts}
+    other = [opt for opt in optimizers if id(opt) not in named]
+    row = {}
+    for role, opts in {**roles, **({"other": other} if other else {})}.items():
+        rates = [group["lr"] for opt in opts for group in opt.param_groups]
+        if len(set(rates)) == 1:
+            row[f"lr/{role}"] = rates[0]
+        else:
+            row.update({f"lr/{role}{i + 1}": rate for i, rate in enumerate(rates)})
+    return row
+
+
+class DivergenceWatch:
+    """Stops a run whose loss became non-finite. Per step one device-side isfinite over the step's
+    metrics (no host sync); at a log point, where the loop syncs anyway, ``check`` raises Diverged
+    naming the first step whose metrics were not finite (a diverged run is not a result)."""
+
+    def __init__(self):
+        self._flags: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        if metrics:
+            values = torch.stack([v.detach().float().sum() for v in metrics.values()])
+            self._flags.append((step, torch.isfinite(values).all()))
+
+    def check(self) -> None:
+        flags, self._flags = self._flags, []
+        if flags:
+            finite = torch.stack([flag for _, flag in flags]).cpu()
+            if not bool(finite.all()):
+                raise Diverged(flags[int((~finite).nonzero()[0])][0])
 
 
 def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int], None] = lambda n: None) -> dict:
@@ -83,7 +132,7 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
     seed_everything(spec.seed)
     in_shape = tuple(data.x_train.shape[1:])
     stages = build_stages(spec.model, in_shape, data.num_classes, cfg.cnn_filters).to(device)
-    method_cls = get_method(spec.method)
+    method_cls = spec.method_class()      # a method file is loaded (once) in this process too
     setup = Setup(num_classes=data.num_classes, in_shape=in_shape,
                   stage_shapes=stage_output_shapes(stages, in_shape), lr=cfg.lr, device=device,
                   generator=torch.Generator().manual_seed(10_000 + spec.seed))
@@ -101,6 +150,7 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
     train_s = eval_s = 0.0
     final: dict[str, float] = {}
     current_lr = None
+    watch = DivergenceWatch()
     with ResourceSampler(device) as sampler:
         mark, interval_steps = sampler.mark(), 0
         sync(device)
@@ -108,12 +158,11 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
         for step in range(1, cfg.steps + 1):
             lr = learning_rate(spec, step)
             if lr != current_lr:
-                for opt in optimizers:
-                    for group in opt.param_groups:
-                        group["lr"] = lr
+                apply_schedule(optimizers, lr_factor(spec, step))
                 current_lr = lr
             idx = batches.next()
             metrics = method.step(x_train[idx], y_train[idx])
+            watch.add(step, metrics)
             for key, value in metrics.items():        # device-side running sums: no sync here
                 sums[key] = sums[key] + value if key in sums else value.clone()
                 counts[key] = counts.get(key, 0) + 1
@@ -124,10 +173,12 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
                 sync(device)
                 elapsed = time.perf_counter() - t0
                 train_s += elapsed
+                watch.check()
                 row = {key: (sums[key] / counts[key]).item() for key in sums}
                 row["samples_per_s"] = interval_steps * batches.batch_size / max(elapsed, 1e-9)
                 row["wall_s/train"] = train_s
                 row["lr"] = lr
+                row.update(lr_metrics(method.optimizer_roles(), optimizers))
                 row.update(sampler.since(mark))
                 row.update({f"updates/stage{i + 1}": float(n) for i, n in enumerate(method.update_counts)})
                 if is_eval:

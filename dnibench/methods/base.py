@@ -17,7 +17,7 @@ from torch import nn
 
 class MethodSettings(BaseModel):
     """Hyperparameters common to every method; a method extends this with its own."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan in a suite: one-line error
     # Sporadic updates (paper §3.2): each stage does its backward pass and update with this probability.
     p_update: float = Field(1.0, gt=0.0, le=1.0)
 
@@ -49,9 +49,14 @@ class Method:
         self.stage_optimizers = [setup.adam(s.parameters()) for s in stages]
         self.update_counts = [0] * len(stages)
 
+    def optimizer_roles(self) -> dict[str, list[torch.optim.Optimizer]]:
+        """Every optimizer by what it trains ("stage", "synth", "input"): the loop scales each one's
+        own base rate by the schedule and logs the rate each role actually used as ``lr/<role>``."""
+        return {"stage": list(self.stage_optimizers)}
+
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer, so the loop can apply the learning-rate schedule to all of them."""
-        return list(self.stage_optimizers)
+        return [opt for opts in self.optimizer_roles().values() for opt in opts]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

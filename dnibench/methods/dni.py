@@ -22,7 +22,7 @@ from collections import deque
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer, one_hot
@@ -37,6 +37,14 @@ class DNISettings(MethodSettings):
     synth_reduction: Literal["mean", "sum"] = "mean"     # over the batch; features are always summed
     synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
     delay: int = Field(0, ge=0)                          # k: stages use synthesizer parameters k steps old
+
+    @model_validator(mode="after")
+    def _width_needs_hidden_layers(self):
+        # A linear synthesizer has no hidden width: a width given for it would be silently ignored.
+        if self.synth_hidden_layers == 0 and self.synth_width != type(self).model_fields["synth_width"].default:
+            raise ValueError(f"synth_width {self.synth_width} has no effect with synth_hidden_layers = 0 "
+                             "(a linear synthesizer); leave it out or add hidden layers")
+        return self
 
 
 class StaleSynthesizer:
@@ -78,8 +86,8 @@ class DNI(Method):
     def synthesizers(self):
         return [iface.synthesizer for iface in self.interfaces]
 
-    def optimizers(self):
-        return self.stage_optimizers + [i.optimizer for i in self.interfaces if i.optimizer is not None]
+    def optimizer_roles(self):
+        return {**super().optimizer_roles(), "synth": [i.optimizer for i in self.interfaces if i.optimizer is not None]}
 
     def record_synthesizers(self) -> None:
         """Start of a step: remember the synthesizers' parameters for the delayed stages."""

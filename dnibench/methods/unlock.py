@@ -20,7 +20,7 @@ synthetic gradients too, exactly a backprop step (tests/test_unlock.py).
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..dni import ForwardInterface, SyntheticInputModel, one_hot
 from . import register
@@ -35,6 +35,14 @@ class UnlockSettings(DNISettings):
     input_width: int = Field(1024, ge=1)
     input_loss_weight: float = Field(1.0, gt=0)
     input_lr: float | None = Field(None, gt=0)           # default: the run's lr
+
+    @model_validator(mode="after")
+    def _input_width_needs_hidden_layers(self):
+        # A linear synthetic input model has no hidden width: a width given for it would be silently ignored.
+        if self.input_hidden_layers == 0 and self.input_width != type(self).model_fields["input_width"].default:
+            raise ValueError(f"input_width {self.input_width} has no effect with input_hidden_layers = 0 "
+                             "(a linear synthetic input model); leave it out or add hidden layers")
+        return self
 
 
 class UnlockCDNISettings(UnlockSettings):
@@ -58,8 +66,8 @@ class UnlockDNI(DNI):
             self.input_optimizers.append(opt)
             self.inputs.append(ForwardInterface(model, opt, settings.input_loss_weight, settings.synth_reduction))
 
-    def optimizers(self):
-        return super().optimizers() + self.input_optimizers
+    def optimizer_roles(self):
+        return {**super().optimizer_roles(), "input": list(self.input_optimizers)}
 
     def step(self, x, y):
         coins = self.coins()

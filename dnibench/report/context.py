@@ -1,8 +1,9 @@
 """What every report section reads: one query of MLflow into a DataFrame, the published numbers,
 the suites, and the writers for figures, tables and reports/README.md.
 
-The store is queried once (all experiments, FINISHED child runs); a config run more than once
-(``--force``) counts once, with its latest run. Metric histories are fetched lazily and cached.
+The store is queried once for the FINISHED child runs (and once for the FAILED ones, which are listed
+by reason, never used as results); a config run more than once (``--force``) counts once, with its
+latest run. Metric histories are fetched lazily and cached.
 """
 from __future__ import annotations
 
@@ -94,6 +95,43 @@ def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataF
     return runs.sort_values(["suite", "profile", "model", "method", "seed"]).reset_index(drop=True)
 
 
+FAILURE_TAG = "failure"                    # the runner's tag on a FAILED child run: why it failed
+
+
+def load_failed_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataFrame:
+    """One row per FAILED child run (the latest per config_hash) whose configuration has no FINISHED
+    run: a diverged run is not a result, but the report and ``compare`` say it was tried and why it
+    failed. Columns: run_id, experiment, the runner's tags, start_time, reason."""
+    columns = ["run_id", "experiment", *TAG_COLUMNS, "start_time", "reason"]
+    if _store_missing(tracking_uri):
+        return pd.DataFrame(columns=columns)
+    client = client or MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if not experiments:
+        return pd.DataFrame(columns=columns)
+
+    def search(status: str) -> list:
+        found, token = [], None
+        while True:
+            page = client.search_runs(list(experiments), filter_string=f"tags.`{ROLE}` = 'child' and "
+                                      f"attributes.status = '{status}'", max_results=10_000, page_token=token)
+            found += list(page)
+            token = page.token
+            if not token:
+                return found
+
+    finished = {run.data.tags.get("config_hash") for run in search("FINISHED")}
+    rows = [{"run_id": run.info.run_id, "experiment": experiments[run.info.experiment_id],
+             **{key: run.data.tags.get(key) for key in TAG_COLUMNS}, "start_time": run.info.start_time,
+             "reason": run.data.tags.get(FAILURE_TAG, "no reason recorded")}
+            for run in search("FAILED") if run.data.tags.get("config_hash") not in finished]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    failed = pd.DataFrame(rows, columns=columns).sort_values("start_time", kind="stable")
+    failed = failed.drop_duplicates("config_hash", keep="last")
+    return failed.sort_values(["suite", "profile", "model", "method", "seed"]).reset_index(drop=True)
+
+
 def latest_variant(runs: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, int]:
     """Within each group of ``by`` (e.g. one table cell), keep only the seeds of the configuration
     run last, so a mean never mixes an old schedule with a new one. Returns (kept, number dropped)."""
@@ -134,6 +172,7 @@ class ReportContext:
     published: dict
     suites: dict[str, Suite]
     generated_at: str = ""
+    failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", *TAG_COLUMNS, "reason"]))
     _client: MlflowClient | None = field(default=None, repr=False)
     _histories: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
 
@@ -146,7 +185,8 @@ class ReportContext:
         client = None if _store_missing(tracking_uri) else MlflowClient(tracking_uri)
         return cls(tracking_uri=tracking_uri, out=out, runs=load_runs(tracking_uri, client),
                    published=load_published(), suites=load_suites(suites_dir),
-                   generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), _client=client)
+                   generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                   failed=load_failed_runs(tracking_uri, client), _client=client)
 
     def history(self, run_id: str, key: str) -> pd.DataFrame:
         """A metric's full history: DataFrame[step, value, timestamp], sorted by step (cached)."""
@@ -192,6 +232,9 @@ class ReportContext:
             commits = ", ".join(sorted(c[:10] for c in runs["git_commit"].dropna().unique()))
             lines += [f"{len(runs)} finished runs: {listing}. Code: git {commits}. "
                       f"Devices: {', '.join(sorted(runs['device'].dropna().unique()))}.", ""]
+        if not self.failed.empty:
+            lines += [f"**{len(self.failed)} run(s) FAILED** and are left out of every table: see "
+                      "[Failed runs](#failed-runs).", ""]
         lines += [f"Published values come from `dnibench/published/{PUBLISHED_PATH.name}`, "
                   f"{self.published['status']}.", ""]
         files: list[Path] = []

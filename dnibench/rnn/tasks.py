@@ -40,7 +40,7 @@ def lstm_units(model: str) -> int:
 # ---- Copy and Repeat Copy ---------------------------------------------------------------------------
 
 class CopySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan: one-line error
     bits: int = Field(8, ge=1, le=64)                        # a character: random binary vector (NTM: 8 bits)
     threshold_bpc: float = Field(0.15, gt=0, le=64)          # lengthen once the error is below this
     check_every: int = Field(100, ge=1, le=1_000_000)        # steps between curriculum checks
@@ -141,7 +141,7 @@ class EpisodeStreams:
 # ---- Penn Treebank characters -----------------------------------------------------------------------
 
 class PTBSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan: one-line error
     valid_chars: int | None = Field(None, ge=2)              # first N validation characters (None: all)
     test_chars: int | None = Field(None, ge=2)               # first N test characters (None: all)
     eval_streams: int = Field(16, ge=1, le=4096)             # evaluation runs the text as this many streams
@@ -176,7 +176,7 @@ class MultiscaleSettings(BaseModel):
     last T digits were odd. A learns to send the count only through B's loss (our concrete choice of
     the paper's two-timescale task, whose data the paper leaves unspecified here: MNIST digits are
     replaced by random one-hot digits so the task needs no data set)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan: one-line error
     digits: int = Field(10, ge=2, le=1000)
     message_dim: int = Field(16, ge=1, le=4096)
     b_units: int = Field(64, ge=1, le=MAX_UNITS)

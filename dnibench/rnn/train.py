@@ -19,10 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..methods import get_method
 from ..suite import RunSpec
 from ..tracking import ResourceSampler
-from ..train import learning_rate, resolve_device, seed_everything, sync
+from ..train import DivergenceWatch, apply_schedule, learning_rate, lr_factor, lr_metrics, resolve_device, seed_everything, sync
 from .core import LN2, LSTMCore, RecurrentMethod
 from .tasks import (Curriculum, EpisodeStreams, MultiscaleSettings, PTBSettings, RepeatCopySettings, CopySettings,
                     TextStreams, digit_window, lstm_units)
@@ -73,7 +72,7 @@ def _build(spec: RunSpec, in_dim: int, out_dim: int):
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
     core = LSTMCore(in_dim, lstm_units(spec.model), out_dim).to(device)
-    cls = get_method(spec.method)
+    cls = spec.method_class()
     if not issubclass(cls, RecurrentMethod):
         raise TypeError(f"method {spec.method!r} is not a recurrent method")
     method = cls(core, cls.Settings.model_validate(spec.method_args), spec.train.lr, device)
@@ -81,11 +80,9 @@ def _build(spec: RunSpec, in_dim: int, out_dim: int):
 
 
 def _set_lr(spec: RunSpec, optimizers: list[torch.optim.Optimizer], step: int) -> float:
-    lr = learning_rate(spec, step)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = lr
-    return lr
+    """Scale each optimizer's own base rate (synth_lr for a synthesizer); returns the run's lr."""
+    apply_schedule(optimizers, lr_factor(spec, step))
+    return learning_rate(spec, step)
 
 
 # ---- Copy and Repeat Copy ---------------------------------------------------------------------------
@@ -109,10 +106,12 @@ def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
     steps_done = 0
     with ResourceSampler(device) as sampler:
         meter = Meter(device, sampler)
+        watch = DivergenceWatch()
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, method.optimizers(), step)
             x, y, mask, current = (t.to(device) for t in streams.window(T))
             out = method.window(x, copy_loss(y, mask))
+            watch.add(step, out)
             meter.add("err", out["losses"].sum())
             meter.add("chars", mask.sum())
             for key in ("synth_loss", "aux_loss"):
@@ -132,8 +131,10 @@ def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
                 level_err = level_chars = torch.zeros((), device=device)
             done = args.max_n is not None and curriculum.n > args.max_n
             if step % cfg.log_every == 0 or step == cfg.steps or solved_now or done:
+                watch.check()
                 row = meter.row({"train_bpc": ("err", "chars")})
                 row.update(solved_now)
+                row.update(lr_metrics(method.optimizer_roles(), method.optimizers()))
                 row.update({"lr": lr, "current_len": float(curriculum.length),
                             "max_len_solved": float(curriculum.max_len_solved), "samples": float(streams.episodes)})
                 log(row, step)
@@ -180,11 +181,13 @@ def train_ptb(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
     best_valid, best_step, best_params, since_best, eval_s, steps_done = float("inf"), 0, None, 0, 0.0, 0
     with ResourceSampler(device) as sampler:
         meter = Meter(device, sampler)
+        watch = DivergenceWatch()
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, method.optimizers(), step)
             x, y = streams.window(T)
             x, y = F.one_hot(x.to(device), vocab).float(), y.to(device)
             out = method.window(x, ptb_loss(y, vocab))
+            watch.add(step, out)
             meter.add("err", out["losses"].sum())
             meter.add("chars", torch.tensor(float(y.numel()), device=device))
             for key in ("synth_loss", "aux_loss"):
@@ -196,8 +199,10 @@ def train_ptb(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
             is_eval = step % cfg.eval_every == 0 or step == cfg.steps
             stop = False
             if step % cfg.log_every == 0 or is_eval:
+                watch.check()
                 row = meter.row({"train_bpc": ("err", "chars")})
                 row["lr"] = lr
+                row.update(lr_metrics(method.optimizer_roles(), method.optimizers()))
                 if is_eval:
                     e0 = time.perf_counter()
                     row["valid_bpc"] = bits_per_char(core, valid, vocab, args.eval_streams, device)
@@ -247,6 +252,7 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     cut = args.message_gradient == "none"
     interface = None if cut else method.message_interface(args.message_dim)
     extra_opts = [a_opt, b_opt] + ([interface.optimizer] if interface else [])
+    roles = {"a": [a_opt], "b": [b_opt], **({"synth": [interface.optimizer]} if interface else {})}
     gen = torch.Generator().manual_seed(spec.seed)
     batch = cfg.batch_size
     a_state = core.initial_state(batch, device)
@@ -254,6 +260,7 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     steps_done, final = 0, {}
     with ResourceSampler(device) as sampler:
         meter = Meter(device, sampler)
+        watch = DivergenceWatch()
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, extra_opts, step)
             d = digit_window(T, batch, args.digits, gen).to(device)
@@ -279,6 +286,7 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             a_state = s_out.detach()
+            watch.add(step, {"a": a_losses, "b": b_losses})
             meter.add("err", a_losses.sum())
             meter.add("chars", torch.tensor(float(d.numel()), device=device))
             meter.add("b_err", b_losses.sum())
@@ -288,9 +296,11 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
             on_step(step)
             steps_done = step
             if step % cfg.log_every == 0 or step == cfg.steps:
+                watch.check()
                 row = meter.row({"train_bpc": ("err", "chars"), "b_bpc": ("b_err", "b_n")},
                                 percent={"b_error": ("b_wrong", "b_n")})
                 row["lr"] = lr
+                row.update(lr_metrics(roles, extra_opts))
                 log(row, step)
                 final = row
                 meter.restart()
