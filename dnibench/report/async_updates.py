@@ -64,18 +64,29 @@ def _fmt(mean: float, half: float, n: int) -> str:
     return f"{mean:.2f}%" + (f" ± {half:.2f} ({n} seeds)" if n > 1 else " (1 seed)")
 
 
+def iteration_norm(steps: int) -> LogNorm:
+    """The colour scale of training iterations in the p_update figures (log: early evaluations spread out)."""
+    return LogNorm(vmin=max(1, steps / 100), vmax=steps)
+
+
+def evaluation_points(ax, ctx: ReportContext, runs: pd.DataFrame, norm: LogNorm, marker: str = "o") -> None:
+    """The paper's p_update style: every evaluation of every run at its p_update, coloured by its
+    iteration, the run's final error ringed. ``runs`` needs ``run_id`` and ``p_update``."""
+    for run in runs.itertuples():
+        curve = ctx.history(run.run_id, "test_error")
+        ax.scatter(np.full(len(curve), run.p_update), curve["value"], c=curve["step"].clip(lower=1),
+                   cmap="viridis", norm=norm, s=14, linewidths=0, marker=marker)
+        if len(curve):          # the final error, ringed
+            ax.scatter([run.p_update], curve["value"].iloc[-1:], s=40, facecolors="none", edgecolors="k", lw=0.8,
+                       marker=marker)
+
+
 def p_update_figure(ctx: ReportContext, runs: pd.DataFrame, profile: str):
     methods = [m for m in METHODS if m in set(runs["method"])]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), sharey=True, squeeze=False)
-    steps = runs["steps"].max()
-    norm = LogNorm(vmin=max(1, steps / 100), vmax=steps)
+    norm = iteration_norm(runs["steps"].max())
     for ax, method in zip(axes[0], methods):
-        for run in runs[runs["method"] == method].itertuples():
-            curve = ctx.history(run.run_id, "test_error")
-            ax.scatter(np.full(len(curve), run.p_update), curve["value"], c=curve["step"].clip(lower=1),
-                       cmap="viridis", norm=norm, s=14, linewidths=0)
-            if len(curve):          # the final error, ringed
-                ax.scatter([run.p_update], curve["value"].iloc[-1:], s=40, facecolors="none", edgecolors="k", lw=0.8)
+        evaluation_points(ax, ctx, runs[runs["method"] == method], norm)
         ax.set_title(display_name(method))
         ax.set_xlabel("p_update")
         ax.set_xlim(0, 1.05)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import Section
-from .async_updates import error_axis
+from .async_updates import error_axis, evaluation_points, iteration_norm
 from .context import ReportContext, display_name, latest_variant, markdown_table
 from .verdict import NO_RUNS, NOT_COMPARABLE, mean_ci, verdict
 from ..suite import PROFILES
@@ -91,6 +91,63 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series],
     return pd.DataFrame(rows)
 
 
+P_KEY = "param.method_args.p_update"
+
+
+def with_p_update(runs: pd.DataFrame) -> pd.DataFrame:
+    """A ``p_update`` column (runs logged without one trained every layer at every step: 1.0)."""
+    runs = runs.copy()
+    runs["p_update"] = runs[P_KEY].astype(float) if P_KEY in runs else 1.0
+    return runs
+
+
+def p_update_figure(ctx: ReportContext, runs: pd.DataFrame, profile: str):
+    """The paper's complete-unlock figure: final test error against p_update, one panel per synthesizer
+    kind. The unlocked method in the p_update figure's style (every evaluation at its p_update, coloured
+    by iteration, the final ringed); the locked counterpart's and backprop's final errors beside it."""
+    panels = [(u, l) for u, l in LOCKED.items() if runs["method"].isin([u, l]).any()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), sharey=True, squeeze=False)
+    norm = iteration_norm(int(runs["param.train.steps"].astype(int).max()))
+    finals = runs.groupby(["method", "p_update"])["metric.final_test_error"]
+    for ax, (unlocked, locked) in zip(axes[0], panels):
+        evaluation_points(ax, ctx, runs[runs["method"] == unlocked], norm)
+        for method, style in [(unlocked, dict(color="tab:green", ls="-", marker="o", mfc="none")),
+                              (locked, dict(color="tab:red", ls="--", marker="s")),
+                              ("bprop", dict(color="k", ls=":", marker="^"))]:
+            if method in set(runs["method"]):
+                means = finals.mean().loc[method]
+                ax.plot(means.index, means.values, lw=1.2, ms=5, label=f"{_name(method)}: final (mean)", **style)
+        ax.set_title(_name(unlocked))
+        ax.set_xlabel("p_update")
+        ax.set_xlim(0, 1.05)
+        error_axis(ax)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("test error (%)")
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes[0].tolist(), pad=0.01)
+    bar.set_label("training iteration (complete unlock's points)")
+    fig.suptitle(f"FCN-4 MNIST, complete unlock against p_update ({profile}); ringed: final", y=1.02)
+    return ctx.save_figure(fig, f"unlock_p_update_{profile}")
+
+
+def p_update_part(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> tuple[list[str], list]:
+    """The figure and its table of final errors by p_update, when the profile ran more than p_update = 1."""
+    runs, _ = latest_variant(runs, ["method", "p_update"])
+    if runs.empty or runs["p_update"].nunique() < 2:
+        return [], []
+    files = p_update_figure(ctx, runs, profile)
+    methods = [m for m in METHODS if m in set(runs["method"])]
+    finals = runs.groupby(["p_update", "method"])["metric.final_test_error"].mean().unstack("method")[methods]
+    finals.columns = [_name(m) for m in methods]
+    finals = finals.reset_index().round(2)
+    files += ctx.write_table(finals, f"unlock_p_update_{profile}")
+    body = ["", "Final test error against p_update (the paper's complete-unlock figure): one coin per layer and "
+            "step gates an unlocked layer's forward and backward together; a locked layer always runs forward "
+            "and its coin gates its backward (with backprop, every layer above must also have run its backward).",
+            "", f"![complete unlock against p_update](unlock_p_update_{profile}.png)", "",
+            "Final test error (%) by p_update (mean over seeds):", "", markdown_table(finals)]
+    return body, files
+
+
 def render(ctx: ReportContext) -> Section | None:
     runs = ctx.runs
     if runs.empty:
@@ -98,6 +155,8 @@ def render(ctx: ReportContext) -> Section | None:
     runs = runs[(runs["suite"] == SUITE) & runs["method"].isin(METHODS)]
     if runs.empty:
         return None
+    swept = with_p_update(runs)
+    runs = swept[np.isclose(swept["p_update"], 1.0)]       # the curves and the claim: every layer at every step
     runs, _ = latest_variant(runs, ["profile", "method"])   # a since-edited suite: its latest configuration
     body = ["FCN-4 on MNIST. *Complete unlock*: every layer above the first trains on a synthetic input "
             "I_i(x), predicted from the image and regressed (L2) towards the real input whenever the layer "
@@ -126,5 +185,7 @@ def render(ctx: ReportContext) -> Section | None:
                      "reported as they are. Departures:", *[f"- {d}" for d in departures], ""]
         body += [f"![complete unlock](unlock_curves_{profile}.png)", "", markdown_table(finals), "",
                  "Claim:", "", markdown_table(table)]
+        p_body, p_files = p_update_part(ctx, swept[swept["profile"] == profile], profile)
+        body, files = body + p_body, files + p_files
     return Section(title="Complete unlock: synthetic inputs and synthetic gradients", body="\n".join(body),
                    files=files)
