@@ -15,11 +15,14 @@ class NoBackprop(Method):
     description = "only the last layer learns (lower layers stay random)"
 
     def step(self, x, y):
+        learns = self.coins()[-1]                # p_update gates the one stage that learns
         with torch.no_grad():
             h = x
             for stage in self.stages[:-1]:
                 h = stage(h)
-        loss = task_loss(self.stages[-1](h), y)
-        loss.backward()
-        self.apply_update(len(self.stages) - 1)
+        with torch.set_grad_enabled(learns):
+            loss = task_loss(self.stages[-1](h), y)
+        if learns:
+            loss.backward()
+            self.apply_update(len(self.stages) - 1)
         return {"train_loss": loss.detach()}
