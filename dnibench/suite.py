@@ -46,6 +46,18 @@ class Profile(Strict):
     train: dict[str, Any] = Field(default_factory=dict)   # overrides of TrainSettings
     method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name
     task_args: dict[str, Any] = Field(default_factory=dict)
+    # A profile that deliberately runs one seed (e.g. too costly for more) opts in here, with its
+    # reason; only then does the report judge a single run as a point instead of "1 seed: inconclusive".
+    single_seed: bool = False
+    single_seed_reason: str = ""
+
+    @model_validator(mode="after")
+    def _single_seed_has_a_reason(self):
+        if self.single_seed and not self.single_seed_reason.strip():
+            raise ValueError("single_seed: true needs a single_seed_reason saying why one seed is enough")
+        if self.single_seed and self.seeds != 1:
+            raise ValueError(f"single_seed: true with seeds: {self.seeds}; a single-seed profile runs 1 seed")
+        return self
 
 
 class UniformSweep(Strict):

@@ -141,7 +141,8 @@ def fake_report_context(tmp_path, rows, final_key="metric.final_test_error"):
     runs = pd.DataFrame(rows)
     runs["run_id"] = [f"r{i}" for i in range(len(runs))]
     runs["start_time"] = range(len(runs))
-    runs["variant"] = runs["run_id"]
+    # Rows that name a variant are seeds of one configuration; the others each a configuration of their own.
+    runs["variant"] = runs["variant"].fillna(runs["run_id"]) if "variant" in runs else runs["run_id"]
     ctx = ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
                         suites=load_suites("suites"))
     for row in runs.itertuples():
@@ -152,26 +153,31 @@ def fake_report_context(tmp_path, rows, final_key="metric.final_test_error"):
     return ctx
 
 
-def async_row(profile, method, p, final, steps=500_000):
-    return {"suite": "mnist_async", "profile": profile, "method": method, "model": "fcn4", "seed": 0,
+def async_row(profile, method, p, final, steps=500_000, seed=0):
+    return {"suite": "mnist_async", "profile": profile, "method": method, "model": "fcn4", "seed": seed,
+            "variant": f"{profile}-{method}-{p}",
             "param.method_args.p_update": str(p), "param.train.steps": str(steps), "metric.final_test_error": final,
             **{f"metric.updates/stage{i}": steps * p ** (5 - i if method == "bprop" else 1) for i in range(1, 5)}}
 
 
 def test_async_report_judges_the_two_claims_from_the_runs(tmp_path):
     from dnibench.report import async_updates
-    rows = [async_row("paper", "dni", 0.2, 2.1), async_row("paper", "dni", 1.0, 1.9),
-            async_row("paper", "cdni", 0.05, 2.6), async_row("paper", "cdni", 1.0, 1.9),
+    seeds = lambda profile, method, p, finals, steps=500_000: [  # noqa: E731
+        async_row(profile, method, p, f, steps, seed) for seed, f in enumerate(finals)]
+    rows = [*seeds("paper", "dni", 0.2, [1.5, 1.6, 1.4]), *seeds("paper", "dni", 1.0, [1.9, 1.8]),
+            *seeds("paper", "cdni", 0.05, [2.6, 2.7, 2.5]), *seeds("paper", "cdni", 1.0, [1.9, 1.8, 2.0]),
             async_row("paper", "bprop", 0.2, 9.0), async_row("paper", "bprop", 1.0, 1.8),
-            async_row("quick", "dni", 0.2, 2.1, 3000), async_row("quick", "cdni", 0.05, 2.0, 3000),
-            async_row("quick", "cdni", 1.0, 1.9, 3000)]
+            async_row("quick", "dni", 0.2, 2.1, 3000), *seeds("quick", "cdni", 0.05, [2.0, 2.02], 3000),
+            *seeds("quick", "cdni", 1.0, [1.9, 1.9], 3000)]
     section = async_updates.render(fake_report_context(tmp_path, rows))
     paper = (tmp_path / "async_claims_paper.csv").read_text()
-    assert "within tolerance" in paper.splitlines()[1]                 # DNI 2.1 vs about 2.0 (±0.3)
-    assert paper.splitlines()[2].endswith("does not hold")             # cDNI 2.6 > 1.9 + 0.5
+    assert "1.50% ± 0.25 (3 seeds)" in paper.splitlines()[1]          # one-sided: 1.5% reaches "about 2%"
+    assert paper.splitlines()[1].endswith(",holds")
+    assert paper.splitlines()[2].endswith("does not hold")             # cDNI 2.6 - 1.9 = 0.7 > 0.5 (CI ±0.23)
     quick = (tmp_path / "async_claims_quick.csv").read_text().splitlines()
-    assert "not comparable at this profile" in quick[1] and "2.10%" in quick[1]
-    assert quick[2].endswith("not comparable at this profile (the rule would say: holds)")
+    assert quick[1].endswith("not comparable at this profile (the rule would say: 1 seed: inconclusive)")
+    assert "2.10% (1 seed)" in quick[1]
+    assert quick[2].endswith("not comparable at this profile (the rule would say: holds)")   # 0.11 + CI 0.13 <= 0.5
     for stem in ("async_p_update", "async_curves", "async_updates"):
         assert (tmp_path / f"{stem}_paper.png").stat().st_size > 10_000
     assert "Profile `quick`" in section.body and "Departures" in section.body

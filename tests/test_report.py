@@ -14,7 +14,7 @@ from PIL import Image
 from dnibench.report import SECTIONS, write_report
 from dnibench.report.context import PUBLISHED_PATH, ReportContext, latest_variant, load_published, markdown_table
 from dnibench.report.table1 import LEFT_OUT, cells, pattern, wide
-from dnibench.report.verdict import NO_DATA, NO_RUNS, NOT_COMPARABLE, OUTSIDE, WITHIN, mean_ci, verdict
+from dnibench.report.verdict import NO_DATA, NO_RUNS, NOT_COMPARABLE, ONE_SEED, OUTSIDE, WITHIN
 from dnibench.runner import ROLE, run_suites
 from dnibench.suite import Suite
 
@@ -176,29 +176,7 @@ def test_empty_store_gives_a_readme(tmp_path):
     assert not (tmp_path / "absent.db").exists()                      # reading never creates a store
 
 
-# --- verdict logic ---------------------------------------------------------------------------------
-
-def test_mean_ci_uses_student_t():
-    mean, half, n = mean_ci([1.0, 2.0, 3.0])
-    assert (mean, n) == (2.0, 3) and half == pytest.approx(4.30265273 / math.sqrt(3))
-    assert mean_ci([5.0, float("nan")])[::2] == (5.0, 1) and math.isnan(mean_ci([5.0])[1])
-    assert mean_ci([])[2] == 0
-
-
-@pytest.mark.parametrize("mean, half, published, comparable, expected", [
-    (2.2, 0.1, 2.0, True, WITHIN),             # intervals overlap
-    (2.3, 0.0, 2.0, True, WITHIN),             # exactly at published + tolerance
-    (2.7, 0.25, 2.2, True, WITHIN),            # only the CI reaches the tolerance band
-    (2.7, 0.15, 2.2, True, OUTSIDE),
-    (1.5, 0.15, 2.2, True, OUTSIDE),           # below, too
-    (1.0, float("nan"), 2.0, True, OUTSIDE),   # one seed: a point
-    (1.8, float("nan"), 2.0, True, WITHIN),
-    (2.0, 0.1, 2.0, False, NOT_COMPARABLE),
-    (float("nan"), float("nan"), 2.0, True, NO_RUNS),
-])
-def test_verdict(mean, half, published, comparable, expected):
-    assert verdict(mean, half, published, 0.3, comparable) == expected
-
+# --- verdicts in Table 1 (the rule itself: tests/test_verdict.py) ---------------------------------------
 
 def _ctx(tmp_path, rows, suites=None):
     runs = pd.DataFrame(rows)
@@ -211,18 +189,23 @@ def test_paper_profile_cells_get_verdicts(tmp_path):
     def run(method, value, seed, variant="v1"):
         return {"suite": "mnist_ff", "profile": "paper", "task": "mnist", "model": "fcn4", "method": method,
                 "seed": seed, "variant": variant, "metric.final_test_error": value}
-    ctx = _ctx(tmp_path, [run("dni", 2.1, 0), run("dni", 2.3, 1),          # paper 2.2: within
-                          run("bprop", 5.0, 0), run("bprop", 5.2, 1),      # paper 1.8: outside
+    ctx = _ctx(tmp_path, [run("dni", 2.1, 0), run("dni", 2.2, 1), run("dni", 2.3, 2),  # paper 2.2: within
+                          run("bprop", 5.0, 0), run("bprop", 5.2, 1),      # paper 1.8: outside, CI ±1.27 or not
+                          run("nobprop", 12.0, 0), run("nobprop", 13.0, 1),  # paper 12.6: CI ±6.35, inconclusive
                           run("cdni", 40.0, 0, "old"), run("cdni", 1.9, 0)])  # the old variant is not counted
     rows, notes = cells(ctx, ctx.runs, "paper")
     fcn4 = rows[(rows["dataset"] == "mnist") & (rows["model"] == "fcn4")].set_index("method")
     assert fcn4.at["dni", "verdict"] == WITHIN and fcn4.at["dni", "measured_mean"] == pytest.approx(2.2)
     assert fcn4.at["bprop", "verdict"] == OUTSIDE
+    assert fcn4.at["nobprop", "verdict"].startswith("inconclusive (CI ±6.35 > tolerance 0.3")
     assert fcn4.at["cdni", "measured_mean"] == 1.9 and fcn4.at["cdni", "seeds"] == 1
-    assert fcn4.at["nobprop", "verdict"] == NO_RUNS
+    assert fcn4.at["cdni", "verdict"] == ONE_SEED
+    fcn3 = rows[(rows["dataset"] == "mnist") & (rows["model"] == "fcn3")].set_index("method")
+    assert fcn3.at["dni", "verdict"] == NO_RUNS
     assert any("1 older run" in note for note in notes)
     table = wide(rows, METHODS)
-    assert table.iloc[1]["DNI"] == "2.20 ± 1.27 (2 seeds)" and table.iloc[1]["DNI paper"] == "2.2"
+    assert table.iloc[1]["DNI"] == "2.20 ± 0.25 (3 seeds)" and table.iloc[1]["DNI paper"] == "2.2"
+    assert table.iloc[1]["DNI verdict"] == WITHIN and table.iloc[1]["cDNI verdict"] == ONE_SEED
     assert "| FCN-4 |" in markdown_table(table)
 
 

@@ -127,14 +127,18 @@ def test_unlock_report_judges_level_and_speed_from_the_runs(tmp_path):
     from test_async import fake_report_context
 
     from dnibench.report import unlock as unlock_report
-    row = lambda method, final: {"suite": "mnist_unlock", "profile": "paper", "method": method, "model": "fcn4",  # noqa: E731
-                                 "seed": 0, "param.train.steps": "500000", "metric.final_test_error": final}
-    rows = [row("bprop", 1.5), row("dni", 2.0), row("cdni", 1.9), row("unlock_dni", 2.2), row("unlock_cdni", 4.5)]
+    row = lambda method, final, seed=0: {"suite": "mnist_unlock", "profile": "paper", "method": method,  # noqa: E731
+                                         "model": "fcn4", "seed": seed, "variant": method,
+                                         "param.train.steps": "500000", "metric.final_test_error": final}
+    rows = [row("bprop", 1.5, 0), row("bprop", 1.5, 1), row("dni", 2.0), row("cdni", 1.9),
+            *[row("unlock_dni", f, s) for s, f in enumerate([2.15, 2.2, 2.25])],
+            *[row("unlock_cdni", f, s) for s, f in enumerate([4.4, 4.5, 4.6])]]
     ctx = fake_report_context(tmp_path, rows)
-    ctx._histories[("r0", "test_error")]["value"] = [2.5, 1.5]   # Bprop reaches 3% (2x its final) half-way,
-    ctx._histories[("r3", "test_error")]["value"] = [9.0, 2.2]   # unlock_dni only at the end
+    for run_id in ("r0", "r1"):                                  # Bprop reaches 3% (2x its final) half-way,
+        ctx._histories[(run_id, "test_error")]["value"] = [2.5, 1.5]   # unlock_dni (9.x then 2.x) only at the end
     unlock_report.render(ctx)
     lines = (tmp_path / "unlock_claims_paper.csv").read_text().splitlines()
-    assert "within tolerance" in lines[1] and lines[1].endswith(",holds")        # 2.2 ≈ 2 (±0.3); slower than Bprop
-    assert ",outside," in lines[2] and "never" in lines[2]                       # 4.5 is not about 2; never reached 3%
+    assert "2.20% ± 0.12 (3 seeds),holds," in lines[1] and lines[1].endswith(",holds")  # at most 2 + 0.3; slower
+    assert "4.50% ± 0.25 (3 seeds),does not hold," in lines[2]                        # 4.5 is not about 2
+    assert lines[2].endswith(",did not reach the target (3 of 3 seeds)")              # never reached 3%: not "slower"
     assert (tmp_path / "unlock_curves_paper.png").stat().st_size > 10_000

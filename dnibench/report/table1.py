@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import Section
 from .context import ReportContext, display_name, latest_variant, markdown_table
-from .verdict import NO_DATA, NO_RUNS, mean_ci, verdict
+from .verdict import NO_DATA, NO_RUNS, mean_ci, single_seed_note, verdict
 from ..suite import PROFILES, skipped_entries
 
 # The suites that reproduce Table 1, by task. Other suites on the same data (p_update sweeps,
@@ -51,6 +51,8 @@ def cells(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> tuple[pd.Data
                          "are not counted (each cell uses the configuration run last).")
         suite = ctx.suites.get(suite_name)
         skipped = {(s["model"], s["method"]): s["reason"] for s in skipped_entries(suite, profile)} if suite else {}
+        if not here.empty and single_seed_note(suite, profile):
+            notes.append(f"{DATASET_NAMES[dataset]}: {single_seed_note(suite, profile)}")
         for reason in dict.fromkeys(skipped.values()):
             models = sorted({display_name(m) for (m, _), r in skipped.items() if r == reason})
             notes.append(f"{DATASET_NAMES[dataset]} {', '.join(models)} left out at `{profile}`: {reason}")
@@ -62,7 +64,8 @@ def cells(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> tuple[pd.Data
                 mean, half, n = mean_ci(runs_cell[METRIC].tolist() if METRIC in runs_cell else [])
                 pub = published.get(model, {}).get(method, math.nan)
                 if n:
-                    state = verdict(mean, half, pub, tolerance, comparable=profile == "paper")
+                    state = verdict(mean, half, n, pub, tolerance, comparable=profile == "paper",
+                                    single_seed=single_seed_note(suite, profile) is not None)
                 elif here.empty and dataset == "cifar10":
                     state = NO_DATA            # CIFAR-10 cannot be fetched here; the user supplies it
                 elif (model, method) in skipped:
@@ -153,10 +156,13 @@ def render(ctx: ReportContext) -> Section | None:
     if runs.empty:
         return None
     body = [f"Test error (%) at the last step: measured mean ± 95% CI over seeds (Student's t), next to the "
-            f"paper's value ({ctx.published['status']}). A cell is *within tolerance* when the measured "
-            f"interval overlaps published ± {ctx.published['tolerance_points']} points; only the `paper` "
-            "profile runs the paper's setup, so the others are *not comparable* cell by cell and get the "
-            "pattern check instead.", ""]
+            f"paper's value ({ctx.published['status']}). A cell is judged on the distance of the mean from the "
+            f"published value, with tolerance τ = {ctx.published['tolerance_points']} points: *outside* when even "
+            "the CI's nearest end is more than τ away; *inconclusive* (with about how many seeds would settle it) "
+            "when the CI half-width exceeds τ, i.e. the seeds disagree by more than the tolerance; otherwise "
+            "*within tolerance* when the mean is within τ, else *outside*. One seed is *1 seed: inconclusive* "
+            "unless the suite's profile is declared single-seed. Only the `paper` profile runs the paper's "
+            "setup, so the others are *not comparable* cell by cell and get the pattern check instead.", ""]
     files = []
     for profile in [p for p in PROFILES if p in set(runs["profile"])]:
         at = runs[runs["profile"] == profile]

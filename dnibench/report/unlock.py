@@ -3,13 +3,16 @@ iterations of the completely unlocked FCN-4 (synthetic inputs and synthetic grad
 backprop, DNI and cDNI run in the same suite on the same schedule, and the paper's claim.
 
 The claim has two parts, judged separately:
-  - "reaches about 2% error": the final test error against the published value +- tolerance
-    (only at the paper profile; elsewhere reported as measured, "not comparable at this profile");
-  - "more slowly" (than backprop, as published): measured as the first iteration at which test
-    error falls to a target, SLOWER_FACTOR x backprop's final error in the same profile (a level
-    backprop reaches at any profile); it holds when the unlocked method gets there later than
-    backprop, or not at all. The locked counterpart's iteration (DNI for unlock_dni, cDNI for
-    unlock_cdni) is shown next to it: what the forward unlock itself costs.
+  - "reaches about 2% error": one-sided, the final test error at most the published value +
+    tolerance (verdict.at_most; only at the paper profile; elsewhere reported as measured, "not
+    comparable at this profile");
+  - "more slowly" (than backprop, as published): measured per seed as the first iteration at which
+    test error falls to a target, SLOWER_FACTOR x backprop's mean final error in the same profile (a
+    level backprop reaches at any profile). A method that never gets there "did not reach the
+    target" (trains more slowly only if it trains at all); otherwise the claim holds when backprop's
+    iterations are lower on the Welch CI (verdict.slower_than, tolerance one evaluation interval).
+    The locked counterpart's iteration (DNI for unlock_dni, cDNI for unlock_cdni) is shown next to
+    it: what the forward unlock itself costs.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import pandas as pd
 from . import Section
 from .async_updates import error_axis, evaluation_points, iteration_norm
 from .context import ReportContext, display_name, latest_variant, markdown_table
-from .verdict import NO_RUNS, NOT_COMPARABLE, mean_ci, verdict
+from .verdict import NO_RUNS, NOT_COMPARABLE, at_most, mean_ci, single_seed_note, slower_than
 from ..suite import PROFILES
 
 SUITE = "mnist_unlock"
@@ -66,26 +69,34 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series],
     published = ctx.published["complete_unlock"]
     about, tolerance = float(published["test_error_about"]), ctx.published["tolerance_points"]
     comparable = profile == "paper"
+    single_seed = single_seed_note(ctx.suites.get(SUITE), profile) is not None
     bprop = runs[runs["method"] == "bprop"]["metric.final_test_error"].mean() if "bprop" in curves else math.nan
     target = SLOWER_FACTOR * bprop
+    # A first-reach iteration is known only to one evaluation interval: the tolerance of "slower".
+    steps = curves["bprop"].index if "bprop" in curves else []
+    interval = float(np.diff(steps).min()) if len(steps) > 1 else 0.0
+    reach = {m: [first_reach(ctx.history(r, "test_error").set_index("step")["value"], target)
+                 for r in runs.loc[runs["method"] == m, "run_id"]] for m in curves}
     rows = []
     for method, locked in LOCKED.items():
         at = runs[runs["method"] == method]
         mean, half, n = mean_ci(at["metric.final_test_error"].tolist())
-        level = verdict(mean, half, about, tolerance, comparable)
+        level = at_most(mean, half, n, about, tolerance, True, single_seed)
+        if n and not comparable:
+            level = f"{NOT_COMPARABLE} (measured: {level})"
         if n == 0 or not math.isfinite(target):
             slower_text, slower = "no runs to compare", NO_RUNS
         else:
             fmt = lambda s: "never" if math.isinf(s) else f"iteration {s:g}"  # noqa: E731
             mine, bprop_at = first_reach(curves[method], target), first_reach(curves["bprop"], target)
-            slower_text = f"{fmt(mine)}; Bprop {fmt(bprop_at)}"
+            slower_text = f"{fmt(mine)}; Bprop {fmt(bprop_at)} (mean curves)"
             if locked in curves:
                 slower_text += f"; {_name(locked)} {fmt(first_reach(curves[locked], target))}"
-            outcome = "holds" if mine > bprop_at else "does not hold"
+            outcome = slower_than(reach[method], reach["bprop"], interval, True, single_seed, reference="Bprop")
             slower = outcome if comparable else f"{NOT_COMPARABLE} (measured: {outcome})"
         measured = "no run" if n == 0 else f"{mean:.2f}%" + (f" ± {half:.2f} ({n} seeds)" if n > 1 else " (1 seed)")
         rows.append({"Method": _name(method), "Claim (as published)": published["text"],
-                     "Final test error": measured, f"About {about:g}% (±{tolerance})": level,
+                     "Final test error": measured, f"At most about {about:g}% (+{tolerance})": level,
                      f"Reaches {target:.2f}% ({SLOWER_FACTOR:g}x Bprop's final error)": slower_text,
                      "More slowly than Bprop": slower})
     return pd.DataFrame(rows)
@@ -163,7 +174,9 @@ def render(ctx: ReportContext) -> Section | None:
             "below produced it, and on a synthetic gradient; no layer waits for another in either "
             "direction. Test error is measured on the real forward chain. \"More slowly\" is measured as the "
             f"first iteration at which test error reaches {SLOWER_FACTOR:g}x Bprop's final error in the same "
-            "profile, against Bprop's; the locked DNI / cDNI run's is shown too.", ""]
+            "profile, per seed, against Bprop's (Welch CI; a method that never gets there *did not reach the "
+            "target*, which is not *slower*); the locked DNI / cDNI run's is shown too. \"About 2%\" is "
+            f"one-sided: at most 2% + {ctx.published['tolerance_points']} points.", ""]
     files = []
     for profile in [p for p in PROFILES if p in set(runs["profile"])]:
         at = runs[runs["profile"] == profile]
