@@ -160,3 +160,41 @@ def test_interface_regresses_towards_its_target():
         iface.send(h)
         losses.append(iface.receive(target).item())
     assert losses[-1] < 0.01 * losses[0]
+
+
+@pytest.mark.parametrize("B", [4, 16])
+def test_regression_target_is_the_per_example_gradient(B):
+    """The interface receives a batch gradient (per-example gradient / B, as L is a batch mean) and
+    must regress towards the per-example gradient itself: one SGD step from a zero synthesizer,
+    checked against the hand-computed loss and step with target = batch_gradient * B."""
+    g = torch.Generator().manual_seed(B)
+    h, per_example = torch.randn(B, 5, generator=g), torch.randn(B, 5, generator=g)
+    synth = Synthesizer((5,), hidden_layers=0)
+    lr = 0.1
+    iface = BackwardInterface(synth, torch.optim.SGD(synth.parameters(), lr=lr))
+    iface.send(h)
+    loss = iface.receive(per_example / B)
+    # Zero prediction: loss = mean_n ||p_n||^2; d/dW = -2/B sum_n p_n h_n^T; d/db = -2 mean_n p_n.
+    assert loss.item() == pytest.approx(per_example.pow(2).sum(1).mean().item(), rel=1e-6)
+    torch.testing.assert_close(synth.net[-1].bias.detach(), 2 * lr * per_example.mean(0))
+    torch.testing.assert_close(synth.net[-1].weight.detach(), 2 * lr * per_example.T @ h / B)
+
+
+def test_trained_synthesizer_predicts_the_per_example_gradient_whatever_the_batch_size():
+    """A linear per-example gradient p = h A: trained on batch gradients at B = 4 and B = 16, the
+    synthesizer converges to the same prediction h A (not to h A / B), and the gradient it then
+    injects is the batch gradient h A / B."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 4, generator=g) * 0.5
+    probe = torch.randn(16, 4, generator=g)
+    for B in (4, 16):
+        torch.manual_seed(0)
+        synth = Synthesizer((4,), hidden_layers=0)
+        iface = BackwardInterface(synth, torch.optim.SGD(synth.parameters(), lr=0.05))
+        for _ in range(400):
+            h = torch.randn(B, 4, generator=g)
+            iface.send(h)
+            iface.receive(h @ A / B)
+        with torch.no_grad():
+            torch.testing.assert_close(synth(probe), probe @ A, rtol=0, atol=2e-3)
+            torch.testing.assert_close(iface.send(probe[:B]), probe[:B] @ A / B, rtol=0, atol=2e-3 / B)
