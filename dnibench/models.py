@@ -1,8 +1,13 @@
 """The paper's feed-forward networks, built as a list of layers ("stages").
 
 Each stage is one layer h_i = f_i(h_{i-1}); DNI sits between consecutive stages (paper §3.1,
-Table 1 setup). The layer count includes the output layer: FCN-4 is three hidden layers plus the
-classifier, CNN-3 is two convolutional layers plus the classifier.
+Table 1 setup). Two conventions of the paper's setup (``conventions`` in
+dnibench/published/jaderberg2016.yaml; task settings in dnibench/tasks.py):
+  - ``layer_count``: by default ("with_output") the N of FCN-N / CNN-N includes the output layer:
+    FCN-4 is three hidden layers plus the classifier, CNN-3 two convolutional layers plus the
+    classifier; "hidden_only" reads N as the hidden layers, one more stage each;
+  - ``pool_stride``: the CNN's 3x3 pooling (padding 1) has stride 2 by default (halves the resolution);
+    1 keeps the resolution.
 """
 from __future__ import annotations
 
@@ -30,16 +35,17 @@ def _fcn(depth: int, in_shape: tuple[int, ...], num_classes: int) -> list[nn.Mod
     return stages
 
 
-def _cnn(depth: int, in_shape: tuple[int, ...], num_classes: int, filters: int) -> list[nn.Module]:
+def _cnn(depth: int, in_shape: tuple[int, ...], num_classes: int, filters: int,
+         pool_stride: int = 2) -> list[nn.Module]:
     channels, height, width = in_shape
     stages: list[nn.Module] = []
     for i in range(depth - 1):
         # 5x5 "same" convolutions; 3x3 max-pool after the first layer, average pool after the others.
-        pool = nn.MaxPool2d(3, stride=2, padding=1) if i == 0 else nn.AvgPool2d(3, stride=2, padding=1)
+        pool = (nn.MaxPool2d if i == 0 else nn.AvgPool2d)(3, stride=pool_stride, padding=1)
         stages.append(nn.Sequential(
             nn.Conv2d(channels, filters, 5, padding=2), nn.BatchNorm2d(filters), nn.ReLU(), pool))
         channels = filters
-        height, width = (height + 1) // 2, (width + 1) // 2
+        height, width = (height - 1) // pool_stride + 1, (width - 1) // pool_stride + 1
     stages.append(nn.Sequential(nn.Flatten(), nn.Linear(channels * height * width, num_classes)))
     return stages
 
@@ -57,11 +63,23 @@ def parse_model_name(name: str) -> tuple[str, int]:
     return kind, depth
 
 
-def build_stages(name: str, in_shape: tuple[int, ...], num_classes: int, cnn_filters: int = 64) -> nn.ModuleList:
+LAYER_COUNTS = ("with_output", "hidden_only")
+
+
+def stage_count(depth: int, layer_count: str = "with_output") -> int:
+    """How many stages (layers, with DNI between each) the N of a model name means."""
+    if layer_count not in LAYER_COUNTS:
+        raise SuiteError(f"layer_count {layer_count!r}: expected one of {', '.join(LAYER_COUNTS)}")
+    return depth if layer_count == "with_output" else depth + 1
+
+
+def build_stages(name: str, in_shape: tuple[int, ...], num_classes: int, cnn_filters: int = 64,
+                 layer_count: str = "with_output", pool_stride: int = 2) -> nn.ModuleList:
     kind, depth = parse_model_name(name)
+    stages = stage_count(depth, layer_count)
     if kind == "fcn":
-        return nn.ModuleList(_fcn(depth, in_shape, num_classes))
-    return nn.ModuleList(_cnn(depth, in_shape, num_classes, cnn_filters))
+        return nn.ModuleList(_fcn(stages, in_shape, num_classes))
+    return nn.ModuleList(_cnn(stages, in_shape, num_classes, cnn_filters, pool_stride))
 
 
 @torch.no_grad()

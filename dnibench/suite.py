@@ -243,6 +243,7 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                                  f"tasks, task {task.name!r} is {task.family!r}")
             try:
                 task.check_model(model)
+                task.check_args(model, task_args)        # a task setting this model cannot use
             except DnibenchError as err:
                 raise SuiteError(f"{where}: entries[{e_index}]: {err}") from None
             for seed in range(n_seeds):

@@ -18,6 +18,7 @@ from .errors import Diverged
 from .methods import Setup
 from .models import build_stages, stage_output_shapes
 from .suite import RunSpec
+from .tasks import get_task
 from .tracking import ResourceSampler
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -131,7 +132,9 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
     device = resolve_device(spec.device)
     seed_everything(spec.seed)
     in_shape = tuple(data.x_train.shape[1:])
-    stages = build_stages(spec.model, in_shape, data.num_classes, cfg.cnn_filters).to(device)
+    conventions = get_task(spec.task).Settings.model_validate(spec.task_args)   # layer count, pooling stride
+    stages = build_stages(spec.model, in_shape, data.num_classes, cfg.cnn_filters,
+                          conventions.layer_count, conventions.pool_stride).to(device)
     method_cls = spec.method_class()      # a method file is loaded (once) in this process too
     setup = Setup(num_classes=data.num_classes, in_shape=in_shape,
                   stage_shapes=stage_output_shapes(stages, in_shape), lr=cfg.lr, device=device,

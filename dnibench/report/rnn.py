@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import Section
+from . import Section, conventions
 from .context import PUBLISHED_PATH, ReportContext, latest_variant, markdown_table
 from .verdict import NO_RUNS, NOT_COMPARABLE, lower_than, mean_ci, single_seed_note, verdict, welch_ci
 from ..errors import DnibenchError
@@ -71,7 +71,9 @@ def default_discount() -> float:
 
 
 def main_reading(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs the RNN table uses: BPTT, and DNI with the default (the paper's, undiscounted) target."""
+    """The runs the RNN table uses: BPTT, and DNI with the default (the paper's, undiscounted) target;
+    the default reading of the other conventions too (the Copy length)."""
+    runs = conventions.default_reading(runs)
     discount = target_discount(runs)
     return runs[~runs["method"].isin(DNI_METHODS) | np.isclose(discount, default_discount())]
 
@@ -327,6 +329,8 @@ def render(ctx: ReportContext) -> Section | None:
                      f"({ptb_tol} BPC) around a difference it cannot resolve, *inconclusive* otherwise.", "",
                      markdown_table(paired), ""]
         body += discount_note(at, profile)
+        body += conventions.notes(ctx.published, "rnn") + [""]
+        body += conventions.other_readings(at[at["task"] != "ptb"], "metric.max_len_solved", "longest length solved")
         for task, (label, suite_name) in TASKS.items():
             suite = ctx.suites.get(suite_name)
             if suite is not None and ((at["task"] == task).any()):

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from . import Section
+from . import Section, conventions
 from .context import ReportContext, display_name, latest_variant, markdown_table
 from .verdict import NO_DATA, NO_RUNS, mean_ci, single_seed_note, verdict
 from ..suite import PROFILES, skipped_entries
@@ -155,6 +155,7 @@ def render(ctx: ReportContext) -> Section | None:
                 & runs["method"].isin(table1["methods"])]
     if runs.empty:
         return None
+    every_reading, runs = runs, conventions.default_reading(runs)     # the cells: the default conventions only
     body = [f"Test error (%) at the last step: measured mean ± 95% CI over seeds (Student's t), next to the "
             f"paper's value ({ctx.published['status']}). A cell is judged on the distance of the mean from the "
             f"published value, with tolerance τ = {ctx.published['tolerance_points']} points: *outside* when even "
@@ -175,6 +176,9 @@ def render(ctx: ReportContext) -> Section | None:
         checks = pattern(cell_rows, table1)
         body += [f"### Profile `{profile}`", "", *_profile_text(ctx, at, profile), markdown_table(table)]
         body += [f"- {note}" for note in notes] + ([""] if notes else [])
+        body += conventions.notes(ctx.published, "table1") + [""]
+        body += conventions.other_readings(every_reading[every_reading["profile"] == profile], METRIC,
+                                           "test error (%)")
         if not checks.empty:
             files += ctx.write_table(checks, f"table1_{profile}_pattern")
             held = (checks["Holds"] == "yes").sum()

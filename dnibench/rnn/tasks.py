@@ -9,7 +9,9 @@ delimiter step (stop channel on; for Repeat Copy the repeat count R on its own c
 The loss (bits per character) is counted on the written characters and the end marker only. Input
 channels: bits + stop (+ repeat); output channels: bits + end.
 
-Length, as the paper reports it: T_task = N + 3 for Copy and N*R + 3 for Repeat Copy. The curriculum
+Length, as the paper reports it: T_task = N + 3 for Copy and N*R + 3 for Repeat Copy (a convention,
+``length_counts``: "N" / "N*R" counts the characters only; see ``conventions`` in
+dnibench/published/jaderberg2016.yaml for why +3 is the default). The curriculum
 starts at N = R = 1 and, once the average error at the current length falls below 0.15 bits per
 character, lengthens by one step: N + 1 for Copy; for Repeat Copy N and R grow in turn
 ((1,1), (2,1), (2,2), (3,2), ...: lengths 4, 5, 7, 9, 12, 15, 19, 23, ...; every Repeat Copy value of
@@ -24,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import SuiteError
-from ..tasks import Task, register_task
+from ..tasks import ConventionSettings, Task, register_task
 
 MAX_UNITS = 16384
 
@@ -39,13 +41,20 @@ def lstm_units(model: str) -> int:
 
 # ---- Copy and Repeat Copy ---------------------------------------------------------------------------
 
-class CopySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan: one-line error
+class CopySettings(ConventionSettings):                       # extra fields, .inf / .nan: one-line error
+    CONVENTIONS = ("length_counts",)
+    # The length reported (max_len_solved, samples_at_len/<L>): N + 3 (the paper's T_task) or N alone.
+    # Training is the same either way; the reading decides which published cell a run is held against.
+    length_counts: Literal["N+3", "N"] = "N+3"
     bits: int = Field(8, ge=1, le=64)                        # a character: random binary vector (NTM: 8 bits)
     threshold_bpc: float = Field(0.15, gt=0, le=64)          # lengthen once the error is below this
     check_every: int = Field(100, ge=1, le=1_000_000)        # steps between curriculum checks
     start_n: int = Field(1, ge=1, le=10_000)                 # N of the first episodes
     max_n: int | None = Field(None, ge=1, le=10_000)         # stop once this N is solved (None: the step budget)
+
+    @property
+    def length_offset(self) -> int:
+        return 3 if self.length_counts.endswith("+3") else 0
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -59,19 +68,21 @@ class CopySettings(BaseModel):
 
 class RepeatCopySettings(CopySettings):
     repeat_norm: float = Field(10.0, gt=0)                   # R is presented as R / repeat_norm
+    length_counts: Literal["N*R+3", "N*R"] = "N*R+3"         # as Copy's: T_task, or the characters written
 
 
 class Curriculum:
     """The current (N, R) and the record of every length solved with the samples seen by then."""
 
-    def __init__(self, repeat: bool, start_n: int = 1):
+    def __init__(self, repeat: bool, start_n: int = 1, offset: int = 3):
         self.repeat = repeat
+        self.offset = offset                                 # length = N*R + offset (length_counts)
         self.n, self.r = start_n, 1
         self.solved: list[tuple[int, int]] = []              # (length, samples seen when first solved)
 
     @property
     def length(self) -> int:
-        return self.n * self.r + 3
+        return self.n * self.r + self.offset
 
     def advance(self, samples: int) -> None:
         self.solved.append((self.length, samples))

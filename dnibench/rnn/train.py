@@ -97,7 +97,7 @@ def copy_loss(y: torch.Tensor, mask: torch.Tensor):
 def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
     repeat = spec.task == "repeat_copy"
     args = (RepeatCopySettings if repeat else CopySettings).model_validate(spec.task_args)
-    curriculum = Curriculum(repeat, args.start_n)
+    curriculum = Curriculum(repeat, args.start_n, args.length_offset)
     gen = torch.Generator().manual_seed(spec.seed)
     streams = EpisodeStreams(spec.train.batch_size, args.bits, curriculum, gen, getattr(args, "repeat_norm", 10.0))
     device, core, method = _build(spec, streams.in_dim, streams.out_dim)
