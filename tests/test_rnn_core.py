@@ -134,3 +134,81 @@ def test_fresh_dni_takes_the_bptt_step():
     # The aux loss is zero against a zero synthetic gradient only if the head predicts zero: it does not,
     # so DNI+Aux moves the LSTM differently from the first step on.
     assert any(not torch.allclose(a, b) for a, b in zip(params["bptt"], params["dni_bptt_aux"]))
+
+
+# ---- The method's window: which state the synthesizer learns at, and the settings it must obey ----
+
+def sgd_method(name, s0, **settings):
+    """``name`` on a seeded float32 LSTM, every optimizer swapped for SGD(lr=1) so that a step is
+    exactly minus the gradient, the carried state set to ``s0``; and an untouched copy of the LSTM."""
+    import copy
+
+    torch.manual_seed(0)
+    core = LSTMCore(IN, H, OUT)
+    cls = get_method(name)
+    method = cls(core, cls.Settings(T=T, **settings), lr=1e-3)
+    method.optimizer = torch.optim.SGD(method.trained_parameters(), lr=1.0)
+    if hasattr(method, "synth"):
+        method.synth.optimizer = torch.optim.SGD(method.synth.synthesizer.parameters(), lr=1.0)
+    method.state = s0.clone()
+    return method, copy.deepcopy(core)
+
+
+def window_data(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(T, B, IN, generator=g), torch.randint(0, OUT, (T, B), generator=g),
+            torch.randn(B, 2 * H, generator=g))
+
+
+def test_synthesizer_is_regressed_at_the_windows_start_state():
+    """delta_hat(s_in) is what the target at s_in trains: the regression input is the state the window
+    started from, not the one it ended in. Zero-initialised synthesizer, so the target is the true
+    in-window gradient alone (B * dL/ds_in), and one SGD step of the linear synthesizer from zero is
+    W = 2/B * target^T s_in, b = 2 * mean(target)."""
+    x, y, s0 = window_data()
+    method, before = sgd_method("dni_bptt", s0)
+    metrics = method.window(x, loss_fn_for(y))
+    s_in = s0.clone().requires_grad_(True)
+    logits, _, _ = before(x, s_in)
+    target = torch.autograd.grad(loss_fn_for(y)(logits).sum(0).mean(), s_in)[0] * B
+    final = method.synth.synthesizer.net[-1]
+    torch.testing.assert_close(metrics["synth_loss"], target.pow(2).sum(1).mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(final.weight.detach(), 2 * target.T @ s0 / B, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(final.bias.detach(), 2 * target.mean(0), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.5])
+def test_method_injects_its_synth_scale(scale):
+    """The LSTM's step is minus the gradient of  L + synth_scale * <delta_hat(s_out), s_out> / B."""
+    x, y, s0 = window_data()
+    method, before = sgd_method("dni_bptt", s0, synth_scale=scale)
+    weight = torch.randn(2 * H, 2 * H, generator=torch.Generator().manual_seed(5)) * 0.5
+    with torch.no_grad():
+        method.synth.synthesizer.net[-1].weight.copy_(weight)        # a non-zero synthetic gradient
+    method.window(x, loss_fn_for(y))
+    logits, s_out, _ = before(x, s0)
+    synthetic = s_out.detach() @ weight.T
+    objective = loss_fn_for(y)(logits).sum(0).mean() + scale * (s_out * synthetic).sum() / B
+    want = torch.autograd.grad(objective, list(before.parameters()))
+    for old, new, g in zip(before.parameters(), method.core.parameters(), want):
+        torch.testing.assert_close(new.detach(), old.detach() - g, rtol=1e-4, atol=1e-6)
+    assert float(synthetic.abs().max()) > 1e-2                          # the scaled part is really there
+
+
+@pytest.mark.parametrize("name", ["bptt", "dni_bptt_aux"])
+def test_clip_norm_bounds_the_lstm_step(name):
+    """clip_norm rescales the whole gradient of the trained parameters (LSTM, read-out, DNI+Aux head)
+    to that norm when it is larger: with SGD(lr=1) the step has exactly that norm and the gradient's
+    direction; a bound above the gradient's norm leaves the step as it is."""
+    x, y, s0 = window_data()
+    steps = {}
+    for clip in (None, 1e-2, 1e3):
+        method, _ = sgd_method(name, s0, **({} if clip is None else {"clip_norm": clip}))
+        old = [p.detach().clone() for p in method.trained_parameters()]
+        method.window(x, loss_fn_for(y))
+        steps[clip] = torch.cat([(p.detach() - o).flatten() for p, o in zip(method.trained_parameters(), old)])
+    full = steps[None]
+    assert float(full.norm()) > 0.1
+    torch.testing.assert_close(steps[1e-2].norm(), torch.tensor(1e-2), rtol=1e-4, atol=0)
+    torch.testing.assert_close(steps[1e-2], full * (1e-2 / full.norm()), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(steps[1e3], full)
