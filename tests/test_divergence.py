@@ -3,7 +3,6 @@ runs; a run whose loss becomes non-finite stops, is FAILED with its reason, the 
 `compare` and the report list it."""
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +149,27 @@ def test_non_finite_settings_are_refused_before_anything_runs(tmp_path, field, e
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"field '{field}'" in err and "finite" in err, err
     assert not db.exists()                                   # refused before a single MLflow run
+
+
+def test_any_other_error_stops_the_suite_and_is_listed_with_its_reason(tmp_path, fake_mnist_data_dir, monkeypatch):
+    """Only divergence is contained: a bug (here a method raising) stops the suite, after tagging why."""
+    import dnibench.train as train
+    path = tmp_path / "tiny_div.yaml"
+    path.write_text(SUITE.replace("train: {lr: 1.0e30}", "train: {lr: 1.0e-3}"))
+    uri = f"sqlite:///{tmp_path}/m.db"
+    real = train.train_ff
+
+    def broken(spec, *args, **kwargs):
+        if spec.method == "bprop":
+            raise RuntimeError("a bug in the method\nsecond line")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_ff", broken)
+    from dnibench.runner import run_suites
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_suites([str(path)], "smoke", device="cpu", tracking_uri=uri, data_dir=fake_mnist_data_dir, progress=False)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tiny_div")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE}` = 'child'")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"     # the dni run after it never started
+    assert runs[0].data.tags["failure"] == "error: RuntimeError: a bug in the method"
