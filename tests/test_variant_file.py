@@ -38,7 +38,7 @@ class {cls}(Backprop):
 SUITE = """
 name: {suite}
 task: mnist
-train: {{steps: 4, batch_size: 8, lr: 1.0e-3, lr_decay_at: [], eval_every: 2, log_every: 2}}
+train: {{steps: 2, batch_size: 8, lr: 1.0e-3, lr_decay_at: [], eval_every: 2, log_every: 2}}
 profiles: {{smoke: {{}}, quick: {{}}, paper: {{}}}}
 entries:
   - model: [fcn3, fcn4]
