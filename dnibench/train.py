@@ -116,7 +116,8 @@ class DivergenceWatch:
 
     def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
         if metrics:
-            values = torch.stack([v.detach().float().sum() for v in metrics.values()])
+            # A sum is non-finite when any of its terms is: one small tensor per step, no sync.
+            values = torch.stack([(v if v.dim() == 0 else v.sum()).detach().float() for v in metrics.values()])
             self._flags.append((step, torch.isfinite(values).all()))
 
     def check(self) -> None:
