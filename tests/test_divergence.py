@@ -173,3 +173,14 @@ def test_any_other_error_stops_the_suite_and_is_listed_with_its_reason(tmp_path,
     runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE}` = 'child'")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"     # the dni run after it never started
     assert runs[0].data.tags["failure"] == "error: RuntimeError: a bug in the method"
+
+
+def test_every_settings_model_refuses_non_finite_numbers():
+    """Suite schema, every method's Settings and every task's Settings: a model added later is covered."""
+    from dnibench import suite
+    from dnibench.methods import REGISTRY
+    from dnibench.tasks import TASKS
+    models = [suite.Suite, suite.Profile, suite.Entry, suite.UniformSweep, suite.TrainSettings,
+              *(cls.Settings for cls in REGISTRY.values()), *(task.Settings for task in TASKS.values())]
+    lenient = [m.__qualname__ for m in models if m.model_config.get("allow_inf_nan", True)]
+    assert not lenient, f"settings models that accept .inf/.nan: {lenient}"
