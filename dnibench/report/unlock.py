@@ -108,7 +108,8 @@ P_KEY = "param.method_args.p_update"
 def with_p_update(runs: pd.DataFrame) -> pd.DataFrame:
     """A ``p_update`` column (runs logged without one trained every layer at every step: 1.0)."""
     runs = runs.copy()
-    runs["p_update"] = runs[P_KEY].astype(float) if P_KEY in runs else 1.0
+    # A run without the param (from another suite, or an older one) is NaN in a shared frame: 1.0 too.
+    runs["p_update"] = runs[P_KEY].astype(float).fillna(1.0) if P_KEY in runs else 1.0
     return runs
 
 
