@@ -130,7 +130,8 @@ def test_shipped_async_suite_has_the_p_update_grid():
     grid = {(s.method, s.method_args["p_update"]) for s in plan(suite, "quick")}
     assert grid == {(m, p) for m in ("bprop", "dni", "cdni") for p in (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
     paper = [s for s in plan(suite, "paper") if s.method_args["p_update"] not in {0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0}]
-    assert len(paper) == 40                        # 20 uniform samples x (dni, cdni)
+    assert len(paper) == 40 * 3                    # 20 uniform samples x (dni, cdni) x 3 seeds
+    assert {s.seed for s in paper} == {0, 1, 2}
 
 
 def fake_report_context(tmp_path, rows, final_key="metric.final_test_error"):
