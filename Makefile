@@ -16,7 +16,7 @@ SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml 
 RUN_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv reproduce run report test bench data clean-results
+.PHONY: help venv reproduce run report test bench data clean-results mutation
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,25 @@ report: venv ## re-render reports/ from the MLflow store (no training)
 
 test: venv ## run the test suite (CPU, no data download, a few minutes)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not integration" --durations=10
+
+# mutmut mutates a copy of dnibench/ in mutants/ (never the tree) and runs the DNI core's unit tests
+# against every mutant ([tool.mutmut] in pyproject.toml). A fresh run each time: cached verdicts could
+# outlive the tests that gave them. MUTATION_JOBS=N: N mutants at a time (default: one per CPU).
+# Address space capped per process (KiB): one mutant builds 1024 hidden layers of 1024 units and
+# would take the machine's memory before its timeout; under the cap it fails at once (killed).
+MUTATION_MEM_KB ?= 8000000
+$(VENV)/.mutation-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,mutation]'
+	@touch $@
+
+mutation: $(VENV)/.mutation-installed ## mutation testing of the DNI core (slow, not in CI); fails on a survivor tests/MUTATION.md does not explain
+	rm -rf mutants
+	ulimit -v $(MUTATION_MEM_KB); OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS)) > mutants.log 2>&1 \
+	  || { tail -n 40 mutants.log; exit 1; }
+	@mv mutants.log mutants/run.log
+	@tail -c 400 mutants/run.log | tr '\r' '\n' | tail -n 2
+	$(VENV)/bin/mutmut results --all true > mutants/results.txt
+	$(PY) tests/mutation_report.py mutants/results.txt tests/MUTATION.md
 
 bench: venv ## pytest-benchmark: training steps/s and achieved FLOP/s
 	@mkdir -p results
