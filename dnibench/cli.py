@@ -3,23 +3,44 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from . import interrupt
 from .errors import DnibenchError
 
 
+MAX_SEEDS = 1000          # as dnibench.suite.MAX_SEEDS (not imported: it would load pydantic for --help)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise DnibenchError(f"--shard {text[:40]!r}: expected I/N with integers 0 <= I < N, e.g. 0/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 0 <= index < count:
+        raise DnibenchError(f"--shard {index}/{count}: expected 0 <= I < N (N >= 1)")
+    return index, count
+
+
+def _check_run_input(args) -> None:
+    """The checks that need only the flags and the suite files, done before torch and MLflow are
+    imported (seconds), so a typo is answered at once and nothing is created."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", args.device):
+        raise DnibenchError(f"--device {args.device[:40]!r}: expected auto, cpu, cuda or cuda:N")
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        raise DnibenchError(f"--seeds {args.seeds}: expected 1..{MAX_SEEDS}")
+    from .suite import check_suite_files
+    check_suite_files(args.suites)
+
+
 def _cmd_run(args) -> int:
+    _check_run_input(args)
+    shard = _parse_shard(args.shard) if args.shard else None
     from .runner import run_suites
-    shard = None
-    if args.shard:
-        try:
-            index, count = (int(part) for part in args.shard.split("/"))
-        except ValueError:
-            raise DnibenchError(f"--shard {args.shard!r}: expected I/N, e.g. 0/4") from None
-        shard = (index, count)
     outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
                          args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard)
     print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)"
@@ -29,7 +50,15 @@ def _cmd_run(args) -> int:
     return 1 if outcome.failed else 0           # the suite finished, but not every run is a result
 
 
+def _check_out_dir(out: str) -> None:
+    path = Path(out)
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            raise DnibenchError(f"--out {out}: {part} is not a directory")
+
+
 def _cmd_report(args) -> int:
+    _check_out_dir(args.out)
     from .report import write_report
     written = write_report(args.tracking_uri, Path(args.out), suites_dir=Path(args.suites_dir))
     print(f"dnibench: report written to {args.out}/ ({len(written)} files)")
@@ -37,6 +66,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    _check_out_dir(args.out)
     from .compare import compare, failed_runs, render, write_comparison
     table, metric, profile = compare(args.tracking_uri, args.suite, args.profile, args.baseline, args.metric)
     print(render(table, args.suite, profile, metric, args.baseline,
@@ -69,8 +99,15 @@ def _cmd_data(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"dnibench: error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dnibench", description=__doc__)
+    parser = _Parser(prog="dnibench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     default_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///results/mlflow.db")
 
@@ -117,21 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err) -> str:
+    """An error as one line a person can read: values from files can be long or hold newlines."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 360 else text[:357] + "..."
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt   # SIGTERM (kill, a scheduler's timeout) ends runs as KILLED, like Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
-    if getattr(args, "seeds", None) is not None and args.seeds < 1:
-        print("dnibench: error: --seeds must be at least 1", file=sys.stderr)
-        return 2
+        if args.command == "run":       # stop at the runner's next safe point (between steps or runs)
+            previous = interrupt.install()
+        else:                           # no training loop to reach: report/compare stop at once
+            signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except DnibenchError as err:
-        print(f"dnibench: error: {err}", file=sys.stderr)
+        print(f"dnibench: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:      # a file the user named (or its folder) that cannot be written or read
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"dnibench: error: {_one_line(where + (err.strerror or str(err)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dnibench: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)
@@ -140,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
+    finally:
+        interrupt.restore(previous)     # main() called in-process (tests): leave the caller's handlers
 
 
 if __name__ == "__main__":

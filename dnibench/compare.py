@@ -47,7 +47,7 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
         failed = failed_runs(tracking_uri, suite)
         reasons = "; ".join(f"{r.model}/{r.method}/seed{r.seed}: {r.reason}" for r in failed.head(5).itertuples())
         raise DnibenchError(f"no finished runs of suite {suite!r} in {tracking_uri}"
-                            + (f" ({len(failed)} FAILED: {reasons})" if len(failed) else ""))
+                            + (f" ({len(failed)} FAILED or KILLED: {reasons})" if len(failed) else ""))
     if profile is None:
         profile = runs.sort_values("start_time")["profile"].iloc[-1]
     runs = runs[runs["profile"] == profile]
@@ -79,12 +79,13 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
 
 
 def failed_runs(tracking_uri: str, suite: str, profile: str | None = None) -> pd.DataFrame:
-    """The suite's FAILED runs (at the profile, if given) with their reasons: model, method, seed, reason."""
+    """The suite's FAILED and KILLED runs (at the profile, if given) with their reasons: model, method,
+    seed, status, reason."""
     failed = load_failed_runs(tracking_uri)
     failed = failed[failed["suite"] == suite]
     if profile is not None:
         failed = failed[failed["profile"] == profile]
-    return failed[["model", "method", "seed", "reason"]].reset_index(drop=True)
+    return failed[["model", "method", "seed", "status", "reason"]].reset_index(drop=True)
 
 
 def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -> Path:
@@ -100,5 +101,5 @@ def render(table: pd.DataFrame, suite: str, profile: str, metric: str, baseline:
             f"with Welch's 95% CI; samples/s = training throughput.\n\n")
     text = head + markdown_table(table)
     if failed is not None and not failed.empty:      # not results, but never dropped silently
-        text += f"\n{len(failed)} run(s) FAILED and are not in the table above:\n\n" + markdown_table(failed)
+        text += f"\n{len(failed)} run(s) FAILED or KILLED and are not in the table above:\n\n" + markdown_table(failed)
     return text

@@ -18,8 +18,9 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
+from . import interrupt, store
 from .errors import DataNotProvided, Diverged, DnibenchError
-from .suite import RunSpec, Suite, load_suite, plan
+from .suite import RunSpec, Suite, check_all_profiles, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
 from .train import resolve_device
@@ -29,10 +30,13 @@ DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 
 
 def artifact_root(tracking_uri: str) -> str | None:
-    """Keep artifacts next to a local sqlite store (results/artifacts), not in ./mlruns."""
+    """Keep artifacts next to a local sqlite store, not in ./mlruns: results/mlflow.db ->
+    results/mlflow-artifacts/, one folder per store (two stores in one folder once shared one
+    artifacts/ folder, so deleting one store's deleted the other's). Only new experiments use it:
+    MLflow keeps each experiment's artifact location, so older results stay readable where they are."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
-        return (db.parent.resolve() / "artifacts").as_uri()
+        return (db.parent.resolve() / f"{db.stem}-artifacts").as_uri()
     return None
 
 
@@ -52,9 +56,16 @@ def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
 
 def shard_from_env() -> tuple[int, int] | None:
     """(index, count) when launched by torchrun (RANK / WORLD_SIZE), else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return None
+    world, rank = os.environ.get("WORLD_SIZE", "1").strip(), os.environ.get("RANK")
+    if not world.isdigit() or int(world) < 1:
+        raise DnibenchError(f"WORLD_SIZE={world[:20]!r}: expected a positive integer (set by torchrun)")
+    if int(world) == 1:
+        return None
+    if rank is None:
+        raise DnibenchError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun, or use --shard I/N")
+    if not rank.strip().isdigit() or not int(rank) < int(world):
+        raise DnibenchError(f"RANK={rank[:20]!r}: expected an integer in 0..{int(world) - 1} (WORLD_SIZE={world})")
+    return int(rank), int(world)
 
 
 def finished_hashes(client: MlflowClient, exp_id: str) -> set[str]:
@@ -73,22 +84,29 @@ def flatten(prefix: str, value, out: dict) -> dict:
 
 
 def prepare_store(tracking_uri: str, experiments: list[str]) -> MlflowClient:
-    """Create the store and the experiments once. Under torchrun, rank 0 does it while the other
-    ranks wait at a torch.distributed (gloo) barrier: two processes migrating one new sqlite store
-    at once corrupt it."""
-    launched = "RANK" in os.environ and "MASTER_ADDR" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if launched:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        if dist.get_rank() != 0:
-            dist.barrier()
-    client = prepare_tracking(tracking_uri)
+    """Open the store (a missing sqlite store is created under a file lock, atomically: see
+    dnibench/store.py; that also serialises torchrun's ranks), mark the runs of dead owners KILLED,
+    and create the experiments."""
+    client = store.open_store(tracking_uri, write=True, artifact_root=artifact_root(tracking_uri), checked=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    for run_id in store.mark_dead_runs_killed(client):
+        print(f"dnibench: run {run_id} was left RUNNING by a process that died: marked KILLED", file=sys.stderr)
     for name in experiments:
         experiment_id(client, name, tracking_uri)
-    if launched and dist.get_rank() == 0:
-        dist.barrier()
     return client
+
+
+def _check_batch_sizes(suite: Suite, specs: list[RunSpec], data) -> None:
+    """A batch larger than the training examples a run uses is refused, not silently shrunk (its
+    params would say a batch it never trained with)."""
+    n_train = len(getattr(data, "y_train", ()))
+    if not n_train:                 # sequence tasks: a batch is that many streams, not examples
+        return
+    for spec in specs:
+        usable = min(n_train, spec.train.train_subset or n_train)
+        if spec.train.batch_size > usable:
+            raise DnibenchError(f"{suite.path or suite.name}: {spec.model}/{spec.method}: batch_size "
+                                f"{spec.train.batch_size} is larger than the {usable} training examples")
 
 
 @dataclass
@@ -97,13 +115,6 @@ class Outcome:
     skipped: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)   # (run label, reason), e.g. diverged runs
-
-
-def prepare_tracking(tracking_uri: str) -> MlflowClient:
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri)
 
 
 def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int | None = None,
@@ -117,8 +128,13 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"   # one GPU per process
     dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DnibenchError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     suites: list[Suite] = [load_suite(p) for p in paths]
+    store.check_uri(tracking_uri, write=True)
     plans = [(suite, plan(suite, profile, seeds, dev.type)) for suite in suites]
+    for suite in suites:            # a bad value that only another profile uses fails now, not later
+        check_all_profiles(suite, seeds)
     if shard is not None:
         index, count = shard
         if not 0 <= index < count:
@@ -133,6 +149,8 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
         except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
     plans = [(suite, specs) for suite, specs in plans if suite.task in datasets]
+    for suite, specs in plans:
+        _check_batch_sizes(suite, specs, datasets[suite.task])
 
     client = prepare_store(tracking_uri, [suite.name for suite, _ in plans])
     outcome = Outcome()
@@ -148,13 +166,14 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
             continue
         parent = client.create_run(exp_id, run_name=f"{suite.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
                                    tags={ROLE: "parent", "suite": suite.name, "profile": profile,
-                                         "device": dev.type, **run_tags(dev)})
+                                         "device": dev.type, **run_tags(dev), **store.owner_tags()})
         status = "FAILED"
         try:
             _log_parent_artifacts(client, parent.info.run_id, suite, dev)
             for path in sorted({s.method_file.path for s in todo if s.method_file}):   # the variant code that ran
                 client.log_artifact(parent.info.run_id, path, artifact_path="method_files")
             for spec in todo:
+                interrupt.check()
                 bar.set_postfix_str(spec.label)
                 failure = _run_child(client, exp_id, parent.info.run_id, spec, datasets[suite.task], dev, progress)
                 if failure is None:
@@ -193,7 +212,7 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
     suite goes on). Any other error is tagged on the run and raised: a bug stops the suite."""
     tags = {ROLE: "child", "mlflow.parentRunId": parent_id, "suite": spec.suite, "profile": spec.profile,
             "task": spec.task, "model": spec.model, "method": spec.method, "seed": str(spec.seed),
-            "device": device.type, "config_hash": spec.config_hash, **run_tags(device)}
+            "device": device.type, "config_hash": spec.config_hash, **run_tags(device), **store.owner_tags()}
     run = client.create_run(exp_id, run_name=spec.label, tags=tags)
     run_id = run.info.run_id
     status = "FAILED"
@@ -209,7 +228,11 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
 
         bar = tqdm(total=spec.train.steps, desc=spec.label, unit="step", position=1, leave=False,
                    disable=not progress, file=sys.stderr, mininterval=0.5)
-        get_task(spec.task).train(spec, data, log, on_step=lambda n: bar.update(1))
+        def on_step(n: int) -> None:
+            bar.update(1)
+            interrupt.check()               # a SIGTERM/SIGINT stops the run here, between steps
+
+        get_task(spec.task).train(spec, data, log, on_step=on_step)
         bar.close()
         status = "FINISHED"
     except Diverged as err:

@@ -100,12 +100,13 @@ def test_diverged_run_fails_with_its_reason_and_the_suite_goes_on(tmp_path, fake
 
     assert main(["compare", "tiny_div", "--baseline", "dni", "--out", str(tmp_path / "cmp"), *common]) == 0
     out = capsys.readouterr().out
-    assert "1 run(s) FAILED" in out and f"| fcn3 | bprop | 0 | {reason} |" in out
+    assert "1 run(s) FAILED" in out and f"| fcn3 | bprop | 0 | FAILED | {reason} |" in out
 
     write_report(uri, tmp_path / "reports", suites_dir=tmp_path / "no_suites")
     readme = (tmp_path / "reports" / "README.md").read_text()
-    assert "## Failed runs" in readme and f"| FCN-3 | Bprop | 0 | {reason} |" in readme
+    assert "## Failed runs" in readme and f"| FCN-3 | Bprop | 0 | FAILED | {reason} |" in readme
     assert "1 run(s) FAILED" in readme
+    assert "Child runs in the store by status: FAILED 1, FINISHED 1." in readme
 
 
 def test_rnn_runs_diverge_too(tmp_path):

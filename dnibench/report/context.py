@@ -1,13 +1,14 @@
 """What every report section reads: one query of MLflow into a DataFrame, the published numbers,
 the suites, and the writers for figures, tables and reports/README.md.
 
-The store is queried once for the FINISHED child runs (and once for the FAILED ones, which are listed
+The store is queried once for the FINISHED child runs (and once for the FAILED/KILLED ones, which are listed
 by reason, never used as results); a config run more than once (``--force``) counts once, with its
 latest run. Metric histories are fetched lazily and cached.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
+from .. import store
 from ..errors import DnibenchError
 from ..suite import Suite, load_suite
 
@@ -54,6 +56,17 @@ def _store_missing(tracking_uri: str) -> bool:
     return tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists()
 
 
+def open_client(tracking_uri: str) -> MlflowClient | None:
+    """A client on the checked store (a bad URI or a damaged store: one-line DnibenchError), or None when
+    the sqlite store does not exist (nothing is created). Runs left RUNNING by a dead process on this
+    host are marked KILLED first, where the store is writable, so the report shows them as they are."""
+    client = store.open_store(tracking_uri, write=False)
+    path = store.sqlite_path(tracking_uri)
+    if client is not None and (path is None or os.access(path, os.W_OK)):
+        store.mark_dead_runs_killed(client)
+    return client
+
+
 def _empty_runs() -> pd.DataFrame:
     return pd.DataFrame(columns=["run_id", "experiment", *TAG_COLUMNS, "start_time", "variant"])
 
@@ -68,7 +81,9 @@ def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataF
     """
     if _store_missing(tracking_uri):
         return _empty_runs()
-    client = client or MlflowClient(tracking_uri)
+    client = client or open_client(tracking_uri)
+    if client is None:
+        return _empty_runs()
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     rows, token = [], None
     while experiments:
@@ -99,16 +114,25 @@ FAILURE_TAG = "failure"                    # the runner's tag on a FAILED child 
 
 
 def load_failed_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataFrame:
-    """One row per FAILED child run (the latest per config_hash) whose configuration has no FINISHED
-    run: a diverged run is not a result, but the report and ``compare`` say it was tried and why it
-    failed. Columns: run_id, experiment, the runner's tags, start_time, reason."""
-    columns = ["run_id", "experiment", *TAG_COLUMNS, "start_time", "reason"]
+    """One row per FAILED or KILLED child run (the latest per config_hash) whose configuration has no
+    FINISHED run: a diverged or interrupted run is not a result, but the report and ``compare`` say it
+    was tried and why it stopped. Columns: run_id, experiment, the runner's tags, start_time, status,
+    reason. ``.attrs["status_counts"]``: every child run of the store counted by status."""
+    columns = ["run_id", "experiment", *TAG_COLUMNS, "start_time", "status", "reason"]
+
+    def empty(counts: dict | None = None) -> pd.DataFrame:
+        frame = pd.DataFrame(columns=columns)
+        frame.attrs["status_counts"] = counts or {}
+        return frame
+
     if _store_missing(tracking_uri):
-        return pd.DataFrame(columns=columns)
-    client = client or MlflowClient(tracking_uri)
+        return empty()
+    client = client or open_client(tracking_uri)
+    if client is None:
+        return empty()
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     if not experiments:
-        return pd.DataFrame(columns=columns)
+        return empty()
 
     def search(status: str) -> list:
         found, token = [], None
@@ -120,16 +144,20 @@ def load_failed_runs(tracking_uri: str, client: MlflowClient | None = None) -> p
             if not token:
                 return found
 
-    finished = {run.data.tags.get("config_hash") for run in search("FINISHED")}
+    by_status = {status: search(status) for status in ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")}
+    counts = {status: len(found) for status, found in by_status.items() if found}
+    finished = {run.data.tags.get("config_hash") for run in by_status["FINISHED"]}
     rows = [{"run_id": run.info.run_id, "experiment": experiments[run.info.experiment_id],
              **{key: run.data.tags.get(key) for key in TAG_COLUMNS}, "start_time": run.info.start_time,
-             "reason": run.data.tags.get(FAILURE_TAG, "no reason recorded")}
-            for run in search("FAILED") if run.data.tags.get("config_hash") not in finished]
+             "status": run.info.status, "reason": run.data.tags.get(FAILURE_TAG, "no reason recorded")}
+            for run in by_status["FAILED"] + by_status["KILLED"] if run.data.tags.get("config_hash") not in finished]
     if not rows:
-        return pd.DataFrame(columns=columns)
+        return empty(counts)
     failed = pd.DataFrame(rows, columns=columns).sort_values("start_time", kind="stable")
     failed = failed.drop_duplicates("config_hash", keep="last")
-    return failed.sort_values(["suite", "profile", "model", "method", "seed"]).reset_index(drop=True)
+    failed = failed.sort_values(["suite", "profile", "model", "method", "seed"]).reset_index(drop=True)
+    failed.attrs["status_counts"] = counts
+    return failed
 
 
 def latest_variant(runs: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, int]:
@@ -172,7 +200,7 @@ class ReportContext:
     published: dict
     suites: dict[str, Suite]
     generated_at: str = ""
-    failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", *TAG_COLUMNS, "reason"]))
+    failed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["run_id", *TAG_COLUMNS, "status", "reason"]))
     _client: MlflowClient | None = field(default=None, repr=False)
     _histories: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
 
@@ -182,7 +210,7 @@ class ReportContext:
         matplotlib.use("Agg")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        client = None if _store_missing(tracking_uri) else MlflowClient(tracking_uri)
+        client = open_client(tracking_uri)
         return cls(tracking_uri=tracking_uri, out=out, runs=load_runs(tracking_uri, client),
                    published=load_published(), suites=load_suites(suites_dir),
                    generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -232,8 +260,12 @@ class ReportContext:
             commits = ", ".join(sorted(c[:10] for c in runs["git_commit"].dropna().unique()))
             lines += [f"{len(runs)} finished runs: {listing}. Code: git {commits}. "
                       f"Devices: {', '.join(sorted(runs['device'].dropna().unique()))}.", ""]
+        counts = self.failed.attrs.get("status_counts", {})
+        if set(counts) - {"FINISHED"}:          # any run that did not finish: say how many, by status
+            lines += ["Child runs in the store by status: "
+                      + ", ".join(f"{status} {n}" for status, n in sorted(counts.items())) + ".", ""]
         if not self.failed.empty:
-            lines += [f"**{len(self.failed)} run(s) FAILED** and are left out of every table: see "
+            lines += [f"**{len(self.failed)} run(s) FAILED or KILLED** and are left out of every table: see "
                       "[Failed runs](#failed-runs).", ""]
         lines += [f"Published values come from `dnibench/published/{PUBLISHED_PATH.name}`, "
                   f"{self.published['status']}.", ""]

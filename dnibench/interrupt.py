@@ -1,0 +1,35 @@
+"""SIGTERM and SIGINT during `dnibench run`: the handler only records the signal; the runner stops at
+the next safe point (between training steps, between runs) by raising KeyboardInterrupt there.
+
+Raising in the handler itself could land anywhere, e.g. in a garbage-collection callback that swallows
+it (the process then ran every remaining run and exited 0). A second signal raises at once, for a
+process stuck outside the training loop.
+"""
+from __future__ import annotations
+
+import signal
+
+_received: list[int] = []
+
+
+def _handler(signum, frame):
+    _received.append(signum)
+    if len(_received) > 1:
+        raise KeyboardInterrupt
+
+
+def install() -> dict:
+    """Call from the main thread. Returns the handlers it replaced (for ``restore``)."""
+    _received.clear()
+    return {signum: signal.signal(signum, _handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def check() -> None:
+    """A safe point: stop here if a signal arrived."""
+    if _received:
+        raise KeyboardInterrupt

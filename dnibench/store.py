@@ -1,0 +1,222 @@
+"""The MLflow tracking store: checking a tracking URI, creating a new sqlite store safely, opening it,
+and recording who owns a run.
+
+A new ``sqlite:///`` store is created under an exclusive file lock (``<db>.lock`` next to it) and
+atomically: the schema is migrated in a temporary file next to the target, which is then renamed, so
+an interrupted creation leaves either no store or a whole one, and two processes starting on one
+fresh store (``--shard I/N``) never migrate it twice. Servers (``http(s)://``) are checked, never
+created. Each run carries its owner (host, pid, process start time); a RUNNING run whose owner on this
+host is gone (kill -9, power loss of the process) is marked KILLED by the next invocation.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+from filelock import FileLock, Timeout
+
+from .errors import DnibenchError
+
+SQLITE = "sqlite:///"
+SERVER_TIMEOUT_S = 5.0
+LOCK_TIMEOUT_S = 300.0           # creating a store takes ~1 s; a holder this slow is stuck
+OWNER_HOST, OWNER_PID, OWNER_START = "dnibench.owner.host", "dnibench.owner.pid", "dnibench.owner.start"
+FAILURE_TAG = "failure"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI (query string dropped), else None."""
+    if not tracking_uri.startswith(SQLITE):
+        return None
+    return Path(tracking_uri[len(SQLITE):].split("?", 1)[0])
+
+
+def check_uri(tracking_uri: str, write: bool) -> None:
+    """Raise a one-line DnibenchError for a URI that cannot hold results: in-memory sqlite, an unknown
+    scheme, a sqlite path under a regular file or in a directory this process cannot write (``write``),
+    an MLflow server that does not answer within a few seconds. Creates nothing."""
+    uri = tracking_uri
+    if uri in ("sqlite://", SQLITE) or uri.startswith(SQLITE + ":memory:"):
+        raise DnibenchError(f"--tracking-uri {uri}: an in-memory store throws the results away; "
+                            "use sqlite:///PATH, e.g. sqlite:///results/mlflow.db")
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite_path(uri, path, write)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    else:
+        raise DnibenchError(f"--tracking-uri {uri!r}: expected sqlite:///PATH (a local store, e.g. "
+                            "sqlite:///results/mlflow.db) or http(s)://HOST:PORT (an MLflow server)")
+
+
+def _check_sqlite_path(uri: str, path: Path, write: bool) -> None:
+    if path.is_dir():
+        raise DnibenchError(f"--tracking-uri {uri}: {path} is a directory, not a database file")
+    ancestor = path.parent if str(path.parent) else Path(".")
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DnibenchError(f"--tracking-uri {uri}: {ancestor} is a file, so {path} cannot be created under it")
+    if path.exists():
+        if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
+            raise DnibenchError(f"--tracking-uri {uri}: {path} is not {'writable' if write else 'readable'} "
+                                "by this user")
+    if write:
+        try:   # a real write, not os.access: root passes os.access on read-only file systems
+            fd, probe = tempfile.mkstemp(prefix=".dnibench-probe-", dir=ancestor)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise DnibenchError(f"--tracking-uri {uri}: cannot write in {ancestor} ({err.strerror})") from None
+
+
+def _check_server(uri: str) -> None:
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return                              # it answered: reachable (the client reports what it refuses)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise DnibenchError(f"--tracking-uri {uri}: no MLflow server answered within {SERVER_TIMEOUT_S:.0f} s "
+                            f"({reason})") from None
+
+
+def check_damaged(path: Path) -> None:
+    """Raise a one-line DnibenchError naming ``path`` when it is not a whole MLflow sqlite store."""
+    def damaged(why: str) -> DnibenchError:
+        return DnibenchError(f"the MLflow store {path} is damaged ({why}); move it aside (e.g. "
+                             f"mv {path} {path}.damaged) and rerun: a new store is created, nothing is deleted")
+    with open(path, "rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise damaged("empty file" if not head else "not an SQLite database")
+    # Read-write when allowed: a kill -9 mid-transaction leaves a hot journal that only a writer rolls back.
+    mode = "rw" if os.access(path, os.W_OK) else "ro"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=60)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise damaged(str(err)) from None
+    if problems != ["ok"]:
+        raise damaged(f"integrity check: {problems[0]}")
+    if not {"alembic_version", "runs", "experiments"} <= tables:
+        raise damaged("an SQLite file without MLflow's tables")
+
+
+def create_sqlite_store(path: Path, artifact_root: str | None) -> None:
+    """Create and migrate a new store at ``path`` unless it exists: under ``<path>.lock``, in a
+    temporary file next to it, renamed into place when whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise DnibenchError(f"another process has held {lock.lock_file} for {LOCK_TIMEOUT_S:.0f} s while "
+                            f"creating {path}; is it stuck?") from None
+    try:
+        if path.exists():                   # another process created it while this one waited
+            return
+        for stale in path.parent.glob(f".{path.name}.creating-*"):
+            stale.unlink(missing_ok=True)   # left by a creator that died; under the lock nobody else is creating
+        tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
+        _migrate(tmp, artifact_root)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        lock.release()
+
+
+def _migrate(tmp: Path, artifact_root: str | None) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    uri = SQLITE + str(tmp)
+    try:
+        SqlAlchemyStore(uri, artifact_root or tmp.parent.resolve().as_uri())
+    finally:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()                # closes the file before the rename
+
+
+def open_store(tracking_uri: str, write: bool, artifact_root: str | None = None, checked: bool = False):
+    """An MlflowClient on a checked store, or None for a sqlite store that does not exist and is only
+    read (``write=False``: nothing to read, nothing created). ``write`` creates a missing sqlite store."""
+    from mlflow.tracking import MlflowClient
+    if not checked:
+        check_uri(tracking_uri, write)
+    path = sqlite_path(tracking_uri)
+    if path is not None:
+        if not path.exists():
+            if not write:
+                return None
+            create_sqlite_store(path, artifact_root)
+        check_damaged(path)
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:                # e.g. a store written by a newer MLflow (schema ahead of ours)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise DnibenchError(f"--tracking-uri {tracking_uri}: cannot open the store: {first}") from None
+    return client
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs this process: the tags that let a later invocation tell a live run from a dead one."""
+    me = psutil.Process()
+    return {OWNER_HOST: platform.node(), OWNER_PID: str(me.pid), OWNER_START: f"{me.create_time():.3f}"}
+
+
+def owner_alive(tags: dict[str, str]) -> bool:
+    """False when the owner ran on this host and its process is gone (or the pid now belongs to another
+    process: its start time differs); True otherwise (another host, or no owner recorded: unknown)."""
+    if tags.get(OWNER_HOST) != platform.node() or OWNER_PID not in tags:
+        return True
+    try:
+        proc = psutil.Process(int(tags[OWNER_PID]))
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(proc.create_time() - float(tags.get(OWNER_START, "nan"))) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.Error, ValueError):
+        return True                         # cannot tell: never kill a run on a guess
+
+
+def mark_dead_runs_killed(client) -> list[str]:
+    """Mark KILLED every RUNNING run of the store whose owner on this host died, with a ``failure`` tag
+    saying so. Returns their run ids."""
+    from mlflow.entities import ViewType
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    host = platform.node().replace("'", "")
+    marked, token = [], None
+    while experiments:
+        page = client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
+                                  f"tags.`{OWNER_HOST}` = '{host}'", run_view_type=ViewType.ALL,
+                                  max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if not owner_alive(tags):
+                client.set_tag(run.info.run_id, FAILURE_TAG, f"owner process {tags[OWNER_PID]} on {tags[OWNER_HOST]} "
+                               "died (found by a later invocation)")
+                client.set_terminated(run.info.run_id, "KILLED")
+                marked.append(run.info.run_id)
+        token = page.token
+        if not token:
+            break
+    return marked
