@@ -84,8 +84,8 @@ def _check_server(uri: str) -> None:
         return                              # it answered: reachable (the client reports what it refuses)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise DnibenchError(f"--tracking-uri {uri}: no MLflow server answered within {SERVER_TIMEOUT_S:.0f} s "
-                            f"({reason})") from None
+        raise DnibenchError(f"--tracking-uri {uri}: cannot reach the MLflow server ({reason}; waited at most "
+                            f"{SERVER_TIMEOUT_S:.0f} s)") from None
 
 
 def check_damaged(path: Path) -> None:

@@ -1,0 +1,174 @@
+"""The tracking store (dnibench/store.py): URI checks, damaged stores, atomic creation under a lock,
+run owners and the runs a dead owner left RUNNING."""
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dnibench import interrupt, store
+from dnibench.errors import DnibenchError
+from dnibench.report.context import load_failed_runs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(DnibenchError) as info:
+        call()
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 400, text
+    return text
+
+
+@pytest.fixture(scope="module")
+def whole_store(tmp_path_factory) -> Path:
+    """A freshly created store (its bytes are copied by tests that damage or fill one)."""
+    path = tmp_path_factory.mktemp("store") / "m.db"
+    store.create_sqlite_store(path, None)
+    return path
+
+
+def closed_port() -> int:
+    import socket
+    with socket.socket() as sock:          # a port nobody listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_bad_tracking_uris_are_one_line_errors_and_create_nothing(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir.db").mkdir()
+    cases = {"garbage": "expected sqlite:///PATH", "foo://x": "expected sqlite:///PATH",
+             "sqlite://": "in-memory", "sqlite:///:memory:": "in-memory",
+             f"sqlite:///{tmp_path}/afile/sub/m.db": "afile is a file",
+             f"sqlite:///{tmp_path}/adir.db": "is a directory",
+             "sqlite:////proc/dnibench-test/m.db": "cannot write in /proc"}
+    for uri, needle in cases.items():
+        assert needle in one_line_error(lambda: store.check_uri(uri, write=True)), uri
+    before = time.monotonic()
+    text = one_line_error(lambda: store.check_uri(f"http://127.0.0.1:{closed_port()}", write=True))
+    assert "cannot reach the MLflow server" in text and time.monotonic() - before < store.SERVER_TIMEOUT_S + 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.db", "afile"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory")
+def test_unwritable_directory_is_refused_at_once(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert "cannot write in" in one_line_error(lambda: store.check_uri(f"sqlite:///{locked}/m.db", write=True))
+        store.check_uri(f"sqlite:///{locked}/m.db", write=False)      # reading a missing store is fine
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_missing_store_is_not_created_by_readers(tmp_path):
+    uri = f"sqlite:///{tmp_path}/none/m.db"
+    assert store.open_store(uri, write=False) is None
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "foreign"])
+def test_a_damaged_store_names_the_file_and_is_kept(tmp_path, whole_store, damage):
+    path = tmp_path / "mlflow.db"
+    whole = whole_store.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(whole[:len(whole) // 2])
+    elif damage == "random":
+        path.write_bytes(random.Random(0).randbytes(20_000))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:                                   # an SQLite file, but not MLflow's
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE t (x)")
+    before = path.read_bytes()
+    text = one_line_error(lambda: store.open_store(f"sqlite:///{path}", write=True))
+    assert f"MLflow store {path} is damaged" in text and "move it aside" in text
+    assert path.read_bytes() == before      # never repaired or deleted behind the user's back
+
+
+def test_interrupted_creation_leaves_no_store_and_the_next_one_succeeds(tmp_path, monkeypatch):
+    path = tmp_path / "m.db"
+    real = store._migrate
+
+    def half_then_fail(tmp, root):
+        tmp.write_bytes(b"SQLite format 3\x00 half a migration")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "_migrate", half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        store.create_sqlite_store(path, None)
+    assert not path.exists()                # the half-migrated file never took the store's name
+    monkeypatch.setattr(store, "_migrate", real)
+    client = store.open_store(f"sqlite:///{path}", write=True)
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.db", "m.db.lock"]   # the leftover is gone
+
+
+def test_kill_9_during_creation_leaves_no_store_or_a_whole_one(tmp_path):
+    """A real process creating a store is killed while the migration runs."""
+    path = tmp_path / "m.db"
+    code = f"from pathlib import Path; from dnibench.store import create_sqlite_store; create_sqlite_store(Path({str(path)!r}), None)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".m.db.creating-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.Random(os.getpid()).uniform(0, 0.5))
+    proc.kill()
+    proc.wait()
+    if path.exists():                       # the rename happened before the kill: it must be whole
+        store.check_damaged(path)
+    store.create_sqlite_store(path, None)   # either way the next invocation gets a whole store
+    store.check_damaged(path)
+    assert not list(tmp_path.glob(".m.db.creating-*"))
+
+
+def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
+    path = tmp_path / "m.db"
+    path.write_bytes(whole_store.read_bytes())
+    uri = f"sqlite:///{path}"
+    client = store.open_store(uri, write=True)
+    exp = client.create_experiment("tiny")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    me = store.owner_tags()
+    owners = {"dead": {**me, store.OWNER_PID: str(gone.pid)},
+              "reused": {**me, store.OWNER_START: f"{float(me[store.OWNER_START]) - 100:.3f}"},  # pid now another process
+              "alive": me,
+              "elsewhere": {**me, store.OWNER_HOST: "another-host", store.OWNER_PID: str(gone.pid)},
+              "unknown": {}}
+    ids = {}
+    for name, owner in owners.items():
+        tags = {"dnibench.role": "child", "suite": "tiny", "profile": "smoke", "model": "fcn3", "method": name,
+                "seed": "0", "config_hash": name, **owner}
+        ids[name] = client.create_run(exp, tags=tags).info.run_id
+    assert sorted(store.mark_dead_runs_killed(client)) == sorted([ids["dead"], ids["reused"]])
+    for name, run_id in ids.items():
+        run = client.get_run(run_id)
+        assert run.info.status == ("KILLED" if name in ("dead", "reused") else "RUNNING"), name
+    reason = client.get_run(ids["dead"]).data.tags["failure"]
+    assert reason == f"owner process {gone.pid} on {me[store.OWNER_HOST]} died (found by a later invocation)"
+    assert store.mark_dead_runs_killed(client) == []            # marked once
+
+    failed = load_failed_runs(uri)                              # what the report and compare list
+    assert sorted(failed["method"]) == ["dead", "reused"] and set(failed["status"]) == {"KILLED"}
+    assert failed.attrs["status_counts"] == {"KILLED": 2, "RUNNING": 3}
+
+
+def test_a_signal_is_recorded_and_raised_only_at_a_safe_point():
+    previous = interrupt.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)    # the handler must not raise: it could land in a GC callback
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+    finally:
+        interrupt.restore(previous)
+    assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]
