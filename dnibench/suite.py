@@ -13,11 +13,21 @@ from typing import Annotated, Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from .errors import DnibenchError, SuiteError
 
 PROFILES = ("smoke", "quick", "paper")
+
+# Sane upper bounds: far above any real use (the paper runs 500k steps of batch 256, 3 seeds), low enough
+# that a typo (an extra digit, 1e9) is refused up front instead of hanging while memory grows.
+MAX_SEEDS = 1000
+MAX_STEPS = 10_000_000
+MAX_BATCH = 65_536
+MAX_EXAMPLES = 100_000_000
+MAX_RUNS = 100_000                 # runs in one suite's plan at one profile
+MAX_SUITE_BYTES = 1_000_000        # a suite is a few KB of YAML
+MAX_YAML_NODES = 100_000           # after expanding aliases (a 1 KB alias bomb expands to billions)
 
 
 class Strict(BaseModel):
@@ -27,22 +37,29 @@ class Strict(BaseModel):
 
 class TrainSettings(Strict):
     """The training schedule. Paper defaults: Adam, batch 256, lr 3e-5 x0.1 at 300k and 400k, 500k steps."""
-    steps: int = Field(500_000, ge=1)
-    batch_size: int = Field(256, ge=1)
+    # StrictInt: `steps: true` is not 1 step, and `steps: 5.5` is not 5.
+    steps: StrictInt = Field(500_000, ge=1, le=MAX_STEPS)
+    batch_size: StrictInt = Field(256, ge=1, le=MAX_BATCH)  # also at most the training set (runner)
     lr: float = Field(3e-5, gt=0)
-    lr_decay_at: list[int] = Field(default_factory=lambda: [300_000, 400_000])
+    lr_decay_at: list[StrictInt] = Field(default_factory=lambda: [300_000, 400_000], max_length=100)
     lr_decay_factor: float = Field(0.1, gt=0, le=1)
-    eval_every: int = Field(5_000, ge=1)
-    log_every: int = Field(100, ge=1)
-    train_subset: int | None = Field(None, ge=1)   # first N training examples only (smoke runs)
-    test_subset: int | None = Field(None, ge=1)    # first N test examples only (smoke runs)
-    cnn_filters: int = Field(64, ge=1)
+    eval_every: StrictInt = Field(5_000, ge=1, le=MAX_STEPS)
+    log_every: StrictInt = Field(100, ge=1, le=MAX_STEPS)
+    train_subset: StrictInt | None = Field(None, ge=1, le=MAX_EXAMPLES)  # first N training examples only (smoke runs)
+    test_subset: StrictInt | None = Field(None, ge=1, le=MAX_EXAMPLES)   # first N test examples only (smoke runs)
+    cnn_filters: StrictInt = Field(64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _batch_within_subset(self):
+        if self.train_subset is not None and self.batch_size > self.train_subset:
+            raise ValueError(f"batch_size {self.batch_size} is larger than train_subset {self.train_subset}")
+        return self
 
 
 class Profile(Strict):
     description: str = ""
     departures: list[str] = Field(default_factory=list)   # how this profile departs from the paper
-    seeds: int = Field(1, ge=1)
+    seeds: StrictInt = Field(1, ge=1, le=MAX_SEEDS)
     train: dict[str, Any] = Field(default_factory=dict)   # overrides of TrainSettings
     method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method name
     task_args: dict[str, Any] = Field(default_factory=dict)
@@ -64,8 +81,8 @@ class UniformSweep(Strict):
     """``samples`` values drawn uniformly from [low, high] with a fixed seed (the paper samples
     p_update uniformly), rounded to 4 decimals so they read cleanly as run parameters."""
     uniform: tuple[float, float]
-    samples: int = Field(ge=1)
-    seed: int = 0
+    samples: StrictInt = Field(ge=1, le=10_000)
+    seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
 
     def values(self) -> list[float]:
         low, high = self.uniform
@@ -96,6 +113,13 @@ class Entry(Strict):
         models = [self.model] if isinstance(self.model, str) else self.model
         methods = [self.method] if isinstance(self.method, str) else self.method
         return [(model, method) for model in models for method in methods]
+
+    def size(self) -> int:
+        """Runs per seed, counted without building them (a sweep of several long lists multiplies)."""
+        count = len(self.grid())
+        for values in self.sweep.values():
+            count *= values.samples if isinstance(values, UniformSweep) else len(values)
+        return count
 
     def sweep_points(self) -> list[dict[str, Any]]:
         """Every combination of the swept settings ([{}] without a sweep)."""
@@ -173,32 +197,121 @@ class RunSpec(BaseModel):
         return f"{self.suite}/{self.model}/{self.method}/seed{self.seed}"
 
 
+def _short(text: str, limit: int) -> str:
+    """One line of at most ``limit`` characters: values from a file can be megabytes long."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _format_validation(path: Path, err: ValidationError) -> str:
     first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = _short(".".join(str(part) for part in first["loc"]) or "(top level)", 100)
     extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     got = first.get("input")
-    got_text = f"; got {got!r}" if not isinstance(got, dict) and got is not None else ""
-    return f"{path}: field '{where}': {first['msg']}{got_text}{extra}"
+    got_text = f"; got {_short(repr(got), 120)}" if not isinstance(got, dict) and got is not None else ""
+    return f"{_short(path, 120)}: field '{where}': {_short(first['msg'], 160)}{got_text}{extra}"
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML would silently keep the
+    last: a second `task:` replaced the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:               # an unhashable key: the base class says so
+                    break
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_short(repr(key), 60)} (first at line {first})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_nodes(node, memo: dict, active: set) -> int:
+    """How many nodes the document has once every alias is expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise yaml.YAMLError("an alias refers to the node that contains it (recursive anchor)")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_nodes(child, memo, active) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_nodes(k, memo, active) + _expanded_nodes(v, memo, active) for k, v in node.value)
+    else:
+        size = 1
+    active.discard(key)
+    memo[key] = size = min(size, MAX_YAML_NODES + 1)
+    return size
+
+
+def _read_yaml(path: Path, text: str):
+    loader = _SuiteLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, {}, set()) > MAX_YAML_NODES:
+            raise SuiteError(f"{path}: more than {MAX_YAML_NODES} YAML nodes once aliases are expanded "
+                             "(an alias bomb?); write the suite out without nested aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise SuiteError(f"{path}: is a directory, not a suite file")
+    if not path.exists():
         raise SuiteError(f"{path}: suite file does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_SUITE_BYTES:
+            raise SuiteError(f"{path}: {path.stat().st_size} bytes; a suite file is at most {MAX_SUITE_BYTES}")
+        text = path.read_bytes().decode("utf-8")
+    except PermissionError:
+        raise SuiteError(f"{path}: permission denied (cannot read the suite file)") from None
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
+    except OSError as err:
+        raise SuiteError(f"{path}: cannot read the suite file ({err.strerror or err})") from None
+    try:
+        raw = _read_yaml(path, text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SuiteError(f"{path}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+        raise SuiteError(f"{path}: malformed YAML{where}: {_short(getattr(err, 'problem', None) or err, 200)}") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: YAML nested too deeply") from None
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
         suite = Suite.model_validate({**raw, "path": str(path)})
     except ValidationError as err:
         raise SuiteError(_format_validation(path, err)) from None
+    # The training schedule needs no method or task code: check it at every profile now (cheap), so a
+    # bad `steps` fails at load whichever profile overrides it.
+    for profile in PROFILES:
+        for e_index, entry in enumerate(suite.entries):
+            try:
+                TrainSettings.model_validate({**suite.train, **suite.profiles[profile].train, **entry.train})
+            except ValidationError as err:
+                msg = _format_validation(path, err).split(": ", 1)[1]
+                raise SuiteError(f"{_short(path, 120)}: entries[{e_index}] at profile {profile}: {msg}") from None
     return suite
+
+
+def check_suite_files(paths: list[str | Path]) -> list[Suite]:
+    """Load and validate every suite file (YAML and schema only: no torch), the first error raised."""
+    return [load_suite(path) for path in paths]
 
 
 def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cpu") -> list[RunSpec]:
@@ -213,6 +326,10 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
     task = get_task(suite.task, where)
     prof = suite.profiles[profile]
     n_seeds = seeds or prof.seeds
+    n_runs = sum(e.size() for e in suite.entries if e.profiles is None or profile in e.profiles) * n_seeds
+    if n_runs > MAX_RUNS:
+        raise SuiteError(f"{where}: {n_runs} runs at profile {profile!r} ({n_seeds} seed(s)); "
+                         f"at most {MAX_RUNS} per suite (split the sweep or use fewer seeds)")
     specs = []
     for e_index, entry in enumerate(suite.entries):
         if entry.profiles is not None and profile not in entry.profiles:
@@ -254,6 +371,16 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
     if len(set(hashes)) != len(hashes):
         raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")
     return specs
+
+
+def check_all_profiles(suite: Suite, seeds: int | None = None) -> None:
+    """Plan the suite at every profile: an invalid value in an entry that one profile overrides fails
+    now, whichever profile is run, not hours later when someone runs that profile."""
+    for profile in PROFILES:
+        try:
+            plan(suite, profile, seeds)
+        except SuiteError as err:
+            raise SuiteError(f"{err} (at profile {profile})") from None
 
 
 def skipped_entries(suite: Suite, profile: str) -> list[dict[str, str]]:
