@@ -84,6 +84,9 @@ class BackwardInterface:
         # Multiplier on the injected gradient (1.0 for the feed-forward paper; RNN reimplementations use 0.1).
         self.grad_scale = grad_scale
         self._prediction: torch.Tensor | None = None
+        # A list, set by a method's fused step: receive() leaves its loss there for the method to
+        # back-propagate with the others and to step the (shared) optimizer once. None: update at once.
+        self.pending: list[torch.Tensor] | None = None
 
     def send(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the per-example gradient for h; return the batch gradient to inject into h."""
@@ -92,16 +95,23 @@ class BackwardInterface:
 
     def receive(self, batch_gradient: torch.Tensor) -> torch.Tensor:
         """Regress the held prediction towards the target (a batch gradient, rescaled per example)."""
+        loss = self.regression_loss(batch_gradient)
+        if self.optimizer is not None and loss.requires_grad:
+            if self.pending is not None:         # a fused step back-propagates every interface's loss at once
+                self.pending.append(loss)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        return loss.detach()
+
+    def regression_loss(self, batch_gradient: torch.Tensor) -> torch.Tensor:
+        """The held prediction's L2 loss towards the target, not yet back-propagated."""
         if self._prediction is None:
             raise RuntimeError("receive() without a preceding send()")
         prediction, self._prediction = self._prediction, None
         target = batch_gradient.detach() * batch_gradient.shape[0]
-        loss = self.loss_weight * synthetic_gradient_loss(prediction, target, self.reduction)
-        if self.optimizer is not None and prediction.requires_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        return loss.detach()
+        return self.loss_weight * synthetic_gradient_loss(prediction, target, self.reduction)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -147,18 +157,26 @@ class ForwardInterface:
         self.loss_weight = loss_weight
         self.reduction = reduction
         self._prediction: torch.Tensor | None = None
+        self.pending: list[torch.Tensor] | None = None   # as BackwardInterface.pending
 
     def send(self, x: torch.Tensor) -> torch.Tensor:
         self._prediction = self.model(x)
         return self._prediction.detach()
 
     def receive(self, real_input: torch.Tensor) -> torch.Tensor:
+        loss = self.regression_loss(real_input)
+        if self.optimizer is not None and loss.requires_grad:
+            if self.pending is not None:         # a fused step back-propagates every model's loss at once
+                self.pending.append(loss)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        return loss.detach()
+
+    def regression_loss(self, real_input: torch.Tensor) -> torch.Tensor:
+        """The held prediction's L2 loss towards the real input, not yet back-propagated."""
         if self._prediction is None:
             raise RuntimeError("receive() without a preceding send()")
         prediction, self._prediction = self._prediction, None
-        loss = self.loss_weight * synthetic_gradient_loss(prediction, real_input.detach(), self.reduction)
-        if self.optimizer is not None and prediction.requires_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        return loss.detach()
+        return self.loss_weight * synthetic_gradient_loss(prediction, real_input.detach(), self.reduction)

@@ -15,6 +15,7 @@ from .base import Method, task_loss
 class Backprop(Method):
     name = "bprop"
     description = "end-to-end backpropagation (update-locked)"
+    supports_fused_step = True               # p_update = 1: one optimizer over every stage
 
     def step(self, x, y):
         coins = self.coins()
@@ -32,6 +33,9 @@ class Backprop(Method):
         loss = task_loss(h, y)
         if lowest < len(coins):
             loss.backward()
-            for i in range(lowest, len(coins)):
-                self.apply_update(i)
+            if self.fused:
+                self.apply_all_updates()
+            else:
+                for i in range(lowest, len(coins)):
+                    self.apply_update(i)
         return {"train_loss": loss.detach()}

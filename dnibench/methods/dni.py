@@ -70,15 +70,22 @@ class DNI(Method):
     description = "synthetic gradients between every layer, bootstrapped targets"
     Settings = DNISettings
     conditioned = False                                  # cDNI: synthesizers also see the label
+    supports_fused_step = True
 
     def __init__(self, stages, settings, setup):
         super().__init__(stages, settings, setup)
         context_dim = setup.num_classes if self.conditioned else 0
-        self.interfaces: list[BackwardInterface] = []
-        for shape in setup.stage_shapes[:-1]:             # one interface on every h_i below the output
-            synth = Synthesizer(shape, settings.synth_hidden_layers, settings.synth_width, context_dim).to(setup.device)
-            opt = torch.optim.Adam(synth.parameters(), lr=settings.synth_lr or setup.lr)
-            self.interfaces.append(BackwardInterface(synth, opt, settings.synth_loss_weight, settings.synth_reduction))
+        synths = [Synthesizer(shape, settings.synth_hidden_layers, settings.synth_width, context_dim).to(setup.device)
+                  for shape in setup.stage_shapes[:-1]]  # one interface on every h_i below the output
+        lr = settings.synth_lr or setup.lr
+        # Fused: one optimizer shared by every synthesizer (only the fused step calls it).
+        shared = setup.adam([p for synth in synths for p in synth.parameters()], lr) if self.fused else None
+        self.interfaces: list[BackwardInterface] = [
+            BackwardInterface(synth, shared or setup.adam(synth.parameters(), lr), settings.synth_loss_weight,
+                              settings.synth_reduction) for synth in synths]
+        self.pending: list[torch.Tensor] = []             # the fused step's regression losses
+        for iface in self.interfaces if self.fused else []:
+            iface.pending = self.pending
         # delay = 0 keeps no history: the stage uses the synthesizer itself, exactly as without the option.
         self.stale = [StaleSynthesizer(s, settings.delay) for s in self.synthesizers] if settings.delay else []
 
@@ -86,8 +93,12 @@ class DNI(Method):
     def synthesizers(self):
         return [iface.synthesizer for iface in self.interfaces]
 
+    def nothing_forces_per_stage(self) -> bool:
+        return super().nothing_forces_per_stage() and not self.settings.delay
+
     def optimizer_roles(self):
-        return {**super().optimizer_roles(), "synth": [i.optimizer for i in self.interfaces if i.optimizer is not None]}
+        synth = {id(i.optimizer): i.optimizer for i in self.interfaces if i.optimizer is not None}   # shared once
+        return {**super().optimizer_roles(), "synth": list(synth.values())}
 
     def record_synthesizers(self) -> None:
         """Start of a step: remember the synthesizers' parameters for the delayed stages."""
@@ -105,6 +116,8 @@ class DNI(Method):
         return stale * (self.interfaces[i].grad_scale / h.shape[0])
 
     def step(self, x, y):
+        if self.fused:
+            return self.fused_step(x, y)
         coins = self.coins()
         self.record_synthesizers()
         context = one_hot(y, self.setup.num_classes) if self.conditioned else None
@@ -133,3 +146,46 @@ class DNI(Method):
                     metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(h_in.grad)
             h = h_out.detach()
         return metrics
+
+    def fused_step(self, x, y):
+        """The per-stage step above with p_update = 1 and no delay, in three calls instead of 3N: every
+        stage's forward (and its synthesizer's prediction, from the parameters the step started with),
+        one backward over all stage outputs with their injected gradients, one over the summed
+        synthesizer losses, then one update of every stage and one of every synthesizer. Stage inputs
+        are detached leaves, so each stage's gradient and each bootstrapped target (the gradient at
+        h_{i-1}: M_{i+1}'s prediction back through stage i) are exactly those of the per-stage path."""
+        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
+        top = len(self.stages) - 1
+        inputs, outputs, gradients = [], [], []
+        h = x
+        for i, stage in enumerate(self.stages):
+            h_in = h.detach().requires_grad_(i > 0)
+            h_out = stage(h_in)
+            inputs.append(h_in)
+            if i == top:
+                loss = task_loss(h_out, y)
+                outputs.append(loss)
+                gradients.append(None)
+            else:
+                outputs.append(h_out)
+                gradients.append(self.interfaces[i].send(h_out, context))
+            h = h_out.detach()
+        torch.autograd.backward(outputs, gradients)
+        metrics = {"train_loss": loss.detach()}
+        for i in range(1, top + 1):                        # each receive() leaves its loss in self.pending
+            metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(inputs[i].grad)
+        self.update_all()
+        return metrics
+
+    def update_all(self) -> None:
+        """The fused step's end: the losses every interface left pending in one backward, then one
+        update of every stage and one of every other model (synthesizers, synthetic inputs)."""
+        if self.pending:
+            torch.autograd.backward(self.pending)
+            self.pending.clear()
+        self.apply_all_updates()
+        for role, opts in self.optimizer_roles().items():
+            if role != "stage":
+                for opt in opts:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)

@@ -17,6 +17,7 @@ from torch import nn
 from ..dni import BackwardInterface, Synthesizer
 from ..rnn.core import RecurrentMethod, RNNSettings, StateSynthesizer
 from . import register
+from .base import adam
 
 
 class DNIBPTTSettings(RNNSettings):
@@ -64,7 +65,7 @@ class DNIBPTT(RecurrentMethod):
     def message_interface(self, dim: int) -> BackwardInterface:
         s = self.settings
         synth = Synthesizer((dim,), s.synth_hidden_layers, s.synth_width).to(self.device)
-        opt = torch.optim.Adam(synth.parameters(), lr=s.synth_lr or self.lr)
+        opt = adam(synth.parameters(), s.synth_lr or self.lr)
         return BackwardInterface(synth, opt, grad_scale=s.synth_scale)
 
 

@@ -57,19 +57,26 @@ class UnlockDNI(DNI):
 
     def __init__(self, stages, settings, setup):
         super().__init__(stages, settings, setup)
-        self.inputs: list[ForwardInterface] = []       # inputs[j] feeds stage j+1 (I_{j+2} in the paper's 1-based names)
-        self.input_optimizers = []
-        for shape in setup.stage_shapes[:-1]:
-            model = SyntheticInputModel(setup.in_shape, shape, settings.input_hidden_layers,
-                                        settings.input_width).to(setup.device)
-            opt = torch.optim.Adam(model.parameters(), lr=settings.input_lr or setup.lr)
-            self.input_optimizers.append(opt)
-            self.inputs.append(ForwardInterface(model, opt, settings.input_loss_weight, settings.synth_reduction))
+        models = [SyntheticInputModel(setup.in_shape, shape, settings.input_hidden_layers,
+                                      settings.input_width).to(setup.device) for shape in setup.stage_shapes[:-1]]
+        lr = settings.input_lr or setup.lr
+        # Fused: one optimizer over every synthetic input model (only the fused step calls it).
+        self.input_optimizers = ([setup.adam([p for m in models for p in m.parameters()], lr)] if self.fused
+                                 else [setup.adam(m.parameters(), lr) for m in models])
+        # inputs[j] feeds stage j+1 (I_{j+2} in the paper's 1-based names)
+        self.inputs: list[ForwardInterface] = [
+            ForwardInterface(m, self.input_optimizers[0 if self.fused else j], settings.input_loss_weight,
+                             settings.synth_reduction) for j, m in enumerate(models)]
+
+        for model in self.inputs if self.fused else []:
+            model.pending = self.pending
 
     def optimizer_roles(self):
         return {**super().optimizer_roles(), "input": list(self.input_optimizers)}
 
     def step(self, x, y):
+        if self.fused:
+            return self.fused_step(x, y)
         coins = self.coins()
         self.record_synthesizers()
         context = one_hot(y, self.setup.num_classes) if self.conditioned else None
@@ -97,6 +104,34 @@ class UnlockDNI(DNI):
             if not coins[i + 1]:                           # stage i+1 did not ask for a synthetic input
                 self.inputs[i].send(x)
             metrics[f"input_loss/h{i + 1}"] = self.inputs[i].receive(h)
+        return metrics
+
+    def fused_step(self, x, y):
+        """The step above with every coin up (p_update = 1, no delay), in three calls (see DNI.fused_step):
+        each stage on its synthetic input; one backward of every stage; M_i regressed at stage i's
+        own input and I_{i+1} at the real h_i, their losses in one backward; one update per role."""
+        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
+        top = len(self.stages) - 1
+        inputs, outputs, gradients = [], [], []
+        for i, stage in enumerate(self.stages):
+            h_in = x if i == 0 else self.inputs[i - 1].send(x).requires_grad_(True)
+            h_out = stage(h_in)
+            inputs.append(h_in)
+            if i == top:
+                loss = task_loss(h_out, y)
+                outputs.append(loss)
+                gradients.append(None)
+            else:
+                outputs.append(h_out)
+                gradients.append(self.synthetic_gradient(i, h_out, context))
+        torch.autograd.backward(outputs, gradients)
+        metrics = {"train_loss": loss.detach()}
+        for i in range(1, top + 1):                        # M_i at stage i's own (synthetic) input
+            self.interfaces[i - 1].send(inputs[i], context)
+            metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(inputs[i].grad)
+        for i in range(top):                               # the real h_i reaches I_{i+1}
+            metrics[f"input_loss/h{i + 1}"] = self.inputs[i].receive(outputs[i].detach())
+        self.update_all()                                  # every receive() above left its loss pending
         return metrics
 
 

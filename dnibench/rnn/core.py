@@ -126,7 +126,8 @@ class StateSynthesizer:
     def __init__(self, state_dim: int, hidden_layers: int, width: int, lr: float, device: torch.device | str):
         # Final layer zero-initialised (dnibench.dni.Synthesizer): it starts by predicting zero, i.e. as BPTT.
         self.synthesizer = Synthesizer((state_dim,), hidden_layers, width).to(device)
-        self.optimizer = torch.optim.Adam(self.synthesizer.parameters(), lr=lr)
+        from ..methods.base import adam                  # at call time: methods/ imports this module
+        self.optimizer = adam(self.synthesizer.parameters(), lr)
 
     @torch.no_grad()
     def predict(self, s: torch.Tensor) -> torch.Tensor:
@@ -161,7 +162,8 @@ class RecurrentMethod:
         self.extra_modules: list[nn.Module] = []             # trained with the LSTM (the DNI+Aux head)
         self.state: torch.Tensor | None = None
         self.setup()
-        self.optimizer = torch.optim.Adam(self.trained_parameters(), lr=lr)
+        from ..methods.base import adam                  # at call time: methods/ imports this module
+        self.optimizer = adam(self.trained_parameters(), lr)
 
     def setup(self) -> None:
         """Build what the method adds to the LSTM (synthesizers, heads) before the optimizer exists."""

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..methods.base import adam
 from ..suite import RunSpec
 from ..tracking import ResourceSampler
 from ..train import DivergenceWatch, apply_schedule, learning_rate, lr_factor, lr_metrics, resolve_device, seed_everything, sync
@@ -247,8 +248,8 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     b_cell = torch.nn.LSTMCell(args.message_dim, args.b_units).to(device)
     b_head = torch.nn.Linear(args.b_units, T + 1).to(device)
     # A's LSTM and message read-out train together; the method contributes only its message interface.
-    a_opt = torch.optim.Adam(list(core.parameters()) + list(message.parameters()), lr=cfg.lr)
-    b_opt = torch.optim.Adam(list(b_cell.parameters()) + list(b_head.parameters()), lr=cfg.lr)
+    a_opt = adam(list(core.parameters()) + list(message.parameters()), cfg.lr)
+    b_opt = adam(list(b_cell.parameters()) + list(b_head.parameters()), cfg.lr)
     cut = args.message_gradient == "none"
     interface = None if cut else method.message_interface(args.message_dim)
     extra_opts = [a_opt, b_opt] + ([interface.optimizer] if interface else [])
