@@ -14,7 +14,8 @@ import pandas as pd
 from scipy import stats
 
 from .errors import DnibenchError
-from .report.context import latest_variant, load_failed_runs, load_runs, markdown_table
+from .report.context import (latest_variant, load_failed_runs, load_runs, markdown_table, record_generated,
+                             safe_file_name)
 from .report.curves import line_labels
 from .report.verdict import mean_ci
 
@@ -57,6 +58,10 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
         metric = next((m for m in ("final_test_error", "max_len_solved", "test_bpc") if f"metric.{m}" in runs), None)
     if metric is None or f"metric.{metric}" not in runs:
         raise DnibenchError(f"metric {metric!r} was not logged by suite {suite!r}")
+    if not (runs["method"] == baseline).any():
+        methods = ", ".join(sorted(runs["method"].dropna().unique()))
+        raise DnibenchError(f"--baseline {baseline[:60]!r}: no finished runs of that method in suite {suite!r} "
+                            f"at profile {profile!r}; methods present: {methods}")
     runs = runs.assign(label=line_labels(runs))
     rows = []
     for model, by_model in runs.groupby("model", sort=True):
@@ -90,8 +95,9 @@ def failed_runs(tracking_uri: str, suite: str, profile: str | None = None) -> pd
 
 def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"compare_{suite}_{profile}.csv"
+    path = out / safe_file_name(f"compare_{suite}_{profile}.csv")   # names typed or read from the store
     table.to_csv(path, index=False)
+    record_generated(out, [path])
     return path
 
 

@@ -23,7 +23,7 @@ class Section:
     files: list[Path] = field(default_factory=list)
 
 
-from .context import ReportContext, load_runs  # noqa: E402  (needs Section defined first)
+from .context import ReportContext, load_runs, record_generated  # noqa: E402  (needs Section defined first)
 
 
 def write_report(tracking_uri: str, out: Path, suites_dir: Path = Path("suites")) -> list[Path]:
@@ -33,7 +33,9 @@ def write_report(tracking_uri: str, out: Path, suites_dir: Path = Path("suites")
         section = importlib.import_module(f"{__name__}.{name}").render(ctx)
         if section is not None:
             sections.append(section)
-    return ctx.write_index(sections)
+    written = ctx.write_index(sections)
+    record_generated(ctx.out, written)
+    return written
 
 
 __all__ = ["Section", "ReportContext", "load_runs", "write_report", "SECTIONS", "pd"]

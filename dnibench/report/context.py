@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,31 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+MANIFEST = ".manifest"          # in the report folder: the files `dnibench report` wrote (for `dnibench clean`)
+
+
+def safe_file_name(name: str) -> str:
+    """A file name with no folder in it: every character but letters, digits, '.', '_', '-' becomes
+    '_', a leading '.' too (no hidden files, no '..'), at most 150 characters."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(name))
+    safe = re.sub(r"^\.", "_", safe)[:150]
+    return safe or "_"
+
+
+def record_generated(out: Path, paths: list[Path]) -> Path:
+    """Add ``paths`` (files under ``out``) to out/.manifest, so a clean deletes what dnibench wrote
+    and nothing else (reports/README.md's tracked sibling files, a user's notes)."""
+    manifest = Path(out) / MANIFEST
+    names = set(manifest.read_text().split("\n")) if manifest.is_file() else set()
+    for path in paths:
+        try:
+            names.add(Path(path).resolve().relative_to(Path(out).resolve()).as_posix())
+        except ValueError:
+            continue
+    manifest.write_text("".join(f"{n}\n" for n in sorted(n for n in names if n)))
+    return manifest
+
+
 @dataclass
 class ReportContext:
     tracking_uri: str
@@ -225,11 +251,17 @@ class ReportContext:
             self._histories[(run_id, key)] = frame.sort_values("step", kind="stable").reset_index(drop=True)
         return self._histories[(run_id, key)]
 
+    def path(self, name: str) -> Path:
+        """out/<name> with ``name`` made a safe file name: stems are built from suite, profile and
+        model names read from the store, which is untrusted input (a shared tracking server); a name
+        like "../../x" must never write outside ``out``."""
+        return self.out / safe_file_name(name)
+
     def save_figure(self, fig, stem: str) -> list[Path]:
         """Write out/<stem>.png (150 dpi) and out/<stem>.pdf, then close the figure."""
         import matplotlib.pyplot as plt
 
-        paths = [self.out / f"{stem}.png", self.out / f"{stem}.pdf"]
+        paths = [self.path(f"{stem}.png"), self.path(f"{stem}.pdf")]
         fig.savefig(paths[0], dpi=150, bbox_inches="tight")
         fig.savefig(paths[1], bbox_inches="tight")
         plt.close(fig)
@@ -237,7 +269,7 @@ class ReportContext:
 
     def write_table(self, df: pd.DataFrame, stem: str) -> list[Path]:
         """Write out/<stem>.md, .csv and .tex from the same DataFrame (its index is not written)."""
-        paths = [self.out / f"{stem}.md", self.out / f"{stem}.csv", self.out / f"{stem}.tex"]
+        paths = [self.path(f"{stem}.md"), self.path(f"{stem}.csv"), self.path(f"{stem}.tex")]
         paths[0].write_text(markdown_table(df))
         df.to_csv(paths[1], index=False)
         latex = df.to_latex(index=False, escape=True, na_rep="")

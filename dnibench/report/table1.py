@@ -171,8 +171,8 @@ def render(ctx: ReportContext) -> Section | None:
         table = wide(cell_rows, table1["methods"])
         files += ctx.write_table(table, f"table1_{profile}")
         numeric = cell_rows.drop(columns="measured")
-        numeric.to_csv(ctx.out / f"table1_{profile}_cells.csv", index=False)
-        files.append(ctx.out / f"table1_{profile}_cells.csv")
+        numeric.to_csv(ctx.path(f"table1_{profile}_cells.csv"), index=False)
+        files.append(ctx.path(f"table1_{profile}_cells.csv"))
         checks = pattern(cell_rows, table1)
         body += [f"### Profile `{profile}`", "", *_profile_text(ctx, at, profile), markdown_table(table)]
         body += [f"- {note}" for note in notes] + ([""] if notes else [])
