@@ -70,5 +70,5 @@ bench: venv ## pytest-benchmark: training steps/s and achieved FLOP/s
 	@mkdir -p results
 	$(PY) -m pytest -q benchmarks --benchmark-columns=mean,stddev,ops --benchmark-json=results/bench.json
 
-clean-results: ## delete local runs and rendered reports (keeps the READMEs)
-	rm -rf results/mlflow.db results/artifacts reports/*.{md,csv,tex,png,pdf}
+clean-results: ## delete the default store, its artifacts and the files dnibench report wrote (listed)
+	$(PY) -m dnibench.cli clean --out reports --tracking-uri sqlite:///results/mlflow.db

@@ -75,6 +75,12 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_clean(args) -> int:
+    from .clean import clean
+    clean(Path(args.out), args.tracking_uri)
+    return 0
+
+
 def _cmd_list(args) -> int:
     from .methods import REGISTRY
     from .tasks import TASKS
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tracking-uri", default=default_uri)
     cmp.add_argument("--out", default="reports")
     cmp.set_defaults(func=_cmd_compare)
+
+    cln = sub.add_parser("clean", help="delete the files report/compare wrote (their manifest) and a local store")
+    cln.add_argument("--out", default="reports")
+    cln.add_argument("--tracking-uri", default=default_uri)
+    cln.set_defaults(func=_cmd_clean)
 
     lst = sub.add_parser("list", help="list methods, tasks and suites")
     lst.add_argument("--suites-dir", default="suites")

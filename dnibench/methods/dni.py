@@ -32,11 +32,11 @@ from .base import Method, MethodSettings, task_loss
 
 class DNISettings(MethodSettings):
     synth_hidden_layers: int = Field(2, ge=0, le=2)      # paper: FCN DNI 2x1024 hidden, cDNI linear
-    synth_width: int = Field(1024, ge=1)
+    synth_width: int = Field(1024, ge=1, le=16_384)
     synth_loss_weight: float = Field(1.0, gt=0)          # task : synthesizer loss weighted 1:1
     synth_reduction: Literal["mean", "sum"] = "mean"     # over the batch; features are always summed
     synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
-    delay: int = Field(0, ge=0)                          # k: stages use synthesizer parameters k steps old
+    delay: int = Field(0, ge=0, le=10_000)             # k: stages use synthesizer parameters k steps old
 
     @model_validator(mode="after")
     def _width_needs_hidden_layers(self):

@@ -22,7 +22,7 @@ from .base import adam
 
 class DNIBPTTSettings(RNNSettings):
     synth_hidden_layers: int = Field(0, ge=0, le=2)      # 0: linear in [h, c] (our choice; see the suites)
-    synth_width: int = Field(256, ge=1)                  # hidden width when synth_hidden_layers > 0
+    synth_width: int = Field(256, ge=1, le=16_384)      # hidden width when synth_hidden_layers > 0
     # Multiplier on the synthetic gradient injected into the LSTM's update; 0.1 as reimplementations
     # report (a hyperparameter). It does not enter the bootstrapped target: see target_discount.
     synth_scale: float = Field(0.1, gt=0, le=10)

@@ -32,7 +32,7 @@ class UnlockSettings(DNISettings):
     # The paper does not give I_i's architecture in the text we have; it mirrors the DNI synthesizer
     # (2 hidden layers of 1024, Linear-BN-ReLU) and can be changed per suite.
     input_hidden_layers: int = Field(2, ge=0, le=2)
-    input_width: int = Field(1024, ge=1)
+    input_width: int = Field(1024, ge=1, le=16_384)
     input_loss_weight: float = Field(1.0, gt=0)
     input_lr: float | None = Field(None, gt=0)           # default: the run's lr
 

@@ -1,0 +1,62 @@
+"""`dnibench clean`: delete what dnibench generated and nothing else.
+
+The files `dnibench report`/`compare` listed in <out>/.manifest, then a local sqlite store and the
+artifact folders its experiments recorded (read from the store itself, so another store's artifacts
+in the same folder are never touched). Each deleted path is printed.
+"""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .errors import DnibenchError
+from .report.context import MANIFEST
+
+
+def _artifact_dirs(db: Path) -> list[Path]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise DnibenchError(f"{db}: not a readable MLflow store ({err}); nothing deleted") from None
+    out = []
+    for (location,) in rows:
+        parsed = urlparse(location or "")
+        if parsed.scheme == "file":
+            out.append(Path(unquote(parsed.path)))
+    return out
+
+
+def clean(out: Path, tracking_uri: str, log=print) -> list[Path]:
+    deleted: list[Path] = []
+    out = Path(out)
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        for name in manifest.read_text().split("\n"):
+            path = out / name
+            # Only plain files inside out: a manifest line is never followed out of the folder.
+            if name and path.is_file() and out.resolve() in path.resolve().parents:
+                path.unlink()
+                deleted.append(path)
+        manifest.unlink()
+        deleted.append(manifest)
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if db.is_file():
+            for folder in _artifact_dirs(db):
+                # An experiment folder is deleted; its parent (e.g. results/mlflow-artifacts/) if then empty.
+                if folder.is_dir():
+                    shutil.rmtree(folder)
+                    deleted.append(folder)
+                    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                        folder.parent.rmdir()
+                        deleted.append(folder.parent)
+            db.unlink()
+            deleted.append(db)
+    for path in deleted:
+        log(f"deleted {path}")
+    if not deleted:
+        log("dnibench: nothing to delete")
+    return deleted
