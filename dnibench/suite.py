@@ -224,13 +224,14 @@ class _SuiteLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    first = seen.get(key)
                 except TypeError:               # an unhashable key: the base class says so
                     break
-                if first != key_node.start_mark.line + 1:
+                if first is not None:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {_short(repr(key), 60)} (first at line {first})",
                         key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 

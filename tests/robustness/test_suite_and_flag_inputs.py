@@ -1,0 +1,178 @@
+"""The bad-input corpus, part 1: suite files and `run` flags, each through the real CLI (issue 8).
+
+Most cases fail while the suite file and the flags are checked, before torch or MLflow is imported
+(about 0.3 s a process); the few that need the method registry or the data are grouped at the end."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+MINIMAL = """\
+name: tiny
+task: mnist
+train: {steps: 2, batch_size: 4, eval_every: 1, log_every: 1, train_subset: 8, test_subset: 4}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: [bprop, dni]
+    args: {dni: {synth_hidden_layers: 1, synth_width: 8}}
+"""
+
+
+def _bomb() -> str:
+    lines = ['a0: &a0 ["xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+def swap(old: str, new: str) -> str:
+    assert old in MINIMAL, old
+    return MINIMAL.replace(old, new, 1)
+
+
+# (id, suite text, a regex the one error line must match). Each is a suite a person could write.
+SUITE_CASES = [
+    ("empty-file", "", r"expected a mapping"),
+    ("top-level-list", "- a\n- b\n", r"expected a mapping"),
+    ("top-level-scalar", "just words\n", r"expected a mapping"),
+    ("unclosed-bracket", "name: [tiny\n", r"malformed YAML at line"),
+    ("tab-indent", "name: tiny\n\ttask: mnist\n", r"malformed YAML"),
+    ("bad-indent", "name: tiny\n  task: mnist\n task: x\n", r"malformed YAML"),
+    ("duplicate-task", MINIMAL + "task: copy\n", r"duplicate key 'task' \(first at line 2\)"),
+    ("duplicate-name", "name: other\n" + MINIMAL, r"duplicate key 'name'"),
+    ("duplicate-nested-key", swap("train: {steps: 2,", "train: {steps: 2, steps: 3,"), r"duplicate key 'steps'"),
+    ("duplicate-profile", swap("profiles: {smoke: {},", "profiles: {smoke: {}, smoke: {seeds: 2},"),
+     r"duplicate key 'smoke'"),
+    ("alias-bomb-1kb", _bomb(), r"alias bomb"),
+    ("recursive-alias", "a: &a [*a]\n", r"recursive"),
+    ("deep-nesting", "[" * 3000 + "]" * 3000 + "\n", r"nested too deeply"),
+    ("unknown-alias", "name: *nope\n", r"malformed YAML.*alias"),
+    ("over-1mb", MINIMAL + "#" + "x" * 1_100_000 + "\n", r"at most 1000000"),
+    ("unknown-top-field", MINIMAL + "colour: blue\n", r"field 'colour': Extra inputs"),
+    ("missing-name", MINIMAL.replace("name: tiny\n", ""), r"field 'name': Field required"),
+    ("name-with-path", swap("name: tiny", "name: ../../evil"), r"field 'name'.*pattern"),
+    ("name-megabyte-value", swap("name: tiny", "name: " + "Q" * 200_000), r"field 'name'.*\.\.\."),
+    ("missing-profiles", swap("profiles: {smoke: {}, quick: {}, paper: {}}\n", ""), r"field 'profiles'"),
+    ("missing-paper-profile", swap(", paper: {}}", "}"), r"missing paper"),
+    ("no-entries", MINIMAL.split("entries:")[0] + "entries: []\n", r"field 'entries'"),
+    ("entry-without-model", swap("  - model: fcn3\n    method", "  - method"), r"entries.0.model.*required"),
+    ("steps-true", swap("steps: 2", "steps: true"), r"steps.*valid integer; got True"),
+    ("steps-zero", swap("steps: 2", "steps: 0"), r"steps.*greater than or equal to 1"),
+    ("steps-negative", swap("steps: 2", "steps: -5"), r"steps"),
+    ("steps-1e12", swap("steps: 2", "steps: 1000000000000"), r"steps.*less than or equal to 10000000"),
+    ("steps-word", swap("steps: 2", "steps: four"), r"steps.*valid integer"),
+    ("steps-fraction", swap("steps: 2", "steps: 5.5"), r"steps.*valid integer"),
+    ("batch-1e12", swap("batch_size: 4", "batch_size: 1000000000000"), r"batch_size.*less than or equal"),
+    ("batch-over-subset", swap("batch_size: 4", "batch_size: 16"), r"batch_size 16 is larger than train_subset 8"),
+    ("lr-inf", swap("steps: 2,", "steps: 2, lr: .inf,"), r"lr.*finite"),
+    ("lr-negative", swap("steps: 2,", "steps: 2, lr: -0.1,"), r"lr.*greater than 0"),
+    ("decay-factor-2", swap("steps: 2,", "steps: 2, lr_decay_factor: 2,"), r"lr_decay_factor"),
+    ("eval-every-0", swap("eval_every: 1", "eval_every: 0"), r"eval_every"),
+    ("cnn-filters-huge", swap("steps: 2,", "steps: 2, cnn_filters: 10000000,"), r"cnn_filters"),
+    ("subset-zero", swap("train_subset: 8", "train_subset: 0"), r"train_subset"),
+    ("unknown-train-field", swap("steps: 2,", "steps: 2, epochs: 3,"), r"epochs.*Extra inputs"),
+    ("profile-seeds-1e9", swap("quick: {}", "quick: {seeds: 1000000000}"), r"seeds.*less than or equal to 1000"),
+    ("profile-seeds-true", swap("quick: {}", "quick: {seeds: true}"), r"seeds.*valid integer"),
+    ("profile-unknown-field", swap("quick: {}", "quick: {speed: 3}"), r"speed.*Extra inputs"),
+    ("single-seed-no-reason", swap("paper: {}", "paper: {single_seed: true}"), r"single_seed_reason"),
+    # a value only the paper profile uses fails at load, whatever profile is run
+    ("paper-only-bad-steps", swap("paper: {}", "paper: {train: {steps: 0}}"), r"at profile paper.*steps"),
+    ("entry-unknown-profile", MINIMAL + "    profiles: [smoke, nightly]\n", r"unknown profile 'nightly'"),
+    ("empty-sweep", MINIMAL + "    sweep: {p_update: []}\n", r"sweep"),
+    ("sweep-samples-1e9", MINIMAL + "    sweep: {p_update: {uniform: [0.1, 1.0], samples: 1000000000}}\n",
+     r"field 'entries.0.sweep.p_update"),
+    ("binary-file", None, r"not a UTF-8 text file"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,match", SUITE_CASES, ids=[c[0] for c in SUITE_CASES])
+def test_bad_suite_file(sandbox, case_id, text, match):
+    if text is None:
+        path = sandbox.cwd / "suite.yaml"
+        path.write_bytes(b"name: \xff\xfe\x00tiny\n")
+    else:
+        path = sandbox.write("suite.yaml", text)
+    sandbox.reject("run", path.name, "--profile", "smoke", "--no-progress", match=match)
+
+
+# (id, arguments after `run suite.yaml`, environment, regex). The suite itself is valid.
+FLAG_CASES = [
+    ("device-nope", ["--device", "nope"], {}, r"--device 'nope'"),
+    ("device-meta", ["--device", "meta"], {}, r"--device 'meta'.*auto, cpu, cuda or cuda:N"),
+    ("device-injection", ["--device", "cpu; rm -rf /"], {}, r"--device"),
+    ("seeds-zero", ["--seeds", "0"], {}, r"--seeds 0"),
+    ("seeds-1e9", ["--seeds", "1000000000"], {}, r"--seeds 1000000000: expected 1..1000"),
+    ("seeds-word", ["--seeds", "abc"], {}, r"invalid int value"),
+    ("profile-unknown", ["--profile", "nightly"], {}, r"invalid choice: 'nightly'"),
+    ("shard-zero-count", ["--shard", "1/0"], {}, r"--shard 1/0"),
+    ("shard-negative", ["--shard", "-1/2"], {}, r"--shard"),
+    ("shard-words", ["--shard", "a/b"], {}, r"--shard 'a/b'"),
+    ("shard-index-too-big", ["--shard", "2/2"], {}, r"--shard 2/2"),
+    ("shard-fraction", ["--shard", "1.5/2"], {}, r"--shard"),
+    ("shard-three-parts", ["--shard", "0/2/3"], {}, r"--shard"),
+    ("unknown-flag", ["--fast"], {}, r"unrecognized arguments: --fast"),
+]
+
+
+@pytest.mark.parametrize("case_id,args,env,match", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
+def test_bad_run_flag(sandbox, case_id, args, env, match):
+    sandbox.write("suite.yaml", MINIMAL)
+    sandbox.reject("run", "suite.yaml", "--no-progress", *args, env=env, match=match)
+
+
+CLI_CASES = [
+    ("missing-suite", ["run", "nope.yaml"], r"nope.yaml: suite file does not exist"),
+    ("suite-is-directory", ["run", "adir"], r"adir: is a directory"),
+    ("no-suite", ["run"], r"arguments are required: suites"),
+    ("unknown-command", ["train"], r"invalid choice: 'train'"),
+    ("no-command", [], r"required: command"),
+    ("report-out-is-file", ["report", "--out", "afile.txt"], r"--out afile.txt: afile.txt is not a directory"),
+    ("report-out-under-file", ["report", "--out", "afile.txt/sub"], r"afile.txt is not a directory"),
+    ("compare-out-is-file", ["compare", "tiny", "--out", "afile.txt"], r"is not a directory"),
+    ("data-unknown-set", ["data", "fetch", "imagenet"], r"invalid choice: 'imagenet'"),
+    ("data-no-action", ["data"], r"required: action"),
+]
+
+
+@pytest.mark.parametrize("case_id,args,match", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_command_line(sandbox, case_id, args, match):
+    (sandbox.cwd / "adir").mkdir()
+    sandbox.write("afile.txt", "a user's file\n")
+    sandbox.reject(*args, match=match)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway")
+def test_unreadable_suite(sandbox):
+    path = sandbox.write("suite.yaml", MINIMAL)
+    path.chmod(0)
+    try:
+        sandbox.reject("run", "suite.yaml", "--no-progress", match=r"permission denied")
+    finally:
+        path.chmod(0o644)
+
+
+# These need the method registry, the task code or the launcher environment (torch is imported):
+# seconds each, so only the cases that cannot fail earlier.
+LATE_CASES = [
+    ("unknown-method", swap("method: [bprop, dni]", "method: [bprop, dnii]"), {}, r"unknown method 'dnii'"),
+    ("unknown-task", swap("task: mnist", "task: imagenet"), {}, r"unknown task 'imagenet'"),
+    ("unknown-model", swap("model: fcn3", "model: fcn999"), {}, r"fcn999"),
+    ("synth-width-1e9", swap("synth_width: 8", "synth_width: 1000000000"), {}, r"synth_width.*less than or equal"),
+    ("quick-only-bad-setting", swap("quick: {}", "quick: {method_args: {dni: {synth_hidden_layers: 7}}}"), {},
+     r"synth_hidden_layers.*\(at profile quick\)"),
+    ("sweep-too-many-runs", MINIMAL + "    sweep: {p_update: [" + ", ".join(["0.5"] * 400) + "], delay: ["
+     + ", ".join(map(str, range(400))) + "]}\n", {}, r"runs at profile 'smoke'.*at most 100000"),
+    ("method-file-missing", swap("method: [bprop, dni]", "method: [bprop, variants/nope.py]"), {},
+     r"method file variants/nope.py does not exist"),
+    ("recurrent-method-on-mnist", swap("method: [bprop, dni]", "method: [bprop, bptt]"), {}, r"'bptt' is for 'rnn'"),
+    ("world-size-without-rank", MINIMAL, {"WORLD_SIZE": "2"}, r"WORLD_SIZE=2 but RANK is not set"),
+    ("world-size-word", MINIMAL, {"WORLD_SIZE": "two"}, r"WORLD_SIZE='two'"),
+    ("rank-too-big", MINIMAL, {"WORLD_SIZE": "2", "RANK": "5"}, r"RANK='5'"),
+]
+
+
+@pytest.mark.parametrize("case_id,text,env,match", LATE_CASES, ids=[c[0] for c in LATE_CASES])
+def test_bad_input_found_at_plan_time(sandbox, case_id, text, env, match):
+    sandbox.write("suite.yaml", text)
+    sandbox.reject("run", "suite.yaml", "--profile", "smoke", "--no-progress", env=env, match=match)
