@@ -19,7 +19,7 @@ from .methods import Setup
 from .models import build_stages, stage_output_shapes
 from .suite import RunSpec
 from .tasks import get_task
-from .tracking import ResourceSampler
+from .tracking import ResourceSampler, RunThreads, StepTimes
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -155,10 +155,12 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
     final: dict[str, float] = {}
     current_lr = None
     watch = DivergenceWatch()
-    with ResourceSampler(device) as sampler:
+    timer = StepTimes(device)
+    with RunThreads() as threads, ResourceSampler(device) as sampler:
         mark, interval_steps = sampler.mark(), 0
         sync(device)
         t0 = time.perf_counter()
+        timer.start()
         for step in range(1, cfg.steps + 1):
             lr = learning_rate(spec, step)
             if lr != current_lr:
@@ -166,6 +168,7 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
                 current_lr = lr
             idx = batches.next()
             metrics = method.step(x_train[idx], y_train[idx])
+            timer.step()                              # CPU only: a clock read, no sync
             watch.add(step, metrics)
             for key, value in metrics.items():        # device-side running sums: no sync here
                 sums[key] = sums[key] + value if key in sums else value.clone()
@@ -177,9 +180,11 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
                 sync(device)
                 elapsed = time.perf_counter() - t0
                 train_s += elapsed
+                timer.window(elapsed, interval_steps)
                 watch.check()
                 row = {key: (sums[key] / counts[key]).item() for key in sums}
                 row["samples_per_s"] = interval_steps * batches.batch_size / max(elapsed, 1e-9)
+                row["cpu_threads"] = float(threads)
                 row["wall_s/train"] = train_s
                 row["lr"] = lr
                 row.update(lr_metrics(method.optimizer_roles(), optimizers))
@@ -195,9 +200,11 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
                 sums, counts, interval_steps, mark = {}, {}, 0, sampler.mark()
                 sync(device)
                 t0 = time.perf_counter()
+                timer.start()
     summary = {"final_test_error": final["test_error"], "final_train_loss": final.get("train_loss", float("nan")),
                "total_wall_s/train": train_s, "total_wall_s/eval": eval_s,
                "mean_samples_per_s": cfg.steps * batches.batch_size / max(train_s, 1e-9)}
     summary.update(sampler.summary())
+    summary.update(timer.summary(), cpu_threads=float(threads))
     log(summary, cfg.steps)
     return summary

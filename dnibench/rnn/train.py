@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..methods.base import adam
 from ..suite import RunSpec
-from ..tracking import ResourceSampler
+from ..tracking import ResourceSampler, RunThreads, StepTimes
 from ..train import DivergenceWatch, apply_schedule, learning_rate, lr_factor, lr_metrics, resolve_device, seed_everything, sync
 from .core import LN2, LSTMCore, RecurrentMethod
 from .tasks import (Curriculum, EpisodeStreams, MultiscaleSettings, PTBSettings, RepeatCopySettings, CopySettings,
@@ -33,19 +33,22 @@ LogFn = Callable[[dict[str, float], int], None]
 class Meter:
     """Device-side sums between log points (no host sync in a step) and the training clock."""
 
-    def __init__(self, device: torch.device, sampler: ResourceSampler):
-        self.device, self.sampler = device, sampler
+    def __init__(self, device: torch.device, sampler: ResourceSampler, threads: int = 0):
+        self.device, self.sampler, self.threads = device, sampler, threads
+        self.times = StepTimes(device)                 # step-time dispersion (tracking.StepTimes)
         self.sums: dict[str, torch.Tensor] = {}
         self.train_s = 0.0
         self.steps = self.samples = 0
         self.mark = sampler.mark()
         sync(device)
         self.t0 = time.perf_counter()
+        self.times.start()
 
     def add(self, key: str, value: torch.Tensor) -> None:
         self.sums[key] = self.sums[key] + value if key in self.sums else value.detach().clone()
 
     def count(self, samples: int) -> None:
+        self.times.step()                              # CPU only: a clock read, no sync
         self.steps += 1
         self.samples += samples
 
@@ -55,18 +58,20 @@ class Meter:
         sync(self.device)
         elapsed = time.perf_counter() - self.t0
         self.train_s += elapsed
+        self.times.window(elapsed, self.steps)
         ratio = {key: (self.sums[num] / self.sums[den].clamp(min=1e-12)).item()
                  for key, (num, den) in {**bits, **(percent or {})}.items() if num in self.sums}
         row = {key: value / LN2 if key in bits else 100 * value for key, value in ratio.items()}
         row.update({key: (v / self.steps).item() for key, v in self.sums.items() if key in ("synth_loss", "aux_loss")})
         row.update({"samples_per_s": self.samples / max(elapsed, 1e-9), "steps_per_s": self.steps / max(elapsed, 1e-9),
-                    "wall_s/train": self.train_s, **self.sampler.since(self.mark)})
+                    "wall_s/train": self.train_s, "cpu_threads": float(self.threads), **self.sampler.since(self.mark)})
         self.sums, self.steps, self.samples, self.mark = {}, 0, 0, self.sampler.mark()
         return row
 
     def restart(self) -> None:
         sync(self.device)
         self.t0 = time.perf_counter()
+        self.times.start()
 
 
 def _build(spec: RunSpec, in_dim: int, out_dim: int):
@@ -105,8 +110,8 @@ def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
     T, cfg = method.settings.T, spec.train
     level_err = level_chars = torch.zeros((), device=device)
     steps_done = 0
-    with ResourceSampler(device) as sampler:
-        meter = Meter(device, sampler)
+    with RunThreads() as threads, ResourceSampler(device) as sampler:
+        meter = Meter(device, sampler, threads)
         watch = DivergenceWatch()
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, method.optimizers(), step)
@@ -146,6 +151,7 @@ def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
                "total_wall_s/train": meter.train_s, "steps_done": float(steps_done),
                "mean_samples_per_s": steps_done * T * spec.train.batch_size / max(meter.train_s, 1e-9)}
     summary.update(sampler.summary())
+    summary.update(meter.times.summary(), cpu_threads=float(threads))
     log(summary, steps_done)
     return summary
 
@@ -180,8 +186,8 @@ def train_ptb(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
     valid = data.valid[:args.valid_chars] if args.valid_chars else data.valid
     test = data.test[:args.test_chars] if args.test_chars else data.test
     best_valid, best_step, best_params, since_best, eval_s, steps_done = float("inf"), 0, None, 0, 0.0, 0
-    with ResourceSampler(device) as sampler:
-        meter = Meter(device, sampler)
+    with RunThreads() as threads, ResourceSampler(device) as sampler:
+        meter = Meter(device, sampler, threads)
         watch = DivergenceWatch()
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, method.optimizers(), step)
@@ -227,6 +233,7 @@ def train_ptb(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
                "steps_done": float(steps_done), "total_wall_s/train": meter.train_s, "total_wall_s/eval": eval_s,
                "mean_samples_per_s": steps_done * T * cfg.batch_size / max(meter.train_s, 1e-9)}
     summary.update(sampler.summary())
+    summary.update(meter.times.summary(), cpu_threads=float(threads))
     log(summary, steps_done)
     return summary
 
@@ -259,8 +266,8 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     a_state = core.initial_state(batch, device)
     b_state = (torch.zeros(batch, args.b_units, device=device), torch.zeros(batch, args.b_units, device=device))
     steps_done, final = 0, {}
-    with ResourceSampler(device) as sampler:
-        meter = Meter(device, sampler)
+    with RunThreads() as threads, ResourceSampler(device) as sampler:
+        meter = Meter(device, sampler, threads)
         watch = DivergenceWatch()
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, extra_opts, step)
@@ -309,5 +316,6 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
                "total_wall_s/train": meter.train_s,
                "mean_samples_per_s": steps_done * T * batch / max(meter.train_s, 1e-9)}
     summary.update(sampler.summary())
+    summary.update(meter.times.summary(), cpu_threads=float(threads))
     log(summary, steps_done)
     return summary

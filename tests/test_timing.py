@@ -1,0 +1,119 @@
+"""Timings that mean something: a run's thread count from the free cores, the machine's load and steal
+next to the CPU utilisation, and the step-time dispersion that marks a run's timing as disturbed."""
+import pytest
+import torch
+
+from dnibench.data import ImageData
+from dnibench.methods import get_method
+from dnibench.suite import RunSpec, TrainSettings
+from dnibench.tracking import DISTURBED, ResourceSampler, RunThreads, StepTimes, run_threads
+from dnibench.train import train_ff
+
+
+@pytest.mark.parametrize("cores,busy,jobs,want", [
+    (2, 0.0, 1, 2),        # a quiet 2-core machine: both cores
+    (2, 1.0, 1, 1),        # one core busy elsewhere: one thread, not two fighting over it
+    (2, 1.4, 1, 1),        # never below one
+    (2, 3.0, 1, 1),
+    (8, 0.2, 2, 4),        # two runs at once share the free cores
+    (8, 0.0, 3, 2),        # never more threads than cores for all runs: 3 x 2 <= 8
+    (2, 0.0, 4, 1),        # more runs than cores: one thread each
+    (16, 6.0, 1, 10),
+])
+def test_run_threads_never_oversubscribe(monkeypatch, cores, busy, jobs, want):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    got = run_threads(jobs, cores=cores, busy=busy)
+    assert got == want
+    assert got * jobs <= max(cores, jobs)
+
+
+def test_omp_num_threads_caps_the_choice(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run_threads(1, cores=8, busy=0.0) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run_threads(1, cores=8, busy=0.0) == 3
+
+
+def test_run_threads_from_the_machine_is_within_its_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    import os
+    assert 1 <= run_threads() <= len(os.sched_getaffinity(0))
+
+
+def test_thread_count_is_set_for_the_run_and_restored():
+    before = torch.get_num_threads()
+    with RunThreads(threads=2) as threads:
+        assert threads == 2 and torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
+def test_jobs_come_from_the_environment_a_parallel_runner_sets(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("DNIBENCH_JOBS", "64")          # more runs than any CI box has cores
+    assert RunThreads().threads == 1
+
+
+def step_times(per_interval: list[list[float]]) -> StepTimes:
+    """A StepTimes fed with known per-step durations, interval by interval (the clock is not read)."""
+    times = StepTimes(torch.device("cpu"))
+    for interval in per_interval:
+        times.steps.extend(interval)
+        times.window(sum(interval), len(interval))
+    return times
+
+
+def test_dispersion_of_steady_steps_is_one():
+    s = step_times([[0.010] * 10 for _ in range(5)]).summary()
+    assert s["wall_step_median_ms"] == pytest.approx(10.0)
+    assert s["wall_step_p95_over_median"] == pytest.approx(1.0)
+    assert s["wall_step_dispersion"] == pytest.approx(1.0) and s["wall_step_dispersion"] <= DISTURBED
+
+
+def test_a_slowed_interval_is_the_worst_window():
+    # Intervals 2..5 at 10 ms, interval 4 slowed 3x by a neighbour: worst window 30/10 = 3 (disturbed).
+    s = step_times([[0.050] * 10, [0.010] * 10, [0.010] * 10, [0.030] * 10, [0.010] * 10]).summary()
+    assert s["wall_step_worst_window"] == pytest.approx(3.0)
+    assert s["wall_step_dispersion"] > DISTURBED
+    # The first interval (warm-up, 50 ms steps) is not counted in either figure.
+    assert s["wall_step_median_ms"] == pytest.approx(10.0)
+    assert s["wall_step_p95_over_median"] == pytest.approx(3.0)
+
+
+def test_a_few_slow_steps_raise_p95_not_the_window_verdict():
+    steps = [0.010] * 90 + [0.040] * 10          # 10% of the steps 4x slower, spread evenly
+    s = step_times([steps[i::5] for i in range(5)]).summary()
+    assert s["wall_step_p95_over_median"] == pytest.approx(4.0)
+    assert s["wall_step_worst_window"] == pytest.approx(1.0)
+
+
+def test_on_cuda_only_intervals_are_timed():
+    times = StepTimes(torch.device("cuda"))       # nothing runs on the device: the class only decides
+    times.step()
+    assert times.steps == []
+
+
+def test_sampler_records_load_and_steal_next_to_utilisation():
+    with ResourceSampler(torch.device("cpu"), interval=0.01) as sampler:
+        torch.randn(200, 200) @ torch.randn(200, 200)
+    summary = sampler.summary()
+    assert summary["cpu_load_avg_1m_mean"] >= 0 and "cpu_util_pct_mean" in summary
+    assert 0 <= summary["cpu_steal_pct_mean"] <= 100
+
+
+def test_training_run_logs_threads_load_and_dispersion():
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 6, 6)
+    data = ImageData(torch.rand(64, *shape, generator=g), torch.randint(0, 10, (64,), generator=g),
+                     torch.rand(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g), 10, "random")
+    spec = RunSpec(suite="t", profile="smoke", task="mnist", model="fcn3", method="cdni",
+                   method_args=get_method("cdni").Settings().model_dump(),
+                   train=TrainSettings(steps=40, batch_size=8, lr=1e-3, lr_decay_at=[], eval_every=40, log_every=10),
+                   seed=0, device="cpu")
+    logged = {}
+    before = torch.get_num_threads()
+    summary = train_ff(spec, data, lambda metrics, step: logged.setdefault(step, {}).update(metrics))
+    assert torch.get_num_threads() == before
+    assert summary["cpu_threads"] >= 1 and logged[10]["cpu_threads"] == summary["cpu_threads"]
+    assert summary["cpu_load_avg_1m_mean"] >= 0 and "cpu_util_pct_mean" in summary   # an interval here is < 0.25 s
+    assert summary["wall_step_dispersion"] >= 1.0 and summary["wall_step_p95_over_median"] >= 1.0
+    assert 0 < summary["wall_step_median_ms"] < 1000 * summary["total_wall_s/train"]
