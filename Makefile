@@ -16,7 +16,7 @@ SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml 
 RUN_FLAGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv reproduce run report test bench data clean-results mutation
+.PHONY: help venv reproduce run report test bench data clean-results mutation chaos
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,13 @@ mutation: $(VENV)/.mutation-installed ## mutation testing of the DNI core (slow,
 	@tail -c 400 mutants/run.log | tr '\r' '\n' | tail -n 2
 	$(VENV)/bin/mutmut results --all true > mutants/results.txt
 	$(PY) tests/mutation_report.py mutants/results.txt tests/MUTATION.md
+
+# Real `dnibench run` processes on tiny fake-MNIST suites, killed (kill -9, SIGTERM, SIGINT) at random
+# moments or started two at once on a fresh store; each round ends with a clean rerun and a check of the
+# store. CHAOS_INJECTIONS=N faults in all (about 15 s each on 2 shared cores); fails on any lost run.
+CHAOS_INJECTIONS ?= 50
+chaos: venv ## fault injection (not in CI): kill -9/SIGTERM/SIGINT at random moments, concurrent starts; prints counts
+	OMP_NUM_THREADS=1 $(PY) tests/chaos.py --injections $(CHAOS_INJECTIONS)
 
 bench: venv ## pytest-benchmark: training steps/s and achieved FLOP/s
 	@mkdir -p results
