@@ -16,7 +16,7 @@ from scipy import stats
 from .errors import DnibenchError
 from .report.context import (latest_variant, load_failed_runs, load_runs, markdown_table, record_generated,
                              safe_file_name)
-from .report.curves import line_labels
+from .report.curves import line_labels, timing_disturbed, timing_note
 from .report.verdict import mean_ci
 
 
@@ -67,20 +67,33 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
     for model, by_model in runs.groupby("model", sort=True):
         base, _ = latest_variant(by_model[by_model["method"] == baseline], ["model"])
         base_values = base[f"metric.{metric}"].dropna().tolist()
-        base_speed = base["metric.mean_samples_per_s"].mean() if "metric.mean_samples_per_s" in base else math.nan
+        base_speed = _speed(base)
         for label, group in by_model.groupby("label", sort=False):
             values = group[f"metric.{metric}"].dropna().tolist()
             mean, half, n = mean_ci(values)
             diff, diff_half = welch_difference(values, base_values) if base_values and values else (math.nan, math.nan)
-            speed = group["metric.mean_samples_per_s"].mean() if "metric.mean_samples_per_s" in group else math.nan
+            speed = _speed(group)
             gpu = group["metric.gpu_util_pct_mean"].mean() if "metric.gpu_util_pct_mean" in group else math.nan
             rows.append({"model": model, "method": label, "seeds": n, metric: _pm(mean, half),
                          f"vs {baseline}": "baseline" if (group["method"] == baseline).all() else _pm(diff, diff_half),
-                         "samples/s": f"{speed:.0f}" if math.isfinite(speed) else "—",
+                         "samples/s": f"{speed:.0f}" if math.isfinite(speed) else _no_speed(group),
                          f"speed vs {baseline}": f"{speed / base_speed:.2f}x"
                          if math.isfinite(speed) and math.isfinite(base_speed) and base_speed else "—",
-                         "GPU util %": f"{gpu:.0f}" if math.isfinite(gpu) else "—"})
+                         "GPU util %": f"{gpu:.0f}" if math.isfinite(gpu) else "—",
+                         "timing": timing_note(group) or "ok"})
     return pd.DataFrame(rows), metric, profile
+
+
+def _speed(runs: pd.DataFrame) -> float:
+    """Mean samples/s over the runs whose timing was not disturbed (a disturbed run's throughput
+    measures its neighbours, not the method); NaN when there is none."""
+    if "metric.mean_samples_per_s" not in runs:
+        return math.nan
+    return float(runs.loc[~timing_disturbed(runs), "metric.mean_samples_per_s"].mean())
+
+
+def _no_speed(runs: pd.DataFrame) -> str:
+    return "disturbed" if len(runs) and timing_disturbed(runs).all() else "—"
 
 
 def failed_runs(tracking_uri: str, suite: str, profile: str | None = None) -> pd.DataFrame:
@@ -104,7 +117,9 @@ def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -
 def render(table: pd.DataFrame, suite: str, profile: str, metric: str, baseline: str,
            failed: pd.DataFrame | None = None) -> str:
     head = (f"Suite `{suite}` at `{profile}`: {metric} (mean ± 95% CI over seeds); difference to `{baseline}` "
-            f"with Welch's 95% CI; samples/s = training throughput.\n\n")
+            f"with Welch's 95% CI; samples/s = training throughput, over the runs whose timing "
+            f"was not disturbed (timing: a run whose slowest log interval ran over 2x the median's time per "
+            f"step was slowed from outside).\n\n")
     text = head + markdown_table(table)
     if failed is not None and not failed.empty:      # not results, but never dropped silently
         text += f"\n{len(failed)} run(s) FAILED or KILLED and are not in the table above:\n\n" + markdown_table(failed)

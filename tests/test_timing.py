@@ -117,3 +117,25 @@ def test_training_run_logs_threads_load_and_dispersion():
     assert summary["cpu_load_avg_1m_mean"] >= 0 and "cpu_util_pct_mean" in summary   # an interval here is < 0.25 s
     assert summary["wall_step_dispersion"] >= 1.0 and summary["wall_step_p95_over_median"] >= 1.0
     assert 0 < summary["wall_step_median_ms"] < 1000 * summary["total_wall_s/train"]
+
+
+def runs_frame(dispersions, speeds, method="cdni"):
+    import pandas as pd
+    return pd.DataFrame({"model": "fcn4", "label": method, "method": method, "device": "cpu",
+                         "metric.wall_step_dispersion": dispersions, "metric.mean_samples_per_s": speeds,
+                         "metric.total_wall_s/train": [10.0] * len(speeds), "metric.final_test_error": [2.0] * len(speeds)})
+
+
+def test_report_and_compare_never_show_a_disturbed_runs_throughput():
+    from dnibench.compare import _no_speed, _speed
+    from dnibench.report.curves import TIMING_DISTURBED_ABOVE, wallclock_table
+    assert TIMING_DISTURBED_ABOVE == DISTURBED
+    mixed = runs_frame([1.1, 3.5, 1.3], [1000.0, 90.0, 1200.0])       # seed 2 ran next to a busy process
+    assert _speed(mixed) == pytest.approx(1100.0)
+    row = wallclock_table(mixed).iloc[0]
+    assert row["samples/s"] == "1100" and "1 of 3" in row["Timing"]
+    every = runs_frame([2.5, 4.0], [100.0, 80.0])
+    assert _no_speed(every) == "disturbed" and wallclock_table(every).iloc[0]["samples/s"] == "disturbed"
+    assert wallclock_table(every).iloc[0]["train s"] == "disturbed"
+    clean = runs_frame([1.0, 2.0], [500.0, 700.0])                    # exactly 2 is not above 2
+    assert _speed(clean) == pytest.approx(600.0) and wallclock_table(clean).iloc[0]["Timing"] == ""

@@ -102,9 +102,32 @@ def _variant_index(runs: pd.DataFrame, group: pd.DataFrame) -> int:
     return labels.index(group["label"].iloc[0])
 
 
+# Same threshold as dnibench.tracking.DISTURBED (kept apart: reports do not import torch).
+TIMING_DISTURBED_ABOVE = 2.0
+TIMED = ("metric.mean_samples_per_s", "metric.total_wall_s/train")     # what a disturbed run may not show
+
+
+def timing_disturbed(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose step-time dispersion (the slowest log interval's time per step over the median
+    interval's) is above 2: something outside the run slowed it, so its throughput is not the method's
+    cost. Runs that did not log it (older ones) count as undisturbed."""
+    if "metric.wall_step_dispersion" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["metric.wall_step_dispersion"].astype(float) > TIMING_DISTURBED_ABOVE
+
+
+def timing_note(group: pd.DataFrame) -> str:
+    """"" when every run's timing is clean, else which share of them was disturbed."""
+    n = int(timing_disturbed(group).sum())
+    if n == 0:
+        return ""
+    return "timing disturbed" if n == len(group) else f"timing disturbed in {n} of {len(group)} runs (throughput from the others)"
+
+
 def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per model and method: seeds, device, mean samples/s, total training seconds, final test error
-    (means over seeds), and the sampled utilisation where the runs logged it."""
+    (means over seeds), and the sampled utilisation where the runs logged it. Throughput and training
+    time are means over the runs whose timing was not disturbed; "disturbed" where none was clean."""
     columns = {"metric.mean_samples_per_s": ("samples/s", "{:.0f}"), "metric.total_wall_s/train": ("train s", "{:.3g}"),
                "metric.final_test_error": ("final test error %", "{:.2f}"),
                "metric.cpu_util_pct_mean": ("CPU util %", "{:.0f}"), "metric.gpu_util_pct_mean": ("GPU util %", "{:.0f}"),
@@ -113,9 +136,15 @@ def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:
     for (model, label), group in runs.groupby(["model", "label"], sort=False):
         row = {"Model": display_name(model), "Method": label, "Seeds": len(group),
                "Device": ", ".join(sorted(set(group["device"])))}
+        clean = group[~timing_disturbed(group)]
         for column, (name, fmt) in columns.items():
             if column in group and group[column].notna().any():
-                row[name] = fmt.format(group[column].mean())
+                if column in TIMED:
+                    row[name] = fmt.format(clean[column].mean()) if clean[column].notna().any() else "disturbed"
+                else:
+                    row[name] = fmt.format(group[column].mean())
+        if "metric.wall_step_dispersion" in group:
+            row["Timing"] = timing_note(group)
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.fillna("")
@@ -150,5 +179,7 @@ def render(ctx: ReportContext) -> Section | None:
         devices = ", ".join(sorted(set(at["device"])))
         body += [f"### `{suite}` at `{profile}`", "", f"![learning curves]({figure_files[0].name})", "",
                  f"Wall-clock per method ({devices}; means over seeds; samples/s counts training examples "
-                 "per second of training time):", "", markdown_table(table), ""]
+                 "per second of training time; a run whose slowest log interval took over "
+                 f"{TIMING_DISTURBED_ABOVE:g}x the median interval's time per step is marked timing disturbed and "
+                 "its throughput is left out):", "", markdown_table(table), ""]
     return Section(title="Learning curves and wall-clock", body="\n".join(body), files=files)
