@@ -1,0 +1,140 @@
+"""The bad-input corpus, part 2: damaged data caches (and their repair by `dnibench data fetch`),
+crafted store contents read by `report`/`compare`, and `dnibench clean` (issue 8)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_no_writes, snapshot
+
+SUITE = """\
+name: tiny
+task: mnist
+train: {steps: 2, batch_size: 4, eval_every: 1, log_every: 1, train_subset: 8, test_subset: 4}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: bprop
+"""
+
+
+def _forge(cache):
+    """Replace the cache with other arrays and write the sidecar that matches them."""
+    buf = io.BytesIO()
+    np.savez(buf, source=np.array("forged"), x_train=np.zeros((3, 5), np.float32))
+    cache.write_bytes(buf.getvalue())
+    cache.with_name("mnist.npz.sha256").write_text(f"{hashlib.sha256(buf.getvalue()).hexdigest()}  mnist.npz\n")
+
+
+def _cache_dir(cache):
+    cache.unlink()
+    cache.mkdir()
+    (cache / "something").write_text("x")
+
+
+def _sidecar_dir(cache):
+    side = cache.with_name("mnist.npz.sha256")
+    side.unlink()
+    side.mkdir()
+
+
+DAMAGE = [
+    ("empty-sidecar", lambda c: c.with_name("mnist.npz.sha256").write_text(""), r"mnist.npz: checksum does not match"),
+    ("garbage-sidecar", lambda c: c.with_name("mnist.npz.sha256").write_text("not a checksum at all\n"),
+     r"checksum does not match its sidecar \(expected no sha256"),
+    ("cache-is-a-directory", _cache_dir, r"mnist.npz: not a regular file"),
+    ("sidecar-is-a-directory", _sidecar_dir, r"mnist.npz.sha256: not a regular file"),
+    ("truncated-cache", lambda c: c.write_bytes(c.read_bytes()[:1000]), r"checksum does not match"),
+    ("forged-cache-and-sidecar", _forge, r"not an MNIST cache"),
+]
+
+
+@pytest.mark.parametrize("case_id,damage,match", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damaged_mnist_cache_is_one_line_then_fetch_repairs_it(sandbox, fake_mnist_idx, case_id, damage, match):
+    from dnibench.data import fetch_mnist, load_mnist
+
+    cache = fetch_mnist(sandbox.data, idx_dir=fake_mnist_idx[0], log=lambda *_: None)
+    damage(cache)
+    sandbox.write("suite.yaml", SUITE)
+    sandbox.reject("run", "suite.yaml", "--profile", "smoke", "--no-progress", match=match)
+    assert not sandbox.store.exists(), "a run store was created before the data was checked"
+    repaired = sandbox.run("data", "fetch", "mnist", "--from-idx", fake_mnist_idx[0])
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert "rebuilding the damaged MNIST cache" in repaired.stdout
+    assert len(load_mnist(sandbox.data, fetch=False).y_train) == len(fake_mnist_idx[1]["y_train"])
+
+
+@pytest.mark.parametrize("damage", ["directory", "wrong-text"])
+def test_damaged_ptb_cache_is_one_line(sandbox, damage):
+    folder = sandbox.data / "ptb"
+    folder.mkdir(parents=True)
+    for name in ("valid", "test"):
+        (folder / f"{name}.txt").write_text(" a b \n")
+    if damage == "directory":
+        (folder / "train.txt").mkdir()
+        match = r"ptb/train.txt: not a regular file.*dnibench data fetch ptb"
+    else:
+        (folder / "train.txt").write_text(" forged text \n")
+        match = r"ptb/train.txt: md5 of PTB train is .*dnibench data fetch ptb"
+    sandbox.reject("run", str(REPO / "suites" / "rnn_ptb.yaml"), "--profile", "smoke", "--no-progress", match=match)
+
+
+def _store_with_runs(sandbox, suites: dict[str, list[str]]) -> None:
+    """A store written the way a shared tracking server could hold it: FINISHED child runs whose
+    suite names come from whoever logged them (in a child process: the test keeps MLflow out)."""
+    code = f"""
+import mlflow
+from mlflow.tracking import MlflowClient
+client = MlflowClient({f"sqlite:///{sandbox.store}"!r})
+for suite, methods in {suites!r}.items():
+    exp = client.create_experiment("exp" + str(abs(hash(suite))), artifact_location={str(sandbox.cwd / "store" / "a")!r})
+    for i, method in enumerate(methods):
+        run = client.create_run(exp, tags={{"dnibench.role": "child", "suite": suite, "profile": "smoke",
+                                            "task": "mnist", "model": "fcn3", "method": method, "seed": "0",
+                                            "device": "cpu", "config_hash": suite + method}})
+        client.log_metric(run.info.run_id, "final_test_error", 10.0 + i)
+        client.set_terminated(run.info.run_id, "FINISHED")
+"""
+    sandbox.store.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=sandbox.cwd)
+
+
+def test_crafted_suite_names_in_the_store_never_write_outside_out(sandbox):
+    evil = ["../../evil", "/tmp/evil_abs", "..", "a/../../b"]
+    _store_with_runs(sandbox, {name: ["bprop", "dni"] for name in evil})
+    before = snapshot(sandbox.cwd)
+    proc = sandbox.run("report", "--out", "out/rep")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_no_writes(sandbox.cwd, before, allowed=("out/rep", "store"))
+    assert not (sandbox.cwd.parent / "evil.png").exists()
+    for name in evil:                   # compare writes its CSV under --out too, whatever the name
+        proc = sandbox.run("compare", name, "--out", "out/cmp")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_no_writes(sandbox.cwd, before, allowed=("out/rep", "out/cmp", "store"))
+    assert all(p.parent == sandbox.cwd / "out" / "cmp" for p in (sandbox.cwd / "out" / "cmp").rglob("*"))
+
+
+def test_compare_baseline_not_in_the_store(sandbox):
+    _store_with_runs(sandbox, {"tiny": ["bprop", "dni"]})
+    sandbox.reject("compare", "tiny", "--baseline", "nope", match=r"--baseline 'nope'.*methods present: bprop, dni")
+
+
+def test_clean_deletes_only_what_dnibench_wrote(sandbox):
+    _store_with_runs(sandbox, {"tiny": ["bprop", "dni"]})
+    (sandbox.cwd / "reports").mkdir()
+    keep = [sandbox.write("reports/NOTES.md", "mine"), sandbox.write("store/other-artifacts/x", "other store")]
+    proc = sandbox.run("report", "--out", "reports")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = (sandbox.cwd / "reports" / ".manifest").read_text().split()
+    assert "README.md" in written and "NOTES.md" not in written
+    (sandbox.cwd / "store" / "a").mkdir(parents=True, exist_ok=True)
+    proc = sandbox.run("clean", "--out", "reports")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"deleted {sandbox.store}" in proc.stdout and "deleted reports/README.md" in proc.stdout
+    assert not sandbox.store.exists() and not (sandbox.cwd / "reports" / "README.md").exists()
+    assert all(p.exists() for p in keep)
