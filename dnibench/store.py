@@ -41,7 +41,7 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 def check_uri(tracking_uri: str, write: bool) -> None:
     """Raise a one-line DnibenchError for a URI that cannot hold results: in-memory sqlite, an unknown
     scheme, a sqlite path under a regular file or in a directory this process cannot write (``write``),
-    an MLflow server that does not answer within a few seconds. Creates nothing."""
+    a damaged sqlite store, an MLflow server that does not answer within a few seconds. Creates nothing."""
     uri = tracking_uri
     if uri in ("sqlite://", SQLITE) or uri.startswith(SQLITE + ":memory:"):
         raise DnibenchError(f"--tracking-uri {uri}: an in-memory store throws the results away; "
@@ -68,6 +68,7 @@ def _check_sqlite_path(uri: str, path: Path, write: bool) -> None:
         if not os.access(path, os.R_OK | (os.W_OK if write else 0)):
             raise DnibenchError(f"--tracking-uri {uri}: {path} is not {'writable' if write else 'readable'} "
                                 "by this user")
+        check_damaged(path)
     if write:
         try:   # a real write, not os.access: root passes os.access on read-only file systems
             fd, probe = tempfile.mkstemp(prefix=".dnibench-probe-", dir=ancestor)
@@ -91,8 +92,8 @@ def _check_server(uri: str) -> None:
 def check_damaged(path: Path) -> None:
     """Raise a one-line DnibenchError naming ``path`` when it is not a whole MLflow sqlite store."""
     def damaged(why: str) -> DnibenchError:
-        return DnibenchError(f"the MLflow store {path} is damaged ({why}); move it aside (e.g. "
-                             f"mv {path} {path}.damaged) and rerun: a new store is created, nothing is deleted")
+        return DnibenchError(f"the MLflow store {path} is damaged ({why}): move it aside (e.g. rename it to "
+                             f"{path.name}.damaged) and rerun for a new store; dnibench deletes nothing")
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
@@ -156,7 +157,8 @@ def _migrate(tmp: Path, artifact_root: str | None) -> None:
 
 def open_store(tracking_uri: str, write: bool, artifact_root: str | None = None, checked: bool = False):
     """An MlflowClient on a checked store, or None for a sqlite store that does not exist and is only
-    read (``write=False``: nothing to read, nothing created). ``write`` creates a missing sqlite store."""
+    read (``write=False``: nothing to read, nothing created). ``write`` creates a missing sqlite store.
+    ``checked``: check_uri already passed in this invocation."""
     from mlflow.tracking import MlflowClient
     if not checked:
         check_uri(tracking_uri, write)
@@ -166,7 +168,6 @@ def open_store(tracking_uri: str, write: bool, artifact_root: str | None = None,
             if not write:
                 return None
             create_sqlite_store(path, artifact_root)
-        check_damaged(path)
     client = MlflowClient(tracking_uri)
     try:
         client.search_experiments(max_results=1)
