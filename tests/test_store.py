@@ -150,7 +150,9 @@ def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
         tags = {"dnibench.role": "child", "suite": "tiny", "profile": "smoke", "model": "fcn3", "method": name,
                 "seed": "0", "config_hash": name, **owner}
         ids[name] = client.create_run(exp, tags=tags).info.run_id
-    assert sorted(store.mark_dead_runs_killed(client)) == sorted([ids["dead"], ids["reused"]])
+    failed = load_failed_runs(uri)          # what the report and compare read: it marks them first
+    assert sorted(failed["method"]) == ["dead", "reused"] and set(failed["status"]) == {"KILLED"}
+    assert failed.attrs["status_counts"] == {"KILLED": 2, "RUNNING": 3}
     for name, run_id in ids.items():
         run = client.get_run(run_id)
         assert run.info.status == ("KILLED" if name in ("dead", "reused") else "RUNNING"), name
@@ -158,9 +160,11 @@ def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
     assert reason == f"owner process {gone.pid} on {me[store.OWNER_HOST]} died (found by a later invocation)"
     assert store.mark_dead_runs_killed(client) == []            # marked once
 
-    failed = load_failed_runs(uri)                              # what the report and compare list
-    assert sorted(failed["method"]) == ["dead", "reused"] and set(failed["status"]) == {"KILLED"}
-    assert failed.attrs["status_counts"] == {"KILLED": 2, "RUNNING": 3}
+    from dnibench.report import write_report
+    write_report(uri, tmp_path / "reports", suites_dir=tmp_path / "no_suites")
+    readme = (tmp_path / "reports" / "README.md").read_text()
+    assert "Child runs in the store by status: KILLED 2, RUNNING 3." in readme
+    assert "2 run(s) FAILED or KILLED" in readme and f"| KILLED | {reason} |" in readme
 
 
 def test_a_signal_is_recorded_and_raised_only_at_a_safe_point():
