@@ -10,6 +10,7 @@ host is gone (kill -9, power loss of the process) is marked KILLED by the next i
 """
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import sqlite3
@@ -126,15 +127,22 @@ def create_sqlite_store(path: Path, artifact_root: str | None) -> None:
         raise DnibenchError(f"another process has held {lock.lock_file} for {LOCK_TIMEOUT_S:.0f} s while "
                             f"creating {path}; is it stuck?") from None
     try:
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.creating-*"):
+            stale.unlink(missing_ok=True)   # left by a creator that died; under the lock nobody else is creating
         if path.exists():                   # another process created it while this one waited
             return
-        for stale in path.parent.glob(f".{path.name}.creating-*"):
-            stale.unlink(missing_ok=True)   # left by a creator that died; under the lock nobody else is creating
         tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
         _migrate(tmp, artifact_root)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:    # a hard link never replaces a store something else (mlflow ui) created meanwhile
+            os.link(tmp, path)
+            tmp.unlink()
+        except FileExistsError:
+            tmp.unlink()
+            return
+        except OSError:                     # a file system without hard links: rename
+            os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
