@@ -235,8 +235,8 @@ class ReportContext:
         # Reports are rendered to files, never shown: a headless backend, whatever the machine has.
         matplotlib.use("Agg")
         out = Path(out)
+        client = open_client(tracking_uri)      # a bad URI or damaged store: nothing written, not even out/
         out.mkdir(parents=True, exist_ok=True)
-        client = open_client(tracking_uri)
         return cls(tracking_uri=tracking_uri, out=out, runs=load_runs(tracking_uri, client),
                    published=load_published(), suites=load_suites(suites_dir),
                    generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
