@@ -61,8 +61,9 @@ def damage(path, how: str) -> bytes:
 def test_damaged_store_is_named_and_kept(sandbox, command, how):
     blob = damage(sandbox.store, how)
     args = {"run": ["run", sandbox.write("tiny.yaml", SUITE), "--profile", "smoke", "--device", "cpu"],
-            "report": ["report", "--out", sandbox.cwd / "store" / "out"],
-            "compare": ["compare", "tiny", "--out", sandbox.cwd / "store" / "out"]}[command]
+            "report": ["report", "--out", sandbox.cwd / "reports"],       # not even --out is created
+            "compare": ["compare", "tiny", "--out", sandbox.cwd / "reports"]}[command]
     line = sandbox.reject(*args, match=rf"the MLflow store {sandbox.store} is damaged .*move it aside", timeout=30)
     assert line.endswith("and rerun for a new store; dnibench deletes nothing")
     assert sandbox.store.read_bytes() == blob          # kept as it was, for the user to inspect
+    assert not (sandbox.cwd / "reports").exists()
