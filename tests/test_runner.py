@@ -178,7 +178,7 @@ def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
 
 
 def test_torchrun_processes_split_a_suite_without_overlap(tmp_path, suite_path, fake_mnist_data_dir):
-    """Two real processes under torchrun (gloo barrier while rank 0 creates the store) share one
+    """Two real processes under torchrun (one creates the store under its file lock, the other waits) share one
     sqlite store: every run once, none twice."""
     uri = f"sqlite:///{tmp_path}/m.db"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
