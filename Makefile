@@ -73,7 +73,7 @@ CHAOS_INJECTIONS ?= 50
 chaos: venv ## fault injection (not in CI): kill -9/SIGTERM/SIGINT at random moments, concurrent starts; prints counts
 	OMP_NUM_THREADS=1 $(PY) tests/chaos.py --injections $(CHAOS_INJECTIONS)
 
-bench: venv ## pytest-benchmark: training steps/s and achieved FLOP/s
+bench: venv ## pytest-benchmark: steps/s, FLOP/s, each FF step vs a hand-written loop, contention and late-training ratios
 	@mkdir -p results
 	$(PY) -m pytest -q benchmarks --benchmark-columns=mean,stddev,ops --benchmark-json=results/bench.json
 
