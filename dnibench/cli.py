@@ -33,8 +33,20 @@ def _check_run_input(args) -> None:
         raise DnibenchError(f"--device {args.device[:40]!r}: expected auto, cpu, cuda or cuda:N")
     if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
         raise DnibenchError(f"--seeds {args.seeds}: expected 1..{MAX_SEEDS}")
+    _check_dir_flag("--data-dir", args.data_dir)
+    _check_dir_flag("--cifar-dir", args.cifar_dir)
     from .suite import check_suite_files
     check_suite_files(args.suites)
+
+
+def _check_dir_flag(flag: str, path: Path | None, must_exist: bool = False) -> None:
+    if path is None:
+        return
+    for part in [path, *path.parents]:
+        if part.exists() and not part.is_dir():
+            raise DnibenchError(f"{flag} {path}: {part} is not a directory")
+    if must_exist and not path.is_dir():
+        raise DnibenchError(f"{flag} {path}: no such directory")
 
 
 def _cmd_run(args) -> int:
@@ -94,6 +106,8 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_data(args) -> int:
+    _check_dir_flag("--data-dir", args.data_dir)
+    _check_dir_flag("--from-idx", args.from_idx, must_exist=True)
     from . import data
     if args.dataset == "mnist":
         path = data.fetch_mnist(args.data_dir, idx_dir=args.from_idx)

@@ -132,6 +132,13 @@ CLI_CASES = [
     ("compare-out-is-file", ["compare", "tiny", "--out", "afile.txt"], r"is not a directory"),
     ("data-unknown-set", ["data", "fetch", "imagenet"], r"invalid choice: 'imagenet'"),
     ("data-no-action", ["data"], r"required: action"),
+    ("run-data-dir-is-file", ["run", "good.yaml", "--data-dir", "afile.txt"], r"--data-dir afile.txt: afile.txt is not a dir"),
+    ("run-cifar-dir-is-file", ["run", "good.yaml", "--cifar-dir", "afile.txt/x"], r"--cifar-dir .*is not a directory"),
+    ("fetch-data-dir-is-file", ["data", "fetch", "mnist", "--data-dir", "afile.txt"], r"--data-dir afile.txt"),
+    ("fetch-from-missing-idx", ["data", "fetch", "mnist", "--from-idx", "nope"], r"--from-idx nope: no such directory"),
+    ("fetch-from-empty-idx", ["data", "fetch", "mnist", "--from-idx", "adir"], r"adir: missing MNIST IDX file"),
+    ("report-bad-suite-in-suites-dir", ["report", "--out", "rep", "--suites-dir", "sdir"], r"sdir/bad.yaml: field 'task'"),
+    ("compare-unknown-suite", ["compare", "nosuch"], r"no finished runs of suite 'nosuch'"),
 ]
 
 
@@ -139,6 +146,8 @@ CLI_CASES = [
 def test_bad_command_line(sandbox, case_id, args, match):
     (sandbox.cwd / "adir").mkdir()
     sandbox.write("afile.txt", "a user's file\n")
+    sandbox.write("good.yaml", MINIMAL)
+    sandbox.write("sdir/bad.yaml", "name: bad\n")
     sandbox.reject(*args, match=match)
 
 
