@@ -136,3 +136,28 @@ def test_unlock_step_reports_task_loss_and_input_loss(name, reduction, weight):
     torch.testing.assert_close(metrics["train_loss"], task)
     want = weight * (per_example.mean() if reduction == "mean" else per_example.sum())
     torch.testing.assert_close(metrics["input_loss/h1"], want)
+
+
+@pytest.mark.parametrize("name", ["dni", "cdni", "unlock_dni", "unlock_cdni"])
+@pytest.mark.parametrize("p_update", [1.0, 0.5])
+def test_optimizers_per_role_their_models_and_rates(name, p_update):
+    """The fused step (p_update = 1) has one optimizer per role over all its models; the per-stage
+    path (p_update < 1) one per interface, over exactly that interface's model. Either way at the
+    role's own rate (synth_lr, input_lr), and every one of them is in optimizer_roles (the schedule
+    scales only those)."""
+    unlock = name.startswith("unlock")
+    method = build_method(name, IN_SHAPE, "fcn4", lr=1e-2, p_update=p_update, synth_lr=0.05,
+                          **({"input_lr": 0.02} if unlock else {}))
+    roles = method.optimizer_roles()
+    kinds = [("synth", [i.optimizer for i in method.interfaces], method.synthesizers, 0.05)]
+    if unlock:
+        kinds.append(("input", [f.optimizer for f in method.inputs], [f.model for f in method.inputs], 0.02))
+    for role, optimizers, models, lr in kinds:
+        assert [g["lr"] for opt in roles[role] for g in opt.param_groups] == [lr] * len(roles[role])
+        held = [{id(p) for g in opt.param_groups for p in g["params"]} for opt in roles[role]]
+        if p_update == 1.0:
+            assert len(roles[role]) == 1 and all(opt is roles[role][0] for opt in optimizers)
+            assert held == [{id(p) for m in models for p in m.parameters()}]
+        else:
+            assert [id(o) for o in roles[role]] == [id(o) for o in optimizers] and len(set(map(id, optimizers))) == 3
+            assert held == [{id(p) for p in m.parameters()} for m in models]
