@@ -111,7 +111,7 @@ def _cmd_data(args) -> int:
     from . import data
     if args.dataset == "mnist":
         path = data.fetch_mnist(args.data_dir, idx_dir=args.from_idx)
-        data.load_mnist(args.data_dir, fetch=False)
+        data.check_mnist_cache(args.data_dir)
     else:
         path = data.fetch_ptb(args.data_dir)
         data.load_ptb(args.data_dir, fetch=False)

