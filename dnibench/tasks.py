@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer
 
 from .errors import SuiteError
 from .models import parse_model_name
@@ -40,7 +40,7 @@ class ImageSettings(ConventionSettings):
     # two hidden layers and the classifier) or hidden_only (N hidden layers, then the classifier).
     layer_count: Literal["with_output", "hidden_only"] = "with_output"
     # Stride of the CNN's 3x3 pooling (padding 1): 2 halves the resolution, 1 keeps it.
-    pool_stride: int = Field(2, ge=1, le=3)
+    pool_stride: StrictInt = Field(2, ge=1, le=3)
 
 
 def _check_image_args(model: str, args: dict) -> None:

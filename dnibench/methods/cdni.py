@@ -3,14 +3,14 @@ one-hot label, concatenated for fully-connected features, as 10 constant channel
 The paper's FCN cDNI synthesizer is linear (no hidden layer)."""
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from . import register
 from .dni import DNI, DNISettings
 
 
 class CDNISettings(DNISettings):
-    synth_hidden_layers: int = Field(0, ge=0, le=2)
+    synth_hidden_layers: StrictInt = Field(0, ge=0, le=2)
 
 
 @register

@@ -22,7 +22,7 @@ from collections import deque
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer, one_hot
@@ -31,12 +31,12 @@ from .base import Method, MethodSettings, task_loss
 
 
 class DNISettings(MethodSettings):
-    synth_hidden_layers: int = Field(2, ge=0, le=2)      # paper: FCN DNI 2x1024 hidden, cDNI linear
-    synth_width: int = Field(1024, ge=1, le=16_384)
+    synth_hidden_layers: StrictInt = Field(2, ge=0, le=2)  # paper: FCN DNI 2x1024 hidden, cDNI linear
+    synth_width: StrictInt = Field(1024, ge=1, le=16_384)
     synth_loss_weight: float = Field(1.0, gt=0)          # task : synthesizer loss weighted 1:1
     synth_reduction: Literal["mean", "sum"] = "mean"     # over the batch; features are always summed
     synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
-    delay: int = Field(0, ge=0, le=10_000)             # k: stages use synthesizer parameters k steps old
+    delay: StrictInt = Field(0, ge=0, le=10_000)       # k: stages use synthesizer parameters k steps old
 
     @model_validator(mode="after")
     def _width_needs_hidden_layers(self):

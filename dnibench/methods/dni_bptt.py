@@ -11,7 +11,7 @@ auxiliary task). Its L2 loss trains the LSTM, not the synthesizer, and is kept o
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer
@@ -21,8 +21,8 @@ from .base import adam
 
 
 class DNIBPTTSettings(RNNSettings):
-    synth_hidden_layers: int = Field(0, ge=0, le=2)      # 0: linear in [h, c] (our choice; see the suites)
-    synth_width: int = Field(256, ge=1, le=16_384)      # hidden width when synth_hidden_layers > 0
+    synth_hidden_layers: StrictInt = Field(0, ge=0, le=2)  # 0: linear in [h, c] (our choice; see the suites)
+    synth_width: StrictInt = Field(256, ge=1, le=16_384)  # hidden width when synth_hidden_layers > 0
     # Multiplier on the synthetic gradient injected into the LSTM's update; 0.1 as reimplementations
     # report (a hyperparameter). It does not enter the bootstrapped target: see target_discount.
     synth_scale: float = Field(0.1, gt=0, le=10)

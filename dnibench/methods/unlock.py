@@ -20,7 +20,7 @@ synthetic gradients too, exactly a backprop step (tests/test_unlock.py).
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 
 from ..dni import ForwardInterface, SyntheticInputModel, one_hot
 from . import register
@@ -31,8 +31,8 @@ from .dni import DNI, DNISettings
 class UnlockSettings(DNISettings):
     # The paper does not give I_i's architecture in the text we have; it mirrors the DNI synthesizer
     # (2 hidden layers of 1024, Linear-BN-ReLU) and can be changed per suite.
-    input_hidden_layers: int = Field(2, ge=0, le=2)
-    input_width: int = Field(1024, ge=1, le=16_384)
+    input_hidden_layers: StrictInt = Field(2, ge=0, le=2)
+    input_width: StrictInt = Field(1024, ge=1, le=16_384)
     input_loss_weight: float = Field(1.0, gt=0)
     input_lr: float | None = Field(None, gt=0)           # default: the run's lr
 
@@ -46,7 +46,7 @@ class UnlockSettings(DNISettings):
 
 
 class UnlockCDNISettings(UnlockSettings):
-    synth_hidden_layers: int = Field(0, ge=0, le=2)      # as cDNI: linear synthesizers
+    synth_hidden_layers: StrictInt = Field(0, ge=0, le=2)  # as cDNI: linear synthesizers
 
 
 @register

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer, synthetic_gradient_loss
@@ -144,7 +144,7 @@ class StateSynthesizer:
 class RNNSettings(BaseModel):
     """Settings every recurrent method has: the truncation T (paper §3.2: T = 2, 3, 4, 5, 8)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan in a suite: one-line error
-    T: int = Field(5, ge=1, le=1000)
+    T: StrictInt = Field(5, ge=1, le=1000)
     clip_norm: float | None = Field(None, gt=0)          # gradient-norm clipping of the LSTM (None: off)
 
 

@@ -23,7 +23,7 @@ import re
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from ..errors import SuiteError
 from ..tasks import ConventionSettings, Task, register_task
@@ -46,11 +46,11 @@ class CopySettings(ConventionSettings):                       # extra fields, .i
     # The length reported (max_len_solved, samples_at_len/<L>): N + 3 (the paper's T_task) or N alone.
     # Training is the same either way; the reading decides which published cell a run is held against.
     length_counts: Literal["N+3", "N"] = "N+3"
-    bits: int = Field(8, ge=1, le=64)                        # a character: random binary vector (NTM: 8 bits)
+    bits: StrictInt = Field(8, ge=1, le=64)                  # a character: random binary vector (NTM: 8 bits)
     threshold_bpc: float = Field(0.15, gt=0, le=64)          # lengthen once the error is below this
-    check_every: int = Field(100, ge=1, le=1_000_000)        # steps between curriculum checks
-    start_n: int = Field(1, ge=1, le=10_000)                 # N of the first episodes
-    max_n: int | None = Field(None, ge=1, le=10_000)         # stop once this N is solved (None: the step budget)
+    check_every: StrictInt = Field(100, ge=1, le=1_000_000)  # steps between curriculum checks
+    start_n: StrictInt = Field(1, ge=1, le=10_000)           # N of the first episodes
+    max_n: StrictInt | None = Field(None, ge=1, le=10_000)   # stop once this N is solved (None: the step budget)
 
     @property
     def length_offset(self) -> int:
@@ -153,10 +153,10 @@ class EpisodeStreams:
 
 class PTBSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan: one-line error
-    valid_chars: int | None = Field(None, ge=2)              # first N validation characters (None: all)
-    test_chars: int | None = Field(None, ge=2)               # first N test characters (None: all)
-    eval_streams: int = Field(16, ge=1, le=4096)             # evaluation runs the text as this many streams
-    patience: int | None = Field(None, ge=1)                 # stop after this many evals without a new best
+    valid_chars: StrictInt | None = Field(None, ge=2)        # first N validation characters (None: all)
+    test_chars: StrictInt | None = Field(None, ge=2)         # first N test characters (None: all)
+    eval_streams: StrictInt = Field(16, ge=1, le=4096)       # evaluation runs the text as this many streams
+    patience: StrictInt | None = Field(None, ge=1)           # stop after this many evals without a new best
 
 
 class TextStreams:
@@ -188,9 +188,9 @@ class MultiscaleSettings(BaseModel):
     the paper's two-timescale task, whose data the paper leaves unspecified here: MNIST digits are
     replaced by random one-hot digits so the task needs no data set)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan: one-line error
-    digits: int = Field(10, ge=2, le=1000)
-    message_dim: int = Field(16, ge=1, le=4096)
-    b_units: int = Field(64, ge=1, le=MAX_UNITS)
+    digits: StrictInt = Field(10, ge=2, le=1000)
+    message_dim: StrictInt = Field(16, ge=1, le=4096)
+    b_units: StrictInt = Field(64, ge=1, le=MAX_UNITS)
     # "method": the method decides (bptt: A waits for B's true gradient; dni_bptt: synthetic gradient);
     # "none": the message is cut, A gets no gradient from B (the floor).
     message_gradient: Literal["method", "none"] = "method"

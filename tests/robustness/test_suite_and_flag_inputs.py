@@ -167,6 +167,8 @@ LATE_CASES = [
     ("unknown-method", swap("method: [bprop, dni]", "method: [bprop, dnii]"), {}, r"unknown method 'dnii'"),
     ("unknown-task", swap("task: mnist", "task: imagenet"), {}, r"unknown task 'imagenet'"),
     ("unknown-model", swap("model: fcn3", "model: fcn999"), {}, r"fcn999"),
+    ("synth-layers-true", swap("synth_hidden_layers: 1", "synth_hidden_layers: true"), {},
+     r"synth_hidden_layers.*valid integer; got True"),
     ("synth-width-1e9", swap("synth_width: 8", "synth_width: 1000000000"), {}, r"synth_width.*less than or equal"),
     ("quick-only-bad-setting", swap("quick: {}", "quick: {method_args: {dni: {synth_hidden_layers: 7}}}"), {},
      r"synth_hidden_layers.*\(at profile quick\)"),
