@@ -6,7 +6,8 @@ creation, training, between runs), chained on one store, or two processes starte
 at once (one of them killed at a random moment too). After the round a clean rerun must finish, and
 the store is checked with sqlite3: every planned run FINISHED exactly once, every run FINISHED before
 an injection still FINISHED (lost otherwise), nothing RUNNING, integrity_check ok. Every process's
-stderr is scanned for tracebacks. Prints the counts; exits 1 if any is not zero.
+stderr is scanned for tracebacks; a SIGTERM/SIGINT after which the process still started a run counts
+as not honoured. Prints the counts; exits 1 if any is not zero.
 
     python tests/chaos.py --injections 50 [--seed S] [--max-offset 12]
 """
@@ -83,16 +84,20 @@ class Chaos:
         self.exits[f"{what} -> {proc.returncode}"] += 1
         return proc.returncode, err
 
-    def inject(self, proc: subprocess.Popen, kind: str) -> None:
-        """Wait a random offset into the process's life, then deliver the fault (if it still runs)."""
+    def inject(self, proc: subprocess.Popen, kind: str) -> float | None:
+        """Wait a random offset into the process's life, then deliver the fault (if it still runs).
+        Returns when it was delivered (epoch seconds), None when the process had already ended."""
         offset = self.rng.uniform(0, self.max_offset)
         deadline = time.time() + offset
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
+        sent = None
         if proc.poll() is None:
+            sent = time.time()
             proc.send_signal({"kill-9": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}[kind])
         self.counts["injections"] += 1
         self.counts[f"injections: {kind}"] += 1
+        return sent
 
     @staticmethod
     def rows(db: Path) -> list[tuple[str, str, str | None]]:
@@ -101,6 +106,16 @@ class Chaos:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60) as conn:
             return conn.execute("SELECT r.run_uuid, r.status, t.value FROM runs r LEFT JOIN tags t "
                                 "ON t.run_uuid = r.run_uuid AND t.key = 'config_hash'").fetchall()
+
+    @staticmethod
+    def started_after(db: Path, when: float) -> int:
+        """Child runs started after ``when`` (epoch seconds)."""
+        if not db.exists():
+            return 0
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60) as conn:
+            return conn.execute("SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND "
+                                "t.key = 'dnibench.role' AND t.value = 'child' WHERE r.start_time > ?",
+                                (int(when * 1000),)).fetchone()[0]
 
     def finished(self, db: Path) -> set[str]:
         return {run_id for run_id, status, h in self.rows(db) if status == "FINISHED" and h}
@@ -120,8 +135,10 @@ class Chaos:
                 seen |= self.finished(db)
                 kind = self.rng.choice(["kill-9", "SIGTERM", "SIGINT"])
                 proc = self.start(db)
-                self.inject(proc, kind)
+                sent = self.inject(proc, kind)
                 self.collect(proc, kind)
+                if sent is not None and kind != "kill-9" and self.started_after(db, sent + 0.2):
+                    self.counts["signals not honoured"] += 1    # a run began after the stop request
         seen |= self.finished(db)
         code, err = self.collect(self.start(db), "clean rerun")
         if code != 0:
@@ -160,11 +177,11 @@ def main() -> int:
     print(f"chaos: {number} rounds in {time.time() - started:.0f} s (seed {seed})")
     for key in sorted(k for k in counts if k.startswith("injections")) + [
             "lost runs", "duplicated runs", "RUNNING left", "tracebacks", "failed reruns", "damaged stores",
-            "marked KILLED by a later invocation"]:
+            "signals not honoured", "marked KILLED by a later invocation"]:
         print(f"  {key}: {counts[key]}")
     print("  exit codes: " + ", ".join(f"{k} ({n})" for k, n in sorted(chaos.exits.items())))
     bad = sum(counts[k] for k in ("lost runs", "duplicated runs", "RUNNING left", "tracebacks", "failed reruns",
-                                  "damaged stores"))
+                                  "damaged stores", "signals not honoured"))
     return 1 if bad else 0
 
 
