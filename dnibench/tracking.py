@@ -95,9 +95,9 @@ def run_threads(jobs: int = 1, cores: int | None = None, busy: float | None = No
     """Threads for one of ``jobs`` runs at once: the cores nobody else is using, shared between the
     runs, at least 1, and never more threads than cores for all runs together. OpenMP threads
     on a busy core wait for each other: a FCN-4 step with 2 threads went from 1.9 to 20.8 ms next to
-    one other 2-thread process, with 1 thread from 3.2 to 4.4 ms. ``busy``: cores in use by other
-    processes (default: the 1-minute load average, less this process's own threads' share). An
-    OMP_NUM_THREADS in the environment caps the result (the user's word)."""
+    one other 2-thread process, with 1 thread from 3.2 to 4.4 ms (issue 9; `make bench` measures it).
+    ``busy``: cores in use by other processes (default: the 1-minute load average, less this
+    process's own share since the last call). OMP_NUM_THREADS in the environment caps the result."""
     cores = cores or usable_cores()
     if busy is None:
         own = _SELF.cpu_percent(interval=None) / 100    # this process since the last call; 0 the first time
