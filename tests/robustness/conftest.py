@@ -109,6 +109,12 @@ class Sandbox:
     def run(self, *args, env=None, timeout=60) -> subprocess.CompletedProcess:
         return run_cli(*args, cwd=self.cwd, env={**self.env, **(env or {})}, timeout=timeout)
 
+    def snapshot(self) -> dict:
+        return snapshot(self.cwd)
+
+    def assert_no_writes(self, before: dict, allowed: tuple[str, ...] = ("store", "data")) -> None:
+        assert_no_writes(self.cwd, before, allowed)
+
     def reject(self, *args, match: str | None = None, env=None, timeout=60,
                store: Path | None = None, allowed: tuple[str, ...] = ("store", "data")) -> str:
         """Run the CLI with bad input and assert the whole contract; returns the error line."""
@@ -120,9 +126,63 @@ class Sandbox:
         return line
 
 
-@pytest.fixture
-def sandbox(tmp_path) -> Sandbox:
+def make_sandbox(tmp_path: Path) -> Sandbox:
     cwd = tmp_path / "cwd"
-    cwd.mkdir()
+    cwd.mkdir(parents=True)
     return Sandbox(cwd, env={"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'store' / 'mlflow.db'}",
                              "DNIBENCH_DATA": str(cwd / "data"), "HOME": str(tmp_path / "home")})
+
+
+@pytest.fixture
+def sandbox(tmp_path) -> Sandbox:
+    return make_sandbox(tmp_path)
+
+
+@dataclass
+class Case:
+    """One bad input: the files its sandbox holds (text, bytes, or None for an empty folder), the
+    CLI arguments, extra environment, and the regex the error line must match."""
+    id: str
+    args: list
+    match: str
+    files: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    sandbox: Sandbox
+    before: dict
+    proc: subprocess.CompletedProcess
+
+    def check(self, match: str | None, allowed: tuple[str, ...] = ("store", "data")) -> str:
+        """The whole contract, for a case already run."""
+        line = assert_one_line_error(self.proc, match)
+        assert_no_running_runs(self.sandbox.store)
+        assert_no_writes(self.sandbox.cwd, self.before, allowed)
+        return line
+
+
+def run_cases(root: Path, cases: list[Case], workers: int | None = None) -> dict[str, Outcome]:
+    """Run every case in its own sandbox under root, ``workers`` processes at a time (default: one per
+    CPU): each case is still one CLI process, but a 2-core box checks two at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(case: Case) -> tuple[str, Outcome]:
+        box = make_sandbox(root / case.id)
+        for name, content in case.files.items():
+            path = box.cwd / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                path.mkdir()
+            elif isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content)
+        before = snapshot(box.cwd)
+        return case.id, Outcome(box, before, box.run(*case.args, env=case.env))
+
+    ids = [case.id for case in cases]
+    assert len(set(ids)) == len(ids), "case ids must be unique"
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:   # subprocesses: no GIL contention
+        return dict(pool.map(one, cases))

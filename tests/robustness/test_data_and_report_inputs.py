@@ -7,12 +7,13 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_no_writes, snapshot
 
+REPO = Path(__file__).resolve().parents[2]
 SUITE = """\
 name: tiny
 task: mnist
@@ -119,15 +120,15 @@ def _store_with_runs(sandbox, runs_store) -> None:
 def test_crafted_suite_names_in_the_store_never_write_outside_out(sandbox, runs_store):
     evil = EVIL
     _store_with_runs(sandbox, runs_store)
-    before = snapshot(sandbox.cwd)
+    before = sandbox.snapshot()
     proc = sandbox.run("report", "--out", "out/rep")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_no_writes(sandbox.cwd, before, allowed=("out/rep", "store"))
+    sandbox.assert_no_writes(before, allowed=("out/rep", "store"))
     assert not (sandbox.cwd.parent / "evil.png").exists()
     for name in evil[:2]:               # compare writes its CSV under --out too, whatever the name
         proc = sandbox.run("compare", name, "--out", "out/cmp")
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_no_writes(sandbox.cwd, before, allowed=("out/rep", "out/cmp", "store"))
+    sandbox.assert_no_writes(before, allowed=("out/rep", "out/cmp", "store"))
     assert all(p.parent == sandbox.cwd / "out" / "cmp" for p in (sandbox.cwd / "out" / "cmp").rglob("*"))
 
 

@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+from conftest import Case, run_cases
+
 MINIMAL = """\
 name: tiny
 task: mnist
@@ -87,13 +89,8 @@ SUITE_CASES = [
 
 
 @pytest.mark.parametrize("case_id,text,match", SUITE_CASES, ids=[c[0] for c in SUITE_CASES])
-def test_bad_suite_file(sandbox, case_id, text, match):
-    if text is None:
-        path = sandbox.cwd / "suite.yaml"
-        path.write_bytes(b"name: \xff\xfe\x00tiny\n")
-    else:
-        path = sandbox.write("suite.yaml", text)
-    sandbox.reject("run", path.name, "--profile", "smoke", "--no-progress", match=match)
+def test_bad_suite_file(outcomes, case_id, text, match):
+    outcomes[f"suite-{case_id}"].check(match)
 
 
 # (id, arguments after `run suite.yaml`, environment, regex). The suite itself is valid.
@@ -116,9 +113,8 @@ FLAG_CASES = [
 
 
 @pytest.mark.parametrize("case_id,args,env,match", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
-def test_bad_run_flag(sandbox, case_id, args, env, match):
-    sandbox.write("suite.yaml", MINIMAL)
-    sandbox.reject("run", "suite.yaml", "--no-progress", *args, env=env, match=match)
+def test_bad_run_flag(outcomes, case_id, args, env, match):
+    outcomes[f"flag-{case_id}"].check(match)
 
 
 CLI_CASES = [
@@ -143,12 +139,8 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("case_id,args,match", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_bad_command_line(sandbox, case_id, args, match):
-    (sandbox.cwd / "adir").mkdir()
-    sandbox.write("afile.txt", "a user's file\n")
-    sandbox.write("good.yaml", MINIMAL)
-    sandbox.write("sdir/bad.yaml", "name: bad\n")
-    sandbox.reject(*args, match=match)
+def test_bad_command_line(outcomes, case_id, args, match):
+    outcomes[f"cli-{case_id}"].check(match)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway")
@@ -184,6 +176,21 @@ LATE_CASES = [
 
 
 @pytest.mark.parametrize("case_id,text,env,match", LATE_CASES, ids=[c[0] for c in LATE_CASES])
-def test_bad_input_found_at_plan_time(sandbox, case_id, text, env, match):
-    sandbox.write("suite.yaml", text)
-    sandbox.reject("run", "suite.yaml", "--profile", "smoke", "--no-progress", env=env, match=match)
+def test_bad_input_found_at_plan_time(outcomes, case_id, text, env, match):
+    outcomes[f"late-{case_id}"].check(match)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case of this file, run once, two (one per CPU) at a time; each test checks its own."""
+    run = ["run", "suite.yaml", "--profile", "smoke", "--no-progress"]
+    cases = [Case(f"suite-{i}", run, m, files={"suite.yaml": b"name: \xff\xfe\x00tiny\n" if t is None else t})
+             for i, t, m in SUITE_CASES]
+    cases += [Case(f"flag-{i}", ["run", "suite.yaml", "--no-progress", *a], m, files={"suite.yaml": MINIMAL}, env=e)
+              for i, a, e, m in FLAG_CASES]
+    cli_files = {"adir": None, "afile.txt": "a user's file\n", "good.yaml": MINIMAL, "sdir/bad.yaml": "name: bad\n"}
+    cases += [Case(f"cli-{i}", a, m, files=cli_files) for i, a, m in CLI_CASES]
+    cases += [Case(f"late-{i}", run, m, files={"suite.yaml": t}, env=e) for i, t, e, m in LATE_CASES]
+    # The slow ones (torch imported) first, so the pool is not left waiting on one at the end.
+    cases.sort(key=lambda c: not c.id.startswith(("late-", "cli-")))
+    return run_cases(tmp_path_factory.mktemp("cases"), cases)
