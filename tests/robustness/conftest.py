@@ -186,3 +186,13 @@ def run_cases(root: Path, cases: list[Case], workers: int | None = None) -> dict
     assert len(set(ids)) == len(ids), "case ids must be unique"
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:   # subprocesses: no GIL contention
         return dict(pool.map(one, cases))
+
+
+@pytest.fixture(scope="session")
+def contract():
+    """The helpers above for test modules (``import conftest`` by name is ambiguous: tests/ has one too)."""
+    import types
+    return types.SimpleNamespace(Case=Case, Outcome=Outcome, run_cases=run_cases, make_sandbox=make_sandbox,
+                                 snapshot=snapshot,
+                                 assert_one_line_error=assert_one_line_error, assert_no_writes=assert_no_writes,
+                                 assert_no_running_runs=assert_no_running_runs)

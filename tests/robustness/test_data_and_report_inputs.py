@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -56,34 +57,81 @@ DAMAGE = [
 ]
 
 
-@pytest.mark.parametrize("case_id,damage,match", DAMAGE, ids=[d[0] for d in DAMAGE])
-def test_damaged_mnist_cache_is_one_line_then_fetch_repairs_it(sandbox, fake_mnist_idx, case_id, damage, match):
-    from dnibench.data import fetch_mnist, load_mnist
+def _fake_idx(folder):
+    """MNIST IDX files of 12 train and 5 test random digits (the format tests/conftest.py writes)."""
+    import struct
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for name, shape in (("train-images-idx3-ubyte", (12, 28, 28)), ("train-labels-idx1-ubyte", (12,)),
+                        ("t10k-images-idx3-ubyte", (5, 28, 28)), ("t10k-labels-idx1-ubyte", (5,))):
+        arr = rng.integers(0, 10 if len(shape) == 1 else 256, shape, dtype=np.uint8)
+        (folder / name).write_bytes(struct.pack(f">4B{arr.ndim}I", 0, 0, 8, arr.ndim, *arr.shape) + arr.tobytes())
+    return folder
 
-    cache = fetch_mnist(sandbox.data, idx_dir=fake_mnist_idx[0], log=lambda *_: None)
-    damage(cache)
-    sandbox.write("suite.yaml", SUITE)
-    sandbox.reject("run", "suite.yaml", "--profile", "smoke", "--no-progress", match=match)
-    assert not sandbox.store.exists(), "a run store was created before the data was checked"
-    repaired = sandbox.run("data", "fetch", "mnist", "--from-idx", fake_mnist_idx[0])
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, contract):
+    """Each damaged cache run through `run`, then through `data fetch` (the repair), two cases at a
+    time; the PTB cases too. Returns id -> (outcome of run, result of fetch or None)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dnibench.data import fetch_mnist
+
+    root = tmp_path_factory.mktemp("damaged")
+    idx = _fake_idx(root / "idx")
+    good = fetch_mnist(root / "good", idx_dir=idx, log=lambda *_: None)
+
+    def mnist(case):
+        case_id, damage, _ = case
+        box = contract.make_sandbox(root / case_id)
+        box.data.mkdir()
+        for path in (good, good.with_name("mnist.npz.sha256")):
+            shutil.copyfile(path, box.data / path.name)
+        damage(box.data / "mnist.npz")
+        box.write("suite.yaml", SUITE)
+        before = contract.snapshot(box.cwd)
+        outcome = contract.Outcome(box, before, box.run("run", "suite.yaml", "--profile", "smoke", "--no-progress"))
+        return case_id, (outcome, box.run("data", "fetch", "mnist", "--from-idx", idx))
+
+    def ptb(damage):
+        box = contract.make_sandbox(root / f"ptb-{damage}")
+        folder = box.data / "ptb"
+        folder.mkdir(parents=True)
+        for name in ("valid", "test"):
+            (folder / f"{name}.txt").write_text(" a b \n")
+        if damage == "directory":
+            (folder / "train.txt").mkdir()
+        else:
+            (folder / "train.txt").write_text(" forged text \n")
+        before = contract.snapshot(box.cwd)
+        suite = str(REPO / "suites" / "rnn_ptb.yaml")
+        proc = box.run("run", suite, "--profile", "smoke", "--no-progress")
+        return f"ptb-{damage}", (contract.Outcome(box, before, proc), None)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        jobs = [pool.submit(mnist, case) for case in DAMAGE] + [pool.submit(ptb, d) for d in PTB_DAMAGE]
+        return dict(job.result() for job in jobs)
+
+
+@pytest.mark.parametrize("case_id,damage,match", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damaged_mnist_cache_is_one_line_then_fetch_repairs_it(damaged, case_id, damage, match):
+    from dnibench.data import load_mnist
+
+    outcome, repaired = damaged[case_id]
+    outcome.check(match)
+    assert not outcome.sandbox.store.exists(), "a run store was created before the data was checked"
     assert repaired.returncode == 0, repaired.stderr[-2000:]
     assert "rebuilding the damaged MNIST cache" in repaired.stdout
-    assert len(load_mnist(sandbox.data, fetch=False).y_train) == len(fake_mnist_idx[1]["y_train"])
+    assert len(load_mnist(outcome.sandbox.data, fetch=False).y_train) == 12
 
 
-@pytest.mark.parametrize("damage", ["directory", "wrong-text"])
-def test_damaged_ptb_cache_is_one_line(sandbox, damage):
-    folder = sandbox.data / "ptb"
-    folder.mkdir(parents=True)
-    for name in ("valid", "test"):
-        (folder / f"{name}.txt").write_text(" a b \n")
-    if damage == "directory":
-        (folder / "train.txt").mkdir()
-        match = r"ptb/train.txt: not a regular file.*dnibench data fetch ptb"
-    else:
-        (folder / "train.txt").write_text(" forged text \n")
-        match = r"ptb/train.txt: md5 of PTB train is .*dnibench data fetch ptb"
-    sandbox.reject("run", str(REPO / "suites" / "rnn_ptb.yaml"), "--profile", "smoke", "--no-progress", match=match)
+PTB_DAMAGE = {"directory": r"ptb/train.txt: not a regular file.*dnibench data fetch ptb",
+              "wrong-text": r"ptb/train.txt: md5 of PTB train is .*dnibench data fetch ptb"}
+
+
+@pytest.mark.parametrize("damage", sorted(PTB_DAMAGE))
+def test_damaged_ptb_cache_is_one_line(damaged, damage):
+    damaged[f"ptb-{damage}"][0].check(PTB_DAMAGE[damage])
 
 
 EVIL = ["../../evil", "/tmp/evil_abs", "..", "a/../../b"]

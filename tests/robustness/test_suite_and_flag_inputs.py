@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from conftest import Case, run_cases
 
 MINIMAL = """\
 name: tiny
@@ -181,8 +180,9 @@ def test_bad_input_found_at_plan_time(outcomes, case_id, text, env, match):
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(tmp_path_factory, contract):
     """Every case of this file, run once, two (one per CPU) at a time; each test checks its own."""
+    Case = contract.Case
     run = ["run", "suite.yaml", "--profile", "smoke", "--no-progress"]
     cases = [Case(f"suite-{i}", run, m, files={"suite.yaml": b"name: \xff\xfe\x00tiny\n" if t is None else t})
              for i, t, m in SUITE_CASES]
@@ -193,4 +193,4 @@ def outcomes(tmp_path_factory):
     cases += [Case(f"late-{i}", run, m, files={"suite.yaml": t}, env=e) for i, t, e, m in LATE_CASES]
     # The slow ones (torch imported) first, so the pool is not left waiting on one at the end.
     cases.sort(key=lambda c: not c.id.startswith(("late-", "cli-")))
-    return run_cases(tmp_path_factory.mktemp("cases"), cases)
+    return contract.run_cases(tmp_path_factory.mktemp("cases"), cases)
