@@ -20,7 +20,8 @@ def _artifact_dirs(db: Path) -> list[Path]:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
             rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
     except sqlite3.DatabaseError as err:
-        raise DnibenchError(f"{db}: not a readable MLflow store ({err}); nothing deleted") from None
+        raise DnibenchError(f"{db}: not a readable MLflow store ({err}); the store and its artifacts "
+                            "were not deleted (move it aside yourself)") from None
     out = []
     for (location,) in rows:
         parsed = urlparse(location or "")
@@ -29,8 +30,20 @@ def _artifact_dirs(db: Path) -> list[Path]:
     return out
 
 
+class _Deleted(list):
+    """The paths deleted so far, each said as it goes (an error half way still says what went)."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def append(self, path: Path) -> None:
+        super().append(path)
+        self.log(f"deleted {path}")
+
+
 def clean(out: Path, tracking_uri: str, log=print) -> list[Path]:
-    deleted: list[Path] = []
+    deleted = _Deleted(log)
     out = Path(out)
     manifest = out / MANIFEST
     if manifest.is_file():
@@ -55,8 +68,6 @@ def clean(out: Path, tracking_uri: str, log=print) -> list[Path]:
                         deleted.append(folder.parent)
             db.unlink()
             deleted.append(db)
-    for path in deleted:
-        log(f"deleted {path}")
     if not deleted:
         log("dnibench: nothing to delete")
-    return deleted
+    return list(deleted)
