@@ -14,6 +14,7 @@ from .errors import DnibenchError
 
 
 MAX_SEEDS = 1000          # as dnibench.suite.MAX_SEEDS (not imported: it would load pydantic for --help)
+MAX_JOBS = 256            # as dnibench.pool.MAX_JOBS
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -31,6 +32,8 @@ def _check_run_input(args) -> None:
     imported (seconds), so a typo is answered at once and nothing is created."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", args.device):
         raise DnibenchError(f"--device {args.device[:40]!r}: expected auto, cpu, cuda or cuda:N")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise DnibenchError(f"--jobs {args.jobs}: expected 1..{MAX_JOBS}")
     if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
         raise DnibenchError(f"--seeds {args.seeds}: expected 1..{MAX_SEEDS}")
     _check_dir_flag("--data-dir", args.data_dir)
@@ -54,7 +57,7 @@ def _cmd_run(args) -> int:
     shard = _parse_shard(args.shard) if args.shard else None
     from .runner import run_suites
     outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
-                         args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard)
+                         args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard, jobs=args.jobs)
     print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)"
           + (f", {outcome.failed} FAILED" if outcome.failed else ""))
     for label, reason in outcome.failures:
@@ -71,8 +74,14 @@ def _check_out_dir(out: str) -> None:
 
 def _cmd_report(args) -> int:
     _check_out_dir(args.out)
+    # An explicit --suites-dir must exist; the default may be absent (the report then has no departures).
+    suites_dir = Path(args.suites_dir or "suites")
+    if args.suites_dir is not None and not suites_dir.is_dir():
+        raise DnibenchError(f"--suites-dir {args.suites_dir}: not a directory")
+    from .report.context import load_suites
+    load_suites(suites_dir)                 # a bad suite file is one line before anything is written
     from .report import write_report
-    written = write_report(args.tracking_uri, Path(args.out), suites_dir=Path(args.suites_dir))
+    written = write_report(args.tracking_uri, Path(args.out), suites_dir=suites_dir)
     print(f"dnibench: report written to {args.out}/ ({len(written)} files)")
     return 0
 
@@ -143,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--shard", default=None, help="I/N: run every N-th run starting at I (default under "
                      "torchrun: RANK/WORLD_SIZE), for processes or machines sharing one tracking store")
+    run.add_argument("--jobs", type=int, default=1, help="runs at once, each in a worker process with its "
+                     "share of the free cores (default 1: one run at a time, in this process)")
     run.set_defaults(func=_cmd_run)
 
     report = sub.add_parser("report", help="render tables and figures from MLflow (no training)")
     report.add_argument("--tracking-uri", default=default_uri)
     report.add_argument("--out", default="reports")
-    report.add_argument("--suites-dir", default="suites")
+    report.add_argument("--suites-dir", default=None, help="suite files for departures (default: suites/)")
     report.set_defaults(func=_cmd_report)
 
     cmp = sub.add_parser("compare", help="a variant against the baselines over seeds (from MLflow)")

@@ -134,6 +134,7 @@ CLI_CASES = [
     ("fetch-from-empty-idx", ["data", "fetch", "mnist", "--from-idx", "adir"], r"adir: missing MNIST IDX file"),
     ("report-bad-suite-in-suites-dir", ["report", "--out", "rep", "--suites-dir", "sdir"], r"sdir/bad.yaml: field 'task'"),
     ("compare-unknown-suite", ["compare", "nosuch"], r"no finished runs of suite 'nosuch'"),
+    ("report-missing-suites-dir", ["report", "--out", "rep", "--suites-dir", "nodir"], r"--suites-dir nodir: not a directory"),
 ]
 
 
