@@ -14,12 +14,12 @@ from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from . import interrupt, store
 from .errors import DataNotProvided, Diverged, DnibenchError
+from .metric_log import MetricBuffer
 from .suite import RunSpec, Suite, check_all_profiles, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
@@ -216,16 +216,14 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
     run = client.create_run(exp_id, run_name=spec.label, tags=tags)
     run_id = run.info.run_id
     status = "FAILED"
+    log = None
     try:
         params = flatten("", spec.resolved(), {})
         items = list(params.items())
         for start in range(0, len(items), 100):     # MLflow accepts at most 100 params per batch
             client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in items[start:start + 100]])
 
-        def log(metrics: dict[str, float], step: int) -> None:
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
+        log = MetricBuffer(client, run_id)          # written at evaluation points, every ~10 s and at the end
         bar = tqdm(total=spec.train.steps, desc=spec.label, unit="step", position=1, leave=False,
                    disable=not progress, file=sys.stderr, mininterval=0.5)
         def on_step(n: int) -> None:
@@ -247,5 +245,9 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
         client.set_tag(run_id, FAILURE_TAG, f"error: {type(err).__name__}: {first_line}"[:500])
         raise
     finally:
-        client.set_terminated(run_id, status)
+        try:
+            if log is not None:
+                log.close()                 # a FAILED or KILLED run keeps the rows it logged
+        finally:
+            client.set_terminated(run_id, status)
     return None
