@@ -20,6 +20,7 @@ from tqdm import tqdm
 from . import interrupt, store
 from .errors import DataNotProvided, Diverged, DnibenchError
 from .metric_log import MetricBuffer
+from .pool import MAX_JOBS, WorkerPool
 from .suite import RunSpec, Suite, check_all_profiles, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
@@ -120,9 +121,12 @@ class Outcome:
 def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int | None = None,
                tracking_uri: str = DEFAULT_TRACKING_URI, force: bool = False, data_dir: Path | None = None,
                cifar_dir: Path | None = None, progress: bool = True,
-               shard: tuple[int, int] | None = None) -> Outcome:
+               shard: tuple[int, int] | None = None, jobs: int = 1) -> Outcome:
     """Run the suites' plans. ``shard=(i, n)`` (or torchrun's RANK/WORLD_SIZE) keeps every n-th run
-    starting at i, so n processes or machines sharing one tracking store split a suite without overlap."""
+    starting at i, so n processes or machines sharing one tracking store split a suite without overlap.
+    ``jobs``: child runs at once, each in a worker process (dnibench/pool.py); the parent runs stay here."""
+    if not 1 <= jobs <= MAX_JOBS:
+        raise DnibenchError(f"--jobs {jobs}: expected 1..{MAX_JOBS}")
     # Everything that can be wrong with the input is checked before a single run is created.
     shard = shard or shard_from_env()
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -156,41 +160,62 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     outcome = Outcome()
     total = sum(len(specs) for _, specs in plans)
     bar = tqdm(total=total, desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)
+    todos = []
     for suite, specs in plans:
         exp_id = experiment_id(client, suite.name, tracking_uri)
         done = set() if force else finished_hashes(client, exp_id)
-        todo = [s for s in specs if s.config_hash not in done]
-        outcome.skipped += len(specs) - len(todo)
-        bar.update(len(specs) - len(todo))
-        if not todo:
-            continue
-        parent = client.create_run(exp_id, run_name=f"{suite.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                   tags={ROLE: "parent", "suite": suite.name, "profile": profile,
-                                         "device": dev.type, **run_tags(dev), **store.owner_tags()})
-        status = "FAILED"
-        try:
-            _log_parent_artifacts(client, parent.info.run_id, suite, dev)
-            for path in sorted({s.method_file.path for s in todo if s.method_file}):   # the variant code that ran
-                client.log_artifact(parent.info.run_id, path, artifact_path="method_files")
-            for spec in todo:
-                interrupt.check()
-                bar.set_postfix_str(spec.label)
-                failure = _run_child(client, exp_id, parent.info.run_id, spec, datasets[suite.task], dev, progress)
-                if failure is None:
-                    outcome.ran += 1
-                else:                                   # a diverged run: recorded FAILED, the suite goes on
-                    outcome.failed += 1
-                    outcome.failures.append((spec.label, failure))
-                    tqdm.write(f"dnibench: {spec.label} FAILED: {failure}", file=sys.stderr)
-                bar.update(1)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            client.set_terminated(parent.info.run_id, status)
+        todos.append((suite, exp_id, [s for s in specs if s.config_hash not in done]))
+        outcome.skipped += len(specs) - len(todos[-1][2])
+        bar.update(len(specs) - len(todos[-1][2]))
+    workers = min(jobs, sum(len(todo) for _, _, todo in todos))
+    pool = WorkerPool(workers, tracking_uri, str(dev), data_dir, cifar_dir, client) if workers > 1 else None
+
+    def record(spec: RunSpec, failure: str | None) -> None:
+        if failure is None:
+            outcome.ran += 1
+        else:                                   # a diverged run: recorded FAILED, the suite goes on
+            outcome.failed += 1
+            outcome.failures.append((spec.label, failure))
+            tqdm.write(f"dnibench: {spec.label} FAILED: {failure}", file=sys.stderr)
+        bar.update(1)
+
+    try:
+        for suite, exp_id, todo in todos:
+            if todo:
+                _run_suite(client, suite, exp_id, todo, profile, dev, datasets[suite.task], pool, record, bar, progress)
+    finally:
+        if pool is not None:
+            pool.close()
     bar.close()
     return outcome
+
+
+def _run_suite(client: MlflowClient, suite: Suite, exp_id: str, todo: list[RunSpec], profile: str, dev, data,
+               pool, record, bar, progress: bool) -> None:
+    """One suite's parent run and its children: here one after another, or on ``pool``'s workers."""
+    parent = client.create_run(exp_id, run_name=f"{suite.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               tags={ROLE: "parent", "suite": suite.name, "profile": profile,
+                                     "device": dev.type, **run_tags(dev), **store.owner_tags()})
+    status = "FAILED"
+    try:
+        _log_parent_artifacts(client, parent.info.run_id, suite, dev)
+        for path in sorted({s.method_file.path for s in todo if s.method_file}):   # the variant code that ran
+            client.log_artifact(parent.info.run_id, path, artifact_path="method_files")
+        if pool is not None:
+            bar.set_postfix_str(suite.name)
+            pool.run(exp_id, parent.info.run_id, todo, record)
+        for spec in todo if pool is None else ():
+            interrupt.check()
+            bar.set_postfix_str(spec.label)
+            record(spec, _run_child(client, exp_id, parent.info.run_id, spec, data, dev, progress))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if pool is not None and status != "FINISHED":   # the workers' runs end before the parent's
+            pool.close()
+        client.set_terminated(parent.info.run_id, status)
 
 
 def _log_parent_artifacts(client: MlflowClient, run_id: str, suite: Suite, device) -> None:
