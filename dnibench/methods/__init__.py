@@ -18,26 +18,58 @@ import sys
 from pathlib import Path
 
 from ..errors import SuiteError
-from .base import Method, MethodSettings, Setup  # noqa: F401  (the protocol, re-exported)
 
-REGISTRY: dict[str, type[Method]] = {}
+# The built-in methods, name -> (module, family, description), readable without importing torch, for
+# `dnibench list` (tests/test_harness.py checks it against the registry). The method files themselves
+# are imported, and torch with them, the first time the registry is used: REGISTRY, get_method,
+# register or load_method_file (PEP 562 ``__getattr__`` below).
+BUILTIN = {
+    "bprop": ("bprop", "ff", "end-to-end backpropagation (update-locked)"),
+    "bptt": ("bptt", "rnn", "LSTM with truncated BPTT over windows of T steps"),
+    "cdni": ("cdni", "ff", "DNI with label-conditioned synthesizers"),
+    "dni": ("dni", "ff", "synthetic gradients between every layer, bootstrapped targets"),
+    "dni_bptt": ("dni_bptt", "rnn", "truncated BPTT + synthetic gradient for the LSTM state at every window boundary"),
+    "dni_bptt_aux": ("dni_bptt", "rnn",
+                     "recurrent DNI + the auxiliary task of predicting the synthetic gradient T steps ahead"),
+    "nobprop": ("nobprop", "ff", "only the last layer learns (lower layers stay random)"),
+    "unlock_dni": ("unlock", "ff", "complete unlock: synthetic inputs and synthetic gradients for every layer"),
+    "unlock_cdni": ("unlock", "ff", "complete unlock with label-conditioned synthesizers (cDNI)"),
+}
+
+_REGISTRY: dict[str, type[Method]] = {}
+_discovered = False
 # resolved path of a method file -> (sha256 of its content, the class it registered)
 _FILES: dict[Path, tuple[str, type[Method]]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its ``name``."""
-    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+    _discover()                             # a plug-in's name must not shadow a built-in's
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise SuiteError(f"method name {cls.name!r} is registered twice "
-                         f"({REGISTRY[cls.name].__module__} and {cls.__module__})")
-    REGISTRY[cls.name] = cls
+                         f"({_REGISTRY[cls.name].__module__} and {cls.__module__})")
+    _REGISTRY[cls.name] = cls
     return cls
 
 
 def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True                      # first: the modules imported here call register()
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
+
+
+def __getattr__(name: str):
+    if name == "REGISTRY":
+        _discover()
+        return _REGISTRY
+    if name in ("Method", "MethodSettings", "Setup"):     # the protocol, re-exported
+        from . import base
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def find_method_file(name: str, suite_dir: str | Path | None = None) -> Path:
@@ -67,6 +99,7 @@ def load_method_file(path: str | Path, sha256: str | None = None) -> tuple[type[
     if not path.is_file():
         raise SuiteError(f"method file {path} does not exist")
     digest = file_sha256(path)
+    _discover()
     if sha256 is not None and digest != sha256:
         raise SuiteError(f"method file {path} changed since the run was planned (sha256 {digest[:12]}, "
                          f"planned {sha256[:12]}); plan the suite again")
@@ -74,8 +107,8 @@ def load_method_file(path: str | Path, sha256: str | None = None) -> tuple[type[
         return _FILES[path][1], digest
     previous = _FILES.pop(path, None)
     if previous is not None:                     # edited since it was loaded: its new version replaces it
-        REGISTRY.pop(previous[1].name, None)
-    before = dict(REGISTRY)
+        _REGISTRY.pop(previous[1].name, None)
+    before = dict(_REGISTRY)
     # One module name per file (two files may share a stem); in sys.modules while it runs, as pydantic
     # needs it to resolve a Settings class's postponed annotations.
     module_name = f"dnibench_method_file_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
@@ -84,20 +117,20 @@ def load_method_file(path: str | Path, sha256: str | None = None) -> tuple[type[
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-        new = [name for name in REGISTRY if name not in before]
+        new = [name for name in _REGISTRY if name not in before]
         if len(new) != 1:
             found = f"registered {', '.join(repr(n) for n in new)}" if new else "registered none"
             raise SuiteError(f"must register exactly one method (a Method subclass decorated with @register), {found}")
     except Exception as err:  # the file's own bug: name the file, keep it one line
-        REGISTRY.clear()
-        REGISTRY.update(before)                  # nothing half-registered stays behind
+        _REGISTRY.clear()
+        _REGISTRY.update(before)                  # nothing half-registered stays behind
         sys.modules.pop(module_name, None)
         if previous is not None:
-            REGISTRY[previous[1].name] = previous[1]
+            _REGISTRY[previous[1].name] = previous[1]
             _FILES[path] = previous
         detail = str(err) if isinstance(err, SuiteError) else f"{type(err).__name__}: {err}"
         raise SuiteError(f"method file {path}: {' '.join(detail.split())}") from err
-    cls = REGISTRY[new[0]]
+    cls = _REGISTRY[new[0]]
     _FILES[path] = (digest, cls)
     return cls, digest
 
@@ -107,9 +140,7 @@ def get_method(name: str) -> type[Method]:
     taken from the working directory; suites resolve theirs with ``find_method_file``)."""
     if name.endswith(".py"):
         return load_method_file(find_method_file(name))[0]
-    if name not in REGISTRY:
-        raise SuiteError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
-
-
-_discover()
+    _discover()
+    if name not in _REGISTRY:
+        raise SuiteError(f"unknown method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
