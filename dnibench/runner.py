@@ -145,28 +145,31 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
             raise DnibenchError(f"--shard {index}/{count}: the index must be in 0..{count - 1}")
         counter = iter(range(sum(len(specs) for _, specs in plans)))
         plans = [(suite, [s for s in specs if next(counter) % count == index]) for suite, specs in plans]
+    # A store that exists is asked first which runs are FINISHED, so a resume with nothing left loads no
+    # data; a store not yet created is created only once the data has loaded and been checked.
+    path = store.sqlite_path(tracking_uri)
+    client = prepare_store(tracking_uri, []) if path is None or path.exists() else None
+    outcome = Outcome()
+    left = []                       # (suite, runs not yet FINISHED): only their data is loaded
+    for suite, specs in plans:
+        exp = None if force or client is None else client.get_experiment_by_name(suite.name)
+        done = finished_hashes(client, exp.experiment_id) if exp is not None else set()
+        left.append((suite, [s for s in specs if s.config_hash not in done]))
+        outcome.skipped += len(specs) - len(left[-1][1])
     datasets = {}
-    for suite, _ in plans:
+    for suite, todo in left:
         try:
-            if suite.task not in datasets:
+            if todo and suite.task not in datasets:
                 datasets[suite.task] = get_task(suite.task).load(data_dir, cifar_dir)
         except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
-    plans = [(suite, specs) for suite, specs in plans if suite.task in datasets]
-    for suite, specs in plans:
-        _check_batch_sizes(suite, specs, datasets[suite.task])
-
-    client = prepare_store(tracking_uri, [suite.name for suite, _ in plans])
-    outcome = Outcome()
-    total = sum(len(specs) for _, specs in plans)
-    bar = tqdm(total=total, desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)
-    todos = []
-    for suite, specs in plans:
-        exp_id = experiment_id(client, suite.name, tracking_uri)
-        done = set() if force else finished_hashes(client, exp_id)
-        todos.append((suite, exp_id, [s for s in specs if s.config_hash not in done]))
-        outcome.skipped += len(specs) - len(todos[-1][2])
-        bar.update(len(specs) - len(todos[-1][2]))
+    left = [(suite, todo) for suite, todo in left if todo and suite.task in datasets]
+    for suite, todo in left:        # all checked before a single run is created
+        _check_batch_sizes(suite, todo, datasets[suite.task])
+    client = client or prepare_store(tracking_uri, [])
+    todos = [(suite, experiment_id(client, suite.name, tracking_uri), todo) for suite, todo in left]
+    bar = tqdm(total=outcome.skipped + sum(len(todo) for _, _, todo in todos), initial=outcome.skipped,
+               desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)
     workers = min(jobs, sum(len(todo) for _, _, todo in todos))
     pool = WorkerPool(workers, tracking_uri, str(dev), data_dir, cifar_dir, client) if workers > 1 else None
 
