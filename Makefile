@@ -14,6 +14,8 @@ TRACKING_URI ?= sqlite:///results/mlflow.db
 SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml suites/mnist_delay.yaml suites/cifar10_ff.yaml \
           suites/rnn_copy.yaml suites/rnn_repeat_copy.yaml suites/rnn_ptb.yaml suites/rnn_multiscale.yaml
 RUN_FLAGS ?=
+# JOBS=N: N runs at once, each in a worker process with its share of the free cores (dnibench run --jobs)
+JOBS ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv reproduce run report test bench data clean-results mutation chaos
@@ -37,7 +39,7 @@ data: venv ## fetch and verify MNIST and Penn Treebank into the data cache
 # written (it lists the failed runs), then make fails. Any other error stops before the report.
 reproduce: venv ## run the suites at PROFILE (smoke|quick|paper) and write reports/
 	status=0; $(VENV)/bin/dnibench run $(SUITES) --profile $(PROFILE) --device $(DEVICE) \
-	  --tracking-uri $(TRACKING_URI) $(if $(SEEDS),--seeds $(SEEDS)) $(RUN_FLAGS) || status=$$?; \
+	  --tracking-uri $(TRACKING_URI) $(if $(SEEDS),--seeds $(SEEDS)) --jobs $(JOBS) $(RUN_FLAGS) || status=$$?; \
 	if [ $$status -gt 1 ]; then exit $$status; fi; \
 	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports && exit $$status
 
