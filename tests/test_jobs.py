@@ -134,7 +134,7 @@ def test_sigterm_on_the_parent_stops_the_workers_and_kills_their_runs(tmp_path, 
     db = tmp_path / "m.db"
     proc = start(suite, db, fake_mnist_data_dir, jobs=2)
     wait_for(lambda: len([r for r in children(db) if r["status"] == "RUNNING"]) == 2, proc)
-    workers = [p.pid for p in psutil.Process(proc.pid).children()]
+    workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]   # forkserver's too
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == 130 and "rerun to resume" in err and "Traceback" not in err, err[-2000:]
