@@ -79,10 +79,6 @@ def lr_factor(spec: RunSpec, step: int) -> float:
     return spec.train.lr_decay_factor ** sum(step >= at for at in spec.train.lr_decay_at)
 
 
-def learning_rate(spec: RunSpec, step: int) -> float:
-    return spec.train.lr * lr_factor(spec, step)
-
-
 def apply_schedule(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
     """Scale every parameter group's own base rate (a synthesizer's synth_lr, a synthetic input
     model's input_lr, ...) by the schedule's factor; the base rate is the one it was built with."""
@@ -153,7 +149,7 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
     counts: dict[str, int] = {}
     train_s = eval_s = 0.0
     final: dict[str, float] = {}
-    current_lr = None
+    current_factor = None
     watch = DivergenceWatch()
     timer = StepTimes(device)
     with RunThreads() as threads, ResourceSampler(device) as sampler:
@@ -162,10 +158,11 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
         t0 = time.perf_counter()
         timer.start()
         for step in range(1, cfg.steps + 1):
-            lr = learning_rate(spec, step)
-            if lr != current_lr:
-                apply_schedule(optimizers, lr_factor(spec, step))
-                current_lr = lr
+            factor = lr_factor(spec, step)
+            if factor != current_factor:             # the optimizers' rates change only at a decay point
+                apply_schedule(optimizers, factor)
+                current_factor = factor
+            lr = cfg.lr * factor
             idx = batches.next()
             metrics = method.step(x_train[idx], y_train[idx])
             timer.step()                              # CPU only: a clock read, no sync

@@ -1,20 +1,19 @@
 """Faults injected into real `dnibench run` processes on tiny fake-MNIST suites: kill -9 at a random
 moment then a rerun, two processes starting on one fresh store, SIGTERM while the store is created.
 The store is read with sqlite3 directly, so a check never goes through the code under test."""
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from cli_processes import finish, start_run, wait_for
+
 from dnibench.store import check_damaged
 
-REPO = Path(__file__).resolve().parent.parent
 SUITE = """
 name: faults
 task: mnist
@@ -29,17 +28,7 @@ SEEDS = 2                                   # 2 methods x 2 seeds: 4 runs
 
 
 def start(suite: Path, db: Path, data_dir: Path, *extra) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(suite), "--profile", "smoke",
-                             "--seeds", str(SEEDS), "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
-                             "--data-dir", str(data_dir), "--no-progress", *extra],
-                            cwd=suite.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return start_run(suite, db, data_dir, SEEDS, *extra)
 
 
 def runs(db: Path) -> list[tuple[str, str, str | None]]:
@@ -64,14 +53,6 @@ def suite(tmp_path) -> Path:
     path = tmp_path / "faults.yaml"
     path.write_text(SUITE)
     return path
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.time() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def test_two_processes_on_one_fresh_store_both_finish(tmp_path, suite, fake_mnist_data_dir):

@@ -5,14 +5,14 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from cli_processes import finish, start_run, wait_for
+
 # bprop at lr 1e30 diverges (NaN from its second step, see test_divergence.py): FAILED, the others go on.
 SUITE = """
 name: jobs
@@ -31,17 +31,7 @@ SEEDS = 2
 
 
 def start(suite: Path, db: Path, data_dir: Path, jobs: int, seeds: int = SEEDS) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(suite), "--profile", "smoke",
-                             "--seeds", str(seeds), "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
-                             "--data-dir", str(data_dir), "--no-progress", "--jobs", str(jobs)],
-                            cwd=suite.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return start_run(suite, db, data_dir, seeds, "--jobs", str(jobs))
 
 
 def children(db: Path) -> list[dict]:
@@ -58,15 +48,6 @@ def children(db: Path) -> list[dict]:
             out.append({"id": run_id, "status": status, "hash": tags["config_hash"], "pid": int(tags["dnibench.owner.pid"]),
                         "failure": tags.get("failure"), "metrics": metrics})
         return out
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 120):
-    deadline = time.time() + timeout
-    while not (found := condition()):
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        assert time.time() < deadline, "timed out waiting"
-        time.sleep(0.02)
-    return found
 
 
 def suite_file(tmp_path: Path, diverging: bool = True) -> Path:

@@ -48,6 +48,15 @@ def adam(params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, **flags)
 
 
+def require_hidden_layers_for_width(settings: BaseModel, layers: str, width: str, what: str) -> None:
+    """A model with 0 hidden layers is linear and has no hidden width: a width given for it would be
+    silently ignored, so it is refused (``what`` names the model in the message)."""
+    value = getattr(settings, width)
+    if getattr(settings, layers) == 0 and value != type(settings).model_fields[width].default:
+        raise ValueError(f"{width} {value} has no effect with {layers} = 0 "
+                         f"(a linear {what}); leave it out or add hidden layers")
+
+
 @dataclass
 class Setup:
     """What a method needs to know about the run, fixed before training starts."""

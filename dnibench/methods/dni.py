@@ -27,7 +27,7 @@ from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer, one_hot
 from . import register
-from .base import Method, MethodSettings, task_loss
+from .base import Method, MethodSettings, require_hidden_layers_for_width, task_loss
 
 
 class DNISettings(MethodSettings):
@@ -40,10 +40,7 @@ class DNISettings(MethodSettings):
 
     @model_validator(mode="after")
     def _width_needs_hidden_layers(self):
-        # A linear synthesizer has no hidden width: a width given for it would be silently ignored.
-        if self.synth_hidden_layers == 0 and self.synth_width != type(self).model_fields["synth_width"].default:
-            raise ValueError(f"synth_width {self.synth_width} has no effect with synth_hidden_layers = 0 "
-                             "(a linear synthesizer); leave it out or add hidden layers")
+        require_hidden_layers_for_width(self, "synth_hidden_layers", "synth_width", "synthesizer")
         return self
 
 

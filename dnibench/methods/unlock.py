@@ -24,7 +24,7 @@ from pydantic import Field, StrictInt, model_validator
 
 from ..dni import ForwardInterface, SyntheticInputModel, one_hot
 from . import register
-from .base import task_loss
+from .base import require_hidden_layers_for_width, task_loss
 from .dni import DNI, DNISettings
 
 
@@ -38,10 +38,7 @@ class UnlockSettings(DNISettings):
 
     @model_validator(mode="after")
     def _input_width_needs_hidden_layers(self):
-        # A linear synthetic input model has no hidden width: a width given for it would be silently ignored.
-        if self.input_hidden_layers == 0 and self.input_width != type(self).model_fields["input_width"].default:
-            raise ValueError(f"input_width {self.input_width} has no effect with input_hidden_layers = 0 "
-                             "(a linear synthetic input model); leave it out or add hidden layers")
+        require_hidden_layers_for_width(self, "input_hidden_layers", "input_width", "synthetic input model")
         return self
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..methods.base import adam
 from ..suite import RunSpec
 from ..tracking import ResourceSampler, RunThreads, StepTimes
-from ..train import DivergenceWatch, apply_schedule, learning_rate, lr_factor, lr_metrics, resolve_device, seed_everything, sync
+from ..train import DivergenceWatch, apply_schedule, lr_factor, lr_metrics, resolve_device, seed_everything, sync
 from .core import LN2, LSTMCore, RecurrentMethod
 from .tasks import (Curriculum, EpisodeStreams, MultiscaleSettings, PTBSettings, RepeatCopySettings, CopySettings,
                     TextStreams, digit_window, lstm_units)
@@ -87,8 +87,9 @@ def _build(spec: RunSpec, in_dim: int, out_dim: int):
 
 def _set_lr(spec: RunSpec, optimizers: list[torch.optim.Optimizer], step: int) -> float:
     """Scale each optimizer's own base rate (synth_lr for a synthesizer); returns the run's lr."""
-    apply_schedule(optimizers, lr_factor(spec, step))
-    return learning_rate(spec, step)
+    factor = lr_factor(spec, step)
+    apply_schedule(optimizers, factor)
+    return spec.train.lr * factor
 
 
 # ---- Copy and Repeat Copy ---------------------------------------------------------------------------

@@ -1,0 +1,35 @@
+"""Real `dnibench run` processes for the fault and --jobs tests: start one on a suite, wait for a
+condition on the store while it runs, collect its exit status and output."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_run(suite: Path, db: Path, data_dir: Path, seeds: int, *extra: str) -> subprocess.Popen:
+    """`dnibench run SUITE --profile smoke` on CPU with one thread, in the suite's folder, with no
+    tracking URI, torchrun rank or job count inherited from the environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(suite), "--profile", "smoke",
+                             "--seeds", str(seeds), "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
+                             "--data-dir", str(data_dir), "--no-progress", *extra],
+                            cwd=suite.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120):
+    """Poll ``condition()`` until it is truthy (and return it), failing if the process ends first."""
+    deadline = time.time() + timeout
+    while not (found := condition()):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.02)
+    return found
