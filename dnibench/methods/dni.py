@@ -28,6 +28,7 @@ from torch import nn
 from ..dni import BackwardInterface, Synthesizer, one_hot
 from . import register
 from .base import Method, MethodSettings, require_hidden_layers_for_width, task_loss
+from .units import StageGroup
 
 
 class DNISettings(MethodSettings):
@@ -85,6 +86,7 @@ class DNI(Method):
             iface.pending = self.pending
         # delay = 0 keeps no history: the stage uses the synthesizer itself, exactly as without the option.
         self.stale = [StaleSynthesizer(s, settings.delay) for s in self.synthesizers] if settings.delay else []
+        self.groups = [StageGroup(self, i, i + 1) for i in range(len(stages))]   # the per-stage path's units
 
     @property
     def synthesizers(self):
@@ -119,29 +121,13 @@ class DNI(Method):
         self.record_synthesizers()
         context = one_hot(y, self.setup.num_classes) if self.conditioned else None
         metrics: dict[str, torch.Tensor] = {}
-        top = len(self.stages) - 1
         h = x
-        for i, stage in enumerate(self.stages):
-            learns = coins[i]
-            # The input arrives detached: no gradient ever flows to the stage below through it.
-            # It needs a gradient only to produce the target for the interface below (M_i).
-            h_in = h.detach().requires_grad_(learns and i > 0)
-            with torch.set_grad_enabled(learns):
-                h_out = stage(h_in)
-            if i == top:
-                loss = task_loss(h_out, y)
-                metrics["train_loss"] = loss.detach()
-                if learns:
-                    loss.backward()
-            else:
-                synthetic_gradient = self.synthetic_gradient(i, h_out, context)
-                if learns:
-                    h_out.backward(synthetic_gradient)
-            if learns:
-                self.apply_update(i)
-                if i > 0:                                  # bootstrapped (or, at the top, true) target for M_i
-                    metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(h_in.grad)
-            h = h_out.detach()
+        # One group per stage (methods/units.py: the rule a parallel worker runs on its slice too); the
+        # target a group returns is handed to the synthesizer of the group below at once.
+        for k, group in enumerate(self.groups):
+            h, target = group.train(h, y, context, coins, metrics)
+            if target is not None:
+                self.groups[k - 1].regress(target, metrics)
         return metrics
 
     def fused_step(self, x, y):

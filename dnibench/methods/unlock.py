@@ -78,29 +78,17 @@ class UnlockDNI(DNI):
         self.record_synthesizers()
         context = one_hot(y, self.setup.num_classes) if self.conditioned else None
         metrics: dict[str, torch.Tensor] = {}
-        top = len(self.stages) - 1
         real: dict[int, torch.Tensor] = {}                 # real outputs h_i of the stages that ran
-        for i, stage in enumerate(self.stages):
-            if not coins[i]:                               # p_update gates forward and backward together
-                continue
-            h_in = x if i == 0 else self.inputs[i - 1].send(x).requires_grad_(True)
-            h_out = stage(h_in)
-            if i == top:
-                loss = task_loss(h_out, y)
-                metrics["train_loss"] = loss.detach()
-                loss.backward()
-            else:
-                h_out.backward(self.synthetic_gradient(i, h_out, context))
-                real[i] = h_out.detach()
-            self.apply_update(i)
-            if i > 0:                                      # M_i at this stage's own (synthetic) input
-                self.interfaces[i - 1].send(h_in, context)
-                metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(h_in.grad)
+        # One group per stage (methods/units.py: the rule a parallel worker runs on its slice too); the
+        # (input, gradient) pair a group returns trains the synthesizer of the group below at once.
+        for k, group in enumerate(self.groups):
+            outputs, pair = group.train_unlocked(x, y, context, coins, metrics)
+            real.update(outputs)
+            if pair is not None:
+                self.groups[k - 1].regress(pair[1], metrics, h=pair[0], context=context)
         # The real inputs arrive after every stage has used its synthetic one (no stage waited).
-        for i, h in real.items():
-            if not coins[i + 1]:                           # stage i+1 did not ask for a synthetic input
-                self.inputs[i].send(x)
-            metrics[f"input_loss/h{i + 1}"] = self.inputs[i].receive(h)
+        for group in self.groups:
+            group.regress_inputs(real, x, coins, metrics)
         return metrics
 
     def fused_step(self, x, y):
