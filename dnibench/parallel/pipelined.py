@@ -1,0 +1,165 @@
+"""Pipelined backprop: one rank's stage group driven by ``torch.distributed.pipelining``.
+
+The standard engineering answer to update locking (issue 10): split the batch into M micro-batches
+and pipeline them through the K stage groups with GPipe (all forwards, then all backwards) or 1F1B
+(one forward, one backward in the steady state). It still waits for true gradients, so it pays the
+pipeline bubble (K-1)/(M+K-1) per step; the decoupled executor is compared against it.
+
+Transport is whatever process group the caller initialised (gloo on CPU in the tests and suites).
+PyTorch's own ``PipelineStage`` / ``ScheduleGPipe`` / ``Schedule1F1B`` run the schedule; this module
+only fixes the things the library leaves to its user:
+
+- **The loss scale.** The library calls ``loss_fn`` once per micro-batch and, with its default
+  ``scale_grads=True``, divides the summed gradients by M, which is the full-batch gradient only
+  when the loss is a per-micro-batch mean and every micro-batch has the same size. Here the
+  per-micro-batch loss is ``sum of cross-entropies / whole batch size`` and ``scale_grads=False``,
+  so the summed micro-batch gradients are exactly the gradient of the batch-mean cross-entropy
+  (``dnibench.methods.base.task_loss``) and the summed losses are the batch-mean loss.
+- **Static shapes.** Without example shapes the library infers them at the first step by running
+  the stage's forward on the first micro-batch (on stages > 0, on uninitialised tensors): with
+  BatchNorm in train mode that forward would move the running statistics once more than training
+  does. The shapes are therefore given up front (``in_shape``; the output shape is found once by
+  an eval-mode forward, which leaves BatchNorm's buffers alone), so the library runs in its static
+  mode and never touches the module outside the schedule.
+
+**Departure from one-process bprop (BatchNorm).** The paper's FCN and CNN have BatchNorm. With M > 1
+micro-batches each BatchNorm normalises over B/M examples, not B, and updates its running
+statistics M times per step. The gradient is then the sum of the micro-batch gradients, which equals
+one process doing the same micro-batch gradient accumulation (what tests/test_pipelined.py checks),
+not a whole-batch bprop step. With M = 1 (or a network without BatchNorm) it is exactly bprop.
+
+``step`` returns only after the schedule finished: the library waits on every send and receive it
+posted before ``step`` returns, so no pipelining communication is outstanding between steps.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def batch_mean_microbatch_loss(batch_size: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One micro-batch's share of the batch-mean cross-entropy (see the module doc): the sum over
+    micro-batches of these is ``task_loss`` on the whole batch, for any split."""
+    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, reduction="sum") / batch_size
+    return loss
+
+
+@torch.no_grad()
+def _output_shape(module: nn.Module, in_shape: tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device) -> tuple[int, ...]:
+    # eval(): BatchNorm uses (and does not update) its running statistics, so this probe changes nothing
+    was_training = module.training
+    module.eval()
+    try:
+        out = module(torch.zeros(2, *in_shape, dtype=dtype, device=device))
+    finally:
+        module.train(was_training)
+    return tuple(out.shape[1:])
+
+
+class PipelinedBprop:
+    """This rank's part of a K-rank pipelined bprop step (see the module doc).
+
+    ``module``: this rank's contiguous stage group (rank r holds pipeline stage r of ``world``);
+    ``in_shape``: per-example shape of its input (the data on rank 0, the activation below otherwise);
+    ``optimizer``: over ``module``'s parameters; ``loss_fn``: ``(logits, y) -> loss`` of one
+    micro-batch, default the share of the batch-mean cross-entropy; ``group``: the process group
+    (default: the world group) in which ``rank`` is this rank's group rank.
+    """
+
+    def __init__(self, module: nn.Module, rank: int, world: int, microbatches: int, batch_size: int,
+                 in_shape: tuple[int, ...], optimizer: torch.optim.Optimizer,
+                 device: torch.device | str = "cpu", loss_fn: Callable | None = None,
+                 group=None, schedule: str = "gpipe", dtype: torch.dtype = torch.float32):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} out of range for {world} workers")
+        if microbatches < 1 or batch_size % microbatches:
+            raise ValueError(f"batch size {batch_size} does not split into {microbatches} equal micro-batches")
+        if schedule == "1f1b" and microbatches < world:
+            # the library's 1F1B warm-up needs a micro-batch per stage in flight
+            raise ValueError(f"1f1b needs at least as many micro-batches as workers "
+                             f"({microbatches} < {world}); use gpipe")
+        self.rank, self.world, self.microbatches, self.batch_size = rank, world, microbatches, batch_size
+        self.device = torch.device(device)
+        self.module, self.optimizer = module, optimizer
+        self.timings: dict[str, float] = {"busy": 0.0, "wait": 0.0}
+        self.steps = 0
+        mb = batch_size // microbatches
+        out_shape = _output_shape(module, tuple(in_shape), dtype, self.device)
+        self.out_shape = out_shape
+        self.stage = PipelineStage(
+            module, rank, world, self.device,
+            # requires_grad in the examples is what tells the library which gradients travel: the
+            # output's gradient comes down to every stage but the last, the input's goes down from
+            # every stage but the first (the data needs none)
+            input_args=torch.empty(mb, *in_shape, dtype=dtype, device=self.device).requires_grad_(rank > 0),
+            output_args=torch.empty(mb, *out_shape, dtype=dtype, device=self.device).requires_grad_(True),
+            group=group)
+        self._loss_fn = loss_fn
+        cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
+        # every rank gets the loss: the library runs backward only where a loss_fn is set, and calls
+        # it on the last stage only
+        self.schedule = cls(self.stage, microbatches, loss_fn=self._loss, scale_grads=False)
+        self._busy = 0.0
+        self._wrap_compute()
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        fn = self._loss_fn or batch_mean_microbatch_loss(self.batch_size)
+        out = fn(logits, y)
+        self._busy += time.perf_counter() - start
+        return out
+
+    def _wrap_compute(self) -> None:
+        # The library exposes no timings: wrap the stage's two compute entry points on this instance
+        # so "busy" is forward + backward compute; everything else in a step (receives, waits on
+        # sends, the bubble) is "wait".
+        stage = self.stage
+        for name in ("forward_one_chunk", "backward_one_chunk"):
+            inner = getattr(stage, name)
+
+            def timed(*args, _inner=inner, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _inner(*args, **kwargs)
+                finally:
+                    self._busy += time.perf_counter() - start
+            setattr(stage, name, timed)
+
+    def step(self, x: torch.Tensor | None, y: torch.Tensor | None) -> torch.Tensor | None:
+        """One training step on the whole batch: ``x`` on rank 0 (None elsewhere), ``y`` on the last
+        rank (None elsewhere). Zeroes the gradients, runs the schedule, steps the optimizer; returns
+        the batch-mean loss (detached) on the last rank, None elsewhere."""
+        first, last = self.rank == 0, self.rank == self.world - 1
+        if first and (x is None or x.shape[0] != self.batch_size):
+            raise ValueError(f"rank 0 needs the batch x of {self.batch_size} examples")
+        if last and (y is None or y.shape[0] != self.batch_size):
+            raise ValueError(f"the last rank needs the labels y of {self.batch_size} examples")
+        start = time.perf_counter()
+        self._busy = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        losses: list[torch.Tensor] | None = [] if last else None
+        args = (x.to(self.device),) if first else ()
+        target = y.to(self.device) if last else None
+        self.schedule.step(*args, target=target, losses=losses, return_outputs=False)
+        opt_start = time.perf_counter()
+        self.optimizer.step()
+        end = time.perf_counter()
+        busy = self._busy + (end - opt_start)
+        self.timings["busy"] += busy
+        self.timings["wait"] += (end - start) - busy
+        self.steps += 1
+        if last:
+            return torch.stack([loss.detach() for loss in losses]).sum()
+        return None

@@ -1,0 +1,107 @@
+"""Pipelined bprop (dnibench/parallel/pipelined.py) in 2 real gloo processes equals one process.
+
+The FCN has BatchNorm, so with M micro-batches the one-process reference does the same micro-batch
+gradient accumulation (each BatchNorm normalises over B/M examples); with M = 1 the reference is a
+plain whole-batch bprop step with ``task_loss``. The optimizer is SGD: Adam is nearly invariant to the
+scale of the gradient, so it would hide a loss scaled by M, which SGD does not.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dnibench.methods.base import task_loss
+from dnibench.models import build_stages
+
+IN_SHAPE, CLASSES, BATCH, STEPS, LR = (12,), 5, 16, 3, 0.1
+CASES = [(1, "gpipe"), (4, "gpipe"), (4, "1f1b")]
+SPLIT = 2                                    # rank 0 holds stages [0, SPLIT), rank 1 the rest
+
+
+def _model() -> nn.ModuleList:
+    torch.manual_seed(0)
+    return build_stages("fcn4", IN_SHAPE, CLASSES)
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(BATCH, *IN_SHAPE, generator=g), torch.randint(0, CLASSES, (BATCH,), generator=g))
+            for _ in range(STEPS)]
+
+
+def _worker(rank: int, world: int, rdzv: str, out: str) -> None:
+    from dnibench.parallel.pipelined import PipelinedBprop
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=world)
+    try:
+        results = {}
+        for m, schedule in CASES:
+            stages = _model()
+            part = nn.Sequential(*(stages[:SPLIT] if rank == 0 else stages[SPLIT:]))
+            in_shape = IN_SHAPE if rank == 0 else (256,)
+            opt = torch.optim.SGD(part.parameters(), lr=LR)
+            pipe = PipelinedBprop(part, rank, world, m, BATCH, in_shape, opt, schedule=schedule)
+            losses = []
+            for x, y in _batches():
+                loss = pipe.step(x if rank == 0 else None, y if rank == world - 1 else None)
+                losses.append(None if loss is None else float(loss))
+            results[(m, schedule)] = {"state": part.state_dict(), "losses": losses,
+                                      "timings": dict(pipe.timings)}
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _reference(m: int) -> tuple[dict, list[float]]:
+    stages = _model()
+    net = nn.Sequential(*stages)
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    losses = []
+    for x, y in _batches():
+        opt.zero_grad()
+        if m == 1:
+            loss = task_loss(net(x), y)
+            loss.backward()
+        else:
+            loss = 0.0
+            for xc, yc in zip(x.chunk(m), y.chunk(m)):
+                part = task_loss(net(xc), yc) * (len(yc) / BATCH)
+                part.backward()
+                loss = loss + part.detach()
+        losses.append(float(loss.detach()))
+        opt.step()
+    return net.state_dict(), losses
+
+
+def test_pipelined_two_processes_equal_one_process(tmp_path):
+    world = 2
+    # the references first: the forked children then inherit torch's warmed-up state (the first
+    # backward and optimizer step in a process cost seconds)
+    refs = {m: _reference(m) for m in {m for m, _ in CASES}}
+    # fork: the children start with torch already imported (spawn re-imports it, seconds per process)
+    mp.start_processes(_worker, args=(world, f"file://{tmp_path}/rdzv", str(tmp_path / "out")),
+                       nprocs=world, join=True, start_method="fork")
+    parts = [torch.load(tmp_path / f"out.{r}", weights_only=False) for r in range(world)]
+    for m, schedule in CASES:
+        ref_state, ref_losses = refs[m]
+        first, last = parts[0][(m, schedule)], parts[1][(m, schedule)]
+        assert first["losses"] == [None] * STEPS
+        assert last["losses"] == __import__("pytest").approx(ref_losses, rel=1e-5)
+        # rank 0's Sequential holds stages 0..SPLIT-1, rank 1's holds the rest: rename to the reference's keys
+        got = {}
+        for rank, state in ((0, first["state"]), (1, last["state"])):
+            for key, value in state.items():
+                idx, rest = key.split(".", 1)
+                got[f"{int(idx) + (0 if rank == 0 else SPLIT)}.{rest}"] = value
+        assert set(got) == set(ref_state)
+        for key, value in ref_state.items():
+            # parameters and BatchNorm buffers (running statistics move once per micro-batch in both)
+            assert torch.allclose(got[key].float(), value.float(), atol=1e-5, rtol=1e-4), (m, schedule, key)
+        # the parameters really moved (the comparison is not of two untouched initialisations)
+        init = nn.Sequential(*_model()).state_dict()
+        assert not torch.allclose(init["0.1.weight"], ref_state["0.1.weight"])
+        for part in (first, last):
+            assert part["timings"]["busy"] > 0 and part["timings"]["wait"] >= 0
