@@ -73,7 +73,7 @@ def _worker(conn, tracking_uri: str, device: str, data_dir, cifar_dir, jobs: int
 
     from .runner import _run_child
     from .tasks import get_task
-    from .train import resolve_device
+    from .loop import resolve_device
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     dev = resolve_device(device)

@@ -24,7 +24,7 @@ from .pool import MAX_JOBS, WorkerPool
 from .suite import RunSpec, Suite, check_all_profiles, load_suite, plan
 from .tasks import get_task
 from .tracking import installed_packages, machine_description, run_tags, write_json
-from .train import resolve_device
+from .loop import resolve_device
 
 ROLE = "dnibench.role"
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"

@@ -25,8 +25,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from ..conventions import ConventionSettings
 from ..errors import SuiteError
-from ..tasks import ConventionSettings, Task, register_task
+from ..tasks import Task, register_task
 
 MAX_UNITS = 16384
 

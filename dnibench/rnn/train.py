@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..loop import DivergenceWatch, apply_schedule, lr_factor, lr_metrics, resolve_device, seed_everything, sync
 from ..methods.base import adam
-from ..suite import RunSpec
 from ..tracking import ResourceSampler, RunThreads, StepTimes
-from ..train import DivergenceWatch, apply_schedule, lr_factor, lr_metrics, resolve_device, seed_everything, sync
 from .core import LN2, LSTMCore, RecurrentMethod
 from .tasks import (Curriculum, EpisodeStreams, MultiscaleSettings, PTBSettings, RepeatCopySettings, CopySettings,
                     TextStreams, digit_window, lstm_units)
+
+if TYPE_CHECKING:
+    from ..suite import RunSpec
 
 LogFn = Callable[[dict[str, float], int], None]
 
