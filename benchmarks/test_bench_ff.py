@@ -7,14 +7,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from dnibench.methods import Setup, get_method
 from dnibench.models import build_stages, stage_output_shapes
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from bench_device import DEVICE, sync
+
 BATCH, IN_SHAPE = 256, (1, 28, 28)
 MATMUL = {}                       # FLOP/s of the reference matmul, measured first in this session
-
-
-def sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(benchmark, fn, rounds=20, warmup=5):

@@ -20,14 +20,10 @@ from torch import nn
 from dnibench.methods import Setup, get_method
 from dnibench.models import build_stages, stage_output_shapes
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from bench_device import DEVICE, sync
+
 IN_SHAPE, MODEL, CLASSES = (1, 28, 28), "fcn6", 10
 WARMUP, ROUNDS = 10, 60
-
-
-def sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def adam(params, lr):

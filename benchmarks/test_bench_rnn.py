@@ -10,15 +10,11 @@ from dnibench.methods import get_method
 from dnibench.rnn.core import LSTMCore
 from dnibench.rnn.train import copy_loss, ptb_loss
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from bench_device import DEVICE, sync
+
 BATCH, T = 256, 5
 CASES = {"copy-lstm256": (256, 9, 9), "ptb-lstm1024": (1024, 50, 50)}
 BASE = {}                                                  # bptt steps/s per case, measured first
-
-
-def sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("case", list(CASES))
