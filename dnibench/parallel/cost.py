@@ -1,0 +1,320 @@
+"""A cost model of the parallel schedules: steady-state throughput for K workers (issue 10).
+
+Measured where we can (K = 1, 2 and 4 here), modelled beyond: from per-stage compute times measured
+in one process (``measure_stage_costs``) and a link's latency and bandwidth (``ping_pong`` +
+``fit_link`` on the real transport, or a cluster preset below), ``predict`` gives samples/s per
+schedule for any K. The report puts the prediction next to each measured K with its relative error.
+
+Per step of a batch of B examples, with the N stages split over K workers into contiguous groups
+(``partition``: the split minimising the slowest group), worker k's group has forward time F_k,
+backward time B_k, optimizer update U_k, synthesizer time S_k (its synthesizer's forward, backward
+and regression update: dni/cdni/unlock) and synthetic-input model time I_k (unlock), and a message
+across boundary b (activation up, or its gradient down: same size) takes m_b = latency + bytes/bandwidth:
+
+- **locked bprop**: everything in series: T = sum_k (F_k + B_k) + 2 sum_b m_b + max_k U_k
+  (a worker's update overlaps the backward of the workers below; the largest one is charged).
+- **pipelined bprop, GPipe with M micro-batches**: per-micro-batch costs f_k = F_k/M, b_k = B_k/M,
+  messages of 1/M the bytes. The forward phase is one micro-batch's trip through all workers plus
+  M-1 intervals of the slowest worker, likewise the backward:
+  T = [sum f + sum m + (M-1) max_k (f_k + m_k)] + [sum b + sum m + (M-1) max_k (b_k + m_k)] + max_k U_k,
+  with m_k the message worker k sends (sends are charged to the sender: gloo's copies use its CPU).
+  For equal stages and free messages this is (M+K-1) (f+b): the bubble (K-1)/(M+K-1). At M = 1 it is
+  the locked formula. Micro-batches are assumed to cost 1/M of the batch; on real hardware small
+  micro-batches run less efficiently, which the measured K = 2 runs show (the report's error column).
+- **decoupled dni / cdni / unlock**: nothing waits for a gradient (unlock: nor for an input), so in
+  the steady state each worker runs at its own pace and the slowest sets the rate:
+  T = max_k (F_k + B_k + U_k + S_k + I_k + sends_k), sends_k = the activation up plus the gradient
+  (dni's bootstrapped target) down. For dni/cdni the forward still flows through the workers, which
+  adds latency but not a rate limit in the steady state.
+
+**More workers than stages.** FCN-6 has 6 stages and a stage cannot be split, so K > N workers do not
+fit the paper's network. ``predict_scaling`` answers "what if the net were as deep as the cluster":
+for K > N it deepens the network to K stages by repeating its middle (hidden) stage, the costs and
+message size of a 256-unit hidden layer, and reports the throughput of that deeper network with its
+own one-process throughput for the efficiency. K <= N uses the real network's stages.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+SCHEDULES = ("locked", "gpipe", "dni", "cdni", "unlock")
+DECOUPLED = ("dni", "cdni", "unlock")
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """Seconds per batch for one stage (whole batch), and the bytes of its output activation."""
+    forward: float
+    backward: float
+    update: float = 0.0
+    synth: float = 0.0           # synthesizer on this stage's output: forward, backward, regression update
+    synth_input: float = 0.0     # synthetic-input model of this stage's input (unlock)
+    out_bytes: int = 0           # the activation (and its gradient) sent to the next stage
+
+
+@dataclass(frozen=True)
+class Link:
+    latency_s: float
+    bandwidth_Bps: float
+
+    def message(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth_Bps
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Links between neighbouring workers: ``intra`` inside a node of ``per_node`` workers, else ``inter``."""
+    name: str
+    intra: Link
+    inter: Link
+    per_node: int
+
+    def link(self, boundary: int) -> Link:
+        # boundary b is between workers b and b+1
+        return self.intra if (boundary // self.per_node) == ((boundary + 1) // self.per_node) else self.inter
+
+
+# Assumptions, not measurements (facts from vendor specifications; latencies are typical figures):
+# - CPU cluster: 10 Gigabit Ethernet (IEEE 802.3ae line rate 10 Gb/s = 1.25 GB/s; taken as 1.1 GB/s
+#   after TCP/IP framing) with gloo over TCP, 50 us one-way latency (kernel TCP stack, a switch hop);
+#   one worker per node (a node's cores run one worker's intra-op threads).
+# - GPU cluster: 8 GPUs per node on NVLink 4 (NVIDIA H100 SXM datasheet: 900 GB/s total per GPU,
+#   i.e. 450 GB/s each way; 10 us per NCCL p2p message), nodes on InfiniBand NDR (NVIDIA ConnectX-7
+#   product brief: 400 Gb/s = 50 GB/s per port; 5 us with NCCL's per-message overhead).
+CPU_CLUSTER = Cluster("cpu-10gbe", intra=Link(50e-6, 1.1e9), inter=Link(50e-6, 1.1e9), per_node=1)
+GPU_CLUSTER = Cluster("gpu-nvlink-ib", intra=Link(10e-6, 450e9), inter=Link(5e-6, 50e9), per_node=8)
+PRESETS = {c.name: c for c in (CPU_CLUSTER, GPU_CLUSTER)}
+
+
+def partition(costs: list[float], k: int) -> list[tuple[int, int]]:
+    """Contiguous split of len(costs) stages into k non-empty groups minimising the largest group
+    sum (exact, by dynamic programming; N is small). Returns [start, end) per group."""
+    n = len(costs)
+    if not 1 <= k <= n:
+        raise ValueError(f"{k} workers cannot each own a stage of a {n}-stage network")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for g in range(1, k + 1):
+        for end in range(g, n + 1):
+            for start in range(g - 1, end):
+                value = max(best[g - 1][start], prefix[end] - prefix[start])
+                if value < best[g][end]:
+                    best[g][end], cut[g][end] = value, start
+    groups, end = [], n
+    for g in range(k, 0, -1):
+        groups.append((cut[g][end], end))
+        end = cut[g][end]
+    return groups[::-1]
+
+
+def _group(stages: list[StageCost], lo: int, hi: int) -> StageCost:
+    part = stages[lo:hi]
+    return StageCost(forward=sum(s.forward for s in part), backward=sum(s.backward for s in part),
+                     update=sum(s.update for s in part), synth=sum(s.synth for s in part),
+                     synth_input=sum(s.synth_input for s in part), out_bytes=part[-1].out_bytes)
+
+
+def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster | Link,
+              microbatches: int = 1) -> float:
+    """Predicted seconds per batch in the steady state (see the module doc for each formula)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if microbatches < 1:
+        raise ValueError(f"microbatches {microbatches}: expected at least 1")
+    if schedule != "gpipe" and microbatches != 1:
+        raise ValueError(f"micro-batches apply to gpipe only, not {schedule}")
+    groups = [_group(stages, lo, hi) for lo, hi in
+              partition([s.forward + s.backward + s.synth + s.synth_input for s in stages], k)]
+
+    def link(b: int) -> Link:
+        return cluster.link(b) if isinstance(cluster, Cluster) else cluster
+
+    # message time across boundary b (between workers b and b+1) for a batch / micro-batch
+    msg = [link(b).message(groups[b].out_bytes / microbatches) for b in range(k - 1)]
+    update = max(g.update for g in groups)
+    if schedule in ("locked", "gpipe"):
+        m = microbatches
+        f = [g.forward / m for g in groups]
+        b = [g.backward / m for g in groups]
+        up = [msg[i] if i < k - 1 else 0.0 for i in range(k)]        # activation sent up by worker i
+        down = [msg[i - 1] if i > 0 else 0.0 for i in range(k)]      # gradient sent down by worker i
+        forward = sum(f) + sum(msg) + (m - 1) * max(fi + ui for fi, ui in zip(f, up))
+        backward = sum(b) + sum(msg) + (m - 1) * max(bi + di for bi, di in zip(b, down))
+        return forward + backward + update
+    per_worker = []
+    for i, g in enumerate(groups):
+        sends = (msg[i] if i < k - 1 else 0.0) + (msg[i - 1] if i > 0 else 0.0)
+        synth_input = g.synth_input if schedule == "unlock" else 0.0
+        per_worker.append(g.forward + g.backward + g.update + g.synth + synth_input + sends)
+    return max(per_worker)
+
+
+def throughput(schedule: str, stages: list[StageCost], k: int, cluster: Cluster | Link,
+               batch_size: int, microbatches: int = 1) -> float:
+    """Predicted samples per second."""
+    return batch_size / step_time(schedule, stages, k, cluster, microbatches)
+
+
+def deepen(stages: list[StageCost], depth: int) -> list[StageCost]:
+    """The network made ``depth`` stages deep by repeating its middle stage (a hidden layer: the
+    first stage reads the data, the last is the classifier), for K > N (see the module doc)."""
+    if depth <= len(stages):
+        return list(stages)
+    if len(stages) < 3:
+        raise ValueError("deepening needs a network with a hidden stage between the first and the last")
+    middle = stages[len(stages) // 2]
+    return stages[:-1] + [middle] * (depth - len(stages)) + stages[-1:]
+
+
+def predict_scaling(stages: list[StageCost], batch_size: int, cluster: Cluster | Link,
+                    workers=range(1, 65), schedules: dict[str, dict] | None = None) -> list[dict]:
+    """One row per (K, schedule label): predicted samples/s, the one-process samples/s of the same
+    network, speed-up and parallel efficiency. ``schedules`` maps a label to step_time keywords
+    (default: locked, gpipe M=4 and M=8, dni, cdni, unlock). For K > N the network is deepened
+    (``deepen``): the row says how many stages it modelled."""
+    schedules = schedules or {"locked": {"schedule": "locked"},
+                              "gpipe_m4": {"schedule": "gpipe", "microbatches": 4},
+                              "gpipe_m8": {"schedule": "gpipe", "microbatches": 8},
+                              "dni": {"schedule": "dni"}, "cdni": {"schedule": "cdni"},
+                              "unlock": {"schedule": "unlock"}}
+    rows = []
+    for k in workers:
+        net = deepen(stages, k)
+        for label, kw in schedules.items():
+            kw = dict(kw)
+            schedule = kw.pop("schedule")
+            rate = throughput(schedule, net, k, cluster, batch_size, **kw)
+            # the one-process reference of the same network and method: locked bprop for the bprop
+            # schedules (a single process runs no pipeline), the method itself otherwise
+            serial = throughput("locked" if schedule in ("locked", "gpipe") else schedule, net, 1, cluster,
+                                batch_size)
+            rows.append({"workers": k, "schedule": label, "stages": len(net), "samples_per_s": rate,
+                         "serial_samples_per_s": serial, "speedup": rate / serial,
+                         "efficiency": rate / (k * serial)})
+    return rows
+
+
+# --- measurement -------------------------------------------------------------------------------
+
+def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_classes: int,
+                        synth_hidden_layers: int | None = None, synth_width: int = 1024,
+                        context: bool = False, synth_input_layers: int | None = None,
+                        repeats: int = 5, lr: float = 3e-5) -> list[StageCost]:
+    """Per-stage compute times of ``stages`` (an nn.ModuleList) in this process, median of
+    ``repeats`` after one warm-up: forward, backward from a given output gradient, Adam update;
+    with ``synth_hidden_layers`` also the synthesizer on each stage's output but the last (forward,
+    backward, regression, Adam update; ``context``: cDNI's label input), and with
+    ``synth_input_layers`` a synthetic-input model of each stage's input but the first."""
+    import statistics
+
+    import torch
+
+    from ..dni import Synthesizer, SyntheticInputModel, one_hot
+    from ..methods.base import adam
+
+    def timed(fn) -> float:
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(batch_size, *in_shape, generator=gen)
+    x = data                                     # the stage's input, the data for the first
+    c = one_hot(torch.randint(0, num_classes, (batch_size,), generator=gen), num_classes) if context else None
+    costs = []
+    for i, stage in enumerate(stages):
+        stage.train()
+        opt = adam(stage.parameters(), lr)
+        h_in = x.detach().requires_grad_(i > 0)
+        with torch.no_grad():
+            out_shape = stage(h_in).shape
+        grad = torch.randn(out_shape, generator=gen)
+        forward = timed(lambda: stage(h_in))
+
+        def fwd_bwd():
+            opt.zero_grad(set_to_none=True)
+            out = stage(h_in)
+            out.backward(grad)
+        backward = max(timed(fwd_bwd) - forward, 0.0)
+        fwd_bwd()
+        update = timed(opt.step)
+        synth = 0.0
+        if synth_hidden_layers is not None and i < len(stages) - 1:
+            model = Synthesizer(tuple(out_shape[1:]), synth_hidden_layers, synth_width,
+                                context_dim=num_classes if context else 0)
+            s_opt = adam(model.parameters(), lr)
+            h = torch.randn(out_shape, generator=gen)
+
+            def synth_step():
+                s_opt.zero_grad(set_to_none=True)
+                pred = model(h, c)
+                torch.nn.functional.mse_loss(pred, grad).backward()
+                s_opt.step()
+            synth = timed(synth_step)
+        synth_input = 0.0
+        if synth_input_layers is not None and i > 0:
+            model = SyntheticInputModel(tuple(in_shape), tuple(h_in.shape[1:]), synth_input_layers)
+            i_opt = adam(model.parameters(), lr)
+            target = h_in.detach()
+
+            def input_step():
+                i_opt.zero_grad(set_to_none=True)
+                torch.nn.functional.mse_loss(model(data), target).backward()
+                i_opt.step()
+            synth_input = timed(input_step)
+        costs.append(StageCost(forward=forward, backward=backward, update=update, synth=synth,
+                               synth_input=synth_input,
+                               out_bytes=int(torch.Size(out_shape).numel()) * 4))
+        x = stage(h_in).detach()
+    return costs
+
+
+def ping_pong(rank: int, peer: int, sizes: list[int], repeats: int = 20, group=None) -> dict[int, float]:
+    """One-way message time in seconds by message size in bytes (float32 tensors), half the median
+    round trip between ``rank`` and ``peer`` over torch.distributed (both ranks call it; the lower
+    rank starts). Returns the times on both ranks."""
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+
+    result = {}
+    for size in sizes:
+        buf = torch.zeros(max(size // 4, 1))
+        samples = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            if rank < peer:
+                dist.send(buf, peer, group=group)
+                dist.recv(buf, peer, group=group)
+            else:
+                dist.recv(buf, peer, group=group)
+                dist.send(buf, peer, group=group)
+            if i:                                    # the first round trip sets up the connection
+                samples.append(time.perf_counter() - start)
+        result[size] = statistics.median(samples) / 2
+    return result
+
+
+def fit_link(times: dict[int, float]) -> Link:
+    """Latency and bandwidth from one-way times at two or more sizes: least squares of
+    t = latency + bytes / bandwidth (latency clipped at 0; bandwidth from the slope)."""
+    if len(times) < 2:
+        raise ValueError("fit_link needs times at two or more message sizes")
+    xs, ys = list(times), list(times.values())
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    if slope <= 0:
+        raise ValueError("message times do not grow with size: measure larger messages")
+    return Link(latency_s=max(my - slope * mx, 0.0), bandwidth_Bps=1.0 / slope)

@@ -1,0 +1,131 @@
+"""The parallel cost model (dnibench/parallel/cost.py) on synthetic inputs with known answers."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dnibench.parallel import cost
+from dnibench.parallel.cost import Link, StageCost
+
+FREE = Link(0.0, math.inf)
+# four unequal stages, 1 MB activations
+STAGES = [StageCost(forward=f, backward=2 * f, update=0.1 * f, synth=0.5 * f, synth_input=0.3 * f,
+                    out_bytes=1_000_000) for f in (1.0, 3.0, 2.0, 0.5)]
+SLOW_LINK = Link(0.01, 1e8)                   # 10 ms + 10 ms per MB
+
+
+def test_partition_minimises_the_largest_group():
+    assert cost.partition([1, 2, 3, 4, 5], 2) == [(0, 3), (3, 5)]          # 6 | 9 (not 10 | 5)
+    assert cost.partition([5, 1, 1, 1, 5], 3) == [(0, 1), (1, 4), (4, 5)]
+    assert cost.partition([1, 1], 1) == [(0, 2)]
+    with pytest.raises(ValueError, match="cannot each own a stage"):
+        cost.partition([1, 1], 3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_gpipe_with_one_microbatch_is_locked(k):
+    locked = cost.step_time("locked", STAGES, k, SLOW_LINK)
+    assert cost.step_time("gpipe", STAGES, k, SLOW_LINK, microbatches=1) == pytest.approx(locked)
+    # locked: all compute in series plus two messages per boundary, plus the largest update
+    groups = cost.partition([s.forward + s.backward + s.synth + s.synth_input for s in STAGES], k)
+    updates = [sum(s.update for s in STAGES[lo:hi]) for lo, hi in groups]
+    expected = sum(s.forward + s.backward for s in STAGES) + 2 * (k - 1) * SLOW_LINK.message(1e6) + max(updates)
+    assert locked == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("k,m", [(2, 4), (4, 4), (4, 8), (3, 1)])
+def test_gpipe_bubble_on_equal_stages(k, m):
+    stages = [StageCost(forward=1.0, backward=2.0)] * k
+    t = cost.step_time("gpipe", stages, k, FREE, microbatches=m)
+    # (M + K - 1) micro-batch slots of 3/M seconds: the bubble is (K-1)/(M+K-1) of the step
+    assert t == pytest.approx((m + k - 1) * 3.0 / m)
+    ideal = 3.0 * k / k                         # the whole batch's work spread over K workers
+    assert 1 - ideal / t == pytest.approx((k - 1) / (m + k - 1))
+
+
+def test_decoupled_with_free_messages_is_the_slowest_worker():
+    k = len(STAGES)
+    for schedule in ("dni", "cdni"):
+        t = cost.step_time(schedule, STAGES, k, FREE)
+        assert t == pytest.approx(max(s.forward + s.backward + s.update + s.synth for s in STAGES))
+    unlock = cost.step_time("unlock", STAGES, k, FREE)
+    assert unlock == pytest.approx(max(s.forward + s.backward + s.update + s.synth + s.synth_input for s in STAGES))
+    # messages: the middle worker sends up and down
+    t = cost.step_time("dni", STAGES, k, SLOW_LINK)
+    assert t == pytest.approx(3.0 + 6.0 + 0.3 + 1.5 + 2 * SLOW_LINK.message(1e6))
+
+
+def test_throughput_and_scaling_rows():
+    assert cost.throughput("dni", STAGES, 1, FREE, 256) == pytest.approx(256 / sum(
+        s.forward + s.backward + s.update + s.synth for s in STAGES))
+    rows = cost.predict_scaling(STAGES, 256, cost.CPU_CLUSTER, workers=[1, 2, 8])
+    by = {(r["workers"], r["schedule"]): r for r in rows}
+    assert by[(1, "cdni")]["efficiency"] == pytest.approx(1.0)
+    assert by[(8, "cdni")]["stages"] == 8 and by[(2, "cdni")]["stages"] == 4
+    # the decoupled schedule scales; locked bprop gains only from overlapping the workers' updates
+    # (with free updates it never beats one process: it adds messages and overlaps nothing)
+    assert by[(8, "cdni")]["speedup"] > 2.0
+    no_update = [replace(s, update=0.0) for s in STAGES]
+    locked = cost.predict_scaling(no_update, 256, cost.CPU_CLUSTER, workers=[2], schedules={"l": {"schedule": "locked"}})
+    assert locked[0]["speedup"] < 1.0
+    assert by[(8, "gpipe_m8")]["speedup"] > by[(8, "gpipe_m4")]["speedup"] > by[(8, "locked")]["speedup"]
+
+
+def test_deepen_repeats_a_hidden_stage():
+    deep = cost.deepen(STAGES, 7)
+    assert len(deep) == 7 and deep[0] == STAGES[0] and deep[-1] == STAGES[-1]
+    assert deep[3:6] == [STAGES[2]] * 3
+    assert cost.deepen(STAGES, 3) == STAGES
+
+
+def test_cluster_links_and_bad_input():
+    gpu = cost.GPU_CLUSTER
+    assert gpu.link(0) == gpu.intra and gpu.link(7) == gpu.inter and gpu.link(8) == gpu.intra
+    with pytest.raises(ValueError, match="schedule 'pipe'"):
+        cost.step_time("pipe", STAGES, 2, FREE)
+    with pytest.raises(ValueError, match="gpipe only"):
+        cost.step_time("dni", STAGES, 2, FREE, microbatches=4)
+
+
+def test_fit_link_recovers_latency_and_bandwidth():
+    link = Link(2e-4, 5e8)
+    fitted = cost.fit_link({n: link.message(n) for n in (4, 65536, 1 << 20)})
+    assert fitted.latency_s == pytest.approx(2e-4, rel=1e-6)
+    assert fitted.bandwidth_Bps == pytest.approx(5e8, rel=1e-6)
+    with pytest.raises(ValueError, match="two or more"):
+        cost.fit_link({4: 1e-4})
+
+
+def test_measure_stage_costs_on_a_tiny_fcn():
+    from dnibench.models import build_stages
+    torch.manual_seed(0)
+    stages = build_stages("fcn3", (8,), 4)
+    costs = cost.measure_stage_costs(stages, (8,), 32, 4, synth_hidden_layers=0, context=True,
+                                     synth_input_layers=0, repeats=2)
+    assert len(costs) == 3
+    assert all(c.forward > 0 and c.update > 0 for c in costs)
+    assert [c.out_bytes for c in costs] == [32 * 256 * 4, 32 * 256 * 4, 32 * 4 * 4]
+    assert costs[0].synth > 0 and costs[-1].synth == 0.0            # no synthesizer on the logits
+    assert costs[0].synth_input == 0.0 and costs[1].synth_input > 0  # no synthetic input for the data
+
+
+def _ping(rank: int, rdzv: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
+    try:
+        torch.save(cost.ping_pong(rank, 1 - rank, [4, 1 << 20], repeats=3), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ping_pong_over_gloo(tmp_path):
+    mp.start_processes(_ping, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=2,
+                       join=True, start_method="fork")
+    for rank in (0, 1):
+        times = torch.load(tmp_path / f"out.{rank}")
+        assert set(times) == {4, 1 << 20}
+        assert all(0 < t < 1.0 for t in times.values())
