@@ -18,11 +18,23 @@ class DataNotProvided(DataError):
     the runner skips its suites with a notice instead of failing the whole invocation."""
 
 
-class Diverged(DnibenchError):
-    """A run whose loss became non-finite: it is stopped and marked FAILED with ``reason`` as its
-    ``failure`` tag, and the suite goes on to the next run (a diverged run is not a result)."""
+class RunFailed(DnibenchError):
+    """A run that cannot give a result: it is stopped and marked FAILED with ``reason`` (one line) as
+    its ``failure`` tag, and the suite goes on to the next run."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        self.reason = reason
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+
+
+class Diverged(RunFailed):
+    """A run whose loss became non-finite (a diverged run is not a result)."""
 
     def __init__(self, step: int, what: str = "loss"):
         self.step = step
-        self.reason = f"diverged at step {step}"
-        super().__init__(f"{self.reason} (non-finite {what})")
+        super().__init__(f"diverged at step {step}", f"non-finite {what}")
+
+
+class WorkerFailed(RunFailed):
+    """A parallel run (dnibench/parallel/) one of whose worker processes died, raised, or timed out
+    waiting for a peer: the other workers are killed and the run ends FAILED with the reason."""

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from . import interrupt, store
-from .errors import DataNotProvided, Diverged, DnibenchError
+from .errors import DataNotProvided, DnibenchError, RunFailed
 from .metric_log import MetricBuffer
 from .pool import MAX_JOBS, WorkerPool
 from .suite import RunSpec, Suite, check_all_profiles, load_suite, plan
@@ -164,6 +164,9 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
         except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
     left = [(suite, todo) for suite, todo in left if todo and suite.task in datasets]
+    if jobs > 1 and any(s.parallel is not None for _, todo in left for s in todo):
+        # a parallel run starts its own worker processes and wants the cores for them
+        raise DnibenchError(f"--jobs {jobs}: the suites have runs with parallel workers; run them with --jobs 1")
     for suite, todo in left:        # all checked before a single run is created
         _check_batch_sizes(suite, todo, datasets[suite.task])
     client = client or prepare_store(tracking_uri, [])
@@ -247,6 +250,8 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
     log = None
     try:
         params = flatten("", spec.resolved(), {})
+        if spec.parallel is not None:               # also under the short names: workers, schedule, ...
+            params.update(spec.parallel.params())
         items = list(params.items())
         for start in range(0, len(items), 100):     # MLflow accepts at most 100 params per batch
             client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in items[start:start + 100]])
@@ -261,7 +266,7 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
         get_task(spec.task).train(spec, data, log, on_step=on_step)
         bar.close()
         status = "FINISHED"
-    except Diverged as err:
+    except RunFailed as err:              # diverged, or a parallel run's worker died
         bar.close()
         client.set_tag(run_id, FAILURE_TAG, err.reason)
         return err.reason

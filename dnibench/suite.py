@@ -9,11 +9,12 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import DnibenchError, SuiteError
 
@@ -56,6 +57,49 @@ class TrainSettings(Strict):
         return self
 
 
+MAX_WORKERS = 64
+MAX_MICROBATCHES = 4096
+SCHEDULES = ("locked", "pipelined", "decoupled")
+DEFAULT_MAX_IN_FLIGHT = 4
+
+
+class ParallelSettings(Strict):
+    """How one run's stages are spread over worker processes (dnibench/parallel/). Resolved per run by
+    ``plan`` (schedule and max_in_flight filled in from the method), so it is complete in the hash."""
+    workers: StrictInt = Field(ge=1, le=MAX_WORKERS)    # K processes, each a contiguous group of stages
+    # bprop: locked (naive model parallelism) or pipelined (micro-batches); DNI family: decoupled
+    schedule: Literal["locked", "pipelined", "decoupled"]
+    microbatches: StrictInt | None = Field(None, ge=1, le=MAX_MICROBATCHES)   # pipelined only: M
+    lockstep: StrictBool = False        # decoupled only: wait for every target (equals one process)
+    # Decoupled only, flow control: a worker trains batch t only while at most max_in_flight - 1 of its
+    # earlier batches still wait for their target from above (with complete unlock: also for their
+    # real input from below); a wait on it counts as waiting for a gradient (input). lockstep = 1.
+    max_in_flight: StrictInt | None = Field(None, ge=1, le=10_000)
+
+    def params(self) -> dict[str, str]:
+        """The run parameters a parallel run logs under their short names."""
+        return {"workers": str(self.workers), "schedule": self.schedule,
+                "microbatches": str(self.microbatches or ""), "lockstep": str(self.lockstep).lower(),
+                "max_in_flight": str(self.max_in_flight or "")}
+
+
+class ParallelBlock(Strict):
+    """``parallel:`` in a suite entry (or a profile, whose fields replace the entry's): lists of
+    ``workers`` and ``microbatches`` expand to one run each, like a sweep."""
+    workers: StrictInt | Annotated[list[StrictInt], Field(min_length=1, max_length=64)]
+    schedule: Literal["locked", "pipelined", "decoupled"] | None = None   # default: from the method
+    microbatches: StrictInt | Annotated[list[StrictInt], Field(min_length=1, max_length=64)] | None = None
+    lockstep: StrictBool | None = None
+    max_in_flight: StrictInt | None = None
+
+    def points(self) -> list[dict[str, Any]]:
+        workers = self.workers if isinstance(self.workers, list) else [self.workers]
+        micro = self.microbatches if isinstance(self.microbatches, list) else [self.microbatches]
+        rest = self.model_dump(exclude={"workers", "microbatches"}, exclude_none=True)
+        return [{**rest, "workers": k, **({"microbatches": m} if m is not None else {})}
+                for k in workers for m in micro]
+
+
 class Profile(Strict):
     description: str = ""
     departures: list[str] = Field(default_factory=list)   # how this profile departs from the paper
@@ -67,6 +111,9 @@ class Profile(Strict):
     # reason; only then does the report judge a single run as a point instead of "1 seed: inconclusive".
     single_seed: bool = False
     single_seed_reason: str = ""
+    # Replaces these fields of every entry's ``parallel`` block at this profile (entries without one stay
+    # one process), e.g. {workers: [1, 2, 4]} where there are more cores.
+    parallel: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _single_seed_has_a_reason(self):
@@ -100,6 +147,7 @@ class Entry(Strict):
     task_args: dict[str, Any] = Field(default_factory=dict)
     profiles: list[str] | None = None                     # run only at these profiles (default: all)
     skip_reason: str = ""                                 # said in the report where the entry is left out
+    parallel: ParallelBlock | None = None                 # stages in worker processes (dnibench/parallel/)
 
     @field_validator("profiles")
     @classmethod
@@ -119,7 +167,7 @@ class Entry(Strict):
         count = len(self.grid())
         for values in self.sweep.values():
             count *= values.samples if isinstance(values, UniformSweep) else len(values)
-        return count
+        return count * (len(self.parallel.points()) if self.parallel else 1)
 
     def sweep_points(self) -> list[dict[str, Any]]:
         """Every combination of the swept settings ([{}] without a sweep)."""
@@ -169,11 +217,14 @@ class RunSpec(BaseModel):
     seed: int
     device: str
     method_file: MethodFile | None = None
+    parallel: ParallelSettings | None = None
 
     def resolved(self) -> dict[str, Any]:
         data = json.loads(self.model_dump_json())
         if data["method_file"] is None:       # built-in methods keep the hashes they had before files
             del data["method_file"]
+        if data["parallel"] is None:          # one-process runs keep the hashes they had before workers
+            del data["parallel"]
         return data
 
     @property
@@ -194,7 +245,9 @@ class RunSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.suite}/{self.model}/{self.method}/seed{self.seed}"
+        par = self.parallel
+        where = "" if par is None else f"/{par.schedule}-k{par.workers}" + (f"-m{par.microbatches}" if par.microbatches else "")
+        return f"{self.suite}/{self.model}/{self.method}{where}/seed{self.seed}"
 
 
 def _short(text: str, limit: int) -> str:
@@ -364,14 +417,77 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                 task.check_args(model, task_args)        # a task setting this model cannot use
             except DnibenchError as err:
                 raise SuiteError(f"{where}: entries[{e_index}]: {err}") from None
-            for seed in range(n_seeds):
-                specs.append(RunSpec(suite=suite.name, profile=profile, task=suite.task, model=model,
-                                     method=method.name, method_args=settings, task_args=task_args, train=train,
-                                     seed=seed, device=device, method_file=method_file))
+            for parallel in _parallel_settings(where, e_index, entry, prof, model, method, method_name, settings,
+                                               task_args, train):
+                for seed in range(n_seeds):
+                    specs.append(RunSpec(suite=suite.name, profile=profile, task=suite.task, model=model,
+                                         method=method.name, method_args=settings, task_args=task_args,
+                                         train=train, seed=seed, device=device, method_file=method_file,
+                                         parallel=parallel))
     hashes = [s.config_hash for s in specs]
     if len(set(hashes)) != len(hashes):
         raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")
     return specs
+
+
+def _parallel_settings(where: Path, e_index: int, entry: Entry, prof: Profile, model: str, method, method_name: str,
+                       settings: dict, task_args: dict, train: TrainSettings) -> list[ParallelSettings | None]:
+    """The entry's ``parallel`` block at this profile, one ParallelSettings per point ([None]: one process).
+    Combinations the executor does not run are refused here, in one line."""
+    if entry.parallel is None:
+        return [None]
+    from .methods.bprop import Backprop
+    from .methods.dni import DNI
+    from .models import stage_count
+    at = f"{where}: entries[{e_index}] ({model}, {method_name}): parallel"
+    try:
+        block = ParallelBlock.model_validate({**entry.parallel.model_dump(exclude_none=True), **prof.parallel})
+    except ValidationError as err:
+        raise SuiteError(f"{at}: {_format_validation(where, err).split(': ', 1)[1]}") from None
+    if issubclass(method, Backprop):
+        default, allowed = "locked", ("locked", "pipelined")
+    elif issubclass(method, DNI):
+        default, allowed = "decoupled", ("decoupled",)
+    else:
+        raise SuiteError(f"{at}: method {method_name!r} has no parallel schedule (bprop: locked or pipelined; "
+                         "dni, cdni, unlock_dni, unlock_cdni: decoupled)")
+    n_stages = stage_count(parse_depth(model), task_args.get("layer_count", "with_output"))
+    out = []
+    for point in block.points():
+        schedule = point.get("schedule") or default
+        if schedule not in allowed:
+            raise SuiteError(f"{at}: schedule {schedule!r} does not apply to {method_name!r} "
+                             f"(expected {' or '.join(allowed)})")
+        if point["workers"] > n_stages:
+            raise SuiteError(f"{at}: workers {point['workers']} is more than the {n_stages} stages of {model}")
+        micro = point.get("microbatches")
+        if schedule == "pipelined":
+            if micro is None:
+                raise SuiteError(f"{at}: schedule pipelined needs microbatches (M)")
+            if micro > train.batch_size:
+                raise SuiteError(f"{at}: microbatches {micro} is more than the batch of {train.batch_size}")
+        elif micro is not None:
+            raise SuiteError(f"{at}: microbatches applies to schedule pipelined only (this is {schedule})")
+        lockstep, in_flight = point.get("lockstep", False), point.get("max_in_flight")
+        if schedule != "decoupled" and (lockstep or in_flight is not None):
+            raise SuiteError(f"{at}: lockstep and max_in_flight apply to schedule decoupled only (this is {schedule})")
+        if schedule == "decoupled":
+            if lockstep and in_flight not in (None, 1):
+                raise SuiteError(f"{at}: lockstep waits for every target (max_in_flight 1); got max_in_flight {in_flight}")
+            in_flight = 1 if lockstep else (in_flight or DEFAULT_MAX_IN_FLIGHT)
+        if settings.get("p_update", 1.0) < 1.0 or settings.get("delay", 0):
+            raise SuiteError(f"{at}: p_update < 1 and delay are not run by the parallel executor")
+        try:
+            out.append(ParallelSettings(workers=point["workers"], schedule=schedule, microbatches=micro,
+                                        lockstep=lockstep, max_in_flight=in_flight))
+        except ValidationError as err:
+            raise SuiteError(f"{at}: {_format_validation(where, err).split(': ', 1)[1]}") from None
+    return out
+
+
+def parse_depth(model: str) -> int:
+    from .models import parse_model_name
+    return parse_model_name(model)[1]
 
 
 def check_all_profiles(suite: Suite, seeds: int | None = None) -> None:

@@ -27,6 +27,9 @@ LogFn = Callable[[dict[str, float], int], None]
 
 
 def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int], None] = lambda n: None) -> dict:
+    if spec.parallel is not None:        # stages in worker processes (dnibench/parallel/)
+        from .parallel import train_parallel
+        return train_parallel(spec, data, log, on_step)
     cfg = spec.train
     device = resolve_device(spec.device)
     seed_everything(spec.seed)

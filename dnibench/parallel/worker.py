@@ -1,0 +1,536 @@
+"""One worker process of a parallel run: a contiguous group of stages, trained on its own schedule.
+
+Every worker builds the whole network and method exactly as the one-process loop does (same seed, so the
+same initial parameters; models are small), keeps training only its own stages [lo, hi), and draws the
+same batch order from the same seeded generator, so a batch is named by its step: only activations and
+gradients travel, through torch.distributed point-to-point messages (gloo), one tag per direction.
+
+Schedules (``ParallelSettings.schedule``):
+- ``locked`` (bprop): wait for h_in(t), forward, send h_out up, wait for the gradient from above,
+  backward, send the gradient at the input down, update. Naive model parallelism: the locking.
+- ``pipelined`` (bprop): dnibench/parallel/pipelined.py (torch.distributed.pipelining) with M micro-batches.
+- ``decoupled`` (dni, cdni): train batch t as soon as h_in(t) is here, with the one-process rule on the
+  group (methods/units.py: the same code), send h_out(t) up and the gradient at the input (the bootstrapped
+  target of the synthesizer below) down, and regress the group's output synthesizer whenever a target comes
+  down (polled, never waited for, except for flow control: ``max_in_flight``).
+- ``decoupled`` (unlock_dni, unlock_cdni): as dni, but stage lo starts batch t from its synthetic input I(x)
+  at once; the real h_in(t) regresses I whenever it arrives. No worker waits for anything but data.
+
+Time is counted by cause per worker: ``busy`` (compute), ``wait_input`` (an activation from below, or
+flow control on real inputs), ``wait_grad`` (a gradient from above, or flow control on targets), ``comm``
+(posting sends and receives, waiting for sends to complete); evaluation is not training time.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+UP, DOWN, EVAL = 1, 2, 3            # message tags: activations up, gradients (targets) down, test-set activations
+EVAL_CHUNK = 2000
+
+
+def split_stages(costs: list[float], workers: int) -> list[tuple[int, int]]:
+    """Contiguous groups [lo, hi) of stages, one per worker, minimising the largest group's cost (ties:
+    the most even stage counts). ``costs``: per stage, e.g. its parameters and its synthesizer's."""
+    n = len(costs)
+    best: dict[tuple[int, int], tuple[tuple[float, int], list[int]]] = {}
+
+    def solve(start: int, k: int):                # groups for stages[start:] in k workers
+        if (start, k) in best:
+            return best[(start, k)]
+        if k == 1:
+            out = ((sum(costs[start:]), n - start), [n])
+        else:
+            out = None
+            for end in range(start + 1, n - k + 2):
+                (rest_cost, rest_len), cuts = solve(end, k - 1)
+                here = sum(costs[start:end])
+                key = (max(here, rest_cost), max(end - start, rest_len))
+                if out is None or key < out[0]:
+                    out = (key, [end] + cuts)
+        best[(start, k)] = out
+        return out
+
+    cuts = solve(0, workers)[1]
+    return list(zip([0] + cuts[:-1], cuts))
+
+
+class Clock:
+    """Seconds by cause: ``with clock("busy"): ...``."""
+
+    def __init__(self):
+        self.seconds = {"busy": 0.0, "wait_input": 0.0, "wait_grad": 0.0, "comm": 0.0}
+        self._cause, self._start = None, 0.0
+
+    def __call__(self, cause: str):
+        self._cause = cause
+        return self
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds[self._cause] += time.perf_counter() - self._start
+
+
+class Inbox:
+    """Messages of one shape from one peer on one tag, in order: the n-th belongs to step n. A receive is
+    always posted ahead (irecv), so a message is polled without blocking; at most ``total`` are taken."""
+
+    def __init__(self, src: int, tag: int, shape: tuple[int, ...], total: int, device: torch.device):
+        self.src, self.tag, self.shape, self.total, self.device = src, tag, shape, total, device
+        self.count = 0                              # messages taken
+        self._buf, self._work = None, None
+        self._post()
+
+    def _post(self) -> None:
+        if self.count < self.total:
+            self._buf = torch.empty(self.shape)     # a fresh buffer: the one taken stays valid
+            self._work = dist.irecv(self._buf, src=self.src, tag=self.tag)
+
+    def poll(self) -> torch.Tensor | None:
+        if self._work is None or self.count >= self.total or not self._work.is_completed():
+            return None
+        return self.take()
+
+    def take(self) -> torch.Tensor:
+        self._work.wait()
+        msg, self.count = self._buf, self.count + 1
+        self._buf = self._work = None
+        self._post()
+        return msg.to(self.device)                  # gloo moves CPU tensors: a GPU worker copies in
+
+
+class Outbox:
+    """Sends in flight (isend): their tensors are kept until the send completed."""
+
+    def __init__(self):
+        self.pending: list[tuple[object, torch.Tensor]] = []
+
+    def send(self, tensor: torch.Tensor, dst: int, tag: int) -> None:
+        tensor = tensor.detach().to("cpu").contiguous()   # gloo moves CPU tensors
+        self.pending.append((dist.isend(tensor, dst=dst, tag=tag), tensor))
+        self.pending = [(w, t) for w, t in self.pending if not w.is_completed()]
+
+    def drain(self) -> None:
+        for work, _ in self.pending:
+            work.wait()
+        self.pending = []
+
+
+class Stats:
+    """Staleness of targets (steps between the batch a target belongs to and the regression) per interface."""
+
+    def __init__(self):
+        self.values: dict[str, list[int]] = {}
+
+    def add(self, name: str, value: int) -> None:
+        self.values.setdefault(name, []).append(value)
+
+    def summary(self) -> dict[str, float]:
+        out = {}
+        for name, values in self.values.items():
+            out[f"{name}_mean"] = sum(values) / len(values)
+            out[f"{name}_max"] = float(max(values))
+        return out
+
+
+def _die_with_parent() -> None:
+    from ..pool import _die_with_parent as die
+    die()
+
+
+def worker_main(rank: int, spec_json: str, data_path: str, rendezvous: str, conn, hooks: dict,
+                timeout_s: float) -> None:
+    """Process entry point: runs the worker, tells the parent ("row" ..., then "done"/"diverged"/"error")."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C reaches the group: the parent stops the workers
+    from ..errors import Diverged
+    try:
+        summary = Worker(rank, spec_json, data_path, rendezvous, conn, hooks, timeout_s).run()
+        conn.send(("done", rank, summary))
+    except Diverged as err:
+        conn.send(("diverged", rank, err.step))
+        os._exit(0)
+    except BaseException as err:                       # noqa: BLE001 -- everything goes to the parent
+        first = (str(err).splitlines() or [""])[0]
+        conn.send(("error", rank, f"{type(err).__name__}: {first}"[:400], traceback.format_exc()))
+        os._exit(1)                                    # a peer may hold gloo open: leave at once
+    finally:
+        conn.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Worker:
+    def __init__(self, rank: int, spec_json: str, data_path: str, rendezvous: str, conn, hooks: dict,
+                 timeout_s: float):
+        from ..suite import RunSpec
+        self.rank, self.conn, self.hooks, self.rendezvous = rank, conn, hooks, rendezvous
+        self.spec = spec = RunSpec.model_validate_json(spec_json)
+        self.par = par = spec.parallel
+        self.world = par.workers
+        torch.set_num_threads(1)                       # one thread per worker
+        self.data = torch.load(data_path, mmap=True)
+        if self.world > 1:
+            dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                                    world_size=self.world, timeout=timedelta(seconds=timeout_s))
+
+    # ---- the network and method, exactly as train_ff builds them ------------------------------------
+    def build(self):
+        from ..conventions import ImageSettings
+        from ..loop import resolve_device, seed_everything
+        from ..methods import Setup
+        from ..models import build_stages, stage_output_shapes
+        spec, data, cfg = self.spec, self.data, self.spec.train
+        self.device = device = resolve_device(spec.device)
+        seed_everything(spec.seed)
+        in_shape = tuple(data["x_train"].shape[1:])
+        conventions = ImageSettings.model_validate(spec.task_args)
+        stages = build_stages(spec.model, in_shape, data["num_classes"], cfg.cnn_filters,
+                              conventions.layer_count, conventions.pool_stride).to(device)
+        method_cls = spec.method_class()
+        # K > 1: the per-stage path (a worker runs a slice of it); K = 1: the method's own step (fused
+        # where it has one), i.e. exactly the one-process run.
+        setup = Setup(num_classes=data["num_classes"], in_shape=in_shape,
+                      stage_shapes=stage_output_shapes(stages, in_shape), lr=cfg.lr, device=device,
+                      generator=torch.Generator().manual_seed(10_000 + spec.seed), fused_step=self.world == 1)
+        self.method = method_cls(stages, method_cls.Settings.model_validate(spec.method_args), setup)
+        self.stages, self.setup, self.in_shape = stages, setup, in_shape
+        costs = []
+        for i, stage in enumerate(stages):             # parameters as the cost of a stage and what it owns
+            cost = sum(p.numel() for p in stage.parameters())
+            for attr in ("interfaces", "inputs"):
+                owned = getattr(self.method, attr, [])
+                j = i if attr == "interfaces" else i - 1
+                if 0 <= j < len(owned):
+                    model = owned[j].synthesizer if attr == "interfaces" else owned[j].model
+                    cost += sum(p.numel() for p in model.parameters())
+            costs.append(float(cost))
+        self.lo, self.hi = split_stages(costs, self.world)[self.rank]
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from ..loop import Batches, DivergenceWatch, apply_schedule, lr_factor, sync
+        self.build()
+        spec, cfg, device = self.spec, self.spec.train, self.device
+        data = self.data
+        n_train = data["x_train"].shape[0]
+        x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
+        self.x_test, self.y_test = data["x_test"].to(device), data["y_test"].to(device)
+        batches = Batches(n_train, cfg.batch_size, torch.Generator().manual_seed(spec.seed), device)
+        self.batch = batches.batch_size
+        self.first, self.last = self.rank == 0, self.rank == self.world - 1
+        self.clock, self.stats = Clock(), Stats()
+        step_fn = self.schedule_step()
+        optimizers = self.method.optimizers() + getattr(self, "extra_optimizers", [])
+        delay_s = self.hooks.get("delay", {}).get(self.rank, 0.0)
+        exit_at = self.hooks.get("exit", {}).get(self.rank)
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        watch = DivergenceWatch()
+        train_s = eval_s = 0.0
+        final: dict[str, float] = {}
+        current_factor, interval_steps = None, 0
+        if self.world > 1:
+            dist.barrier()                             # every worker has built its model: the clocks start together
+        sync(device)
+        t0 = time.perf_counter()
+        for step in range(1, cfg.steps + 1):
+            if exit_at is not None and step == exit_at:
+                os._exit(3)                            # test hook: a worker that dies mid-run
+            factor = lr_factor(spec, step)
+            if factor != current_factor:
+                apply_schedule(optimizers, factor)
+                current_factor = factor
+            idx = batches.next()
+            if delay_s:
+                time.sleep(delay_s)                    # test hook: a slow worker
+            metrics = step_fn(step, x_train[idx], y_train[idx])
+            watch.add(step, metrics)
+            for key, value in metrics.items():
+                sums[key] = sums[key] + value if key in sums else value.clone()
+                counts[key] = counts.get(key, 0) + 1
+            interval_steps += 1
+            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
+            if step % cfg.log_every == 0 or is_eval:
+                sync(device)
+                elapsed = time.perf_counter() - t0
+                train_s += elapsed
+                watch.check()
+                row = {key: (sums[key] / counts[key]).item() for key in sums}
+                if self.last:
+                    row["samples_per_s"] = interval_steps * self.batch / max(elapsed, 1e-9)
+                    row["wall_s/train"] = train_s
+                    row["lr"] = cfg.lr * factor
+                row.update(self.worker_metrics(train_s))
+                if is_eval:
+                    e0 = time.perf_counter()
+                    error = self.evaluate()
+                    eval_s += time.perf_counter() - e0
+                    if self.last:
+                        row["test_error"] = error
+                        row["wall_s/eval"] = eval_s
+                        final = dict(row)
+                self.conn.send(("row", self.rank, step, row))
+                sums, counts, interval_steps = {}, {}, 0
+                sync(device)
+                t0 = time.perf_counter()
+        self.finish()
+        train_s += time.perf_counter() - t0            # draining the last messages is the run's time too
+        summary = {f"total_{k}": v for k, v in self.worker_metrics(train_s).items()}
+        if self.last:
+            summary.update({"final_test_error": final["test_error"],
+                            "final_train_loss": final.get("train_loss", float("nan")),
+                            "total_wall_s/train": train_s, "total_wall_s/eval": eval_s,
+                            "mean_samples_per_s": cfg.steps * self.batch / max(train_s, 1e-9)})
+        summary.update(self.stats.summary())
+        self.dump()
+        return summary
+
+    def worker_metrics(self, train_s: float) -> dict[str, float]:
+        k, s = self.rank, self.clock.seconds
+        return {f"worker{k}/busy_frac": s["busy"] / max(train_s, 1e-9), f"worker{k}/wait_input_s": s["wait_input"],
+                f"worker{k}/wait_grad_s": s["wait_grad"], f"worker{k}/comm_s": s["comm"]}
+
+    def dump(self) -> None:
+        """Test hook: this worker's stages and boundary models after training, for the parity test."""
+        where = self.hooks.get("dump")
+        if where:
+            state = {f"stage{i}": self.stages[i].state_dict() for i in range(self.lo, self.hi)}
+            for i in range(self.lo, self.hi):
+                if i < len(getattr(self.method, "interfaces", [])):
+                    state[f"synth{i}"] = self.method.interfaces[i].synthesizer.state_dict()
+            torch.save(state, os.path.join(where, f"rank{self.rank}.pt"))
+
+    # ---- schedules ----------------------------------------------------------------------------------
+    def shape_in(self) -> tuple[int, ...]:
+        return (self.batch, *self.setup.stage_shapes[self.lo - 1])
+
+    def shape_out(self) -> tuple[int, ...]:
+        return (self.batch, *self.setup.stage_shapes[self.hi - 1])
+
+    def schedule_step(self):
+        from ..methods.dni import DNI
+        from ..methods.units import StageGroup
+        schedule, steps = self.par.schedule, self.spec.train.steps
+        self.outbox = Outbox()
+        self.up = self.down = None
+        if schedule == "pipelined":
+            return self.pipelined_step()
+        if self.world == 1:                            # the whole network here: the method's own step
+            def whole(_step, x, y):
+                with self.clock("busy"):
+                    return self.method.step(x, y)
+            return whole
+        if schedule == "locked":
+            if not self.first:
+                self.up = Inbox(self.rank - 1, UP, self.shape_in(), steps, self.device)
+            if not self.last:
+                self.down = Inbox(self.rank + 1, DOWN, self.shape_out(), steps, self.device)
+            return self.locked_step
+        if not isinstance(self.method, DNI):
+            raise TypeError(f"schedule decoupled needs a DNI-family method, not {self.spec.method}")
+        self.group = StageGroup(self.method, self.lo, self.hi)
+        self.unlocked = hasattr(self.method, "inputs")
+        pair = (2,) if self.unlocked else ()           # complete unlock sends (input, gradient) down
+        if not self.first:
+            self.up = Inbox(self.rank - 1, UP, self.shape_in(), steps, self.device)
+        if not self.last:
+            self.down = Inbox(self.rank + 1, DOWN, pair + self.shape_out(), steps, self.device)
+        self.in_flight = self.par.max_in_flight
+        self.held_step = None                          # the step whose prediction the boundary synthesizer holds
+        self.kept: dict[int, tuple] = {}               # per step: what a late target or real input needs
+        self.trained = 0
+        return self.decoupled_step
+
+    def locked_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> dict:
+        from ..methods.base import task_loss
+        m, clock, metrics = self.method, self.clock, {}
+        if self.first:
+            h_in = x
+        else:
+            with clock("wait_input"):
+                h_in = self.up.take()
+            h_in.requires_grad_(True)
+        with clock("busy"):
+            h = h_in
+            for i in range(self.lo, self.hi):
+                h = self.stages[i](h)
+            if self.last:
+                loss = task_loss(h, y)
+                metrics["train_loss"] = loss.detach()
+                loss.backward()
+        if not self.last:
+            with clock("comm"):
+                self.outbox.send(h, self.rank + 1, UP)
+            with clock("wait_grad"):
+                grad = self.down.take()
+            with clock("busy"):
+                h.backward(grad)
+        if not self.first:
+            with clock("comm"):
+                self.outbox.send(h_in.grad, self.rank - 1, DOWN)
+        with clock("busy"):
+            for i in range(self.lo, self.hi):
+                m.apply_update(i)
+        return metrics
+
+    def pipelined_step(self):
+        try:
+            from .pipelined import PipelinedBprop
+        except ImportError as err:
+            from ..errors import DnibenchError
+            raise DnibenchError(f"schedule pipelined is not available: {err}") from None
+        module = torch.nn.Sequential(*self.stages[self.lo:self.hi])
+        optimizer = self.setup.adam(module.parameters())
+        self.extra_optimizers = [optimizer]
+        in_shape = self.in_shape if self.first else tuple(self.setup.stage_shapes[self.lo - 1])
+        if self.world == 1:
+            # the library's pipeline needs a process group even for one stage
+            dist.init_process_group("gloo", init_method=f"file://{self.rendezvous}", rank=0, world_size=1)
+        pipe = PipelinedBprop(module, self.rank, self.world, self.par.microbatches, self.batch, in_shape, optimizer,
+                              device=self.device)
+        self.pipe = pipe
+
+        def step(_step, x, y):
+            before = dict(pipe.timings)
+            loss = pipe.step(x if self.first else None, y if self.last else None)
+            self.clock.seconds["busy"] += pipe.timings.get("busy", 0.0) - before.get("busy", 0.0)
+            # the library does not say why it waited: a pipeline's wait is for activations or gradients
+            self.clock.seconds["comm"] += pipe.timings.get("wait", 0.0) - before.get("wait", 0.0)
+            return {"train_loss": loss} if loss is not None else {}
+        return step
+
+    def decoupled_step(self, step: int, x: torch.Tensor, y: torch.Tensor) -> dict:
+        from ..dni import one_hot
+        m, clock, group, metrics = self.method, self.clock, self.group, {}
+        coins = [True] * len(self.stages)              # p_update = 1 (plan refuses anything else)
+        context = one_hot(y, self.setup.num_classes) if m.conditioned else None
+        # Flow control: at most max_in_flight batches without their target (lockstep: 1, i.e. wait for the
+        # target of the previous batch, exactly the one-process order).
+        if self.down is not None:
+            while self.trained - self.down.count > self.in_flight - 1:
+                with clock("wait_grad"):
+                    target = self.down.take()
+                self.on_target(target, metrics)
+        if self.unlocked and self.up is not None:
+            while self.trained - self.up.count > self.in_flight - 1:
+                with clock("wait_input"):
+                    real = self.up.take()
+                self.on_real_input(real, metrics)
+        if self.unlocked:
+            with clock("busy"):
+                real, pair = group.train_unlocked(x, y, context, coins, metrics)
+                group.regress_inputs(real, x, coins, metrics)   # the inputs inside the group: local
+            h_out = real.get(self.hi - 1)
+            down = None if pair is None else torch.stack(pair)
+            self.kept[step] = (x, context)
+        else:
+            if self.first:
+                h_in = x
+            else:
+                with clock("wait_input"):
+                    h_in = self.up.take()
+            with clock("busy"):
+                h_out, down = group.train(h_in, y, context, coins, metrics)
+            if not self.last:
+                self.kept[step] = (h_out, context)
+                self.held_step = step
+        self.trained = step
+        with clock("comm"):
+            if not self.last:
+                self.outbox.send(h_out, self.rank + 1, UP)
+            if not self.first:
+                self.outbox.send(down, self.rank - 1, DOWN)
+        self.poll(metrics)
+        return metrics
+
+    def poll(self, metrics: dict) -> None:
+        """Whatever came in meanwhile: targets from above, real inputs from below (complete unlock)."""
+        while self.down is not None:
+            with self.clock("comm"):
+                target = self.down.poll()
+            if target is None:
+                break
+            self.on_target(target, metrics)
+        while self.unlocked and self.up is not None:
+            with self.clock("comm"):
+                real = self.up.poll()
+            if real is None:
+                break
+            self.on_real_input(real, metrics)
+
+    def on_target(self, target: torch.Tensor, metrics: dict) -> None:
+        """Regress the boundary synthesizer on the target of batch s = the n-th target received."""
+        s = self.down.count
+        self.stats.add(f"staleness/h{self.hi}", self.trained - s)
+        with self.clock("busy"):
+            if self.unlocked:                          # at the stage above's synthetic input, as one process does
+                _, context = self.kept[s] if s in self.kept else (None, None)
+                self.group.regress(target[1], metrics, h=target[0], context=context)
+            elif s == self.held_step:                  # nothing predicted since: its own prediction (lockstep)
+                self.group.regress(target, metrics)
+            else:
+                # The synthesizer may have learnt since it predicted for batch s: the prediction is made
+                # again from the kept (h_out, c) of batch s with its current parameters, so the regression
+                # moves today's synthesizer (in lockstep nothing changed in between: the one-process rule).
+                h, context = self.kept[s]
+                self.group.regress(target, metrics, h=h, context=context)
+            self.held_step = None
+        if not self.unlocked or self.first:
+            self.kept.pop(s, None)
+        elif s <= self.up.count:                       # unlock: kept until its real input came too
+            self.kept.pop(s, None)
+
+    def on_real_input(self, real: torch.Tensor, metrics: dict) -> None:
+        """Complete unlock: regress I on h_{lo-1} towards the real input of batch s (made again from x_s)."""
+        s = self.up.count
+        self.stats.add(f"input_staleness/h{self.lo}", self.trained - s)
+        x, _ = self.kept[s]
+        with self.clock("busy"):
+            self.group.regress_inputs({self.lo - 1: real}, x, [True] * len(self.stages), metrics, fresh=True)
+        if self.down is None or s <= self.down.count:
+            self.kept.pop(s, None)
+
+    def finish(self) -> None:
+        """After the last step: take the messages still coming (they train nothing), wait for the sends."""
+        with self.clock("comm"):
+            for inbox in (self.up, self.down):
+                while inbox is not None and inbox.count < inbox.total:
+                    inbox.take()
+            self.outbox.drain()
+
+    # ---- evaluation ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Test error of the real forward chain through every worker's stages as they are after this step
+        (batch-norm in inference mode); the last worker returns it, the others None."""
+        own = [self.stages[i] for i in range(self.lo, self.hi)]
+        for stage in own:
+            stage.eval()
+        n = self.x_test.shape[0]
+        wrong = 0
+        for start in range(0, n, EVAL_CHUNK):
+            size = min(EVAL_CHUNK, n - start)
+            if self.first:
+                h = self.x_test[start:start + size]
+            else:
+                h = torch.empty(size, *self.setup.stage_shapes[self.lo - 1])
+                dist.recv(h, src=self.rank - 1, tag=EVAL)
+                h = h.to(self.device)
+            for stage in own:
+                h = stage(h)
+            if self.last:
+                wrong += int((h.argmax(1) != self.y_test[start:start + size]).sum())
+            else:
+                dist.send(h.to("cpu").contiguous(), dst=self.rank + 1, tag=EVAL)
+        for stage in own:
+            stage.train()
+        return 100.0 * wrong / n if self.last else None
