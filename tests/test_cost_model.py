@@ -129,3 +129,12 @@ def test_ping_pong_over_gloo(tmp_path):
         times = torch.load(tmp_path / f"out.{rank}")
         assert set(times) == {4, 1 << 20}
         assert all(0 < t < 1.0 for t in times.values())
+
+
+def test_cost_metrics_round_trip():
+    link = Link(1e-4, 2e9)
+    metrics = cost.cost_metrics(STAGES, link)
+    assert cost.costs_from_metrics(metrics) == (STAGES, link)
+    row = {f"metric.{k}": v for k, v in cost.cost_metrics(STAGES).items()}      # a report row, no link
+    assert cost.costs_from_metrics(row) == (STAGES, None)
+    assert cost.costs_from_metrics({"metric.test_error": 2.0}) is None

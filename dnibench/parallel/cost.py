@@ -318,3 +318,40 @@ def fit_link(times: dict[int, float]) -> Link:
     if slope <= 0:
         raise ValueError("message times do not grow with size: measure larger messages")
     return Link(latency_s=max(my - slope * mx, 0.0), bandwidth_Bps=1.0 / slope)
+
+
+# --- the cost model's inputs as run metrics (a run logs them; the report predicts from them) ----
+
+STAGE_FIELDS = ("forward", "backward", "update", "synth", "synth_input", "out_bytes")
+
+
+def cost_metrics(stages: list[StageCost], link: Link | None = None) -> dict[str, float]:
+    """``cost/stage{i}/{field}`` (seconds per batch; bytes) and ``cost/link_latency_s``,
+    ``cost/link_bandwidth_Bps``: what ``costs_from_metrics`` reads back."""
+    out = {f"cost/stage{i}/{name}": float(getattr(s, name)) for i, s in enumerate(stages) for name in STAGE_FIELDS}
+    if link is not None:
+        out.update({"cost/link_latency_s": link.latency_s, "cost/link_bandwidth_Bps": link.bandwidth_Bps})
+    return out
+
+
+def costs_from_metrics(metrics: dict) -> tuple[list[StageCost], Link | None] | None:
+    """Stage costs (and the link, where logged) from a mapping with ``cost_metrics`` keys, optionally
+    prefixed ``metric.`` (a report row); None when no stage was logged."""
+    def get(key):
+        for name in (key, f"metric.{key}"):
+            value = metrics.get(name)
+            if value is not None and value == value:           # NaN: a column another run filled
+                return float(value)
+        return None
+
+    stages, i = [], 0
+    while get(f"cost/stage{i}/forward") is not None:
+        values = {name: get(f"cost/stage{i}/{name}") or 0.0 for name in STAGE_FIELDS}
+        values["out_bytes"] = int(values["out_bytes"])
+        stages.append(StageCost(**values))
+        i += 1
+    if not stages:
+        return None
+    latency, bandwidth = get("cost/link_latency_s"), get("cost/link_bandwidth_Bps")
+    link = Link(latency, bandwidth) if latency is not None and bandwidth else None
+    return stages, link

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import Section, async_updates, delay, rnn, table1, unlock
+from . import Section, async_updates, delay, parallel, rnn, table1, unlock
 from .context import ReportContext
 from ..errors import DnibenchError
 from ..suite import PROFILES
@@ -19,7 +19,7 @@ BASELINE = "bprop"
 def dedicated_suites() -> set[str]:
     """Suites a section of their own already tabulates against the paper."""
     return {*table1.TABLE1_SUITES.values(), async_updates.SUITE, unlock.SUITE, delay.SUITE,
-            *(suite for _, suite in rnn.TASKS.values()), "rnn_multiscale"}
+            *(suite for _, suite in rnn.TASKS.values()), "rnn_multiscale", parallel.SUITE}
 
 
 def method_files(runs: pd.DataFrame) -> list[str]:

@@ -1,0 +1,282 @@
+"""Stages in worker processes (issue 10), from the ``parallel`` suite: what decoupling buys in wall-clock.
+
+Runs carry the params ``workers`` (K), ``schedule`` (locked | pipelined | decoupled), ``microbatches``
+(pipelined: M) and ``lockstep``. Lockstep runs wait for every target by construction (they check that
+the parallel code computes the one-process learning rule), so they are left out of the throughput
+figure and table. Throughput is the run's ``mean_samples_per_s`` (whole training), else its last
+``samples_per_s``; runs marked timing disturbed (curves.timing_disturbed) give no throughput.
+
+The cost model (dnibench/parallel/cost.py) predicts each measured K from the per-stage costs a run
+logged (``cost/stage{i}/...``, ``cost/link_*``); where none were logged it splits the K = 1 run's
+measured step time over the stages in proportion to their weights (FCN only), and says so.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter
+
+from . import Section
+from .context import ReportContext, display_name, latest_variant, markdown_table
+from .curves import timing_disturbed
+from ..suite import PROFILES
+
+SUITE = "parallel"
+TARGET_MARGIN = 0.5            # points of test error above bprop's that count as "reached"
+FEATURES = {"mnist": 784, "cifar10": 3072}
+
+
+def _param(runs: pd.DataFrame, name: str) -> pd.Series:
+    column = f"param.{name}"
+    return runs[column] if column in runs else pd.Series("", index=runs.index)
+
+
+def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
+    column = f"metric.{name}"
+    return runs[column].astype(float) if column in runs else pd.Series(np.nan, index=runs.index)
+
+
+def label(method: str, schedule: str, microbatches: str) -> str:
+    name = display_name(method)
+    if schedule == "pipelined":
+        return f"{name} pipelined M={microbatches}" if microbatches else f"{name} pipelined"
+    if schedule == "locked":
+        return f"{name} locked"
+    return name
+
+
+def prepare(runs: pd.DataFrame) -> pd.DataFrame:
+    """The parallel suite's non-lockstep runs with columns workers, schedule, microbatches, label,
+    samples_per_s (NaN where the timing was disturbed) and disturbed."""
+    runs = runs[(runs["suite"] == SUITE)].copy()
+    runs = runs[pd.to_numeric(_param(runs, "workers"), errors="coerce").notna()]
+    runs = runs[_param(runs, "lockstep").astype(str).str.lower() != "true"]
+    if runs.empty:
+        return runs
+    runs["workers"] = _param(runs, "workers").astype(int)
+    runs["schedule"] = _param(runs, "schedule").fillna("").astype(str)
+    runs["microbatches"] = _param(runs, "microbatches").fillna("").astype(str)
+    runs["label"] = [label(m, s, mb) for m, s, mb in zip(runs["method"], runs["schedule"], runs["microbatches"])]
+    rate = _metric(runs, "mean_samples_per_s").fillna(_metric(runs, "samples_per_s"))
+    runs["disturbed"] = timing_disturbed(runs)
+    runs["samples_per_s"] = rate.where(~runs["disturbed"])
+    return runs
+
+
+def _cost_schedule(method: str, schedule: str, microbatches: str) -> tuple[str, int]:
+    if schedule == "locked":
+        return "locked", 1
+    if schedule == "pipelined":
+        return "gpipe", int(microbatches or 1)
+    return ("unlock" if method.startswith("unlock") else "cdni" if method == "cdni" else "dni"), 1
+
+
+def _weight_split(model: str, task: str, batch: int, total_s: float):
+    """Stage costs from a one-process step time: split in proportion to the FCN's weights (784x256,
+    256x256, ..., 256x10), a third forward and two thirds backward; activations of 256 floats."""
+    from ..parallel.cost import StageCost
+
+    if not model.startswith("fcn") or task not in FEATURES:
+        return None
+    depth = int(model[3:])
+    sizes = [FEATURES[task]] + [256] * (depth - 1) + [10]
+    weights = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    share = [total_s * w / sum(weights) for w in weights]
+    return [StageCost(forward=s / 3, backward=2 * s / 3, out_bytes=batch * out * 4)
+            for s, out in zip(share, sizes[1:])]
+
+
+def predictions(runs: pd.DataFrame) -> pd.Series:
+    """The cost model's samples/s for each run (NaN where it has no inputs), and its source."""
+    from ..parallel import cost
+
+    records = runs.to_dict("records")
+    logged_all = [cost.costs_from_metrics(row) for row in records]
+    measured_link = next((got[1] for got in logged_all if got and got[1]), None)
+    predicted, sources = [], []
+    for row, logged in zip(records, logged_all):
+        schedule, m = _cost_schedule(row["method"], row["schedule"], row["microbatches"])
+        batch = int(row.get("param.train.batch_size") or 256)
+        k = int(row["workers"])
+        stages, source = None, ""
+        if logged:
+            stages, source = logged[0], "logged stage costs"
+        else:
+            one = runs[(runs["label"] == row["label"]) & (runs["workers"] == 1) & runs["samples_per_s"].notna()]
+            if len(one):
+                stages = _weight_split(row["model"], row["task"], batch, batch / one["samples_per_s"].mean())
+                source = "K=1 time split by weights"
+        link = (logged[1] if logged and logged[1] else None) or measured_link or cost.Link(0.0, float("inf"))
+        if stages is None or k > len(stages):
+            predicted.append(np.nan)
+            sources.append("")
+            continue
+        predicted.append(cost.throughput(schedule, stages, k, link, batch, m))
+        sources.append(source + ("" if link.bandwidth_Bps != float("inf") else ", messages free (no link measured)"))
+    return pd.DataFrame({"predicted": predicted, "source": sources}, index=runs.index)
+
+
+def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs.join(predictions(runs))
+    rows = []
+    for (name, k), group in runs.groupby(["label", "workers"], sort=True):
+        base = runs[(runs["label"] == name) & (runs["workers"] == 1)]["samples_per_s"].mean()
+        rate = group["samples_per_s"].mean()
+        workers = range(k)
+
+        def per_worker(metric: str, fmt: str) -> str:
+            values = [_metric(group, f"worker{i}/{metric}").mean() for i in workers]
+            return "/".join(fmt.format(v) for v in values) if any(v == v for v in values) else ""
+
+        stale = sorted({c.split("/")[1].rsplit("_", 1)[0] for c in group.columns
+                        if c.startswith("metric.staleness/") and group[c].notna().any()})
+        predicted = group["predicted"].mean()
+        rows.append({
+            "method": name, "K": int(k), "seeds": len(group),
+            "samples/s": "disturbed" if rate != rate else f"{rate:.0f}",
+            "speed-up": f"{rate / base:.2f}" if rate == rate and base == base else "",
+            "efficiency": f"{rate / (k * base):.2f}" if rate == rate and base == base else "",
+            "busy fraction": per_worker("busy_frac", "{:.2f}"),
+            "wait input (s)": per_worker("wait_input_s", "{:.1f}"),
+            "wait grad (s)": per_worker("wait_grad_s", "{:.1f}"),
+            "comm (s)": per_worker("comm_s", "{:.1f}"),
+            "staleness mean/max": " ".join(
+                f"{h}:{_metric(group, f'staleness/{h}_mean').mean():.1f}/{_metric(group, f'staleness/{h}_max').max():.0f}"
+                for h in stale),
+            "model samples/s": f"{predicted:.0f}" if predicted == predicted else "",
+            "model error": f"{(predicted - rate) / rate:+.0%}" if predicted == predicted and rate == rate else "",
+            "model inputs": ", ".join(sorted(set(group["source"]) - {""})),
+        })
+    return pd.DataFrame(rows)
+
+
+def throughput_figure(ctx: ReportContext, runs: pd.DataFrame, stem: str, title: str) -> list:
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, group) in enumerate(runs.groupby("label", sort=True)):
+        colour = colours[i % len(colours)]
+        at = group.groupby("workers")["samples_per_s"].mean().dropna().sort_index()
+        if at.empty:
+            continue
+        ax.plot(at.index, at.values, "o-", color=colour, label=name)
+        if 1 in at.index:
+            ks = np.array(sorted(runs["workers"].unique()))
+            ax.plot(ks, ks * at.loc[1], ":", color=colour, alpha=0.6)
+    ks = sorted(runs["workers"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("workers K")
+    ax.set_ylabel("samples / s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, title="dotted: ideal K x (K=1)", title_fontsize=7)
+    ax.set_title(title)
+    return ctx.save_figure(fig, stem)
+
+
+def _curve(ctx: ReportContext, run_id: str) -> pd.DataFrame:
+    error = ctx.history(run_id, "test_error")
+    for key in ("wall_s", "wall_s/train"):
+        wall = ctx.history(run_id, key)
+        if not wall.empty:
+            break
+    if error.empty or wall.empty:
+        return pd.DataFrame(columns=["wall", "error"])
+    both = error.merge(wall, on="step", suffixes=("_e", "_w"))
+    return pd.DataFrame({"wall": both["value_w"], "error": both["value_e"]})
+
+
+def time_to(curve: pd.DataFrame, target: float) -> float:
+    hit = curve[curve["error"] <= target]
+    return float(hit["wall"].iloc[0]) if len(hit) else float("nan")
+
+
+def wallclock_figure(ctx: ReportContext, runs: pd.DataFrame, k: int, target: float | None, stem: str,
+                     title: str) -> list:
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, group) in enumerate(runs[runs["workers"] == k].groupby("label", sort=True)):
+        for j, run_id in enumerate(group["run_id"]):
+            curve = _curve(ctx, run_id)
+            if len(curve):
+                ax.plot(curve["wall"], curve["error"], "-", color=colours[i % len(colours)],
+                        label=name if j == 0 else None, alpha=0.9 if j == 0 else 0.5)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"Bprop + {TARGET_MARGIN:g} points")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("wall-clock (s)")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    return ctx.save_figure(fig, stem)
+
+
+def race(ctx: ReportContext, runs: pd.DataFrame, all_runs: pd.DataFrame, k: int) -> tuple[str, float | None]:
+    """The sentence: did cDNI reach bprop's test error + 0.5 points in less wall-clock than pipelined
+    bprop at K workers? bprop's error: the mean final test error of locked bprop at K = 1 (the
+    one-process learning rule; micro-batches change BatchNorm's statistics), else of any bprop run."""
+    bprop = all_runs[(all_runs["method"] == "bprop") & (all_runs["workers"] == 1) & (all_runs["schedule"] == "locked")]
+    if bprop.empty:
+        bprop = all_runs[all_runs["method"] == "bprop"]
+    errors = _metric(bprop, "final_test_error").dropna()
+    if errors.empty:
+        return "No bprop run with a final test error: no target to race to.", None
+    target = float(errors.mean()) + TARGET_MARGIN
+
+    def fastest(mask) -> tuple[float, str]:
+        best = (float("nan"), "")
+        for name, group in runs[mask & (runs["workers"] == k)].groupby("label"):
+            t = float(np.nanmean([time_to(_curve(ctx, r), target) for r in group["run_id"]] or [np.nan]))
+            if t == t and not (best[0] == best[0] and best[0] <= t):
+                best = (t, name)
+        return best
+
+    with np.errstate(all="ignore"):
+        cdni_t, _ = fastest(runs["method"] == "cdni")
+        pipe_t, pipe_name = fastest((runs["method"] == "bprop") & (runs["schedule"] == "pipelined"))
+    head = f"Target: bprop's final test error {target - TARGET_MARGIN:.2f}% + {TARGET_MARGIN:g} = {target:.2f}%, at K = {k}. "
+    if cdni_t != cdni_t:
+        return head + "cDNI did not reach it" + (
+            f"; pipelined bprop ({pipe_name}) did, in {pipe_t:.1f} s." if pipe_t == pipe_t else "; neither did pipelined bprop."), target
+    if pipe_t != pipe_t:
+        return head + f"cDNI reached it in {cdni_t:.1f} s; pipelined bprop did not reach it.", target
+    verdict = "less" if cdni_t < pipe_t else "not less"
+    return head + (f"cDNI reached it in {cdni_t:.1f} s, pipelined bprop ({pipe_name}) in {pipe_t:.1f} s: "
+                   f"cDNI took {verdict} wall-clock ({cdni_t / pipe_t:.2f}x)."), target
+
+
+def render(ctx: ReportContext) -> Section | None:
+    if ctx.runs.empty:
+        return None
+    runs = prepare(ctx.runs)
+    if runs.empty:
+        return None
+    runs, _ = latest_variant(runs, ["profile", "model", "label", "workers"])
+    body = ["Each method's stages in K worker processes (gloo point-to-point; one thread per worker). "
+            "Locked bprop waits for the gradient from above; pipelined bprop runs M micro-batches through "
+            "PyTorch's pipeline schedules; DNI and cDNI update at once from their synthesizers and never wait "
+            "for a gradient. Speed-up and efficiency are against the same method at K = 1; the ideal line is "
+            "K times that. Busy fraction and waits are per worker (worker 0 first). Staleness: batches between "
+            "a synthesizer's prediction and its target, per interface (mean/max). The cost model "
+            "(dnibench/parallel/cost.py) is shown next to each measured K with its relative error.", ""]
+    disturbed = int(runs["disturbed"].sum())
+    if disturbed:
+        body += [f"{disturbed} run(s) marked timing disturbed give no throughput.", ""]
+    files = []
+    for profile in [p for p in PROFILES if p in set(runs["profile"])]:
+        for model in sorted(set(runs.loc[runs["profile"] == profile, "model"])):
+            at = runs[(runs["profile"] == profile) & (runs["model"] == model)]
+            stem = f"parallel_{model}_{profile}"
+            where = f"{display_name(model)} {at['task'].iloc[0]} ({profile})"
+            files += throughput_figure(ctx, at, f"{stem}_throughput", f"{where}: throughput")
+            k = int(at["workers"].max())
+            sentence, target = race(ctx, at, at, k)
+            files += wallclock_figure(ctx, at, k, target, f"{stem}_wallclock", f"{where}: K = {k}")
+            table = speedup_table(at)
+            files += ctx.write_table(table, f"{stem}_speedup")
+            body += [f"### {where}", "", f"![throughput]({stem}_throughput.png) ![wall-clock]({stem}_wallclock.png)",
+                     "", markdown_table(table), "", sentence, ""]
+    return Section(title="Stages in worker processes: throughput and wall-clock", body="\n".join(body), files=files)

@@ -1,0 +1,128 @@
+"""The report's parallel section (dnibench/report/parallel.py) on a real sqlite MLflow store of
+fake-but-realistic parallel-suite runs: throughput figure with the ideal line, wall-clock figure, the
+speed-up table with the cost model's prediction, and the cDNI-vs-pipelined sentence."""
+from __future__ import annotations
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from dnibench.parallel import cost
+from dnibench.report import SECTIONS, parallel
+from dnibench.report.context import ROLE, ReportContext
+
+BATCH = 256
+# (method, schedule, microbatches, K, seed, samples/s, final error, test_error history, wall_s history, extra)
+RUNS = [
+    ("bprop", "locked", "", 1, 0, 1000.0, 2.0, [9.0, 3.0, 2.0], [10.0, 20.0, 30.0], {}),
+    ("bprop", "locked", "", 2, 0, 950.0, 2.0, [9.0, 3.0, 2.0], [11.0, 22.0, 33.0], {}),
+    ("bprop", "pipelined", "4", 1, 0, 900.0, 2.1, [9.0, 3.0, 2.1], [11.0, 22.0, 33.0], {}),
+    ("bprop", "pipelined", "4", 2, 0, 1400.0, 2.1, [10.0, 2.4, 2.2], [10.0, 20.0, 30.0], {}),
+    ("cdni", "decoupled", "", 1, 0, 800.0, 2.3, [9.0, 3.0, 2.3], [12.0, 24.0, 36.0], {}),
+    ("cdni", "decoupled", "", 2, 0, 1500.0, 2.3, [10.0, 3.0, 2.4], [5.0, 10.0, 15.0], {"cost": True}),
+    # a lockstep run: left out (it waits for every target by construction)
+    ("cdni", "decoupled", "", 2, 1, 10.0, 2.3, [10.0, 3.0, 2.4], [50.0, 100.0, 150.0], {"lockstep": True}),
+    ("dni", "decoupled", "", 1, 0, 820.0, 4.0, [9.0, 5.0, 4.0], [12.0, 24.0, 36.0], {}),
+    ("dni", "decoupled", "", 2, 0, 1600.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {}),
+    # a disturbed run: its throughput is not the method's cost
+    ("dni", "decoupled", "", 2, 1, 99999.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {"disturbed": True}),
+]
+STAGES = [cost.StageCost(forward=0.02, backward=0.04, update=0.005, synth=0.01, out_bytes=BATCH * 256 * 4)] * 5 + \
+         [cost.StageCost(forward=0.001, backward=0.002, update=0.001, out_bytes=BATCH * 10 * 4)]
+LINK = cost.Link(1e-4, 1e9)
+
+
+def _store(root) -> str:
+    uri = f"sqlite:///{root}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("parallel")
+    for n, (method, schedule, micro, k, seed, rate, final, errors, walls, extra) in enumerate(RUNS):
+        tags = {ROLE: "child", "device": "cpu", "git_commit": "0" * 40, "config_hash": f"h{n}",
+                "suite": "parallel", "profile": "quick", "task": "mnist", "model": "fcn6", "method": method,
+                "seed": str(seed)}
+        run = client.create_run(exp, tags=tags)
+        params = {"workers": k, "schedule": schedule, "microbatches": micro,
+                  "lockstep": str(extra.get("lockstep", False)).lower(), "train.batch_size": BATCH,
+                  "train.steps": 300, "seed": seed}
+        steps = [100, 200, 300]
+        metrics = [Metric("test_error", e, 0, s) for e, s in zip(errors, steps)]
+        # the executor logs wall_s at the evaluations; the one-process loop's wall_s/train too
+        metrics += [Metric(key, w, 0, s) for w, s in zip(walls, steps) for key in ("wall_s", "wall_s/train")]
+        finals = {"mean_samples_per_s": rate, "final_test_error": final,
+                  "wall_step_dispersion": 3.0 if extra.get("disturbed") else 1.1}
+        for i in range(k):
+            finals.update({f"worker{i}/busy_frac": 0.9 - 0.1 * i, f"worker{i}/wait_input_s": 0.5 * i,
+                           f"worker{i}/wait_grad_s": 2.0 if schedule == "locked" else 0.0,
+                           f"worker{i}/comm_s": 0.3})
+        if schedule == "decoupled" and k > 1:
+            finals.update({"staleness/h1_mean": 1.5, "staleness/h1_max": 3.0})
+        if extra.get("cost"):
+            finals.update(cost.cost_metrics(STAGES, LINK))
+        metrics += [Metric(key, value, 0, 300) for key, value in finals.items()]
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(key, str(v)) for key, v in params.items()])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return uri
+
+
+def _rows(markdown: str) -> dict[tuple[str, str], list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[(cells[0], cells[1])] = dict(zip(header, cells))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel_report")
+    out = root / "reports"
+    # this section alone (the whole report draws every other section too: seconds of matplotlib)
+    ctx = ReportContext.build(_store(root), out, root / "no-suites")
+    ctx.write_index([parallel.render(ctx)])
+    return out
+
+
+def test_section_is_registered():
+    assert "parallel" in SECTIONS and SECTIONS.index("parallel") < SECTIONS.index("comparisons")
+
+
+def test_figures_and_tables_are_written(report):
+    for name in ("throughput", "wallclock"):
+        for ext in ("png", "pdf"):
+            path = report / f"parallel_fcn6_quick_{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 1000, path
+    for ext in ("md", "csv", "tex"):
+        assert (report / f"parallel_fcn6_quick_speedup.{ext}").is_file()
+    readme = (report / "README.md").read_text()
+    assert "## Stages in worker processes: throughput and wall-clock" in readme
+    assert "1 run(s) marked timing disturbed" in readme
+
+
+def test_speedup_table_numbers(report):
+    rows = _rows((report / "parallel_fcn6_quick_speedup.md").read_text())
+    cdni = rows[("cDNI", "2")]
+    assert cdni["seeds"] == "1"                                   # the lockstep run is left out
+    assert cdni["samples/s"] == "1500" and cdni["speed-up"] == "1.88" and cdni["efficiency"] == "0.94"
+    assert cdni["busy fraction"] == "0.90/0.80" and cdni["wait input (s)"] == "0.0/0.5"
+    assert cdni["staleness mean/max"] == "h1:1.5/3"
+    # the cost model from the logged stage costs and link: 3 stages per worker, sends up and down
+    predicted = cost.throughput("cdni", STAGES, 2, LINK, BATCH)
+    assert cdni["model samples/s"] == f"{predicted:.0f}"
+    assert cdni["model error"] == f"{(predicted - 1500) / 1500:+.0%}"
+    assert cdni["model inputs"] == "logged stage costs"
+    # the disturbed dni run gives no throughput: the mean is the clean run's
+    assert rows[("DNI", "2")]["samples/s"] == "1600" and rows[("DNI", "2")]["seeds"] == "2"
+    assert rows[("Bprop locked", "2")]["speed-up"] == "0.95"
+    assert rows[("Bprop locked", "2")]["wait grad (s)"] == "2.0/2.0"
+    # no logged costs: the K=1 time split by the FCN's weights, with the measured link
+    assert "K=1 time split by weights" in rows[("Bprop pipelined M=4", "2")]["model inputs"]
+    assert rows[("Bprop pipelined M=4", "2")]["model samples/s"] != ""
+
+
+def test_race_sentence(report):
+    readme = (report / "README.md").read_text()
+    # bprop's K=1 final error 2.0 + 0.5: cDNI first at or below 2.5% at 15 s, pipelined bprop at 20 s
+    assert ("Target: bprop's final test error 2.00% + 0.5 = 2.50%, at K = 2. cDNI reached it in 15.0 s, "
+            "pipelined bprop (Bprop pipelined M=4) in 20.0 s: cDNI took less wall-clock (0.75x).") in readme
