@@ -1,0 +1,171 @@
+"""Stages in worker processes (issue 10): cDNI, locked bprop and pipelined bprop on FCN-6 at batch 256,
+in one process (1 and 2 threads) and through the parallel executor (dnibench/parallel, one thread per
+worker) at K = 1 and K = 2, with the cost model's prediction for each K = 2 case.
+
+Printed per K = 2 case: samples/s, parallel efficiency (K = 2 over 2x the same method in one process with
+one thread; issue 10's target for cDNI is >= 0.85), the ratio to the best single process (1 or 2 threads),
+the ratio to the executor at K = 1, and the cost model's samples/s with its relative error (target:
+within 15%). The cost model's inputs are measured here: per-stage compute in this process with one
+thread (cost.measure_stage_costs) and the gloo link between two processes (cost.ping_pong + fit_link).
+
+CPU only (the executor's transport here is gloo); on a shared machine the load average is printed with
+every row, since a neighbour's load falls on K = 2's second core first.
+"""
+import os
+
+import pytest
+import torch
+
+from dnibench.data import ImageData
+from dnibench.methods import Setup, get_method
+from dnibench.models import build_stages, stage_output_shapes
+from dnibench.parallel import cost
+
+IN_SHAPE, MODEL, CLASSES, BATCH = (1, 28, 28), "fcn6", 10, 256
+STEPS = 200                        # executor steps per run (after its start-up, which is not timed)
+ROUNDS, WARMUP = 40, 5             # one-process steps timed / not timed
+RATES: dict[tuple, float] = {}     # (case, where) -> samples/s, measured in this session
+COST: dict[str, object] = {}
+
+# (label, method, schedule, microbatches): the one-process method of each is the method itself
+CASES = [("cdni", "cdni", "decoupled", None), ("bprop locked", "bprop", "locked", None),
+         ("bprop pipelined M=4", "bprop", "pipelined", 4)]
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _trainer(method: str):
+    torch.manual_seed(0)
+    stages = build_stages(MODEL, IN_SHAPE, CLASSES)
+    cls = get_method(method)
+    return cls(stages, cls.Settings(), Setup(CLASSES, IN_SHAPE, stage_output_shapes(stages, IN_SHAPE), 3e-4,
+                                             torch.device("cpu")))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("method", ["cdni", "bprop"])
+def test_one_process(benchmark, record, method, threads):
+    trainer = _trainer(method)
+    x, y = torch.rand(BATCH, *IN_SHAPE), torch.randint(0, CLASSES, (BATCH,))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        benchmark.pedantic(lambda: trainer.step(x, y), rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+    finally:
+        torch.set_num_threads(before)
+    rate = BATCH / benchmark.stats.stats.median
+    RATES[(method, f"{threads} thread")] = rate
+    benchmark.extra_info.update(samples_per_s=rate)
+    record(case=f"{method} one process, {threads} thread(s)", samples_per_s=rate, load=_load())
+
+
+def _ping(rank: int, rendezvous: str, out: str) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
+    try:
+        # up to 16x the activation (256 x 256 floats): small messages alone cannot separate the
+        # bandwidth from the latency
+        sizes = [4, BATCH * 256 * 4, 4 * BATCH * 256 * 4, 16 * BATCH * 256 * 4]
+        torch.save(cost.ping_pong(rank, 1 - rank, sizes, repeats=30),
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cost_model_inputs(benchmark, record, tmp_path):
+    """Per-stage costs of cDNI's FCN-6 (linear synthesizers with the label, as the suite's) with one
+    thread, and the gloo link between two processes on this machine."""
+    import torch.multiprocessing as mp
+
+    def measure():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            torch.manual_seed(0)
+            stages = build_stages(MODEL, IN_SHAPE, CLASSES)
+            COST["cdni"] = cost.measure_stage_costs(stages, IN_SHAPE, BATCH, CLASSES, synth_hidden_layers=0,
+                                                    context=True, repeats=15, lr=3e-4)
+        finally:
+            torch.set_num_threads(before)
+        mp.start_processes(_ping, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "ping")), nprocs=2,
+                           join=True, start_method="spawn")
+        times = torch.load(tmp_path / "ping.0")
+        COST["link"] = cost.fit_link(times)
+        COST["one_way"] = times
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    link = COST["link"]
+    per_stage = [round(1000 * (s.forward + s.backward + s.update + s.synth), 2) for s in COST["cdni"]]
+    benchmark.extra_info.update(latency_s=link.latency_s, bandwidth_Bps=link.bandwidth_Bps, stage_ms=per_stage)
+    one_way = {n: round(1e3 * t, 2) for n, t in COST["one_way"].items()}
+    record(case="cost model inputs", samples_per_s="", load=_load(),
+           note=f"link fit {1e6 * link.latency_s:.0f} us + {link.bandwidth_Bps / 1e9:.2f} GB/s (one-way ms by bytes "
+                f"{one_way}); cDNI stage ms {per_stage}")
+
+
+def _spec(method: str, schedule: str, workers: int, microbatches):
+    from dnibench.suite import load_suite, plan
+
+    specs = plan(load_suite("suites/parallel.yaml"), "quick")
+    match = [s for s in specs if s.model == MODEL and s.method == method and s.parallel is not None
+             and s.parallel.schedule == schedule and s.parallel.workers == workers
+             and (microbatches is None or s.parallel.microbatches == microbatches)]
+    if not match:
+        pytest.skip(f"suites/parallel.yaml at quick has no {method} {schedule} K={workers} M={microbatches}")
+    train = match[0].train.model_copy(update={"steps": STEPS, "eval_every": STEPS, "log_every": STEPS // 4,
+                                              "lr_decay_at": [], "train_subset": None, "test_subset": 512})
+    return match[0].model_copy(update={"train": train})
+
+
+def _fake_mnist() -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    return ImageData(torch.rand(BATCH * 8, *IN_SHAPE, generator=g), torch.randint(0, CLASSES, (BATCH * 8,), generator=g),
+                     torch.rand(512, *IN_SHAPE, generator=g), torch.randint(0, CLASSES, (512,), generator=g),
+                     CLASSES, "random images (throughput only)")
+
+
+def _predict(label: str, schedule: str, microbatches, workers: int) -> float | None:
+    if "cdni" not in COST:
+        return None
+    stages, link = COST["cdni"], COST["link"]
+    if schedule == "decoupled":
+        return cost.throughput("cdni", stages, workers, link, BATCH)
+    # bprop: the same stage costs without the synthesizers
+    plain = [cost.StageCost(s.forward, s.backward, s.update, out_bytes=s.out_bytes) for s in stages]
+    return cost.throughput("gpipe" if schedule == "pipelined" else "locked", plain, workers, link, BATCH,
+                           microbatches or 1)
+
+
+# K = 1 before K = 2 of each case: the K = 2 row divides by it
+EXECUTOR = [(*case, k) for case in CASES for k in (1, 2)]
+
+
+@pytest.mark.parametrize("label,method,schedule,microbatches,workers", EXECUTOR,
+                         ids=[f"{c[0].replace(' ', '-')}-K{c[4]}" for c in EXECUTOR])
+def test_executor(benchmark, record, label, method, schedule, microbatches, workers):
+    from dnibench.parallel import train_parallel
+
+    spec = _spec(method, schedule, workers, microbatches)
+    data = _fake_mnist()
+    summary = {}
+
+    def run():
+        summary.update(train_parallel(spec, data, lambda row, step: None))
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    rate = summary["mean_samples_per_s"]
+    RATES[(label, f"K={workers}")] = rate
+    one = RATES.get((method, "1 thread"))
+    best = max((RATES.get((method, t)) or 0.0) for t in ("1 thread", "2 thread")) or None
+    k1 = RATES.get((label, "K=1"))
+    predicted = _predict(label, schedule, microbatches, workers)
+    row = {"case": f"{label} executor K={workers}", "samples_per_s": rate, "load": _load(),
+           "efficiency_vs_1thread": rate / (workers * one) if one else "",
+           "vs_best_one_process": rate / best if best else "",
+           "vs_executor_K1": rate / k1 if k1 and workers > 1 else "",
+           "model_samples_per_s": predicted if predicted else "",
+           "model_error": (predicted - rate) / rate if predicted else ""}
+    busy = [summary.get(f"total_worker{k}/busy_frac") for k in range(workers)]
+    row["busy_frac"] = "/".join(f"{b:.2f}" for b in busy if b is not None)
+    benchmark.extra_info.update({k: v for k, v in row.items() if k != "case"})
+    record(**row)
