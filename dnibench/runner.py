@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from . import interrupt, store
+from . import interrupt, resume, store
 from .errors import DataNotProvided, DnibenchError, RunFailed
 from .metric_log import MetricBuffer
 from .pool import MAX_JOBS, WorkerPool
@@ -128,6 +128,7 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     if not 1 <= jobs <= MAX_JOBS:
         raise DnibenchError(f"--jobs {jobs}: expected 1..{MAX_JOBS}")
     # Everything that can be wrong with the input is checked before a single run is created.
+    given = (device, shard)         # as asked, before torchrun's environment: the plan's key (resume.py)
     shard = shard or shard_from_env()
     if device == "auto" and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"   # one GPU per process
@@ -156,20 +157,21 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
         done = finished_hashes(client, exp.experiment_id) if exp is not None else set()
         left.append((suite, [s for s in specs if s.config_hash not in done]))
         outcome.skipped += len(specs) - len(left[-1][1])
-    datasets = {}
+    datasets, not_provided = {}, {}
     for suite, todo in left:
         try:
             if todo and suite.task not in datasets:
                 datasets[suite.task] = get_task(suite.task).load(data_dir, cifar_dir)
         except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
+            not_provided[suite.name] = str(err)
     left = [(suite, todo) for suite, todo in left if todo and suite.task in datasets]
-    if jobs > 1 and any(s.parallel is not None for _, todo in left for s in todo):
-        # a parallel run starts its own worker processes and wants the cores for them
-        raise DnibenchError(f"--jobs {jobs}: the suites have runs with parallel workers; run them with --jobs 1")
     for suite, todo in left:        # all checked before a single run is created
         _check_batch_sizes(suite, todo, datasets[suite.task])
     client = client or prepare_store(tracking_uri, [])
+    if path is not None:            # a later invocation with nothing left answers from it without torch
+        resume.remember(tracking_uri, resume.plan_key(suites, profile, seeds, *given, data_dir, cifar_dir),
+                        [(s.name, [x.config_hash for x in specs], not_provided.get(s.name)) for s, specs in plans])
     todos = [(suite, experiment_id(client, suite.name, tracking_uri), todo) for suite, todo in left]
     bar = tqdm(total=outcome.skipped + sum(len(todo) for _, _, todo in todos), initial=outcome.skipped,
                desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)
@@ -188,7 +190,11 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     try:
         for suite, exp_id, todo in todos:
             if todo:
-                _run_suite(client, suite, exp_id, todo, profile, dev, datasets[suite.task], pool, record, bar, progress)
+                # A suite with parallel runs runs here, one run at a time: each starts its own worker
+                # processes (a pool worker is a daemon and may not) and wants the cores for them.
+                here = any(s.parallel is not None for s in todo)
+                _run_suite(client, suite, exp_id, todo, profile, dev, datasets[suite.task], None if here else pool,
+                           record, bar, progress)
     finally:
         if pool is not None:
             pool.close()

@@ -464,8 +464,8 @@ def _parallel_settings(where: Path, e_index: int, entry: Entry, prof: Profile, m
         if schedule == "pipelined":
             if micro is None:
                 raise SuiteError(f"{at}: schedule pipelined needs microbatches (M)")
-            if micro > train.batch_size:
-                raise SuiteError(f"{at}: microbatches {micro} is more than the batch of {train.batch_size}")
+            if train.batch_size % micro:
+                raise SuiteError(f"{at}: microbatches {micro} does not split the batch of {train.batch_size} evenly")
         elif micro is not None:
             raise SuiteError(f"{at}: microbatches applies to schedule pipelined only (this is {schedule})")
         lockstep, in_flight = point.get("lockstep", False), point.get("max_in_flight")

@@ -33,7 +33,8 @@ REPORT_GRACE_S = 2.0                # after a first failure: how long the others
 def _context():
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["dnibench.parallel.worker", "dnibench.runner"])
+        # torch._dynamo: the first Adam imports it (fused or foreach), ~3-5 s that every worker would pay
+        ctx.set_forkserver_preload(["dnibench.parallel.worker", "dnibench.runner", "torch._dynamo"])
         return ctx
     return mp.get_context("spawn")
 

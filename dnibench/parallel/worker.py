@@ -152,20 +152,21 @@ def worker_main(rank: int, spec_json: str, data_path: str, rendezvous: str, conn
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C reaches the group: the parent stops the workers
     from ..errors import Diverged
+    # Every way out is os._exit once the parent has been told: every message was taken and every send
+    # completed before "done" (Worker.finish), and gloo's teardown would wait on peers that may be gone.
     try:
         summary = Worker(rank, spec_json, data_path, rendezvous, conn, hooks, timeout_s).run()
         conn.send(("done", rank, summary))
+        code = 0
     except Diverged as err:
         conn.send(("diverged", rank, err.step))
-        os._exit(0)
+        code = 0
     except BaseException as err:                       # noqa: BLE001 -- everything goes to the parent
         first = (str(err).splitlines() or [""])[0]
         conn.send(("error", rank, f"{type(err).__name__}: {first}"[:400], traceback.format_exc()))
-        os._exit(1)                                    # a peer may hold gloo open: leave at once
-    finally:
-        conn.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+        code = 1
+    conn.close()
+    os._exit(code)
 
 
 class Worker:
@@ -413,18 +414,6 @@ class Worker:
         m, clock, group, metrics = self.method, self.clock, self.group, {}
         coins = [True] * len(self.stages)              # p_update = 1 (plan refuses anything else)
         context = one_hot(y, self.setup.num_classes) if m.conditioned else None
-        # Flow control: at most max_in_flight batches without their target (lockstep: 1, i.e. wait for the
-        # target of the previous batch, exactly the one-process order).
-        if self.down is not None:
-            while self.trained - self.down.count > self.in_flight - 1:
-                with clock("wait_grad"):
-                    target = self.down.take()
-                self.on_target(target, metrics)
-        if self.unlocked and self.up is not None:
-            while self.trained - self.up.count > self.in_flight - 1:
-                with clock("wait_input"):
-                    real = self.up.take()
-                self.on_real_input(real, metrics)
         if self.unlocked:
             with clock("busy"):
                 real, pair = group.train_unlocked(x, y, context, coins, metrics)
@@ -450,6 +439,19 @@ class Worker:
             if not self.first:
                 self.outbox.send(down, self.rank - 1, DOWN)
         self.poll(metrics)
+        # Flow control, at the end of the step: at most max_in_flight - 1 batches left without their target
+        # before the next one starts (lockstep, 1: this batch's target is regressed within this step, at
+        # this step's learning rate, exactly the one-process order).
+        if self.down is not None:
+            while self.trained - self.down.count > self.in_flight - 1:
+                with clock("wait_grad"):
+                    target = self.down.take()
+                self.on_target(target, metrics)
+        if self.unlocked and self.up is not None:
+            while self.trained - self.up.count > self.in_flight - 1:
+                with clock("wait_input"):
+                    real = self.up.take()
+                self.on_real_input(real, metrics)
         return metrics
 
     def poll(self, metrics: dict) -> None:
@@ -500,12 +502,20 @@ class Worker:
             self.kept.pop(s, None)
 
     def finish(self) -> None:
-        """After the last step: take the messages still coming (they train nothing), wait for the sends."""
+        """After the last step: the targets (and real inputs) still coming train their models as in one process
+        (the last batch's target too), then every send is waited for."""
+        metrics: dict = {}
+        for inbox, on in ((self.down, getattr(self, "on_target", None)),
+                          (self.up, self.on_real_input if getattr(self, "unlocked", False) else None)):
+            while inbox is not None and inbox.count < inbox.total:
+                with self.clock("wait_grad" if inbox is self.down else "wait_input"):
+                    message = inbox.take()
+                if on is not None and self.par.schedule == "decoupled":
+                    on(message, metrics)
         with self.clock("comm"):
-            for inbox in (self.up, self.down):
-                while inbox is not None and inbox.count < inbox.total:
-                    inbox.take()
             self.outbox.drain()
+            if self.world > 1:
+                dist.barrier()                         # nobody leaves while a peer still needs it
 
     # ---- evaluation ---------------------------------------------------------------------------------
     @torch.no_grad()

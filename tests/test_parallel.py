@@ -1,0 +1,172 @@
+"""The parallel executor (dnibench/parallel/): real worker processes talking gloo on tiny networks.
+
+Lockstep K = 2 computes exactly the one-process learning rule (dni, cdni); a decoupled run finishes,
+logs target staleness within its flow-control bound, survives a slow worker, and a worker that dies
+ends the run FAILED with the reason and leaves no process behind; `dnibench run` drives it end to end."""
+import sqlite3
+
+import psutil
+import pytest
+import torch
+
+from dnibench.data import ImageData
+from dnibench.errors import WorkerFailed
+from dnibench.methods import get_method
+from dnibench.parallel.worker import split_stages
+from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
+from dnibench.train import train_ff
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    return ImageData(torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g),
+                     torch.rand(100, 1, 8, 8, generator=g), torch.randint(0, 10, (100,), generator=g), 10, "fake")
+
+
+def spec(method: str, workers: int, schedule: str = "decoupled", lockstep: bool = False, max_in_flight=None,
+         steps: int = STEPS, **settings) -> RunSpec:
+    if schedule == "decoupled":
+        max_in_flight = 1 if lockstep else (max_in_flight or 3)
+    par = ParallelSettings(workers=workers, schedule=schedule, lockstep=lockstep, max_in_flight=max_in_flight,
+                           microbatches=2 if schedule == "pipelined" else None)
+    return RunSpec(suite="t", profile="smoke", task="mnist", model="fcn4", method=method,
+                   method_args=get_method(method).Settings(**settings).model_dump(),
+                   train=TrainSettings(steps=steps, batch_size=32, lr=1e-2, lr_decay_at=[steps // 2], eval_every=6,
+                                       log_every=3),
+                   seed=0, device="cpu", parallel=par)
+
+
+def run(run_spec, data):
+    rows = []
+    summary = train_ff(run_spec, data, lambda row, step: rows.append((step, row)))
+    return summary, rows
+
+
+def dumped(folder):
+    state = {}
+    for path in sorted(folder.glob("rank*.pt")):
+        state.update(torch.load(path))
+    return state
+
+
+def test_split_balances_the_cost_of_contiguous_groups():
+    assert split_stages([1.0] * 6, 2) == [(0, 3), (3, 6)]
+    assert split_stages([4.0, 1.0, 1.0, 1.0, 1.0], 2) == [(0, 1), (1, 5)]
+    assert split_stages([3.0, 2.0, 1.0, 1.0, 1.0], 2) == [(0, 2), (2, 5)]
+    assert split_stages([1.0, 1.0, 1.0], 3) == [(0, 1), (1, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("method,settings", [("dni", {"synth_hidden_layers": 1, "synth_width": 16}), ("cdni", {})])
+def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path, monkeypatch):
+    states = {}
+    for workers in (1, 2):
+        folder = tmp_path / f"k{workers}"
+        folder.mkdir()
+        monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
+        summary, _ = run(spec(method, workers, lockstep=True, **settings), data)
+        states[workers] = dumped(folder)
+        if workers == 2:
+            assert summary["staleness/h2_max"] == 0.0          # lockstep: every target before the next step
+    one, two = states[1], states[2]
+    assert set(one) == set(two) and len(one) == 4 + 3            # 4 stages, 3 synthesizers
+    initial = None
+    for name in one:
+        for key in one[name]:
+            torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{name}.{key}: {m}")
+    # the parameters moved (a run that learnt nothing would compare equal trivially)
+    torch.manual_seed(0)
+    from dnibench.models import build_stages
+    initial = build_stages("fcn4", (1, 8, 8), 10)
+    assert not torch.allclose(initial[0][1].weight, one["stage0"]["1.weight"])
+
+
+def test_decoupled_run_logs_staleness_within_its_flow_control_bound(data):
+    summary, rows = run(spec("cdni", 2, max_in_flight=3), data)
+    assert 0.0 <= summary["staleness/h2_mean"] <= summary["staleness/h2_max"] <= 2.0    # max_in_flight - 1
+    evals = [(step, row) for step, row in rows if "test_error" in row]
+    assert [step for step, _ in evals] == [6, 12]
+    assert all(0 <= row["test_error"] <= 100 and row["wall_s/train"] > 0 for _, row in evals)
+    assert evals[0][1]["wall_s/train"] < evals[1][1]["wall_s/train"]
+    for k in (0, 1):
+        assert 0 < summary[f"total_worker{k}/busy_frac"] <= 1
+    assert summary["mean_samples_per_s"] > 0 and summary["final_test_error"] == evals[-1][1]["test_error"]
+
+
+@pytest.mark.parametrize("method,schedule", [("unlock_cdni", "decoupled"), ("bprop", "locked"),
+                                             ("bprop", "pipelined")])
+def test_every_schedule_finishes_with_two_workers(method, schedule, data):
+    settings = {"input_hidden_layers": 0} if method.startswith("unlock") else {}
+    summary, rows = run(spec(method, 2, schedule, steps=6, **settings), data)
+    assert summary["final_train_loss"] == summary["final_train_loss"]      # finite, not NaN
+    if method == "unlock_cdni":
+        assert summary["input_staleness/h2_max"] <= 2.0
+
+
+def test_locked_bprop_two_workers_equal_one_process(data):
+    one, _ = run(spec("bprop", 1, "locked", steps=6), data)
+    two, _ = run(spec("bprop", 2, "locked", steps=6), data)
+    assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-5)
+    assert two["final_test_error"] == one["final_test_error"]
+
+
+def test_a_slow_worker_throttles_the_other_and_the_run_finishes(data, monkeypatch):
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:0.05")
+    summary, _ = run(spec("cdni", 2, max_in_flight=2), data)
+    # worker 0 may run at most 1 batch ahead of its targets: it waits on the slow worker 1
+    assert summary["total_worker0/wait_grad_s"] > 0.25
+    assert summary["staleness/h2_max"] <= 1.0
+
+
+def _grandchildren():
+    """Processes below this one's children (the forkserver's workers), alive."""
+    out = []
+    for child in psutil.Process().children():
+        try:
+            out += [p for p in child.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_a_worker_that_dies_fails_the_run_with_the_reason_and_leaves_no_process(data, monkeypatch):
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_EXIT", "1:5")
+    with pytest.raises(WorkerFailed) as err:
+        run(spec("cdni", 2), data)
+    assert "parallel worker 1" in err.value.reason and "died (exit code 3)" in err.value.reason
+    assert "\n" not in err.value.reason
+    assert _grandchildren() == []
+
+
+SUITE = """
+name: par
+task: mnist
+train: {steps: 6, batch_size: 4, lr: 1.0e-3, lr_decay_at: [], eval_every: 3, log_every: 3}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: cdni
+    parallel: {workers: 2}
+"""
+
+
+def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake_mnist_data_dir):
+    from dnibench.cli import main
+    suite = tmp_path / "par.yaml"
+    suite.write_text(SUITE)
+    db = tmp_path / "m.db"
+    # in this process (the CLI's main, not a new interpreter): the forkserver is warm from the tests above
+    assert main(["run", str(suite), "--profile", "smoke", "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
+                 "--data-dir", str(fake_mnist_data_dir), "--no-progress"]) == 0
+    with sqlite3.connect(db) as con:
+        (run_id, status), = con.execute("select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                                        "where t.key = 'dnibench.role' and t.value = 'child'").fetchall()
+        params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)).fetchall())
+        metrics = {k for (k,) in con.execute("select distinct key from metrics where run_uuid = ?", (run_id,))}
+    assert status == "FINISHED"
+    assert (params["workers"], params["schedule"], params["max_in_flight"]) == ("2", "decoupled", "4")
+    assert {"test_error", "samples_per_s", "wall_s/train", "worker1/busy_frac", "worker0/wait_grad_s",
+            "staleness/h1_mean", "staleness/h1_max"} <= metrics
