@@ -138,3 +138,16 @@ def test_cost_metrics_round_trip():
     row = {f"metric.{k}": v for k, v in cost.cost_metrics(STAGES).items()}      # a report row, no link
     assert cost.costs_from_metrics(row) == (STAGES, None)
     assert cost.costs_from_metrics({"metric.test_error": 2.0}) is None
+
+
+def test_calibrate_matches_one_worker_and_keeps_proportions():
+    measured = 12.0
+    for schedule, m in (("cdni", 1), ("locked", 1), ("gpipe", 4), ("unlock", 1)):
+        scaled = cost.calibrate(STAGES, schedule, measured, m)
+        assert cost.step_time(schedule, scaled, 1, FREE, m) == pytest.approx(measured)
+    scaled = cost.calibrate(STAGES, "cdni", measured)
+    factor = measured / sum(s.forward + s.backward + s.update + s.synth for s in STAGES)
+    assert cost.step_time("cdni", scaled, 4, FREE) == pytest.approx(factor * cost.step_time("cdni", STAGES, 4, FREE))
+    assert [s.out_bytes for s in scaled] == [s.out_bytes for s in STAGES]      # messages are not compute
+    with pytest.raises(ValueError, match="positive"):
+        cost.calibrate(STAGES, "cdni", 0.0)

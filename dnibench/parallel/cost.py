@@ -36,7 +36,7 @@ own one-process throughput for the efficiency. K <= N uses the real network's st
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SCHEDULES = ("locked", "gpipe", "dni", "cdni", "unlock")
 DECOUPLED = ("dni", "cdni", "unlock")
@@ -159,6 +159,21 @@ def throughput(schedule: str, stages: list[StageCost], k: int, cluster: Cluster 
                batch_size: int, microbatches: int = 1) -> float:
     """Predicted samples per second."""
     return batch_size / step_time(schedule, stages, k, cluster, microbatches)
+
+
+def calibrate(stages: list[StageCost], schedule: str, measured_step_s: float,
+              microbatches: int = 1) -> list[StageCost]:
+    """The stages with every compute time scaled by one factor, so that the one-worker prediction of
+    ``schedule`` equals a measured one-worker step time (a one-worker step sends no messages). Stages
+    timed one by one miss what a whole step adds (the method's bookkeeping, caches gone cold between
+    stages, small micro-batches); the factor keeps the stages' proportions and spreads that overhead
+    over them, so what remains of the K > 1 error is the model's, not the measurement's."""
+    base = step_time(schedule, stages, 1, Link(0.0, float("inf")), microbatches)
+    if not measured_step_s > 0 or not base > 0:
+        raise ValueError("calibration needs a positive measured and predicted step time")
+    f = measured_step_s / base
+    return [replace(s, forward=s.forward * f, backward=s.backward * f, update=s.update * f, synth=s.synth * f,
+                    synth_input=s.synth_input * f) for s in stages]
 
 
 def deepen(stages: list[StageCost], depth: int) -> list[StageCost]:

@@ -7,8 +7,9 @@ figure and table. Throughput is the run's ``mean_samples_per_s`` (whole training
 ``samples_per_s``; runs marked timing disturbed (curves.timing_disturbed) give no throughput.
 
 The cost model (dnibench/parallel/cost.py) predicts each measured K from the per-stage costs a run
-logged (``cost/stage{i}/...``, ``cost/link_*``); where none were logged it splits the K = 1 run's
-measured step time over the stages in proportion to their weights (FCN only), and says so.
+logged (``cost/stage{i}/...``, ``cost/link_*``), scaled by one factor so that it predicts the same
+method's measured K = 1 (cost.calibrate); where none were logged it splits the K = 1 run's measured
+step time over the stages in proportion to their weights (FCN only). The table says which.
 """
 from __future__ import annotations
 
@@ -100,13 +101,15 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         batch = int(row.get("param.train.batch_size") or 256)
         k = int(row["workers"])
         stages, source = None, ""
+        one = runs[(runs["label"] == row["label"]) & (runs["workers"] == 1) & runs["samples_per_s"].notna()]
+        one_step_s = batch / one["samples_per_s"].mean() if len(one) else None
         if logged:
             stages, source = logged[0], "logged stage costs"
-        else:
-            one = runs[(runs["label"] == row["label"]) & (runs["workers"] == 1) & runs["samples_per_s"].notna()]
-            if len(one):
-                stages = _weight_split(row["model"], row["task"], batch, batch / one["samples_per_s"].mean())
-                source = "K=1 time split by weights"
+            if one_step_s and k > 1:          # one factor on all compute: K = 1 predicted as measured
+                stages, source = cost.calibrate(stages, schedule, one_step_s, m), source + " calibrated to K=1"
+        elif one_step_s:
+            stages = _weight_split(row["model"], row["task"], batch, one_step_s)
+            source = "K=1 time split by weights"
         link = (logged[1] if logged and logged[1] else None) or measured_link or cost.Link(0.0, float("inf"))
         if stages is None or k > len(stages):
             predicted.append(np.nan)
