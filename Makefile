@@ -12,7 +12,8 @@ DEVICE ?= auto
 SEEDS ?=
 TRACKING_URI ?= sqlite:///results/mlflow.db
 SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml suites/mnist_delay.yaml suites/cifar10_ff.yaml \
-          suites/rnn_copy.yaml suites/rnn_repeat_copy.yaml suites/rnn_ptb.yaml suites/rnn_multiscale.yaml
+          suites/rnn_copy.yaml suites/rnn_repeat_copy.yaml suites/rnn_ptb.yaml suites/rnn_multiscale.yaml \
+          suites/parallel.yaml
 RUN_FLAGS ?=
 # JOBS=N: N runs at once, each in a worker process with its share of the free cores (dnibench run --jobs)
 JOBS ?= 1

@@ -170,3 +170,40 @@ def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake
     assert (params["workers"], params["schedule"], params["max_in_flight"]) == ("2", "decoupled", "4")
     assert {"test_error", "samples_per_s", "wall_s/train", "worker1/busy_frac", "worker0/wait_grad_s",
             "staleness/h1_mean", "staleness/h1_max"} <= metrics
+
+
+def test_the_parallel_suite_plans_at_every_profile_and_one_process_runs_keep_their_hash():
+    from dnibench.suite import check_all_profiles, load_suite, plan
+    suite = load_suite("suites/parallel.yaml")
+    check_all_profiles(suite)
+    quick = plan(suite, "quick")
+    assert sorted((s.method, s.parallel.schedule, s.parallel.workers, s.parallel.microbatches) for s in quick) == sorted(
+        [("bprop", "locked", k, None) for k in (1, 2)] + [("bprop", "pipelined", k, m) for k in (1, 2) for m in (4, 8)]
+        + [(m, "decoupled", k, None) for m in ("dni", "cdni", "unlock_cdni") for k in (1, 2)])
+    assert all(s.model == "fcn6" and s.train.batch_size == 256 for s in quick)
+    assert {s.model for s in plan(suite, "paper")} == {"fcn6", "cnn4"}
+    one = quick[0].model_copy(update={"parallel": None})
+    assert "parallel" not in one.resolved() and "parallel" in quick[0].resolved()
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("{model: fcn4, method: dni, parallel: {workers: 2, schedule: pipelined, microbatches: 2}}",
+     "schedule 'pipelined' does not apply to 'dni'"),
+    ("{model: fcn3, method: cdni, parallel: {workers: 4}}", "workers 4 is more than the 3 stages"),
+    ("{model: fcn4, method: bprop, parallel: {workers: 2, microbatches: 2}}", "microbatches applies to schedule pipelined"),
+    ("{model: fcn4, method: bprop, parallel: {workers: 2, schedule: pipelined, microbatches: 3}}", "does not split the batch"),
+    ("{model: fcn4, method: bprop, parallel: {workers: 2, lockstep: true}}", "apply to schedule decoupled only"),
+    ("{model: fcn4, method: nobprop, parallel: {workers: 2}}", "has no parallel schedule"),
+    ("{model: fcn4, method: dni, args: {dni: {p_update: 0.5}}, parallel: {workers: 2}}", "p_update < 1"),
+    ("{model: fcn4, method: cdni, parallel: {workers: 2, lockstep: true, max_in_flight: 3}}", "lockstep waits"),
+    ("{model: fcn4, method: cdni, parallel: {workers: 0}}", "greater than or equal to 1"),
+])
+def test_combinations_the_executor_does_not_run_are_one_line(tmp_path, entry, message):
+    from dnibench.errors import SuiteError
+    from dnibench.suite import load_suite, plan
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\ntask: mnist\ntrain: {{batch_size: 8}}\nprofiles: {{smoke: {{}}, quick: {{}}, paper: {{}}}}\n"
+                    f"entries:\n  - {entry}\n")
+    with pytest.raises(SuiteError) as err:
+        plan(load_suite(path), "smoke")
+    assert message in str(err.value) and "\n" not in str(err.value)
