@@ -80,6 +80,7 @@ def train_parallel(spec, data, log, on_step=lambda n: None) -> dict:
                     "num_classes": data.num_classes}, data_path)
         rendezvous = str(Path(tmp) / "rendezvous")
         hooks = _hooks()
+        finished = False
         try:
             for rank in range(world):
                 mine, theirs = ctx.Pipe(duplex=False)
@@ -91,8 +92,9 @@ def train_parallel(spec, data, log, on_step=lambda n: None) -> dict:
                 conns.append(mine)
             with ResourceSampler(resolve_device(spec.device)) as sampler:
                 summaries = _relay(procs, conns, world, log, on_step, interrupt, timeout_s)
-        finally:
-            _stop(procs, grace_s=5.0 if len(procs) == world else 0.0)
+            finished = True
+        finally:                                       # a failure or a signal: the workers are killed at once
+            _stop(procs, grace_s=5.0 if finished else 0.0)
             for conn in conns:
                 conn.close()
     summary: dict[str, float] = {}
