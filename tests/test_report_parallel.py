@@ -128,3 +128,17 @@ def test_race_sentence(report):
     # bprop's K=1 final error 2.0 + 0.5: cDNI first at or below 2.5% at 15 s, pipelined bprop at 20 s
     assert ("Target: bprop's final test error 2.00% + 0.5 = 2.50%, at K = 2. cDNI reached it in 15.0 s, "
             "pipelined bprop (Bprop pipelined M=4) in 20.0 s: cDNI took less wall-clock (0.75x).") in readme
+
+
+def test_modelled_scaling_table(report):
+    assert (report / "parallel_fcn6_quick_modelled.png").is_file()
+    rows = _rows((report / "parallel_fcn6_quick_modelled.md").read_text())
+    # cDNI's logged costs scaled to its K = 1 step (800 samples/s), CPU preset, K = 2 and 64
+    stages = cost.calibrate(STAGES, "cdni", BATCH / 800.0)
+    want = {r["workers"]: r["speedup"] for r in cost.predict_scaling(stages, BATCH, cost.CPU_CLUSTER, [2, 64],
+                                                                       {"cDNI": {"schedule": "cdni"}})}
+    cdni = rows[("cpu-10gbe", "cDNI")]
+    assert float(cdni["K=2"]) == pytest.approx(want[2], abs=0.005)
+    assert float(cdni["K=64"]) == pytest.approx(want[64], abs=0.005)
+    assert float(rows[("gpu-nvlink-ib", "Bprop locked")]["K=64"]) <= 1.0     # locking never scales
+    assert "Past the network's 6 stages" in (report / "README.md").read_text()

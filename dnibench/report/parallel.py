@@ -154,6 +154,58 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SCALE_K = [1, 2, 4, 8, 16, 32, 64]
+
+
+def modelled_scaling(runs: pd.DataFrame) -> pd.DataFrame:
+    """The cost model's speed-up for K = 1..64 on the two cluster presets, per method/schedule, from
+    its K = 1 runs: logged stage costs calibrated to the measured K = 1 step, else that step split by
+    the FCN's weights. Beyond the network's N stages it is deepened (cost.deepen), so a row past N is
+    about a deeper network of the same layers (column ``stages``)."""
+    from ..parallel import cost
+
+    rows = []
+    for name, group in runs.groupby("label", sort=True):
+        one = group[(group["workers"] == 1) & group["samples_per_s"].notna()]
+        if one.empty:
+            continue
+        first = one.iloc[-1]
+        schedule, m = _cost_schedule(first["method"], first["schedule"], first["microbatches"])
+        batch = int(first.get("param.train.batch_size") or 256)
+        step_s = batch / one["samples_per_s"].mean()
+        logged = next((got for got in map(cost.costs_from_metrics, group.to_dict("records")) if got), None)
+        stages = (cost.calibrate(logged[0], schedule, step_s, m) if logged
+                  else _weight_split(first["model"], first["task"], batch, step_s))
+        if stages is None:
+            continue
+        kwargs = {"schedule": schedule, **({"microbatches": m} if schedule == "gpipe" else {})}
+        for cluster in (cost.CPU_CLUSTER, cost.GPU_CLUSTER):
+            for row in cost.predict_scaling(stages, batch, cluster, SCALE_K, {name: kwargs}):
+                rows.append({**row, "cluster": cluster.name, "inputs": "logged, calibrated" if logged else "K=1 split"})
+    return pd.DataFrame(rows)
+
+
+def scaling_figure(ctx: ReportContext, table: pd.DataFrame, stem: str, title: str) -> list:
+    clusters = list(dict.fromkeys(table["cluster"]))
+    fig, axes = plt.subplots(1, len(clusters), figsize=(5.0 * len(clusters), 3.8), squeeze=False)
+    for ax, cluster in zip(axes[0], clusters):
+        at = table[table["cluster"] == cluster]
+        for name, group in at.groupby("schedule", sort=True):
+            ax.plot(group["workers"], group["speedup"], "o-", markersize=3, label=name)
+        ax.plot(SCALE_K, SCALE_K, "k:", lw=0.8, label="ideal (K)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_xticks(SCALE_K, [str(k) for k in SCALE_K])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("workers K")
+        ax.set_ylabel("modelled speed-up over one worker")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(cluster)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return ctx.save_figure(fig, stem)
+
+
 def throughput_figure(ctx: ReportContext, runs: pd.DataFrame, stem: str, title: str) -> list:
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -282,4 +334,21 @@ def render(ctx: ReportContext) -> Section | None:
             files += ctx.write_table(table, f"{stem}_speedup")
             body += [f"### {where}", "", f"![throughput]({stem}_throughput.png) ![wall-clock]({stem}_wallclock.png)",
                      "", markdown_table(table), "", sentence, ""]
+            scale = modelled_scaling(at)
+            if not scale.empty:
+                files += scaling_figure(ctx, scale, f"{stem}_modelled", f"{where}: cost model, K = 1..64")
+                wide = scale.pivot_table(index=["cluster", "schedule"], columns="workers", values="speedup").round(2)
+                wide.columns = [f"K={k}" for k in wide.columns]
+                wide = wide.reset_index()
+                files += ctx.write_table(wide, f"{stem}_modelled")
+                n = len(_weight_split(at["model"].iloc[0], at["task"].iloc[0], 1, 1.0) or []) or "N"
+                body += ["Modelled beyond this machine (dnibench/parallel/cost.py): speed-up over one worker of each "
+                         "method/schedule for K up to 64, from its measured K = 1 step (logged stage costs scaled to "
+                         "it, or the step split by the layers' weights) and the two presets' links (CPU cluster: "
+                         "10 GbE; GPU cluster: NVLink in a node of 8, InfiniBand between nodes; the figures in "
+                         "cost.py are assumptions with their sources). Compute stays as measured on this run's "
+                         f"device, so the GPU case shows only what faster links change. Past the network's {n} "
+                         "stages the model deepens the network with copies of a hidden layer: those rows are about "
+                         "a deeper network, not this one.", "",
+                         f"![modelled]({stem}_modelled.png)", "", markdown_table(wide), ""]
     return Section(title="Stages in worker processes: throughput and wall-clock", body="\n".join(body), files=files)
