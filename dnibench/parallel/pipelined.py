@@ -20,7 +20,13 @@ only fixes the things the library leaves to its user:
   BatchNorm in train mode that forward would move the running statistics once more than training
   does. The shapes are therefore given up front (``in_shape``; the output shape is found once by
   an eval-mode forward, which leaves BatchNorm's buffers alone), so the library runs in its static
-  mode and never touches the module outside the schedule.
+  mode and never touches the module outside the schedule. In static mode the examples'
+  ``requires_grad`` is what tells the library which gradients travel: without it on the output
+  example no stage receives a gradient from above (its backward fails with "grad can be implicitly
+  created only for scalar outputs").
+
+The library works on gloo and CPU in torch 2.13 (tests/test_pipelined.py runs it in two processes);
+1F1B needs at least as many micro-batches as workers (the library's check), GPipe any M >= 1.
 
 **Departure from one-process bprop (BatchNorm).** The paper's FCN and CNN have BatchNorm. With M > 1
 micro-batches each BatchNorm normalises over B/M examples, not B, and updates its running
