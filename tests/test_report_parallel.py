@@ -54,6 +54,8 @@ def _store(root) -> str:
             finals.update({f"worker{i}/busy_frac": 0.9 - 0.1 * i, f"worker{i}/wait_input_s": 0.5 * i,
                            f"worker{i}/wait_grad_s": 2.0 if schedule == "locked" else 0.0,
                            f"worker{i}/comm_s": 0.3})
+        if k == 2 and method == "cdni":       # the executor's whole-run summary wins over the last row
+            finals.update({"total_worker0/busy_frac": 0.95})
         if schedule == "decoupled" and k > 1:
             finals.update({"staleness/h1_mean": 1.5, "staleness/h1_max": 3.0})
         if extra.get("cost"):
@@ -105,7 +107,7 @@ def test_speedup_table_numbers(report):
     cdni = rows[("cDNI", "2")]
     assert cdni["seeds"] == "1"                                   # the lockstep run is left out
     assert cdni["samples/s"] == "1500" and cdni["speed-up"] == "1.88" and cdni["efficiency"] == "0.94"
-    assert cdni["busy fraction"] == "0.90/0.80" and cdni["wait input (s)"] == "0.0/0.5"
+    assert cdni["busy fraction"] == "0.95/0.80" and cdni["wait input (s)"] == "0.0/0.5"
     assert cdni["staleness mean/max"] == "h1:1.5/3"
     # the cost model from the logged stage costs and link (3 stages per worker, sends up and down),
     # calibrated to cDNI's measured K = 1 (800 samples/s)

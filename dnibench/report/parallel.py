@@ -129,7 +129,9 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
         workers = range(k)
 
         def per_worker(metric: str, fmt: str) -> str:
-            values = [_metric(group, f"worker{i}/{metric}").mean() for i in workers]
+            # the executor's summary (total_: the whole run) where logged, else the last logged row
+            values = [_metric(group, f"total_worker{i}/{metric}").fillna(_metric(group, f"worker{i}/{metric}")).mean()
+                      for i in workers]
             return "/".join(fmt.format(v) for v in values) if any(v == v for v in values) else ""
 
         stale = sorted({c.split("/")[1].rsplit("_", 1)[0] for c in group.columns
