@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 from .errors import DnibenchError
 from .report.context import MANIFEST
+from .resume import plans_file
 
 
 def _artifact_dirs(db: Path) -> list[Path]:
@@ -68,6 +69,10 @@ def clean(out: Path, tracking_uri: str, log=print) -> list[Path]:
                         deleted.append(folder.parent)
             db.unlink()
             deleted.append(db)
+            plans = plans_file(tracking_uri)                    # the store's remembered plans (resume.py)
+            if plans.is_file():
+                plans.unlink()
+                deleted.append(plans)
     if not deleted:
         log("dnibench: nothing to delete")
     return list(deleted)

@@ -55,9 +55,16 @@ def _check_dir_flag(flag: str, path: Path | None, must_exist: bool = False) -> N
 def _cmd_run(args) -> int:
     _check_run_input(args)
     shard = _parse_shard(args.shard) if args.shard else None
-    from .runner import run_suites
-    outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
-                         args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard, jobs=args.jobs)
+    # Every run already FINISHED (a plan remembered next to the store says which): answered without
+    # importing torch or MLflow (dnibench/resume.py); otherwise the runner plans and runs what is left.
+    from .resume import nothing_left
+    outcome = None if args.force else nothing_left(args.suites, args.profile, args.device, args.seeds,
+                                                   args.tracking_uri, args.data_dir, args.cifar_dir, shard)
+    if outcome is None:
+        from .runner import run_suites
+        outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
+                             args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard,
+                             jobs=args.jobs)
     print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)"
           + (f", {outcome.failed} FAILED" if outcome.failed else ""))
     for label, reason in outcome.failures:

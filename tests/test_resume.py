@@ -1,0 +1,107 @@
+"""A rerun with every run FINISHED is answered from the plan remembered next to the store, without importing
+torch or MLflow (issue 9, §3: it took ~4 s), and gives way to the full path whenever the answer could differ:
+another suite file, a run left to do, a RUNNING run of this host. The store is read with sqlite3 directly."""
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dnibench import resume
+from dnibench.runner import run_suites
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST = """
+name: resume_ff
+task: mnist
+train: {steps: 2, batch_size: 4, lr: 1.0e-3, lr_decay_at: [], eval_every: 2, log_every: 1}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: [bprop, cdni]
+"""
+# CIFAR-10 without --cifar-dir is skipped with a message (as `make reproduce` does by default), and must
+# not make a finished resume take the full path.
+CIFAR = MNIST.replace("resume_ff", "resume_cifar").replace("task: mnist", "task: cifar10")
+
+DRIVER = """
+import contextlib, io, sys
+from dnibench.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    rc = main(sys.argv[1:])
+print(out.getvalue(), end="")
+print("rc", rc, "torch", "torch" in sys.modules, "mlflow" in sys.modules)
+"""
+
+
+@pytest.fixture
+def finished(tmp_path, fake_mnist_data_dir, monkeypatch):
+    """Two suite files and a store in which every smoke run of them is FINISHED (a full run, in process)."""
+    for name in ("WORLD_SIZE", "RANK", "MLFLOW_TRACKING_URI"):      # part of the plan's key
+        monkeypatch.delenv(name, raising=False)
+    suites = [tmp_path / "ff.yaml", tmp_path / "cifar.yaml"]
+    suites[0].write_text(MNIST)
+    suites[1].write_text(CIFAR)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    outcome = run_suites([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir=fake_mnist_data_dir,
+                         progress=False)
+    assert (outcome.ran, outcome.skipped, outcome.failed) == (2, 0, 0)
+    return suites, uri, fake_mnist_data_dir
+
+
+def rerun(suites, uri, data_dir, *extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    args = ["run", *map(str, suites), "--profile", "smoke", "--device", "cpu", "--tracking-uri", uri,
+            "--data-dir", str(data_dir), "--no-progress", *extra]
+    proc = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+def child_runs(uri: str) -> list[tuple[str, str]]:
+    db = uri[len("sqlite:///"):]
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return sorted(conn.execute("SELECT r.run_uuid, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                   "AND t.key = 'dnibench.role' AND t.value = 'child'").fetchall())
+
+
+def test_a_finished_rerun_skips_everything_without_torch_or_mlflow(finished):
+    suites, uri, data_dir = finished
+    before = child_runs(uri)
+    out, err = rerun(suites, uri, data_dir)
+    assert "dnibench: 0 run(s) done, 2 already finished (skipped)" in out
+    assert "rc 0 torch False False" in out, out
+    assert "skipping suite resume_cifar: data not provided" in err     # as the full path says it
+    assert child_runs(uri) == before                                   # nothing written to the store
+    from dnibench.clean import clean
+    plans = resume.plans_file(uri)
+    assert plans.is_file() and plans in clean(suites[0].parent / "reports", uri, log=lambda *_: None)
+    assert not plans.exists()                                          # dnibench clean deletes it with the store
+
+
+def test_anything_that_could_differ_takes_the_full_path(finished, tmp_path):
+    suites, uri, data_dir = finished
+    # --seeds 2: one more seed, two runs left: planned, run and counted by the full path
+    out, _ = rerun(suites, uri, data_dir, "--seeds", "2")
+    assert "dnibench: 2 run(s) done, 2 already finished (skipped)" in out and "torch True True" in out, out
+    # the suite file changed (another lr): another plan, whose runs are not in the store
+    suites[0].write_text(MNIST.replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    assert resume.nothing_left([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir) is None
+    suites[0].write_text(MNIST)
+    assert resume.nothing_left([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir).skipped == 2
+    # a RUNNING run of this host (its owner may be dead: the full path sweeps those)
+    db = uri[len("sqlite:///"):]
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET status = 'RUNNING' WHERE run_uuid = ?", (child_runs(uri)[0][0],))
+    assert resume.nothing_left([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir) is None
+
+
+def test_the_shortcut_needs_a_sqlite_store_and_a_plan(tmp_path):
+    suite = tmp_path / "ff.yaml"
+    suite.write_text(MNIST)
+    assert resume.nothing_left([str(suite)], "smoke", "cpu", None, "http://localhost:1") is None
+    assert resume.nothing_left([str(suite)], "smoke", "cpu", None, f"sqlite:///{tmp_path / 'none.db'}") is None
+    assert resume.plans_file(f"sqlite:///{tmp_path / 'a.db'}") == tmp_path / ".a.db.plans.json"
