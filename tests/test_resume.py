@@ -76,27 +76,27 @@ def test_a_finished_rerun_skips_everything_without_torch_or_mlflow(finished):
     assert "rc 0 torch False False" in out, out
     assert "skipping suite resume_cifar: data not provided" in err     # as the full path says it
     assert child_runs(uri) == before                                   # nothing written to the store
+
+    # Anything that could change the answer takes the full path (None). One fixture for all: each full run
+    # costs seconds of imports.
+    paths = [str(p) for p in suites]
+    assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir).skipped == 2
+    assert resume.nothing_left(paths, "smoke", "cpu", 2, uri, data_dir) is None        # another seed: runs left
+    assert resume.nothing_left(paths, "smoke", "auto", None, uri, data_dir) is None    # another device flag
+    assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir, shard=(0, 2)) is None
+    suites[0].write_text(MNIST.replace("lr: 1.0e-3", "lr: 2.0e-3"))     # the suite changed: another plan
+    assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir) is None
+    suites[0].write_text(MNIST)
+    assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir).skipped == 2
+    db = uri[len("sqlite:///"):]
+    with sqlite3.connect(db) as conn:       # a RUNNING run of this host (the full path sweeps dead owners')
+        conn.execute("UPDATE runs SET status = 'RUNNING' WHERE run_uuid = ?", (before[0][0],))
+    assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir) is None
+
     from dnibench.clean import clean
     plans = resume.plans_file(uri)
     assert plans.is_file() and plans in clean(suites[0].parent / "reports", uri, log=lambda *_: None)
     assert not plans.exists()                                          # dnibench clean deletes it with the store
-
-
-def test_anything_that_could_differ_takes_the_full_path(finished, tmp_path):
-    suites, uri, data_dir = finished
-    # --seeds 2: one more seed, two runs left: planned, run and counted by the full path
-    out, _ = rerun(suites, uri, data_dir, "--seeds", "2")
-    assert "dnibench: 2 run(s) done, 2 already finished (skipped)" in out and "torch True True" in out, out
-    # the suite file changed (another lr): another plan, whose runs are not in the store
-    suites[0].write_text(MNIST.replace("lr: 1.0e-3", "lr: 2.0e-3"))
-    assert resume.nothing_left([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir) is None
-    suites[0].write_text(MNIST)
-    assert resume.nothing_left([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir).skipped == 2
-    # a RUNNING run of this host (its owner may be dead: the full path sweeps those)
-    db = uri[len("sqlite:///"):]
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE runs SET status = 'RUNNING' WHERE run_uuid = ?", (child_runs(uri)[0][0],))
-    assert resume.nothing_left([str(p) for p in suites], "smoke", "cpu", None, uri, data_dir) is None
 
 
 def test_the_shortcut_needs_a_sqlite_store_and_a_plan(tmp_path):
