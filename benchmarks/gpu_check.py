@@ -118,7 +118,8 @@ def cmd_table(args) -> int:
           f"{'wall s':>6s} {'GPU %':>5s} {'GPU p95':>7s} {'GPU MB':>7s} {'CPU %':>5s} {'thr':>3s} {'disp':>5s}")
     for r in rows:
         print(f"{r['run'][:34]:34s} {r['status']:8s} {r['steps']:6d} {_f(r['mean_samples_per_s']):>9s} "
-              f"{_f(r['steady_samples_per_s']):>8s} {_f(r['train_s'], '{:.1f}'):>7s} {_f(r['run_wall_s'], '{:.1f}'):>6s} "
+              f"{_f(r['steady_samples_per_s']):>8s} {_f(r['train_s'], '{:.1f}'):>7s} "
+              f"{_f(r['run_wall_s'], '{:.1f}'):>6s} "
               f"{_f(r['gpu_util_mean']):>5s} {_f(r['gpu_util_p95']):>7s} {_f(r['gpu_mem_mb']):>7s} "
               f"{_f(r['cpu_util_mean']):>5s} {_f(r['threads']):>3s} {_f(r['dispersion'], '{:.2f}'):>5s}")
     if agg["finished"]:
@@ -173,7 +174,8 @@ def cmd_estimate(args) -> int:
     s = speedup.get(best, 1.0)
     estimate = {"jobs1_h": one, "missing": [f"{a}/{b}" for a, b in missing], "best_jobs": best, "speedup": s,
                 "best_h_if_cnn_scales": one / s, "best_h_if_cnn_does_not": total["fcn"] / s + total["cnn"]}
-    print(f"  at --jobs {best} (best measured, {s:.2f}x, measured on FCN-4 only): {estimate['best_h_if_cnn_scales']:.1f} h "
+    print(f"  at --jobs {best} (best measured, {s:.2f}x, measured on FCN-4 only): "
+          f"{estimate['best_h_if_cnn_scales']:.1f} h "
           f"if the CNN runs gain as much, {estimate['best_h_if_cnn_does_not']:.1f} h if they gain nothing "
           "(the CNN steps fill more of the GPU)")
     if args.json:

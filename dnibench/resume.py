@@ -5,7 +5,7 @@ hash), and torch with it; the store is opened through MLflow: about 4 s before a
 So an invocation that plans remembers its plan: each suite's config hashes, in ``.<db>.plans.json`` next to
 its sqlite store, under a key of everything the plan is made from (the suite files' bytes and paths, the
 method files they name, the profile, seeds, device, shard and data flags, dnibench's own source, the
-pydantic and PyYAML versions). A later invocation with the same key reads the FINISHED runs' hashes from
+pydantic, PyYAML and numpy versions). A later invocation with the same key reads the FINISHED runs' hashes from
 the sqlite file (read-only, as MLflow's own readers do) and, when no run is left, says so without
 importing torch or MLflow. Anything else takes the full path, which is always right: no entry, another key,
 a RUNNING run of this host (the full path sweeps those of dead owners), a store it cannot read, --force,
@@ -74,6 +74,7 @@ def plan_key(suites: list[Suite], profile: str, seeds: int | None, device: str, 
              "cifar_dir": str(Path(cifar_dir).resolve()) if cifar_dir else None,
              "env": {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES")},
              "python": sys.version, "pydantic": _version("pydantic"), "pyyaml": _version("PyYAML"),
+             "numpy": _version("numpy"),                    # draws the uniform sweeps' values
              "source": _source_digest(), "suites": []}
     if device != "cpu":             # what "auto" or "cuda" resolves to depends on the torch build and the driver
         parts.update(torch=_version("torch"), nvidia=os.path.exists("/dev/nvidiactl"), host=platform.node())

@@ -52,7 +52,8 @@ def finished(tmp_path, fake_mnist_data_dir, monkeypatch):
 
 
 def rerun(suites, uri, data_dir, *extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS")}
+    drop = ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     args = ["run", *map(str, suites), "--profile", "smoke", "--device", "cpu", "--tracking-uri", uri,
             "--data-dir", str(data_dir), "--no-progress", *extra]
