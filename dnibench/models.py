@@ -87,7 +87,9 @@ def stage_output_shapes(stages: nn.ModuleList, in_shape: tuple[int, ...]) -> lis
     """Per-example output shape of every stage (what a synthesizer at that interface sees)."""
     was_training = stages.training
     stages.eval()
-    h = torch.zeros(1, *in_shape)
+    # On the stages' own device: on CUDA a probe made on the CPU failed every run (found on the first GPU run).
+    param = next(stages.parameters(), None)
+    h = torch.zeros(1, *in_shape, device=param.device if param is not None else None)
     shapes = []
     for stage in stages:
         h = stage(h)
