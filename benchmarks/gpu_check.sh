@@ -73,8 +73,9 @@ if [ "$QUICK" = 1 ]; then
     export J_STEPS=60 J_SEEDS=2 J_LIST="1 2" T_STEPS=12 T_MODELS=fcn3,fcn4 T_METHODS=bprop,cdni
     export SMOKE="suites/mnist_delay.yaml suites/rnn_multiscale.yaml" SMOKE_JOBS=1
     export BENCH_K="bprop-64 or matmul or (training_step and bprop) or bptt-copy" V_ARGS="--steps 6 --warmup 2 --no-compile"
+    export P_WORKERS="1 2" P_FCN_STEPS=20 P_CNN_STEPS=4 P_CNN_FILTERS=8
 else
-    export J_STEPS=3000 J_SEEDS=4 J_LIST="1 4 8" T_STEPS=200 T_MODELS=fcn3,fcn4,fcn5,fcn6,cnn3,cnn4 T_METHODS=nobprop,bprop,dni,cdni
+    export J_STEPS=${J_STEPS:-3000} J_SEEDS=4 J_LIST="1 4 8" T_STEPS=${T_STEPS:-200} T_MODELS=fcn3,fcn4,fcn5,fcn6,cnn3,cnn4 T_METHODS=nobprop,bprop,dni,cdni
     export SMOKE="$(ls suites/*.yaml | tr '\n' ' ')" SMOKE_JOBS=4
     export BENCH_K="" V_ARGS="--steps 300 --warmup 20"
 fi
@@ -146,9 +147,55 @@ part_bench() {
 part_graphs() {
     $PY benchmarks/gpu_step_variants.py --device "$DEV" $V_ARGS --json "$OUT/variants.json"
 }
-export -f part_jobs part_timing part_estimate part_smoke part_bench part_graphs
+# Issue 10 on one GPU: the decoupled executor with K = 1, 2, 4 worker processes sharing the GPU (messages
+# staged through host memory over gloo: NCCL refuses two ranks on one device), FCN-6 and CNN-4, a fixed
+# number of paper-profile steps; throughput and the parent's NVML GPU utilisation per run.
+part_parallel() {
+    local ks="${P_WORKERS:-1 2 4}" fsteps=${P_FCN_STEPS:-400} csteps=${P_CNN_STEPS:-100}
+    cat > "$WORK/parallel.yaml" <<YAML
+name: gpu_parallel
+description: the decoupled executor on one GPU, K worker processes
+task: mnist
+train: {steps: $fsteps, batch_size: 256, lr: 3.0e-5, lr_decay_at: [], eval_every: $fsteps, log_every: 50}
+profiles:
+  smoke: {train: {train_subset: 1000, test_subset: 1000}}
+  quick: {train: {train_subset: 1000, test_subset: 1000}}
+  paper: {description: "paper model sizes, $fsteps (FCN-6) and $csteps (CNN-4) steps", train: {test_subset: 2000}}
+entries:
+  - {model: fcn6, method: bprop, parallel: {workers: [$(echo $ks | tr ' ' ,)], schedule: locked}}
+  - {model: fcn6, method: bprop, parallel: {workers: [$(echo $ks | tr ' ' ,)], schedule: pipelined, microbatches: 4}}
+  - {model: fcn6, method: cdni, parallel: {workers: [$(echo $ks | tr ' ' ,)]}}
+  - model: cnn4
+    method: [bprop, cdni]
+    train: {steps: $csteps, eval_every: $csteps, log_every: 25${P_CNN_FILTERS:+, cnn_filters: $P_CNN_FILTERS}}
+    args: {cdni: {synth_hidden_layers: 2}}
+    parallel: {workers: [$(echo $ks | tr ' ' ,)]}
+YAML
+    local rc=0
+    $DNI run "$WORK/parallel.yaml" --profile paper --device "$DEV" --no-progress \
+        --tracking-uri "sqlite:///$WORK/parallel.db" || rc=1
+    $PY benchmarks/gpu_check.py table "$WORK/parallel.db" --json "$WORK/parallel.json" || rc=1
+    $PY - "$WORK/parallel.db" <<'PY' || rc=1
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+rows = con.execute("""select r.run_uuid, r.status,
+  r.name,
+  (select value from params p where p.run_uuid = r.run_uuid and p.key = 'workers'),
+  (select value from params p where p.run_uuid = r.run_uuid and p.key = 'schedule')
+  from runs r""").fetchall()
+def last(uuid, key):
+    v = con.execute("select value from latest_metrics where run_uuid = ? and key = ?", (uuid, key)).fetchone()
+    return v[0] if v else float("nan")
+print(f"{'run':40s} {'status':9s} {'K':>2s} {'schedule':9s} {'samples/s':>10s} {'gpu %':>6s} {'busy0':>6s}")
+for uuid, status, label, k, sched in sorted(rows, key=lambda r: (str(r[2]), str(r[3]))):
+    print(f"{str(label):40s} {status:9s} {str(k):>2s} {str(sched):9s} {last(uuid, 'mean_samples_per_s'):10.0f} "
+          f"{last(uuid, 'gpu_util_pct_mean'):6.1f} {last(uuid, 'total_worker0/busy_frac'):6.2f}")
+PY
+    return $rc
+}
+export -f part_jobs part_timing part_estimate part_smoke part_bench part_graphs part_parallel
 
-declare -A BOX=([jobs]=120 [timing]=90 [estimate]=20 [smoke]=120 [bench]=80 [graphs]=150)
+declare -A BOX=([jobs]=${BOX_JOBS:-120} [timing]=${BOX_TIMING:-90} [estimate]=20 [smoke]=${BOX_SMOKE:-120} [bench]=${BOX_BENCH:-80} [graphs]=150 [parallel]=${BOX_PARALLEL:-150})
 for name in $PARTS; do
     left=$(( BUDGET - ($(date +%s) - START) - RESERVE ))
     box=${BOX[$name]:-60}
