@@ -119,8 +119,21 @@ class WorkerPool:
         self.workers: list[_Worker] = [self._start() for _ in range(jobs)]
 
     def _start(self) -> _Worker:
-        mine, theirs = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker, args=(theirs, *self.args), daemon=True, name="dnibench-worker")
+        try:
+            return self._start_in(self.ctx)
+        except (EOFError, ConnectionError) as err:
+            if self.ctx.get_start_method() == "spawn":
+                raise
+            # The forkserver died under us (seen once on a GPU machine: EOFError while forking a worker):
+            # spawn works wherever Python does; only the start-up is slower.
+            print(f"dnibench: the forkserver failed to start a worker ({type(err).__name__}); "
+                  "starting workers with spawn instead", file=sys.stderr)
+            self.ctx = mp.get_context("spawn")
+            return self._start_in(self.ctx)
+
+    def _start_in(self, ctx) -> _Worker:
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(theirs, *self.args), daemon=True, name="dnibench-worker")
         proc.start()
         theirs.close()
         return _Worker(proc, mine)

@@ -143,3 +143,26 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_dead_forkserver_falls_back_to_spawn(monkeypatch, capsys):
+    """Seen once on a GPU machine: the forkserver died while forking a worker (EOFError). The pool then
+    starts its workers with spawn, says so in one line, and goes on."""
+    import multiprocessing as mp
+
+    from dnibench import pool
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no forkserver on this platform")
+    started = []
+
+    def start_in(self, ctx):
+        started.append(ctx.get_start_method())
+        if ctx.get_start_method() == "forkserver":
+            raise EOFError("unexpected EOF")
+        return "worker"
+    monkeypatch.setattr(pool.WorkerPool, "_start_in", start_in)
+    workers = pool.WorkerPool(2, "sqlite:///unused.db", "cpu", None, None, client=None)
+    assert workers.workers == ["worker", "worker"] and started == ["forkserver", "spawn", "spawn"]
+    assert workers.ctx.get_start_method() == "spawn"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spawn instead" in err[0]
