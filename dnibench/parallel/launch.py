@@ -135,6 +135,8 @@ def _relay(procs, conns, world: int, log, on_step, interrupt, timeout_s: float) 
                         for n in range(progress + 1, step + 1):
                             on_step(n)
                         progress = max(progress, step)
+                elif kind == "beat":                   # alive between log points
+                    pass
                 elif kind == "done":
                     done[rank] = message[2]
                 elif kind == "diverged":
@@ -159,6 +161,7 @@ def _relay(procs, conns, world: int, log, on_step, interrupt, timeout_s: float) 
             rank = min(errors)
             raise WorkerFailed(errors[rank])
         if time.monotonic() - last_heard > timeout_s + 60:
+            # workers beat every BEAT_S and time out waiting on a peer after timeout_s: silence is a hang
             raise WorkerFailed(f"no word from any parallel worker in {timeout_s + 60:.0f} s (after step {progress})")
     return done
 

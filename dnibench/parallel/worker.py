@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 UP, DOWN, EVAL = 1, 2, 3            # message tags: activations up, gradients (targets) down, test-set activations
 EVAL_CHUNK = 2000
+BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
 
 
 def split_stages(costs: list[float], workers: int) -> list[tuple[int, int]]:
@@ -239,6 +240,7 @@ class Worker:
         train_s = eval_s = 0.0
         final: dict[str, float] = {}
         current_factor, interval_steps = None, 0
+        self.last_word = time.monotonic()
         if self.world > 1:
             dist.barrier()                             # every worker has built its model: the clocks start together
         sync(device)
@@ -254,6 +256,9 @@ class Worker:
             if delay_s:
                 time.sleep(delay_s)                    # test hook: a slow worker
             metrics = step_fn(step, x_train[idx], y_train[idx])
+            if time.monotonic() - self.last_word > BEAT_S:   # alive between distant log points (the parent's watchdog)
+                self.conn.send(("beat", self.rank))
+                self.last_word = time.monotonic()
             watch.add(step, metrics)
             for key, value in metrics.items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
@@ -280,6 +285,7 @@ class Worker:
                         row["wall_s/eval"] = eval_s
                         final = dict(row)
                 self.conn.send(("row", self.rank, step, row))
+                self.last_word = time.monotonic()
                 sums, counts, interval_steps = {}, {}, 0
                 sync(device)
                 t0 = time.perf_counter()
