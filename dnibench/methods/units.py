@@ -65,6 +65,34 @@ class StageGroup:
             h = h_out.detach()
         return h, down
 
+    def train_fused(self, h: torch.Tensor, y: torch.Tensor, context: torch.Tensor | None,
+                    metrics: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``train`` with every coin up and no delay, for a method built with its fused step (DNI.fused_step
+        on the group's stages): every stage's forward and prediction, one backward over the group's
+        outputs with their injected gradients, the internal interfaces' losses in one backward, one
+        update of each role. The method's optimizers span every stage (synthesizer), but only this
+        group's parameters have gradients, and Adam leaves a parameter without one alone."""
+        m = self.method
+        inputs, outputs, gradients = [], [], []
+        for i in range(self.lo, self.hi):
+            h_in = h.detach().requires_grad_(i > 0)
+            h_out = m.stages[i](h_in)
+            inputs.append(h_in)
+            if i == self.top:
+                loss = task_loss(h_out, y)
+                metrics["train_loss"] = loss.detach()
+                outputs.append(loss)
+                gradients.append(None)
+            else:
+                outputs.append(h_out)
+                gradients.append(m.interfaces[i].send(h_out, context))
+            h = h_out.detach()
+        torch.autograd.backward(outputs, gradients)
+        for j, i in enumerate(range(self.lo + 1, self.hi), start=1):   # each receive() leaves its loss pending
+            metrics[f"synth_loss/h{i}"] = m.interfaces[i - 1].receive(inputs[j].grad)
+        m.update_all()
+        return h, (inputs[0].grad if self.lo > 0 else None)
+
     def regress(self, target: torch.Tensor, metrics: dict, h: torch.Tensor | None = None,
                 context: torch.Tensor | None = None) -> None:
         """Regress the synthesizer on this group's output (M on h_{hi-1}) towards ``target``. With ``h``
@@ -75,6 +103,11 @@ class StageGroup:
         if h is not None:
             iface.send(h, context)
         metrics[f"synth_loss/h{self.hi}"] = iface.receive(target)
+        if iface.pending:                 # a fused method's interface: its loss waits for the step; update now
+            torch.autograd.backward(iface.pending)
+            iface.pending.clear()
+            iface.optimizer.step()
+            iface.optimizer.zero_grad(set_to_none=True)
 
     # ---- Complete unlock: synthetic inputs too ------------------------------------------------------
     def train_unlocked(self, x: torch.Tensor, y: torch.Tensor, context: torch.Tensor | None, coins: list[bool],

@@ -142,6 +142,11 @@ class Stats:
         return out
 
 
+def _is_unlock(method_cls) -> bool:
+    from ..methods.unlock import UnlockDNI
+    return issubclass(method_cls, UnlockDNI)
+
+
 def _die_with_parent() -> None:
     from ..pool import _die_with_parent as die
     die()
@@ -198,11 +203,12 @@ class Worker:
         stages = build_stages(spec.model, in_shape, data["num_classes"], cfg.cnn_filters,
                               conventions.layer_count, conventions.pool_stride).to(device)
         method_cls = spec.method_class()
-        # K > 1: the per-stage path (a worker runs a slice of it); K = 1: the method's own step (fused
-        # where it has one), i.e. exactly the one-process run.
+        # K = 1: the method's own step (fused where it has one), i.e. exactly the one-process run. K > 1: a
+        # slice of the per-stage path; decoupled DNI/cDNI on the method's fused optimizers (train_fused).
+        fused = self.world == 1 or (self.par.schedule == "decoupled" and not _is_unlock(method_cls))
         setup = Setup(num_classes=data["num_classes"], in_shape=in_shape,
                       stage_shapes=stage_output_shapes(stages, in_shape), lr=cfg.lr, device=device,
-                      generator=torch.Generator().manual_seed(10_000 + spec.seed), fused_step=self.world == 1)
+                      generator=torch.Generator().manual_seed(10_000 + spec.seed), fused_step=fused)
         self.method = method_cls(stages, method_cls.Settings.model_validate(spec.method_args), setup)
         self.stages, self.setup, self.in_shape = stages, setup, in_shape
         costs = []
@@ -434,7 +440,10 @@ class Worker:
                 with clock("wait_input"):
                     h_in = self.up.take()
             with clock("busy"):
-                h_out, down = group.train(h_in, y, context, coins, metrics)
+                if m.fused:
+                    h_out, down = group.train_fused(h_in, y, context, metrics)
+                else:
+                    h_out, down = group.train(h_in, y, context, coins, metrics)
             if not self.last:
                 self.kept[step] = (h_out, context)
                 self.held_step = step
