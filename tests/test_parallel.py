@@ -1,6 +1,6 @@
 """The parallel executor (dnibench/parallel/): real worker processes talking gloo on tiny networks.
 
-Lockstep K = 2 computes exactly the one-process learning rule (dni, cdni); a decoupled run finishes,
+Lockstep K = 2 computes exactly the one-process learning rule (dni, cdni, unlock_cdni); a decoupled run finishes,
 logs target staleness within its flow-control bound, survives a slow worker, and a worker that dies
 ends the run FAILED with the reason and leaves no process behind; `dnibench run` drives it end to end."""
 import sqlite3
@@ -59,7 +59,8 @@ def test_split_balances_the_cost_of_contiguous_groups():
     assert split_stages([1.0, 1.0, 1.0], 3) == [(0, 1), (1, 2), (2, 3)]
 
 
-@pytest.mark.parametrize("method,settings", [("dni", {"synth_hidden_layers": 1, "synth_width": 16}), ("cdni", {})])
+@pytest.mark.parametrize("method,settings", [("dni", {"synth_hidden_layers": 1, "synth_width": 16}), ("cdni", {}),
+                                             ("unlock_cdni", {"input_hidden_layers": 0})])
 def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path, monkeypatch):
     states = {}
     for workers in (1, 2):
@@ -71,7 +72,8 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
         if workers == 2:
             assert summary["staleness/h2_max"] == 0.0          # lockstep: every target before the next step
     one, two = states[1], states[2]
-    assert set(one) == set(two) and len(one) == 4 + 3            # 4 stages, 3 synthesizers
+    # 4 stages, 3 synthesizers (and 3 synthetic input models)
+    assert set(one) == set(two) and len(one) == 4 + 3 + (3 if method.startswith("unlock") else 0)
     initial = None
     for name in one:
         for key in one[name]:

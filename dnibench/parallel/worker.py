@@ -320,6 +320,8 @@ class Worker:
             for i in range(self.lo, self.hi):
                 if i < len(getattr(self.method, "interfaces", [])):
                     state[f"synth{i}"] = self.method.interfaces[i].synthesizer.state_dict()
+                if 0 < i <= len(getattr(self.method, "inputs", [])):     # I on stage i's input
+                    state[f"input{i}"] = self.method.inputs[i - 1].model.state_dict()
             torch.save(state, os.path.join(where, f"rank{self.rank}.pt"))
 
     # ---- schedules ----------------------------------------------------------------------------------
