@@ -155,17 +155,27 @@ entries:
 """
 
 
-def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake_mnist_data_dir):
+def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake_mnist_data_dir, monkeypatch):
     from dnibench.cli import main
     suite = tmp_path / "par.yaml"
     suite.write_text(SUITE)
     db = tmp_path / "m.db"
+    args = ["run", str(suite), "--profile", "smoke", "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
+            "--data-dir", str(fake_mnist_data_dir), "--no-progress"]
     # in this process (the CLI's main, not a new interpreter): the forkserver is warm from the tests above
-    assert main(["run", str(suite), "--profile", "smoke", "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
-                 "--data-dir", str(fake_mnist_data_dir), "--no-progress"]) == 0
+    assert main(args) == 0
+    # a second seed whose worker 1 dies at step 2: that run ends FAILED with the reason, the command exits 1
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_EXIT", "1:2")
+    assert main(args + ["--seeds", "2"]) == 1
+    with sqlite3.connect(db) as con:
+        (failure,), = con.execute("select t.value from runs r join tags t on t.run_uuid = r.run_uuid "
+                                  "where r.status = 'FAILED' and t.key = 'failure'").fetchall()
+    assert failure.startswith("parallel worker 1 (pid ") and "died (exit code 3)" in failure
+    assert _grandchildren() == []
     with sqlite3.connect(db) as con:
         (run_id, status), = con.execute("select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
-                                        "where t.key = 'dnibench.role' and t.value = 'child'").fetchall()
+                                        "where t.key = 'dnibench.role' and t.value = 'child' and r.status != 'FAILED'"
+                                        ).fetchall()
         params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)).fetchall())
         metrics = {k for (k,) in con.execute("select distinct key from metrics where run_uuid = ?", (run_id,))}
     assert status == "FINISHED"
