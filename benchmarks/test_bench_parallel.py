@@ -94,15 +94,22 @@ def test_cost_model_inputs(benchmark, record, tmp_path):
         mp.start_processes(_ping, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "ping")), nprocs=2,
                            join=True, start_method="spawn")
         times = torch.load(tmp_path / "ping.0")
-        COST["link"] = cost.fit_link(times)
         COST["one_way"] = times
+        try:
+            COST["link"], COST["link_kind"] = cost.fit_link(times), "fit"
+        except ValueError:
+            # on a loaded machine a wake-up costs more than the bytes: every size takes about the
+            # same time, so the link is that time per message, whatever its size
+            COST["link"] = cost.Link(sorted(times.values())[len(times) // 2], float("inf"))
+            COST["link_kind"] = "latency only (times did not grow with size)"
     benchmark.pedantic(measure, rounds=1, iterations=1)
     link = COST["link"]
     per_stage = [round(1000 * (s.forward + s.backward + s.update + s.synth), 2) for s in COST["cdni"]]
     benchmark.extra_info.update(latency_s=link.latency_s, bandwidth_Bps=link.bandwidth_Bps, stage_ms=per_stage)
     one_way = {n: round(1e3 * t, 2) for n, t in COST["one_way"].items()}
     record(case="cost model inputs", samples_per_s="", load=_load(),
-           note=f"link fit {1e6 * link.latency_s:.0f} us + {link.bandwidth_Bps / 1e9:.2f} GB/s (one-way ms by bytes "
+           note=f"link {COST['link_kind']} {1e6 * link.latency_s:.0f} us + {link.bandwidth_Bps / 1e9:.2f} GB/s "
+                f"(one-way ms by bytes "
                 f"{one_way}); cDNI stage ms {per_stage}")
 
 
