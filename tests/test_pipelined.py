@@ -7,6 +7,7 @@ scale of the gradient, so it would hide a loss scaled by M, which SGD does not.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -105,3 +106,19 @@ def test_pipelined_two_processes_equal_one_process(tmp_path):
         assert not torch.allclose(init["0.1.weight"], ref_state["0.1.weight"])
         for part in (first, last):
             assert part["timings"]["busy"] > 0 and part["timings"]["wait"] >= 0
+
+
+def test_cuda_over_gloo_is_refused_in_one_line(tmp_path):
+    """On the GPU machine the library handed gloo CUDA tensors and the run died in gloo ("writev: Bad
+    address"); now it is refused up front, naming what it needs."""
+    import torch.distributed as dist
+
+    from dnibench.errors import DnibenchError
+    from dnibench.parallel.pipelined import PipelinedBprop
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdv", rank=0, world_size=1)
+    try:
+        module = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        with pytest.raises(DnibenchError, match="needs NCCL and one GPU per worker"):
+            PipelinedBprop(module, 0, 2, 2, 8, (4,), torch.optim.SGD(module.parameters(), lr=0.1), device="cuda")
+    finally:
+        dist.destroy_process_group()

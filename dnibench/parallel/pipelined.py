@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -96,6 +97,12 @@ class PipelinedBprop:
             # the library's 1F1B warm-up needs a micro-batch per stage in flight
             raise ValueError(f"1f1b needs at least as many micro-batches as workers "
                              f"({microbatches} < {world}); use gpipe")
+        if torch.device(device).type == "cuda" and world > 1 and dist.get_backend(group) == "gloo":
+            # Found on the first GPU run: the library hands gloo the CUDA tensors themselves ("writev: Bad
+            # address"); it needs NCCL, i.e. one GPU per worker, which the executor does not set up yet.
+            from ..errors import DnibenchError
+            raise DnibenchError("schedule pipelined on CUDA needs NCCL and one GPU per worker; the executor's "
+                                "gloo transport carries only host tensors (run it with --device cpu)")
         self.rank, self.world, self.microbatches, self.batch_size = rank, world, microbatches, batch_size
         self.device = torch.device(device)
         self.module, self.optimizer = module, optimizer
