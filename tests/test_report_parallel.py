@@ -115,13 +115,13 @@ def test_speedup_table_numbers(report):
     assert predicted != pytest.approx(cost.throughput("cdni", STAGES, 2, LINK, BATCH), rel=0.05)
     assert cdni["model samples/s"] == f"{predicted:.0f}"
     assert cdni["model error"] == f"{(predicted - 1500) / 1500:+.0%}"
-    assert cdni["model inputs"] == "logged stage costs calibrated to K=1"
+    assert cdni["model inputs"] == "logged stage costs calibrated to K=1, logged link"
     # the disturbed dni run gives no throughput: the mean is the clean run's
     assert rows[("DNI", "2")]["samples/s"] == "1600" and rows[("DNI", "2")]["seeds"] == "2"
     assert rows[("Bprop locked", "2")]["speed-up"] == "0.95"
     assert rows[("Bprop locked", "2")]["wait grad (s)"] == "2.0/2.0"
     # no logged costs: the K=1 time split by the FCN's weights, with the measured link
-    assert "K=1 time split by weights" in rows[("Bprop pipelined M=4", "2")]["model inputs"]
+    assert rows[("Bprop pipelined M=4", "2")]["model inputs"] == "K=1 time split by weights, link of another run"
     assert rows[("Bprop pipelined M=4", "2")]["model samples/s"] != ""
 
 

@@ -220,12 +220,14 @@ def predict_scaling(stages: list[StageCost], batch_size: int, cluster: Cluster |
 def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_classes: int,
                         synth_hidden_layers: int | None = None, synth_width: int = 1024,
                         context: bool = False, synth_input_layers: int | None = None,
-                        repeats: int = 5, lr: float = 3e-5) -> list[StageCost]:
+                        repeats: int = 5, lr: float = 3e-5, synth_input_width: int = 1024,
+                        device=None) -> list[StageCost]:
     """Per-stage compute times of ``stages`` (an nn.ModuleList) in this process, median of
     ``repeats`` after one warm-up: forward, backward from a given output gradient, Adam update;
     with ``synth_hidden_layers`` also the synthesizer on each stage's output but the last (forward,
     backward, regression, Adam update; ``context``: cDNI's label input), and with
-    ``synth_input_layers`` a synthetic-input model of each stage's input but the first."""
+    ``synth_input_layers`` a synthetic-input model of each stage's input but the first. ``device``: where
+    ``stages`` live (CUDA is synchronised around each timed call: its kernels run asynchronously)."""
     import statistics
 
     import torch
@@ -233,19 +235,28 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
     from ..dni import Synthesizer, SyntheticInputModel, one_hot
     from ..methods.base import adam
 
+    device = torch.device(device or "cpu")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def timed(fn) -> float:
         fn()
         samples = []
         for _ in range(repeats):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             samples.append(time.perf_counter() - start)
         return statistics.median(samples)
 
     gen = torch.Generator().manual_seed(0)
-    data = torch.rand(batch_size, *in_shape, generator=gen)
+    data = torch.rand(batch_size, *in_shape, generator=gen).to(device)
     x = data                                     # the stage's input, the data for the first
-    c = one_hot(torch.randint(0, num_classes, (batch_size,), generator=gen), num_classes) if context else None
+    c = (one_hot(torch.randint(0, num_classes, (batch_size,), generator=gen), num_classes).to(device)
+         if context else None)
     costs = []
     for i, stage in enumerate(stages):
         stage.train()
@@ -253,7 +264,7 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
         h_in = x.detach().requires_grad_(i > 0)
         with torch.no_grad():
             out_shape = stage(h_in).shape
-        grad = torch.randn(out_shape, generator=gen)
+        grad = torch.randn(out_shape, generator=gen).to(device)
         forward = timed(lambda: stage(h_in))
 
         def fwd_bwd():
@@ -266,9 +277,9 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
         synth = 0.0
         if synth_hidden_layers is not None and i < len(stages) - 1:
             model = Synthesizer(tuple(out_shape[1:]), synth_hidden_layers, synth_width,
-                                context_dim=num_classes if context else 0)
+                                context_dim=num_classes if context else 0).to(device)
             s_opt = adam(model.parameters(), lr)
-            h = torch.randn(out_shape, generator=gen)
+            h = torch.randn(out_shape, generator=gen).to(device)
 
             def synth_step():
                 s_opt.zero_grad(set_to_none=True)
@@ -278,7 +289,8 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
             synth = timed(synth_step)
         synth_input = 0.0
         if synth_input_layers is not None and i > 0:
-            model = SyntheticInputModel(tuple(in_shape), tuple(h_in.shape[1:]), synth_input_layers)
+            model = SyntheticInputModel(tuple(in_shape), tuple(h_in.shape[1:]), synth_input_layers,
+                                        synth_input_width).to(device)
             i_opt = adam(model.parameters(), lr)
             target = h_in.detach()
 
@@ -333,6 +345,16 @@ def fit_link(times: dict[int, float]) -> Link:
     if slope <= 0:
         raise ValueError("message times do not grow with size: measure larger messages")
     return Link(latency_s=max(my - slope * mx, 0.0), bandwidth_Bps=1.0 / slope)
+
+
+def link_from_times(times: dict[int, float]) -> tuple[Link, bool]:
+    """``fit_link``, and whether it fitted. On a loaded machine a wake-up can cost more than the bytes:
+    when the times do not grow with size the link is their median per message, whatever its size
+    (infinite bandwidth), and the flag is False."""
+    try:
+        return fit_link(times), True
+    except ValueError:
+        return Link(sorted(times.values())[len(times) // 2], float("inf")), False
 
 
 # --- the cost model's inputs as run metrics (a run logs them; the report predicts from them) ----

@@ -221,7 +221,8 @@ class Worker:
                     model = owned[j].synthesizer if attr == "interfaces" else owned[j].model
                     cost += sum(p.numel() for p in model.parameters())
             costs.append(float(cost))
-        self.lo, self.hi = split_stages(costs, self.world)[self.rank]
+        self.groups = split_stages(costs, self.world)
+        self.lo, self.hi = self.groups[self.rank]
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -236,6 +237,7 @@ class Worker:
         self.batch = batches.batch_size
         self.first, self.last = self.rank == 0, self.rank == self.world - 1
         self.clock, self.stats = Clock(), Stats()
+        self.cost_inputs = self.measure_costs()        # before the clocks start: not training time
         step_fn = self.schedule_step()
         optimizers = self.method.optimizers() + getattr(self, "extra_optimizers", [])
         delay_s = self.hooks.get("delay", {}).get(self.rank, 0.0)
@@ -304,8 +306,46 @@ class Worker:
                             "total_wall_s/train": train_s, "total_wall_s/eval": eval_s,
                             "mean_samples_per_s": cfg.steps * self.batch / max(train_s, 1e-9)})
         summary.update(self.stats.summary())
+        summary.update(self.cost_inputs)
         self.dump()
         return summary
+
+    def measure_costs(self) -> dict[str, float]:
+        """The cost model's inputs (cost.py) measured in this run's processes at its real sizes, as
+        ``cost.cost_metrics`` (worker 0 logs them; the others return nothing): the one-way gloo time between
+        workers 0 and 1 at a tiny message and the activation across their boundary (also 1/M of it when
+        pipelined, and 4x to separate bandwidth from latency), then every stage's compute on worker 0's one
+        thread. The stages are timed on copies, with the random streams put back afterwards: the run's
+        parameters, batch order and synthesizers are as if nothing had been measured."""
+        import copy
+
+        from ..methods.dni import DNI
+        from . import cost
+        start, out, link = time.perf_counter(), {}, None
+        if self.world > 1 and self.rank <= 1:
+            act = self.batch * int(torch.Size(self.setup.stage_shapes[self.groups[0][1] - 1]).numel()) * 4
+            sizes = {4, act, 4 * act}
+            if self.par.schedule == "pipelined":
+                sizes.add(act // (self.par.microbatches or 1))
+            times = cost.ping_pong(self.rank, 1 - self.rank, sorted(sizes), repeats=10)
+            link, fitted = cost.link_from_times(times)
+            out["cost/link_fitted"] = float(fitted)
+        if self.rank != 0:
+            return {}
+        m, settings = self.method, self.method.settings
+        dni = isinstance(m, DNI)
+        unlocked = hasattr(m, "inputs")
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            stages = cost.measure_stage_costs(
+                copy.deepcopy(self.stages), self.in_shape, self.batch, self.setup.num_classes,
+                synth_hidden_layers=settings.synth_hidden_layers if dni else None,
+                synth_width=getattr(settings, "synth_width", 1024), context=bool(getattr(m, "conditioned", False)),
+                synth_input_layers=settings.input_hidden_layers if unlocked else None,
+                synth_input_width=getattr(settings, "input_width", 1024), repeats=3, lr=self.spec.train.lr,
+                device=self.device)
+        out.update(cost.cost_metrics(stages, link))
+        out["cost/measure_s"] = time.perf_counter() - start
+        return out
 
     def worker_metrics(self, train_s: float) -> dict[str, float]:
         k, s = self.rank, self.clock.seconds

@@ -110,13 +110,17 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         elif one_step_s:
             stages = _weight_split(row["model"], row["task"], batch, one_step_s)
             source = "K=1 time split by weights"
-        link = (logged[1] if logged and logged[1] else None) or measured_link or cost.Link(0.0, float("inf"))
+        own_link = logged[1] if logged and logged[1] else None
+        link = own_link or measured_link or cost.Link(0.0, float("inf"))
         if stages is None or k > len(stages):
             predicted.append(np.nan)
             sources.append("")
             continue
         predicted.append(cost.throughput(schedule, stages, k, link, batch, m))
-        sources.append(source + ("" if link.bandwidth_Bps != float("inf") else ", messages free (no link measured)"))
+        if k > 1:                               # K = 1 sends nothing: no link to name
+            source += (", logged link" if own_link else ", link of another run" if measured_link
+                       else ", messages free (no link measured)")
+        sources.append(source)
     return pd.DataFrame({"predicted": predicted, "source": sources}, index=runs.index)
 
 

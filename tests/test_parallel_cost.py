@@ -1,0 +1,73 @@
+"""A parallel run logs the cost model's inputs (dnibench/parallel/cost.py), measured in its own processes
+before the training clock starts, and the report's parallel section predicts that run from them."""
+import pandas as pd
+import pytest
+import torch
+
+from dnibench.data import ImageData
+from dnibench.methods import get_method
+from dnibench.parallel import cost
+from dnibench.report import parallel as report
+from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
+from dnibench.train import train_ff
+
+STEPS, BATCH = 6, 32
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    return ImageData(torch.rand(128, 1, 8, 8, generator=g), torch.randint(0, 10, (128,), generator=g),
+                     torch.rand(50, 1, 8, 8, generator=g), torch.randint(0, 10, (50,), generator=g), 10, "fake")
+
+
+def spec(workers: int) -> RunSpec:
+    return RunSpec(suite="parallel", profile="smoke", task="mnist", model="fcn4", method="cdni",
+                   method_args=get_method("cdni").Settings().model_dump(),
+                   train=TrainSettings(steps=STEPS, batch_size=BATCH, lr=1e-2, lr_decay_at=[], eval_every=STEPS,
+                                       log_every=3),
+                   seed=0, device="cpu",
+                   parallel=ParallelSettings(workers=workers, schedule="decoupled", max_in_flight=2))
+
+
+@pytest.fixture(scope="module")
+def summaries(data):
+    return {k: train_ff(spec(k), data, lambda row, step: None) for k in (1, 2)}
+
+
+def test_runs_log_stage_costs_and_the_link(summaries):
+    two = summaries[2]
+    logged = cost.costs_from_metrics(two)
+    assert logged is not None
+    stages, link = logged
+    assert len(stages) == 4                                       # fcn4: every stage, not only worker 0's
+    for i, stage in enumerate(stages):
+        assert stage.forward > 0 and stage.backward > 0 and stage.update > 0
+        assert (stage.synth > 0) == (i < 3)                       # cDNI: a synthesizer on every output but the last
+        assert stage.out_bytes == BATCH * (10 if i == 3 else 256) * 4
+    assert link is not None and link.latency_s > 0 and link.bandwidth_Bps > 0
+    assert two["cost/link_fitted"] in (0.0, 1.0)
+    # measured once, outside the training clock, and cheap
+    assert 0 < two["cost/measure_s"] < 5.0
+    one = cost.costs_from_metrics(summaries[1])
+    assert one is not None and len(one[0]) == 4 and one[1] is None   # one process: no link
+
+
+def test_report_predicts_from_the_logged_inputs(summaries):
+    rows = []
+    for k, summary in summaries.items():
+        row = {"suite": "parallel", "method": "cdni", "model": "fcn4", "task": "mnist", "run_id": f"r{k}",
+               "param.workers": str(k), "param.schedule": "decoupled", "param.microbatches": "",
+               "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
+        row.update({f"metric.{key}": value for key, value in summary.items()})
+        rows.append(row)
+    runs = report.prepare(pd.DataFrame(rows))
+    assert runs["samples_per_s"].notna().all()
+    got = report.predictions(runs).set_index(runs["workers"])
+    assert got.loc[2, "source"] == "logged stage costs calibrated to K=1, logged link"
+    assert got.loc[1, "source"].startswith("logged stage costs")
+    # the K = 2 prediction is the model's on the logged stages, calibrated to the measured K = 1 step
+    stages, link = cost.costs_from_metrics(summaries[2])
+    one_step = BATCH / runs.set_index("workers").loc[1, "samples_per_s"]
+    expected = cost.throughput("cdni", cost.calibrate(stages, "cdni", one_step), 2, link, BATCH)
+    assert got.loc[2, "predicted"] == pytest.approx(expected)
