@@ -47,6 +47,8 @@ def test_runs_log_stage_costs_and_the_link(summaries):
         assert stage.out_bytes == BATCH * (10 if i == 3 else 256) * 4
     assert link is not None and link.latency_s > 0 and link.bandwidth_Bps > 0
     assert two["cost/link_fitted"] in (0.0, 1.0)
+    # the run's own split of the stages (by parameters: the 8x8-input first stage is light, so 2 | 2)
+    assert cost.split_from_metrics(two, 2) == [(0, 2), (2, 4)]
     # measured once, outside the training clock, and cheap
     assert 0 < two["cost/measure_s"] < 5.0
     one = cost.costs_from_metrics(summaries[1])
@@ -64,10 +66,24 @@ def test_report_predicts_from_the_logged_inputs(summaries):
     runs = report.prepare(pd.DataFrame(rows))
     assert runs["samples_per_s"].notna().all()
     got = report.predictions(runs).set_index(runs["workers"])
-    assert got.loc[2, "source"] == "logged stage costs calibrated to K=1, logged link"
-    assert got.loc[1, "source"].startswith("logged stage costs")
+    assert got.loc[2, "source"] == "logged stage costs calibrated to K=1, run's split, logged link"
+    assert got.loc[1, "source"] == "logged stage costs, uncalibrated (K=1 is the calibration point)"
     # the K = 2 prediction is the model's on the logged stages, calibrated to the measured K = 1 step
     stages, link = cost.costs_from_metrics(summaries[2])
     one_step = BATCH / runs.set_index("workers").loc[1, "samples_per_s"]
-    expected = cost.throughput("cdni", cost.calibrate(stages, "cdni", one_step), 2, link, BATCH)
+    expected = cost.throughput("cdni", cost.calibrate(stages, "cdni", one_step), 2, link, BATCH,
+                               split=[(0, 2), (2, 4)])
     assert got.loc[2, "predicted"] == pytest.approx(expected)
+
+
+def test_the_model_takes_a_runs_own_split():
+    stages = [cost.StageCost(forward=f, backward=2 * f, out_bytes=1000) for f in (3.0, 1.0, 1.0, 1.0)]
+    free = cost.Link(0.0, float("inf"))
+    assert cost.partition([3 * s.forward for s in stages], 2) == [(0, 1), (1, 4)]          # 9 | 9
+    assert cost.step_time("dni", stages, 2, free) == pytest.approx(9.0)
+    # a run that split 2 | 2 (by parameters) is as slow as its heavier group: 12 s, not 9
+    assert cost.step_time("dni", stages, 2, free, split=[(0, 2), (2, 4)]) == pytest.approx(12.0)
+    assert cost.split_from_metrics(cost.split_metrics([(0, 2), (2, 4)]), 2) == [(0, 2), (2, 4)]
+    assert cost.split_from_metrics({}, 2) is None
+    with pytest.raises(ValueError, match="does not give 2 workers the 4 stages"):
+        cost.step_time("dni", stages, 2, free, split=[(0, 2), (2, 3)])

@@ -121,16 +121,19 @@ def _group(stages: list[StageCost], lo: int, hi: int) -> StageCost:
 
 
 def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster | Link,
-              microbatches: int = 1) -> float:
-    """Predicted seconds per batch in the steady state (see the module doc for each formula)."""
+              microbatches: int = 1, split: list[tuple[int, int]] | None = None) -> float:
+    """Predicted seconds per batch in the steady state (see the module doc for each formula). ``split``:
+    the [lo, hi) of stages per worker a measured run used (its own rule, by parameters), else ``partition``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if microbatches < 1:
         raise ValueError(f"microbatches {microbatches}: expected at least 1")
     if schedule != "gpipe" and microbatches != 1:
         raise ValueError(f"micro-batches apply to gpipe only, not {schedule}")
+    if split is not None and (len(split) != k or split[0][0] != 0 or split[-1][1] != len(stages)):
+        raise ValueError(f"split {split} does not give {k} workers the {len(stages)} stages")
     groups = [_group(stages, lo, hi) for lo, hi in
-              partition([s.forward + s.backward + s.synth + s.synth_input for s in stages], k)]
+              split or partition([s.forward + s.backward + s.synth + s.synth_input for s in stages], k)]
 
     def link(b: int) -> Link:
         return cluster.link(b) if isinstance(cluster, Cluster) else cluster
@@ -156,9 +159,9 @@ def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster |
 
 
 def throughput(schedule: str, stages: list[StageCost], k: int, cluster: Cluster | Link,
-               batch_size: int, microbatches: int = 1) -> float:
+               batch_size: int, microbatches: int = 1, split: list[tuple[int, int]] | None = None) -> float:
     """Predicted samples per second."""
-    return batch_size / step_time(schedule, stages, k, cluster, microbatches)
+    return batch_size / step_time(schedule, stages, k, cluster, microbatches, split)
 
 
 def calibrate(stages: list[StageCost], schedule: str, measured_step_s: float,
@@ -392,3 +395,20 @@ def costs_from_metrics(metrics: dict) -> tuple[list[StageCost], Link | None] | N
     latency, bandwidth = get("cost/link_latency_s"), get("cost/link_bandwidth_Bps")
     link = Link(latency, bandwidth) if latency is not None and bandwidth else None
     return stages, link
+
+
+def split_metrics(split: list[tuple[int, int]]) -> dict[str, float]:
+    """``cost/worker{k}/stages_end``: where each worker's stages end (they start where the previous end)."""
+    return {f"cost/worker{k}/stages_end": float(hi) for k, (_, hi) in enumerate(split)}
+
+
+def split_from_metrics(metrics: dict, k: int) -> list[tuple[int, int]] | None:
+    """The split ``split_metrics`` logged for ``k`` workers (keys optionally prefixed ``metric.``), else None."""
+    ends = []
+    for i in range(k):
+        value = next((metrics.get(name) for name in (f"cost/worker{i}/stages_end", f"metric.cost/worker{i}/stages_end")
+                      if metrics.get(name) is not None), None)
+        if value is None or value != value:
+            return None
+        ends.append(int(value))
+    return list(zip([0] + ends[:-1], ends))

@@ -344,6 +344,7 @@ class Worker:
                 synth_input_width=getattr(settings, "input_width", 1024), repeats=3, lr=self.spec.train.lr,
                 device=self.device)
         out.update(cost.cost_metrics(stages, link))
+        out.update(cost.split_metrics(self.groups))   # the model predicts this run's own split
         out["cost/measure_s"] = time.perf_counter() - start
         return out
 

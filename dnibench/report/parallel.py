@@ -116,7 +116,14 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
             predicted.append(np.nan)
             sources.append("")
             continue
-        predicted.append(cost.throughput(schedule, stages, k, link, batch, m))
+        split = cost.split_from_metrics(row, k) if logged else None
+        if split is not None and split[-1][1] != len(stages):
+            split = None
+        predicted.append(cost.throughput(schedule, stages, k, link, batch, m, split))
+        if k == 1 and logged:
+            source += ", uncalibrated (K=1 is the calibration point)"
+        if split is not None and k > 1:
+            source += ", run's split"
         if k > 1:                               # K = 1 sends nothing: no link to name
             source += (", logged link" if own_link else ", link of another run" if measured_link
                        else ", messages free (no link measured)")
