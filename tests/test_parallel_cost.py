@@ -85,5 +85,11 @@ def test_the_model_takes_a_runs_own_split():
     assert cost.step_time("dni", stages, 2, free, split=[(0, 2), (2, 4)]) == pytest.approx(12.0)
     assert cost.split_from_metrics(cost.split_metrics([(0, 2), (2, 4)]), 2) == [(0, 2), (2, 4)]
     assert cost.split_from_metrics({}, 2) is None
+    # a noisy ping-pong whose fitted line crosses 0 below the smallest size: that size's time is the latency
+    link, fitted = cost.link_from_times({4: 1e-6, 50_000: 2e-4, 100_000: 6e-4})
+    assert cost.fit_link({4: 1e-6, 50_000: 2e-4, 100_000: 6e-4}).latency_s == 0.0
+    assert fitted and link.latency_s == 1e-6 and link.bandwidth_Bps == pytest.approx(1 / 5.99e-9, rel=0.01)
+    link, fitted = cost.link_from_times({4: 3e-5, 1000: 1e-5, 4000: 2e-5})    # no growth: latency only
+    assert not fitted and link.latency_s == 2e-5 and link.bandwidth_Bps == float("inf")
     with pytest.raises(ValueError, match="does not give 2 workers the 4 stages"):
         cost.step_time("dni", stages, 2, free, split=[(0, 2), (2, 3)])

@@ -353,11 +353,15 @@ def fit_link(times: dict[int, float]) -> Link:
 def link_from_times(times: dict[int, float]) -> tuple[Link, bool]:
     """``fit_link``, and whether it fitted. On a loaded machine a wake-up can cost more than the bytes:
     when the times do not grow with size the link is their median per message, whatever its size
-    (infinite bandwidth), and the flag is False."""
+    (infinite bandwidth), and the flag is False. A fit whose latency was clipped at 0 (noise made the
+    line's intercept negative) takes the smallest message's time as the latency: a message costs at least that."""
     try:
-        return fit_link(times), True
+        link = fit_link(times)
     except ValueError:
         return Link(sorted(times.values())[len(times) // 2], float("inf")), False
+    if link.latency_s <= 0:
+        link = Link(times[min(times)], link.bandwidth_Bps)
+    return link, True
 
 
 # --- the cost model's inputs as run metrics (a run logs them; the report predicts from them) ----
