@@ -222,22 +222,29 @@ def scaling_figure(ctx: ReportContext, table: pd.DataFrame, stem: str, title: st
 def throughput_figure(ctx: ReportContext, runs: pd.DataFrame, stem: str, title: str) -> list:
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    predicted = predictions(runs)["predicted"]
     for i, (name, group) in enumerate(runs.groupby("label", sort=True)):
         colour = colours[i % len(colours)]
         at = group.groupby("workers")["samples_per_s"].mean().dropna().sort_index()
         if at.empty:
             continue
         ax.plot(at.index, at.values, "o-", color=colour, label=name)
+        # the cost model at each measured K > 1 (K = 1 is its calibration point)
+        model = predicted[group.index].groupby(group["workers"]).mean().dropna()
+        model = model[model.index > 1]
+        ax.plot(model.index, model.values, "x", color=colour, markersize=8, mew=1.5)
         if 1 in at.index:
             ks = np.array(sorted(runs["workers"].unique()))
             ax.plot(ks, ks * at.loc[1], ":", color=colour, alpha=0.6)
     ks = sorted(runs["workers"].unique())
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
+    # room either side: the markers at the smallest and largest K are not cut by the frame
+    ax.set_xlim(ks[0] / 2 ** 0.08, ks[-1] * 2 ** 0.08)
     ax.set_xlabel("workers K")
     ax.set_ylabel("samples / s")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, title="dotted: ideal K x (K=1)", title_fontsize=7)
+    ax.legend(fontsize=7, title="dotted: ideal K x (K=1); x: cost model", title_fontsize=7)
     ax.set_title(title)
     return ctx.save_figure(fig, stem)
 
