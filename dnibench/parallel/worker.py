@@ -18,7 +18,8 @@ Schedules (``ParallelSettings.schedule``):
 
 Time is counted by cause per worker: ``busy`` (compute), ``wait_input`` (an activation from below, or
 flow control on real inputs), ``wait_grad`` (a gradient from above, or flow control on targets), ``comm``
-(posting sends and receives, waiting for sends to complete); evaluation is not training time.
+(posting sends and receives, waiting for sends to complete); evaluation is not training time, nor is the
+measurement of the cost model's inputs before the clocks start (``Worker.measure_costs``: worker 0 logs them).
 """
 from __future__ import annotations
 
