@@ -27,7 +27,7 @@ from torch import nn
 
 from ..dni import BackwardInterface, Synthesizer, one_hot
 from . import register
-from .base import Method, MethodSettings, require_hidden_layers_for_width, task_loss
+from .base import Method, MethodSettings, require_hidden_layers_for_width
 from .units import StageGroup
 
 
@@ -138,26 +138,9 @@ class DNI(Method):
         are detached leaves, so each stage's gradient and each bootstrapped target (the gradient at
         h_{i-1}: M_{i+1}'s prediction back through stage i) are exactly those of the per-stage path."""
         context = one_hot(y, self.setup.num_classes) if self.conditioned else None
-        top = len(self.stages) - 1
-        inputs, outputs, gradients = [], [], []
-        h = x
-        for i, stage in enumerate(self.stages):
-            h_in = h.detach().requires_grad_(i > 0)
-            h_out = stage(h_in)
-            inputs.append(h_in)
-            if i == top:
-                loss = task_loss(h_out, y)
-                outputs.append(loss)
-                gradients.append(None)
-            else:
-                outputs.append(h_out)
-                gradients.append(self.interfaces[i].send(h_out, context))
-            h = h_out.detach()
-        torch.autograd.backward(outputs, gradients)
-        metrics = {"train_loss": loss.detach()}
-        for i in range(1, top + 1):                        # each receive() leaves its loss in self.pending
-            metrics[f"synth_loss/h{i}"] = self.interfaces[i - 1].receive(inputs[i].grad)
-        self.update_all()
+        metrics: dict[str, torch.Tensor] = {}
+        # The one fused rule, over one group of every stage (a parallel worker runs it on its slice).
+        StageGroup(self, 0, len(self.stages)).train_fused(x, y, context, metrics)
         return metrics
 
     def update_all(self) -> None:
