@@ -66,36 +66,23 @@ def synthetic_gradient_loss(prediction: torch.Tensor, target: torch.Tensor,
     return per_example.mean() if reduction == "mean" else per_example.sum()
 
 
-class BackwardInterface:
-    """A synthetic-gradient interface on one activation h_i: the synthesizer M_{i+1}, its own
-    optimizer, and the prediction waiting for its (possibly bootstrapped) target.
+class _Regression:
+    """What both interfaces share: one model's prediction, held from ``send`` until its target is known,
+    then regressed (L2) towards it by ``receive`` with the interface's own optimizer."""
 
-    ``send`` is called by the stage below as soon as h_i exists; ``receive`` when the target for
-    that same h_i is known. Between the two the interface holds one prediction, nothing global.
-    """
-
-    def __init__(self, synthesizer: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 loss_weight: float = 1.0, reduction: Literal["mean", "sum"] = "mean",
-                 grad_scale: float = 1.0):
-        self.synthesizer = synthesizer
+    def __init__(self, optimizer: torch.optim.Optimizer | None, loss_weight: float,
+                 reduction: Literal["mean", "sum"]):
         self.optimizer = optimizer
         self.loss_weight = loss_weight
         self.reduction = reduction
-        # Multiplier on the injected gradient (1.0 for the feed-forward paper; RNN reimplementations use 0.1).
-        self.grad_scale = grad_scale
         self._prediction: torch.Tensor | None = None
         # A list, set by a method's fused step: receive() leaves its loss there for the method to
         # back-propagate with the others and to step the (shared) optimizer once. None: update at once.
         self.pending: list[torch.Tensor] | None = None
 
-    def send(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the per-example gradient for h; return the batch gradient to inject into h."""
-        self._prediction = self.synthesizer(h.detach(), context)
-        return self._prediction.detach() * (self.grad_scale / h.shape[0])
-
-    def receive(self, batch_gradient: torch.Tensor) -> torch.Tensor:
-        """Regress the held prediction towards the target (a batch gradient, rescaled per example)."""
-        loss = self.regression_loss(batch_gradient)
+    def receive(self, target: torch.Tensor) -> torch.Tensor:
+        """Regress the held prediction towards ``target`` (see ``regression_loss``); return the loss."""
+        loss = self.regression_loss(target)
         if self.optimizer is not None and loss.requires_grad:
             if self.pending is not None:         # a fused step back-propagates every interface's loss at once
                 self.pending.append(loss)
@@ -105,13 +92,43 @@ class BackwardInterface:
                 self.optimizer.step()
         return loss.detach()
 
-    def regression_loss(self, batch_gradient: torch.Tensor) -> torch.Tensor:
+    def regression_loss(self, target: torch.Tensor) -> torch.Tensor:
         """The held prediction's L2 loss towards the target, not yet back-propagated."""
         if self._prediction is None:
             raise RuntimeError("receive() without a preceding send()")
         prediction, self._prediction = self._prediction, None
-        target = batch_gradient.detach() * batch_gradient.shape[0]
-        return self.loss_weight * synthetic_gradient_loss(prediction, target, self.reduction)
+        return self.loss_weight * synthetic_gradient_loss(prediction, self.regression_target(target.detach()),
+                                                          self.reduction)
+
+    def regression_target(self, target: torch.Tensor) -> torch.Tensor:
+        return target
+
+
+class BackwardInterface(_Regression):
+    """A synthetic-gradient interface on one activation h_i: the synthesizer M_{i+1}, its own
+    optimizer, and the prediction waiting for its (possibly bootstrapped) target.
+
+    ``send`` is called by the stage below as soon as h_i exists; ``receive`` when the target for
+    that same h_i is known (a batch gradient). Between the two the interface holds one prediction,
+    nothing global.
+    """
+
+    def __init__(self, synthesizer: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 loss_weight: float = 1.0, reduction: Literal["mean", "sum"] = "mean",
+                 grad_scale: float = 1.0):
+        super().__init__(optimizer, loss_weight, reduction)
+        self.synthesizer = synthesizer
+        # Multiplier on the injected gradient (1.0 for the feed-forward paper; RNN reimplementations use 0.1).
+        self.grad_scale = grad_scale
+
+    def send(self, h: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the per-example gradient for h; return the batch gradient to inject into h."""
+        self._prediction = self.synthesizer(h.detach(), context)
+        return self._prediction.detach() * (self.grad_scale / h.shape[0])
+
+    def regression_target(self, batch_gradient: torch.Tensor) -> torch.Tensor:
+        """The synthesizer predicts the per-example gradient: the batch gradient times B."""
+        return batch_gradient * batch_gradient.shape[0]
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -141,7 +158,7 @@ class SyntheticInputModel(nn.Module):
         return self.net(x).view(x.shape[0], *self.out_shape)
 
 
-class ForwardInterface:
+class ForwardInterface(_Regression):
     """A synthetic-input interface in front of one stage: the model I_i, its own optimizer, and the
     prediction waiting for the real input.
 
@@ -152,31 +169,9 @@ class ForwardInterface:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, loss_weight: float = 1.0,
                  reduction: Literal["mean", "sum"] = "mean"):
+        super().__init__(optimizer, loss_weight, reduction)
         self.model = model
-        self.optimizer = optimizer
-        self.loss_weight = loss_weight
-        self.reduction = reduction
-        self._prediction: torch.Tensor | None = None
-        self.pending: list[torch.Tensor] | None = None   # as BackwardInterface.pending
 
     def send(self, x: torch.Tensor) -> torch.Tensor:
         self._prediction = self.model(x)
         return self._prediction.detach()
-
-    def receive(self, real_input: torch.Tensor) -> torch.Tensor:
-        loss = self.regression_loss(real_input)
-        if self.optimizer is not None and loss.requires_grad:
-            if self.pending is not None:         # a fused step back-propagates every model's loss at once
-                self.pending.append(loss)
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-        return loss.detach()
-
-    def regression_loss(self, real_input: torch.Tensor) -> torch.Tensor:
-        """The held prediction's L2 loss towards the real input, not yet back-propagated."""
-        if self._prediction is None:
-            raise RuntimeError("receive() without a preceding send()")
-        prediction, self._prediction = self._prediction, None
-        return self.loss_weight * synthetic_gradient_loss(prediction, real_input.detach(), self.reduction)

@@ -1,13 +1,11 @@
 """Complete unlock: with oracle synthetic inputs a step is exactly a locked DNI step, with oracle
 synthetic gradients too exactly a backprop step; the synthetic inputs learn; p_update gates a layer."""
-import copy
-
 import pytest
 import torch
 from torch import nn
 
 from dnibench.dni import ForwardInterface, SyntheticInputModel
-from tiny_methods import build_method, random_batch
+from tiny_methods import build_method, random_batch, true_forward
 
 IN_SHAPE = (1, 6, 6)                 # tiny images keep these tests fast; the equations do not care
 
@@ -19,17 +17,6 @@ def make(method, seed=0, model="fcn4", **settings):
 
 def batch(n=16, seed=1):
     return random_batch(IN_SHAPE, n, seed)
-
-
-def true_activations(stages, x, y):
-    """The real forward chain h_1..h_N on a copy of the stages, and dL/dh_i below the top."""
-    stages = copy.deepcopy(stages)
-    hs, h = [], x
-    for stage in stages:
-        h = stage(h)
-        hs.append(h)
-    grads = torch.autograd.grad(nn.functional.cross_entropy(h, y), hs[:-1])
-    return [h.detach() for h in hs], grads
 
 
 class Given(nn.Module):
@@ -58,7 +45,7 @@ def test_oracle_inputs_give_exactly_the_locked_dni_update(locked_name, unlocked_
         nn.init.normal_(a.net[-1].weight, std=0.1)          # non-zero synthetic gradients from the start
         b.load_state_dict(a.state_dict())
     for _ in range(3):                                      # Adam states must evolve identically too
-        real, _ = true_activations(unlocked.stages, x, y)
+        real, _ = true_forward(unlocked.stages, x, y)
         for iface, h in zip(unlocked.inputs, real[:-1]):    # I_{i+1}(x) = the true h_i
             iface.model, iface.optimizer = Given(h), None
         locked.step(x, y)
@@ -73,7 +60,7 @@ def test_oracle_inputs_and_gradients_give_exactly_the_backprop_update():
     bprop, unlocked = make("bprop"), make("unlock_dni", input_hidden_layers=0)
     unlocked.stages.load_state_dict(bprop.stages.state_dict())
     for _ in range(3):
-        real, grads = true_activations(unlocked.stages, x, y)
+        real, grads = true_forward(unlocked.stages, x, y)
         for iface, h in zip(unlocked.inputs, real[:-1]):
             iface.model, iface.optimizer = Given(h), None
         for iface, g in zip(unlocked.interfaces, grads):

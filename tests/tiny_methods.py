@@ -1,5 +1,8 @@
 """Build a method on a tiny network and draw a seeded random batch: what the method tests share."""
+import copy
+
 import torch
+from torch import nn
 
 from dnibench.methods import Setup, get_method
 from dnibench.models import build_stages, stage_output_shapes
@@ -20,3 +23,14 @@ def build_method(method: str, in_shape: tuple[int, ...], model: str = "fcn4", se
 def random_batch(in_shape: tuple[int, ...], n: int = 16, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, *in_shape, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def true_forward(stages, x, y):
+    """The real forward chain h_1..h_N on a copy of ``stages`` (detached), and dL/dh_i below the top by
+    plain autograd: what an exact method must reproduce."""
+    hs, h = [], x
+    for stage in copy.deepcopy(stages):
+        h = stage(h)
+        hs.append(h)
+    grads = torch.autograd.grad(nn.functional.cross_entropy(h, y), hs[:-1])
+    return [h.detach() for h in hs], grads

@@ -114,13 +114,20 @@ class DNI(Method):
             stale = self.stale[i].oldest()(h.detach(), context)
         return stale * (self.interfaces[i].grad_scale / h.shape[0])
 
+    def context(self, y: torch.Tensor) -> torch.Tensor | None:
+        """What the synthesizers see besides h: the one-hot label for cDNI, nothing for DNI."""
+        return one_hot(y, self.setup.num_classes) if self.conditioned else None
+
     def step(self, x, y):
         if self.fused:
             return self.fused_step(x, y)
         coins = self.coins()
         self.record_synthesizers()
-        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
         metrics: dict[str, torch.Tensor] = {}
+        self.per_stage_step(x, y, self.context(y), coins, metrics)
+        return metrics
+
+    def per_stage_step(self, x, y, context, coins: list[bool], metrics: dict) -> None:
         h = x
         # One group per stage (methods/units.py: the rule a parallel worker runs on its slice too); the
         # target a group returns is handed to the synthesizer of the group below at once.
@@ -128,7 +135,6 @@ class DNI(Method):
             h, target = group.train(h, y, context, coins, metrics)
             if target is not None:
                 self.groups[k - 1].regress(target, metrics)
-        return metrics
 
     def fused_step(self, x, y):
         """The per-stage step above with p_update = 1 and no delay, in three calls instead of 3N: every
@@ -137,10 +143,9 @@ class DNI(Method):
         synthesizer losses, then one update of every stage and one of every synthesizer. Stage inputs
         are detached leaves, so each stage's gradient and each bootstrapped target (the gradient at
         h_{i-1}: M_{i+1}'s prediction back through stage i) are exactly those of the per-stage path."""
-        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
         metrics: dict[str, torch.Tensor] = {}
         # The one fused rule, over one group of every stage (a parallel worker runs it on its slice).
-        StageGroup(self, 0, len(self.stages)).train_fused(x, y, context, metrics)
+        StageGroup(self, 0, len(self.stages)).train_fused(x, y, self.context(y), metrics)
         return metrics
 
     def update_all(self) -> None:

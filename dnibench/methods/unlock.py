@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, StrictInt, model_validator
 
-from ..dni import ForwardInterface, SyntheticInputModel, one_hot
+from ..dni import ForwardInterface, SyntheticInputModel
 from . import register
 from .base import require_hidden_layers_for_width, task_loss
 from .dni import DNI, DNISettings
@@ -71,13 +71,7 @@ class UnlockDNI(DNI):
     def optimizer_roles(self):
         return {**super().optimizer_roles(), "input": list(self.input_optimizers)}
 
-    def step(self, x, y):
-        if self.fused:
-            return self.fused_step(x, y)
-        coins = self.coins()
-        self.record_synthesizers()
-        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
-        metrics: dict[str, torch.Tensor] = {}
+    def per_stage_step(self, x, y, context, coins: list[bool], metrics: dict) -> None:
         real: dict[int, torch.Tensor] = {}                 # real outputs h_i of the stages that ran
         # One group per stage (methods/units.py: the rule a parallel worker runs on its slice too); the
         # (input, gradient) pair a group returns trains the synthesizer of the group below at once.
@@ -89,13 +83,12 @@ class UnlockDNI(DNI):
         # The real inputs arrive after every stage has used its synthetic one (no stage waited).
         for group in self.groups:
             group.regress_inputs(real, x, coins, metrics)
-        return metrics
 
     def fused_step(self, x, y):
         """The step above with every coin up (p_update = 1, no delay), in three calls (see DNI.fused_step):
         each stage on its synthetic input; one backward of every stage; M_i regressed at stage i's
         own input and I_{i+1} at the real h_i, their losses in one backward; one update per role."""
-        context = one_hot(y, self.setup.num_classes) if self.conditioned else None
+        context = self.context(y)
         top = len(self.stages) - 1
         inputs, outputs, gradients = [], [], []
         for i, stage in enumerate(self.stages):
