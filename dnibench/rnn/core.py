@@ -56,11 +56,32 @@ class LSTMCore(nn.Module):
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.zeros(batch, self.state_dim, device=device)
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [T, B, in] from state s [B, 2H] -> (logits [T, B, out], last state [B, 2H], outputs h_1..h_T)."""
+    def forward(self, x: torch.Tensor, s: torch.Tensor, reset: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, B, in] from state s [B, 2H] -> (logits [T, B, out], last state [B, 2H], outputs h_1..h_T).
+
+        ``reset`` [T, B] (1: the stream starts a new episode at that step): the state entering that
+        step is multiplied by 0, so the step starts from zeros and autograd carries no gradient back
+        across the reset (an episodic task). None: the state runs on (continuous streams)."""
+        if reset is None:
+            return self._run(x, s)
+        keep = (1.0 - reset).to(s.dtype)
+        # One LSTM call per stretch between steps where some stream restarts (one host read per window).
+        cuts = [t for t, any_reset in enumerate(reset.any(1).tolist()) if any_reset]
+        bounds = sorted({0, *cuts, x.shape[0]})
+        outputs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a in cuts:
+                s = s * keep[a][:, None]
+            _, s, out = self._run(x[a:b], s, readout=False)
+            outputs.append(out)
+        outputs = torch.cat(outputs, 0)
+        return self.readout(outputs), s, outputs
+
+    def _run(self, x: torch.Tensor, s: torch.Tensor, readout: bool = True):
         h, c = s.split(self.hidden, dim=1)
         outputs, (h_n, c_n) = self.lstm(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
-        return self.readout(outputs), torch.cat([h_n[0], c_n[0]], dim=1), outputs
+        return self.readout(outputs) if readout else None, torch.cat([h_n[0], c_n[0]], dim=1), outputs
 
 
 @dataclass
@@ -75,7 +96,7 @@ class WindowResult:
 def backward_window(core: LSTMCore, s_in: torch.Tensor, x: torch.Tensor, loss_fn: LossFn,
                     synthetic_gradient: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     scale: float = 1.0, aux_head: nn.Module | None = None, aux_weight: float = 1.0,
-                    discount: float | None = None) -> WindowResult:
+                    discount: float | None = None, reset: torch.Tensor | None = None) -> WindowResult:
     """Steps 1-3 above: forward, backward, bootstrapped target. Parameter gradients accumulate in
     ``.grad``; no optimizer steps here, so a test can sum windows and compare with autograd.
 
@@ -84,11 +105,13 @@ def backward_window(core: LSTMCore, s_in: torch.Tensor, x: torch.Tensor, loss_fn
     target (None: the same as ``scale``, the single-backward reading). ``aux_head`` (DNI+Aux) reads
     the LSTM output after the window's first step and is regressed towards the synthetic gradient at
     s_out, T steps further on; its loss trains the LSTM but is kept out of the bootstrapped target.
+    ``reset`` [T, B] (LSTMCore.forward): a stream that restarts its episode inside the window gets
+    a target of the true gradient before the restart only, since nothing after it depends on s_in.
     """
     batch = s_in.shape[0]
     dni = synthetic_gradient is not None
     s_in = s_in.detach().requires_grad_(dni)
-    logits, s_out, outputs = core(x, s_in)
+    logits, s_out, outputs = core(x, s_in, reset)
     losses = loss_fn(logits)
     objective = losses.sum(0).mean()                     # sum over the window's steps, mean over the batch
     delta_out = None
@@ -102,7 +125,7 @@ def backward_window(core: LSTMCore, s_in: torch.Tensor, x: torch.Tensor, loss_fn
             raise ValueError("the auxiliary task predicts a synthetic gradient: it needs a synthesizer")
         # The first step again, from a detached s_in: the same gradient for the LSTM's weights as through
         # outputs[0], but none reaches s_in, so the bootstrapped target stays the task's alone.
-        first = core(x[:1], s_in.detach())[2][0]
+        first = core(x[:1], s_in.detach(), None if reset is None else reset[:1])[2][0]
         aux_loss = aux_weight * synthetic_gradient_loss(aux_head(first), delta_out)
         objective = objective + aux_loss
         aux_loss = aux_loss.detach()
@@ -189,8 +212,9 @@ class RecurrentMethod:
     def learn_boundary(self, s_in: torch.Tensor, result: WindowResult) -> dict[str, torch.Tensor]:
         return {}
 
-    def window(self, x: torch.Tensor, loss_fn: LossFn) -> dict[str, torch.Tensor]:
-        """Train one window of T steps (x: [T, B, in]); returns 0-d/[T, B] tensors, no host sync."""
+    def window(self, x: torch.Tensor, loss_fn: LossFn, reset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Train one window of T steps (x: [T, B, in]); returns 0-d/[T, B] tensors, no host sync
+        (with ``reset``, the episode restarts of LSTMCore.forward, one read per window)."""
         batch = x.shape[1]
         if self.state is None or self.state.shape[0] != batch:
             self.state = self.core.initial_state(batch, x.device)
@@ -198,7 +222,8 @@ class RecurrentMethod:
         aux_head, aux_weight = self.aux()
         result = backward_window(self.core, s_in, x, loss_fn, self.synthetic_gradient(),
                                  scale=getattr(self.settings, "synth_scale", 1.0), aux_head=aux_head,
-                                 aux_weight=aux_weight, discount=getattr(self.settings, "target_discount", None))
+                                 aux_weight=aux_weight, discount=getattr(self.settings, "target_discount", None),
+                                 reset=reset)
         metrics = {"losses": result.losses, **self.learn_boundary(s_in, result)}
         if result.aux_loss is not None:
             metrics["aux_loss"] = result.aux_loss

@@ -23,7 +23,7 @@ import re
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from ..conventions import ConventionSettings
 from ..errors import SuiteError
@@ -52,6 +52,10 @@ class CopySettings(ConventionSettings):                       # extra fields, .i
     check_every: StrictInt = Field(100, ge=1, le=1_000_000)  # steps between curriculum checks
     start_n: StrictInt = Field(1, ge=1, le=10_000)           # N of the first episodes
     max_n: StrictInt | None = Field(None, ge=1, le=10_000)   # stop once this N is solved (None: the step budget)
+    # True: a stream's LSTM state (h and c) is set to zeros as it starts each episode, so the episodes
+    # are independent, as the NTM tasks are, and no gradient or bootstrapped target crosses an episode
+    # boundary. False: the state runs on from one episode into the next (the older layout).
+    reset_state: StrictBool = False
 
     @property
     def length_offset(self) -> int:
@@ -98,11 +102,13 @@ class Curriculum:
 
 
 class EpisodeStreams:
-    """``batch`` independent streams of episodes, back to back: the LSTM runs on across episode
-    boundaries (paper §3.2). Each stream starts after a random number of idle steps, so window
-    boundaries fall at different places of the episodes in different streams. A stream takes the
-    curriculum's current (N, R) when it starts an episode; ``current`` marks positions whose episode
-    is at the current length (the only ones the curriculum check counts)."""
+    """``batch`` independent streams of episodes, back to back. Each stream starts after a random
+    number of idle steps, so window boundaries fall at different places of the episodes in different
+    streams. A stream takes the curriculum's current (N, R) when it starts an episode; ``current``
+    marks positions whose episode is at the current length (the only ones the curriculum check
+    counts); ``starts`` (after each ``window``) marks [T, B] the steps at which a stream starts an
+    episode: with ``reset_state`` the LSTM state is zeroed there (LSTMCore.forward), otherwise the
+    LSTM runs on across episode boundaries."""
 
     def __init__(self, batch: int, bits: int, curriculum: Curriculum, generator: torch.Generator,
                  repeat_norm: float = 10.0):
@@ -116,6 +122,7 @@ class EpisodeStreams:
         self.r = torch.full((batch,), curriculum.r)
         self.chars = torch.zeros(batch, curriculum.n, bits)
         self.episodes = 0                                    # completed episodes, all streams
+        self.starts = torch.zeros(0, batch)                  # [T, B] of the last window: episode starts
 
     def window(self, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The next T steps: x [T, B, in], y [T, B, out], mask [T, B] (positions with a loss), current [T, B]."""
@@ -124,8 +131,10 @@ class EpisodeStreams:
         y = torch.zeros(T, B, self.out_dim)
         mask = torch.zeros(T, B)
         current = torch.zeros(T, B)
+        self.starts = torch.zeros(T, B)
         for t in range(T):
             start = self.phase == 0
+            self.starts[t] = start.float()
             if bool(start.any()):
                 self.n[start], self.r[start] = self.cur.n, self.cur.r
                 if self.cur.n > self.chars.shape[1]:

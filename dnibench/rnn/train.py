@@ -119,7 +119,8 @@ def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, method.optimizers(), step)
             x, y, mask, current = (t.to(device) for t in streams.window(T))
-            out = method.window(x, copy_loss(y, mask))
+            reset = streams.starts.to(device) if args.reset_state else None
+            out = method.window(x, copy_loss(y, mask), reset)
             watch.add(step, out)
             meter.add("err", out["losses"].sum())
             meter.add("chars", mask.sum())
