@@ -44,8 +44,10 @@ def test_one_coin_gates_a_layers_forward_backward_and_its_models(name):
 def test_shipped_unlock_suite_sweeps_p_update_for_unlocked_and_locked_methods():
     suite = load_suite("suites/mnist_unlock.yaml")
     methods = {"bprop", "dni", "cdni", "unlock_dni", "unlock_cdni"}
-    async_grid = {s.method_args["p_update"] for s in plan(load_suite("suites/mnist_async.yaml"), "quick")}
-    for profile, at_least_below_one in [("smoke", 1), ("quick", 4), ("paper", 6)]:
+    async_suite = load_suite("suites/mnist_async.yaml")
+    async_quick = {s.method_args["p_update"] for s in plan(async_suite, "quick")}
+    async_fixed = {s.method_args["p_update"] for s in plan(async_suite, "paper") if s.method == "bprop"}
+    for profile, at_least_below_one in [("smoke", 1), ("quick", 1), ("paper", 6)]:
         grid: dict[str, set[float]] = {}
         for spec in plan(suite, profile):
             grid.setdefault(spec.method, set()).add(spec.method_args["p_update"])
@@ -54,7 +56,9 @@ def test_shipped_unlock_suite_sweeps_p_update_for_unlocked_and_locked_methods():
         assert all(g == values for g in grid.values()), profile      # every method at the same p_update values
         assert 1.0 in values and len([p for p in values if p < 1]) >= at_least_below_one, profile
         if profile == "paper":
-            assert values == async_grid
+            assert values == async_fixed
+        if profile == "quick":          # the locked methods' runs are mnist_async's, shared (same configuration)
+            assert values <= async_quick
 
 
 def test_report_draws_final_error_against_p_update(tmp_path):
