@@ -30,6 +30,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))    # run from anywhere in the checkout
 from dnibench.methods import Setup, get_method                      # noqa: E402
 from dnibench.models import build_stages, stage_output_shapes       # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_bench_reference import dni_backward                       # noqa: E402
 
 IN_SHAPE, CLASSES, BATCH, LR, MODEL = (1, 28, 28), 10, 256, 3e-5, "fcn4"
 
@@ -63,29 +65,8 @@ class Net:
         return loss.detach()
 
     def _cdni(self, x, y):
-        # Each stage learns from M(h, c) / B injected at its output; M_i regresses towards B x the gradient
-        # that reached stage i+1's input (bootstrapped; the true loss gradient below the output stage).
-        c, batch, top = self.eye[y], x.shape[0], len(self.stages) - 1
-        inputs, outs, grads, preds = [], [], [], []
-        h = x
-        for i, stage in enumerate(self.stages):
-            h_in = h.detach().requires_grad_(i > 0)
-            out = stage(h_in)
-            if i < top:
-                pred = self.synths[i](torch.cat([out.detach(), c], 1))
-                preds.append(pred)
-                outs.append(out)
-                grads.append(pred.detach() / batch)
-            else:
-                loss = F.cross_entropy(out, y)
-                outs.append(loss)
-                grads.append(None)
-            inputs.append(h_in)
-            h = out.detach()
-        torch.autograd.backward(outs, grads)
-        synth_loss = sum((preds[i - 1] - inputs[i].grad * batch).pow(2).sum(1).mean() for i in range(1, top + 1))
-        synth_loss.backward()
-        return loss
+        # The reference loop's DNI step; the label's one-hot by indexing (see __init__).
+        return dni_backward(self.stages, self.synths, x, y, self.eye[y])
 
     def state(self) -> list[torch.Tensor]:
         return [v.detach().float().cpu() for s in self.stages for v in s.state_dict().values()]

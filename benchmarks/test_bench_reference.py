@@ -60,6 +60,33 @@ class PlainNoBackprop:
         return loss.detach()
 
 
+def dni_backward(stages, synths, x, y, c=None):
+    """One DNI step's gradients (no optimizer step): each stage's with M(h[, c]) / B injected at its
+    output, each M's squared error against B x the gradient that reached the next stage's input
+    (bootstrapped; the true gradient below the output stage). Returns the task loss."""
+    batch, top = x.shape[0], len(stages) - 1
+    inputs, outs, grads, preds = [], [], [], []
+    h = x
+    for i, stage in enumerate(stages):
+        h_in = h.detach().requires_grad_(i > 0)
+        out = stage(h_in)
+        if i < top:
+            pred = synths[i](out.detach() if c is None else torch.cat([out.detach(), c], 1))
+            preds.append(pred)
+            outs.append(out)
+            grads.append(pred.detach() / batch)
+        else:
+            loss = F.cross_entropy(out, y)
+            outs.append(loss)
+            grads.append(None)
+        inputs.append(h_in)
+        h = out.detach()
+    torch.autograd.backward(outs, grads)
+    synth_loss = sum((preds[i - 1] - inputs[i].grad * batch).pow(2).sum(1).mean() for i in range(1, top + 1))
+    synth_loss.backward()
+    return loss
+
+
 class PlainDNI:
     """DNI between every pair of stages: each stage updates with M(h, c) / B injected at its output;
     M_i regresses (squared error summed over features, batch mean) towards B x the gradient that
@@ -70,27 +97,7 @@ class PlainDNI:
         self.opt = adam([p for m in [*stages, *synths] for p in m.parameters()], lr)
 
     def step(self, x, y):
-        c = F.one_hot(y, CLASSES).float() if self.conditioned else None
-        batch, top = x.shape[0], len(self.stages) - 1
-        inputs, outs, grads, preds = [], [], [], []
-        h = x
-        for i, stage in enumerate(self.stages):
-            h_in = h.detach().requires_grad_(i > 0)
-            out = stage(h_in)
-            if i < top:
-                pred = self.synths[i](torch.cat([out.detach(), c], 1) if self.conditioned else out.detach())
-                preds.append(pred)
-                outs.append(out)
-                grads.append(pred.detach() / batch)
-            else:
-                loss = F.cross_entropy(out, y)
-                outs.append(loss)
-                grads.append(None)
-            inputs.append(h_in)
-            h = out.detach()
-        torch.autograd.backward(outs, grads)
-        synth_loss = sum((preds[i - 1] - inputs[i].grad * batch).pow(2).sum(1).mean() for i in range(1, top + 1))
-        synth_loss.backward()
+        loss = dni_backward(self.stages, self.synths, x, y, F.one_hot(y, CLASSES).float() if self.conditioned else None)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss.detach()
