@@ -7,6 +7,7 @@ import torch
 from dnibench.data import ImageData
 from dnibench.methods import get_method
 from dnibench.parallel import cost
+from dnibench.parallel.worker import split_stages
 from dnibench.report import parallel as report
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
 from dnibench.train import train_ff
@@ -47,8 +48,11 @@ def test_runs_log_stage_costs_and_the_link(summaries):
         assert stage.out_bytes == BATCH * (10 if i == 3 else 256) * 4
     assert link is not None and link.latency_s > 0 and link.bandwidth_Bps > 0
     assert two["cost/link_fitted"] in (0.0, 1.0)
-    # the run's own split of the stages (by parameters: the 8x8-input first stage is light, so 2 | 2)
-    assert cost.split_from_metrics(two, 2) == [(0, 2), (2, 4)]
+    # the split the run trained with: the one minimising the slower worker's measured total, timed with
+    # both workers busy (K = 1 timed alone)
+    assert cost.split_from_metrics(two, 2) == split_stages([s.total for s in stages], 2)
+    assert two["cost/contended"] == 1.0 and summaries[1]["cost/contended"] == 0.0
+    assert two["load_1m/start"] >= 0 and two["load_1m/end"] >= 0
     # measured once, outside the training clock, and cheap
     assert 0 < two["cost/measure_s"] < 5.0
     one = cost.costs_from_metrics(summaries[1])
@@ -66,14 +70,31 @@ def test_report_predicts_from_the_logged_inputs(summaries):
     runs = report.prepare(pd.DataFrame(rows))
     assert runs["samples_per_s"].notna().all()
     got = report.predictions(runs).set_index(runs["workers"])
-    assert got.loc[2, "source"] == "logged stage costs calibrated to K=1, run's split, logged link"
-    assert got.loc[1, "source"] == "logged stage costs, uncalibrated (K=1 is the calibration point)"
-    # the K = 2 prediction is the model's on the logged stages, calibrated to the measured K = 1 step
-    stages, link = cost.costs_from_metrics(summaries[2])
+    alone, _ = cost.costs_from_metrics(summaries[1])
     one_step = BATCH / runs.set_index("workers").loc[1, "samples_per_s"]
-    expected = cost.throughput("cdni", cost.calibrate(stages, "cdni", one_step), 2, link, BATCH,
-                               split=[(0, 2), (2, 4)])
+    factor = one_step / sum(s.total for s in alone)          # K = 1 step over its stages timed alone
+    assert got.loc[2, "source"] == (f"stage costs timed next to a busy peer x K=1 whole-step factor {factor:.2f}, "
+                                    "run's split, logged link")
+    assert got.loc[1, "source"] == "logged stage costs, uncalibrated (K=1 is the calibration point)"
+    # the K = 2 prediction: its own contended stage costs times K = 1's whole-step factor, its own split
+    stages, link = cost.costs_from_metrics(summaries[2])
+    split = cost.split_from_metrics(summaries[2], 2)
+    worker = [sum(s.total for s in stages[lo:hi]) * factor for lo, hi in split]
+    sends = [link.message(stages[split[0][1] - 1].out_bytes)] * 2     # one message each way across the boundary
+    expected = BATCH / max(w + m for w, m in zip(worker, sends))
     assert got.loc[2, "predicted"] == pytest.approx(expected)
+    # without a K = 1 run's stage costs: the old calibration (K = 1 predicted as measured)
+    runs_old = runs.assign(**{f"metric.cost/stage{i}/forward": [float("nan"), runs.iloc[1][f"metric.cost/stage{i}/forward"]]
+                              for i in range(4)}) if runs.iloc[0]["workers"] == 1 else None
+    if runs_old is not None:
+        old = report.predictions(runs_old).set_index(runs_old["workers"])
+        assert old.loc[2, "source"].startswith("logged stage costs calibrated to K=1")
+        assert old.loc[2, "predicted"] == pytest.approx(cost.throughput(
+            "cdni", cost.calibrate(stages, "cdni", one_step), 2, link, BATCH, split=split))
+    table = report.speedup_table(runs)
+    two = table[table["K"] == 2].iloc[0]
+    assert two["split"] == " ".join(f"{lo}:{hi}" for lo, hi in split)
+    assert two["load start/end"].count("/") == 1
 
 
 def test_the_model_takes_a_runs_own_split():

@@ -27,6 +27,13 @@ across boundary b (activation up, or its gradient down: same size) takes m_b = l
   (dni's bootstrapped target) down. For dni/cdni the forward still flows through the workers, which
   adds latency but not a rate limit in the steady state.
 
+**Measured where it runs.** A parallel run times its stages in its own worker processes, all workers at
+once (dnibench/parallel/worker.py ``measure_costs``): with two workers on two cores a stage's time is the one
+it has next to a busy neighbour (shared cache and memory bandwidth, the machine's other load), which is
+what the decoupled and pipelined schedules see. The report scales those times by the one-worker run's
+``whole_step_factor`` (its measured step over the sum of its stages timed alone) and uses the one-worker
+stage times for locked bprop, whose workers take turns. The split is the one the run trained with.
+
 **More workers than stages.** FCN-6 has 6 stages and a stage cannot be split, so K > N workers do not
 fit the paper's network. ``predict_scaling`` answers "what if the net were as deep as the cluster":
 for K > N it deepens the network to K stages by repeating its middle (hidden) stage, the costs and
@@ -51,6 +58,11 @@ class StageCost:
     synth: float = 0.0           # synthesizer on this stage's output: forward, backward, regression update
     synth_input: float = 0.0     # synthetic-input model of this stage's input (unlock)
     out_bytes: int = 0           # the activation (and its gradient) sent to the next stage
+
+    @property
+    def total(self) -> float:
+        """Compute per batch a worker spends on this stage (what a split balances)."""
+        return self.forward + self.backward + self.update + self.synth + self.synth_input
 
 
 @dataclass(frozen=True)
@@ -133,7 +145,7 @@ def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster |
     if split is not None and (len(split) != k or split[0][0] != 0 or split[-1][1] != len(stages)):
         raise ValueError(f"split {split} does not give {k} workers the {len(stages)} stages")
     groups = [_group(stages, lo, hi) for lo, hi in
-              split or partition([s.forward + s.backward + s.synth + s.synth_input for s in stages], k)]
+              split or partition([s.total for s in stages], k)]
 
     def link(b: int) -> Link:
         return cluster.link(b) if isinstance(cluster, Cluster) else cluster
@@ -164,19 +176,29 @@ def throughput(schedule: str, stages: list[StageCost], k: int, cluster: Cluster 
     return batch_size / step_time(schedule, stages, k, cluster, microbatches, split)
 
 
-def calibrate(stages: list[StageCost], schedule: str, measured_step_s: float,
-              microbatches: int = 1) -> list[StageCost]:
-    """The stages with every compute time scaled by one factor, so that the one-worker prediction of
-    ``schedule`` equals a measured one-worker step time (a one-worker step sends no messages). Stages
-    timed one by one miss what a whole step adds (the method's bookkeeping, caches gone cold between
-    stages, small micro-batches); the factor keeps the stages' proportions and spreads that overhead
-    over them, so what remains of the K > 1 error is the model's, not the measurement's."""
+def whole_step_factor(stages: list[StageCost], schedule: str, measured_step_s: float, microbatches: int = 1) -> float:
+    """Measured one-worker step time over the one-worker prediction of ``schedule`` from ``stages``: what a
+    whole step adds to its stages timed one by one (the method's bookkeeping, caches gone cold between
+    stages, small micro-batches)."""
     base = step_time(schedule, stages, 1, Link(0.0, float("inf")), microbatches)
     if not measured_step_s > 0 or not base > 0:
         raise ValueError("calibration needs a positive measured and predicted step time")
-    f = measured_step_s / base
-    return [replace(s, forward=s.forward * f, backward=s.backward * f, update=s.update * f, synth=s.synth * f,
-                    synth_input=s.synth_input * f) for s in stages]
+    return measured_step_s / base
+
+
+def scale(stages: list[StageCost], factor: float) -> list[StageCost]:
+    """Every compute time multiplied by ``factor`` (bytes unchanged)."""
+    return [replace(s, forward=s.forward * factor, backward=s.backward * factor, update=s.update * factor,
+                    synth=s.synth * factor, synth_input=s.synth_input * factor) for s in stages]
+
+
+def calibrate(stages: list[StageCost], schedule: str, measured_step_s: float,
+              microbatches: int = 1) -> list[StageCost]:
+    """The stages with every compute time scaled by one factor (``whole_step_factor``), so that the
+    one-worker prediction of ``schedule`` equals a measured one-worker step time (a one-worker step sends
+    no messages). The factor keeps the stages' proportions and spreads a whole step's overhead over them,
+    so what remains of the K > 1 error is the model's, not the measurement's."""
+    return scale(stages, whole_step_factor(stages, schedule, measured_step_s, microbatches))
 
 
 def deepen(stages: list[StageCost], depth: int) -> list[StageCost]:

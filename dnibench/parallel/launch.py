@@ -71,6 +71,7 @@ def train_parallel(spec, data, log, on_step=lambda n: None) -> dict:
     n_train = min(cfg.train_subset or len(data.y_train), len(data.y_train))
     n_test = min(cfg.test_subset or len(data.y_test), len(data.y_test))
     ctx = _context()
+    load_start = os.getloadavg()[0]                    # the machine's load as the run starts (the report shows it)
     procs: list = []
     conns: list = []
     with tempfile.TemporaryDirectory(prefix="dnibench-parallel-") as tmp:
@@ -102,6 +103,7 @@ def train_parallel(spec, data, log, on_step=lambda n: None) -> dict:
         summary.update(summaries[rank])
     summary.update(sampler.summary())
     summary["cpu_threads"] = 1.0                       # per worker
+    summary["load_1m/start"], summary["load_1m/end"] = load_start, os.getloadavg()[0]
     log(summary, cfg.steps)
     return summary
 

@@ -19,7 +19,8 @@ Schedules (``ParallelSettings.schedule``):
 Time is counted by cause per worker: ``busy`` (compute), ``wait_input`` (an activation from below, or
 flow control on real inputs), ``wait_grad`` (a gradient from above, or flow control on targets), ``comm``
 (posting sends and receives, waiting for sends to complete); evaluation is not training time, nor is the
-measurement of the cost model's inputs before the clocks start (``Worker.measure_costs``: worker 0 logs them).
+measurement of the cost model's inputs before the clocks start (``Worker.measure_costs``: every worker times
+the stages at once, the split of the stages is chosen from those times, worker 0 logs them).
 """
 from __future__ import annotations
 
@@ -212,17 +213,8 @@ class Worker:
                       generator=torch.Generator().manual_seed(10_000 + spec.seed), fused_step=fused)
         self.method = method_cls(stages, method_cls.Settings.model_validate(spec.method_args), setup)
         self.stages, self.setup, self.in_shape = stages, setup, in_shape
-        costs = []
-        for i, stage in enumerate(stages):             # parameters as the cost of a stage and what it owns
-            cost = sum(p.numel() for p in stage.parameters())
-            for attr in ("interfaces", "inputs"):
-                owned = getattr(self.method, attr, [])
-                j = i if attr == "interfaces" else i - 1
-                if 0 <= j < len(owned):
-                    model = owned[j].synthesizer if attr == "interfaces" else owned[j].model
-                    cost += sum(p.numel() for p in model.parameters())
-            costs.append(float(cost))
-        self.groups = split_stages(costs, self.world)
+        # equal stage counts until measure_costs has timed the stages and chosen the split from those times
+        self.groups = split_stages([1.0] * len(stages), self.world)
         self.lo, self.hi = self.groups[self.rank]
 
     # ---- the loop -----------------------------------------------------------------------------------
@@ -312,17 +304,47 @@ class Worker:
         return summary
 
     def measure_costs(self) -> dict[str, float]:
-        """The cost model's inputs (cost.py) measured in this run's processes at its real sizes, as
-        ``cost.cost_metrics`` (worker 0 logs them; the others return nothing): the one-way gloo time between
-        workers 0 and 1 at a tiny message and the activation across their boundary (also 1/M of it when
-        pipelined, and 4x to separate bandwidth from latency), then every stage's compute on worker 0's one
-        thread. The stages are timed on copies, with the random streams put back afterwards: the run's
-        parameters, batch order and synthesizers are as if nothing had been measured."""
+        """The cost model's inputs (cost.py) measured in this run's processes at its real sizes, and the split
+        of the stages chosen from them, before the clocks start (worker 0 logs them as ``cost.cost_metrics``;
+        the others return nothing):
+
+        - every stage's compute (forward, backward, Adam update, its synthesizer's regression, its synthetic
+          input model's) on each worker's one thread, all workers at once: with K > 1 a stage is timed next
+          to a peer doing the same kind of work, as in the run (a core's neighbour slows it: shared cache,
+          memory bandwidth, the machine's other load), and the workers' times are averaged;
+        - the split: contiguous groups minimising the slowest worker's total (``split_stages``), worker 0's
+          choice broadcast so that every worker takes the same; logged as ``cost/worker{k}/stages_end``;
+        - the one-way gloo time between workers 0 and 1 at a tiny message and at the activation across their
+          boundary (also 1/M of it when pipelined, and 4x to separate bandwidth from latency).
+
+        The stages are timed on copies, with the random streams put back afterwards: the run's parameters,
+        batch order and synthesizers are as if nothing had been measured."""
         import copy
 
         from ..methods.dni import DNI
         from . import cost
         start, out, link = time.perf_counter(), {}, None
+        m, settings = self.method, self.method.settings
+        dni = isinstance(m, DNI)
+        unlocked = hasattr(m, "inputs")
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            stages = cost.measure_stage_costs(
+                copy.deepcopy(self.stages), self.in_shape, self.batch, self.setup.num_classes,
+                synth_hidden_layers=settings.synth_hidden_layers if dni else None,
+                synth_width=getattr(settings, "synth_width", 1024), context=bool(getattr(m, "conditioned", False)),
+                synth_input_layers=settings.input_hidden_layers if unlocked else None,
+                synth_input_width=getattr(settings, "input_width", 1024), repeats=5, lr=self.spec.train.lr,
+                device=self.device)
+        if self.world > 1:
+            table = torch.tensor([[float(getattr(s, f)) for f in cost.STAGE_FIELDS] for s in stages], dtype=torch.float64)
+            dist.all_reduce(table)                     # the workers' mean: one set of costs for everyone
+            table /= self.world
+            stages = [cost.StageCost(*row[:-1].tolist(), out_bytes=int(row[-1])) for row in table]
+            ends = torch.tensor([hi for _, hi in split_stages([s.total for s in stages], self.world)])
+            dist.broadcast(ends, 0)                    # the same split on every worker, whatever rounding did
+            ends = ends.tolist()
+            self.groups = list(zip([0] + ends[:-1], ends))
+            self.lo, self.hi = self.groups[self.rank]
         if self.world > 1 and self.rank <= 1:
             act = self.batch * int(torch.Size(self.setup.stage_shapes[self.groups[0][1] - 1]).numel()) * 4
             sizes = {4, act, 4 * act}
@@ -333,19 +355,9 @@ class Worker:
             out["cost/link_fitted"] = float(fitted)
         if self.rank != 0:
             return {}
-        m, settings = self.method, self.method.settings
-        dni = isinstance(m, DNI)
-        unlocked = hasattr(m, "inputs")
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            stages = cost.measure_stage_costs(
-                copy.deepcopy(self.stages), self.in_shape, self.batch, self.setup.num_classes,
-                synth_hidden_layers=settings.synth_hidden_layers if dni else None,
-                synth_width=getattr(settings, "synth_width", 1024), context=bool(getattr(m, "conditioned", False)),
-                synth_input_layers=settings.input_hidden_layers if unlocked else None,
-                synth_input_width=getattr(settings, "input_width", 1024), repeats=3, lr=self.spec.train.lr,
-                device=self.device)
         out.update(cost.cost_metrics(stages, link))
-        out.update(cost.split_metrics(self.groups))   # the model predicts this run's own split
+        out["cost/contended"] = float(self.world > 1)  # timed next to a busy peer (K > 1) or alone (K = 1)
+        out.update(cost.split_metrics(self.groups))   # the split this run trained with (the model predicts it)
         out["cost/measure_s"] = time.perf_counter() - start
         return out
 

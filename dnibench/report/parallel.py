@@ -7,9 +7,12 @@ figure and table. Throughput is the run's ``mean_samples_per_s`` (whole training
 ``samples_per_s``; runs marked timing disturbed (curves.timing_disturbed) give no throughput.
 
 The cost model (dnibench/parallel/cost.py) predicts each measured K from the per-stage costs a run
-logged (``cost/stage{i}/...``, ``cost/link_*``), scaled by one factor so that it predicts the same
-method's measured K = 1 (cost.calibrate); where none were logged it splits the K = 1 run's measured
-step time over the stages in proportion to their weights (FCN only). The table says which.
+logged (``cost/stage{i}/...``, ``cost/link_*``, timed next to a busy peer where K > 1: ``cost/contended``),
+scaled by the same method's K = 1 whole-step factor (its measured step over its stages timed alone;
+locked bprop uses the K = 1 stage times, its workers take turns); runs without a K = 1 run's stage costs
+are scaled so that the model predicts the measured K = 1 (cost.calibrate); where none were logged it
+splits the K = 1 run's measured step time over the stages in proportion to their weights (FCN only).
+The table says which, with the run's split of the stages and the machine's load average.
 """
 from __future__ import annotations
 
@@ -103,7 +106,19 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         stages, source = None, ""
         one = runs[(runs["label"] == row["label"]) & (runs["workers"] == 1) & runs["samples_per_s"].notna()]
         one_step_s = batch / one["samples_per_s"].mean() if len(one) else None
-        if logged:
+        alone = next((got[0] for got in map(cost.costs_from_metrics, one.to_dict("records")) if got), None)
+        contended = bool(row.get("metric.cost/contended", 0) == 1)
+        if logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]) and (
+                contended or schedule == "locked"):
+            # A whole step's overhead from the K = 1 run (its measured step over its stages timed alone);
+            # the stage times: timed next to a busy peer, except locked bprop's (its workers take turns).
+            factor = cost.whole_step_factor(alone, schedule, one_step_s, m)
+            if schedule == "locked":
+                stages, source = cost.scale(alone, factor), "K=1 stage costs (workers take turns)"
+            else:
+                stages, source = cost.scale(logged[0], factor), "stage costs timed next to a busy peer"
+            source += f" x K=1 whole-step factor {factor:.2f}"
+        elif logged:
             stages, source = logged[0], "logged stage costs"
             if one_step_s and k > 1:          # one factor on all compute: K = 1 predicted as measured
                 stages, source = cost.calibrate(stages, schedule, one_step_s, m), source + " calibrated to K=1"
@@ -132,6 +147,8 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
 
 
 def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
+    from ..parallel import cost
+
     runs = runs.join(predictions(runs))
     rows = []
     for (name, k), group in runs.groupby(["label", "workers"], sort=True):
@@ -148,6 +165,8 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
         stale = sorted({c.split("/")[1].rsplit("_", 1)[0] for c in group.columns
                         if c.startswith("metric.staleness/") and group[c].notna().any()})
         predicted = group["predicted"].mean()
+        split = cost.split_from_metrics(group.iloc[-1].to_dict(), int(k))
+        load = [_metric(group, f"load_1m/{when}").mean() for when in ("start", "end")]
         rows.append({
             "method": name, "K": int(k), "seeds": len(group),
             "samples/s": "disturbed" if rate != rate else f"{rate:.0f}",
@@ -163,6 +182,11 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
             "model samples/s": f"{predicted:.0f}" if predicted == predicted else "",
             "model error": f"{(predicted - rate) / rate:+.0%}" if predicted == predicted and rate == rate else "",
             "model inputs": ", ".join(sorted(set(group["source"]) - {""})),
+            # stages [lo:hi) per worker as trained (chosen from the stage times measured in the run)
+            "split": " ".join(f"{lo}:{hi}" for lo, hi in split) if split else "",
+            # the machine's 1-minute load average when the run started / ended (K = 2 on 2 cores: a neighbour's
+            # load falls on the second worker)
+            "load start/end": "/".join(f"{v:.1f}" for v in load) if all(v == v for v in load) else "",
         })
     return pd.DataFrame(rows)
 
