@@ -9,12 +9,14 @@ from dnibench.models import build_stages, stage_output_shapes
 
 
 def build_method(method: str, in_shape: tuple[int, ...], model: str = "fcn4", seed: int = 0, lr: float = 1e-2,
-                 coin_seed: int | None = None, **settings):
-    """``method`` on freshly seeded ``model`` stages (4-filter CNNs), CPU; ``coin_seed`` seeds p_update's coins."""
+                 coin_seed: int | None = None, fused_step: bool = True, **settings):
+    """``method`` on freshly seeded ``model`` stages (4-filter CNNs), CPU; ``coin_seed`` seeds p_update's coins;
+    ``fused_step=False`` keeps the per-stage path even where the fused one applies."""
     torch.manual_seed(seed)
     stages = build_stages(model, in_shape, 10, cnn_filters=4)
     cls = get_method(method)
-    setup = Setup(10, in_shape, stage_output_shapes(stages, in_shape), lr=lr, device=torch.device("cpu"))
+    setup = Setup(10, in_shape, stage_output_shapes(stages, in_shape), lr=lr, device=torch.device("cpu"),
+                  fused_step=fused_step)
     if coin_seed is not None:
         setup.generator = torch.Generator().manual_seed(coin_seed)
     return cls(stages, cls.Settings(**settings), setup)
