@@ -5,6 +5,7 @@ Nothing here imports a suite, a task or a training loop, so any of them can impo
 from __future__ import annotations
 
 import random
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,3 +114,60 @@ class DivergenceWatch:
             finite = torch.stack([flag for _, flag in flags]).cpu()
             if not bool(finite.all()):
                 raise Diverged(flags[int((~finite).nonzero()[0])][0])
+
+
+class LogWindow:
+    """The skeleton the feed-forward loop (dnibench/train.py) and the parallel workers
+    (dnibench/parallel/worker.py) share between two log points: the learning-rate schedule applied to the
+    optimizers where it changes, device-side running sums of each step's metrics (no host sync per step),
+    divergence flags, the training clock (synchronised on CUDA before each read), and at a log point the
+    window's averages, step count and seconds."""
+
+    def __init__(self, spec: RunSpec, optimizers: list[torch.optim.Optimizer], device: torch.device):
+        self.spec, self.optimizers, self.device = spec, optimizers, device
+        self.t0 = 0.0
+        self.factor: float | None = None
+        self.watch = DivergenceWatch()
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+
+    def lr(self, step: int) -> float:
+        """The learning rate of ``step``; the optimizers' rates change only at a decay point."""
+        factor = lr_factor(self.spec, step)
+        if factor != self.factor:
+            apply_schedule(self.optimizers, factor)
+            self.factor = factor
+        return self.spec.train.lr * factor
+
+    def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        self.watch.add(step, metrics)
+        for key, value in metrics.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.steps += 1
+
+    def points(self, step: int) -> tuple[bool, bool]:
+        """Whether ``step`` ends a log window, and whether it is an evaluation point (always the last step)."""
+        cfg = self.spec.train
+        is_eval = step % cfg.eval_every == 0 or step == cfg.steps
+        return step % cfg.log_every == 0 or is_eval, is_eval
+
+    def start(self) -> None:
+        """The training clock starts (again, after a log point's logging and evaluation)."""
+        sync(self.device)
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        sync(self.device)
+        return time.perf_counter() - self.t0
+
+    def close(self) -> tuple[dict[str, float], int, float]:
+        """At a log point: the window's training seconds (the clock stops here), then Diverged for a non-finite
+        step, else the window's metric averages (one host sync each) and step count; the next window starts
+        empty (its clock at ``start``)."""
+        seconds = self.elapsed()
+        self.watch.check()
+        row = {key: (self.sums[key] / self.counts[key]).item() for key in self.sums}
+        steps, self.sums, self.counts, self.steps = self.steps, {}, {}, 0
+        return row, steps, seconds

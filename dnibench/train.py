@@ -13,7 +13,7 @@ import torch
 
 from .conventions import ImageSettings
 # The shared helpers live low in the package (dnibench/loop.py); re-exported for existing callers.
-from .loop import (Batches, DivergenceWatch, apply_schedule, lr_factor, lr_metrics,  # noqa: F401
+from .loop import (Batches, DivergenceWatch, LogWindow, apply_schedule, lr_factor, lr_metrics,  # noqa: F401
                    resolve_device, seed_everything, sync, test_error)
 from .methods import Setup
 from .models import build_stages, stage_output_shapes
@@ -50,41 +50,26 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
     x_test, y_test = data.x_test[:n_test].to(device), data.y_test[:n_test].to(device)
     batches = Batches(n_train, cfg.batch_size, torch.Generator().manual_seed(spec.seed), device)
 
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
     train_s = eval_s = 0.0
     final: dict[str, float] = {}
-    current_factor = None
-    watch = DivergenceWatch()
+    window = LogWindow(spec, optimizers, device)  # schedule, metric sums, clock, log-point averages (loop.py)
     timer = StepTimes(device)
     with RunThreads() as threads, ResourceSampler(device) as sampler:
-        mark, interval_steps = sampler.mark(), 0
-        sync(device)
-        t0 = time.perf_counter()
+        mark = sampler.mark()
+        window.start()
         timer.start()
         for step in range(1, cfg.steps + 1):
-            factor = lr_factor(spec, step)
-            if factor != current_factor:             # the optimizers' rates change only at a decay point
-                apply_schedule(optimizers, factor)
-                current_factor = factor
-            lr = cfg.lr * factor
+            lr = window.lr(step)
             idx = batches.next()
             metrics = method.step(x_train[idx], y_train[idx])
             timer.step()                              # CPU only: a clock read, no sync
-            watch.add(step, metrics)
-            for key, value in metrics.items():        # device-side running sums: no sync here
-                sums[key] = sums[key] + value if key in sums else value.clone()
-                counts[key] = counts.get(key, 0) + 1
-            interval_steps += 1
+            window.add(step, metrics)                 # device-side running sums: no sync here
             on_step(step)
-            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-            if step % cfg.log_every == 0 or is_eval:
-                sync(device)
-                elapsed = time.perf_counter() - t0
+            is_log, is_eval = window.points(step)
+            if is_log:
+                row, interval_steps, elapsed = window.close()
                 train_s += elapsed
                 timer.window(elapsed, interval_steps)
-                watch.check()
-                row = {key: (sums[key] / counts[key]).item() for key in sums}
                 row["samples_per_s"] = interval_steps * batches.batch_size / max(elapsed, 1e-9)
                 row["cpu_threads"] = float(threads)
                 row["wall_s/train"] = train_s
@@ -99,9 +84,8 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
                     row["wall_s/eval"] = eval_s
                     final = dict(row)
                 log(row, step)
-                sums, counts, interval_steps, mark = {}, {}, 0, sampler.mark()
-                sync(device)
-                t0 = time.perf_counter()
+                mark = sampler.mark()
+                window.start()
                 timer.start()
     summary = {"final_test_error": final["test_error"], "final_train_loss": final.get("train_loss", float("nan")),
                "total_wall_s/train": train_s, "total_wall_s/eval": eval_s,

@@ -45,6 +45,12 @@ def run(run_spec, data):
     return summary, rows
 
 
+def boundary(summary) -> int:
+    """The interface between workers 0 and 1: where worker 0's stages end (the split is chosen from the
+    stage times measured in the run, so it may differ between runs of a tiny network)."""
+    return int(summary["cost/worker0/stages_end"])
+
+
 def dumped(folder):
     state = {}
     for path in sorted(folder.glob("rank*.pt")):
@@ -70,7 +76,7 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
         summary, _ = run(spec(method, workers, lockstep=True, **settings), data)
         states[workers] = dumped(folder)
         if workers == 2:
-            assert summary["staleness/h2_max"] == 0.0          # lockstep: every target before the next step
+            assert summary[f"staleness/h{boundary(summary)}_max"] == 0.0          # lockstep: every target before the next step
     one, two = states[1], states[2]
     # 4 stages, 3 synthesizers (and 3 synthetic input models)
     assert set(one) == set(two) and len(one) == 4 + 3 + (3 if method.startswith("unlock") else 0)
@@ -88,7 +94,8 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
 
 def test_decoupled_run_logs_staleness_within_its_flow_control_bound(data):
     summary, rows = run(spec("cdni", 2, max_in_flight=3), data)
-    assert 0.0 <= summary["staleness/h2_mean"] <= summary["staleness/h2_max"] <= 2.0    # max_in_flight - 1
+    h = boundary(summary)
+    assert 0.0 <= summary[f"staleness/h{h}_mean"] <= summary[f"staleness/h{h}_max"] <= 2.0    # max_in_flight - 1
     evals = [(step, row) for step, row in rows if "test_error" in row]
     assert [step for step, _ in evals] == [6, 12]
     assert all(0 <= row["test_error"] <= 100 and row["wall_s/train"] > 0 for _, row in evals)
@@ -105,7 +112,7 @@ def test_every_schedule_finishes_with_two_workers(method, schedule, data):
     summary, rows = run(spec(method, 2, schedule, steps=6, **settings), data)
     assert summary["final_train_loss"] == summary["final_train_loss"]      # finite, not NaN
     if method == "unlock_cdni":
-        assert summary["input_staleness/h2_max"] <= 2.0
+        assert summary[f"input_staleness/h{boundary(summary)}_max"] <= 2.0
 
 
 def test_locked_bprop_two_workers_equal_one_process(data):
@@ -120,7 +127,7 @@ def test_a_slow_worker_throttles_the_other_and_the_run_finishes(data, monkeypatc
     summary, _ = run(spec("cdni", 2, max_in_flight=2), data)
     # worker 0 may run at most 1 batch ahead of its targets: it waits on the slow worker 1
     assert summary["total_worker0/wait_grad_s"] > 0.25
-    assert summary["staleness/h2_max"] <= 1.0
+    assert summary[f"staleness/h{boundary(summary)}_max"] <= 1.0
 
 
 def _grandchildren():

@@ -219,7 +219,7 @@ class Worker:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self) -> dict:
-        from ..loop import Batches, DivergenceWatch, apply_schedule, lr_factor, sync
+        from ..loop import Batches, LogWindow
         self.build()
         spec, cfg, device = self.spec, self.spec.train, self.device
         data = self.data
@@ -235,24 +235,17 @@ class Worker:
         optimizers = self.method.optimizers() + getattr(self, "extra_optimizers", [])
         delay_s = self.hooks.get("delay", {}).get(self.rank, 0.0)
         exit_at = self.hooks.get("exit", {}).get(self.rank)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        watch = DivergenceWatch()
+        window = LogWindow(spec, optimizers, device)  # as train_ff: schedule, metric sums, clock, log-point averages
         train_s = eval_s = 0.0
         final: dict[str, float] = {}
-        current_factor, interval_steps = None, 0
         self.last_word = time.monotonic()
         if self.world > 1:
             dist.barrier()                             # every worker has built its model: the clocks start together
-        sync(device)
-        t0 = time.perf_counter()
+        window.start()
         for step in range(1, cfg.steps + 1):
             if exit_at is not None and step == exit_at:
                 os._exit(3)                            # test hook: a worker that dies mid-run
-            factor = lr_factor(spec, step)
-            if factor != current_factor:
-                apply_schedule(optimizers, factor)
-                current_factor = factor
+            lr = window.lr(step)
             idx = batches.next()
             if delay_s:
                 time.sleep(delay_s)                    # test hook: a slow worker
@@ -260,22 +253,15 @@ class Worker:
             if time.monotonic() - self.last_word > BEAT_S:   # alive between distant log points (the parent's watchdog)
                 self.conn.send(("beat", self.rank))
                 self.last_word = time.monotonic()
-            watch.add(step, metrics)
-            for key, value in metrics.items():
-                sums[key] = sums[key] + value if key in sums else value.clone()
-                counts[key] = counts.get(key, 0) + 1
-            interval_steps += 1
-            is_eval = step % cfg.eval_every == 0 or step == cfg.steps
-            if step % cfg.log_every == 0 or is_eval:
-                sync(device)
-                elapsed = time.perf_counter() - t0
+            window.add(step, metrics)
+            is_log, is_eval = window.points(step)
+            if is_log:
+                row, interval_steps, elapsed = window.close()
                 train_s += elapsed
-                watch.check()
-                row = {key: (sums[key] / counts[key]).item() for key in sums}
                 if self.last:
                     row["samples_per_s"] = interval_steps * self.batch / max(elapsed, 1e-9)
                     row["wall_s/train"] = train_s
-                    row["lr"] = cfg.lr * factor
+                    row["lr"] = lr
                 row.update(self.worker_metrics(train_s))
                 if is_eval:
                     e0 = time.perf_counter()
@@ -287,11 +273,9 @@ class Worker:
                         final = dict(row)
                 self.conn.send(("row", self.rank, step, row))
                 self.last_word = time.monotonic()
-                sums, counts, interval_steps = {}, {}, 0
-                sync(device)
-                t0 = time.perf_counter()
+                window.start()
         self.finish()
-        train_s += time.perf_counter() - t0            # draining the last messages is the run's time too
+        train_s += window.elapsed()                    # draining the last messages is the run's time too
         summary = {f"total_{k}": v for k, v in self.worker_metrics(train_s).items()}
         if self.last:
             summary.update({"final_test_error": final["test_error"],
