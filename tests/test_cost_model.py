@@ -151,3 +151,15 @@ def test_calibrate_matches_one_worker_and_keeps_proportions():
     assert [s.out_bytes for s in scaled] == [s.out_bytes for s in STAGES]      # messages are not compute
     with pytest.raises(ValueError, match="positive"):
         cost.calibrate(STAGES, "cdni", 0.0)
+
+
+def test_busy_link_adds_what_a_busy_message_costs_beyond_the_ping_pong():
+    link = cost.Link(1e-4, 1e9)
+    # 1 MB: 1.1 ms by the ping-pong; 3 ms next to busy compute -> 1.9 ms more on every message
+    busy = cost.busy_link(link, 3e-3, 1_000_000)
+    assert busy.message(1_000_000) == pytest.approx(3e-3)
+    assert busy.message(0) == pytest.approx(2e-3) and busy.bandwidth_Bps == 1e9
+    assert cost.busy_link(link, 5e-4, 1_000_000) == link          # cheaper than the ping-pong: unchanged
+    metrics = {**cost.cost_metrics([cost.StageCost(1.0, 2.0, out_bytes=8)], link),
+               "cost/link_busy_s": 3e-3, "cost/link_busy_bytes": 1e6}
+    assert cost.costs_from_metrics(metrics)[1] == busy

@@ -52,6 +52,11 @@ def test_runs_log_stage_costs_and_the_link(summaries):
     # both workers busy (K = 1 timed alone)
     assert cost.split_from_metrics(two, 2) == split_stages([s.total for s in stages], 2)
     assert two["cost/contended"] == 1.0 and summaries[1]["cost/contended"] == 0.0
+    # a message next to busy compute costs at least what the model charges it beyond the ping-pong
+    assert two["cost/link_busy_s"] > 0 and two["cost/link_busy_bytes"] == BATCH * 256 * 4
+    assert link.message(two["cost/link_busy_bytes"]) == pytest.approx(max(
+        two["cost/link_busy_s"], cost.Link(two["cost/link_latency_s"], two["cost/link_bandwidth_Bps"]).message(
+            two["cost/link_busy_bytes"])))
     assert two["load_1m/start"] >= 0 and two["load_1m/end"] >= 0
     # measured once, outside the training clock, and cheap
     assert 0 < two["cost/measure_s"] < 5.0
@@ -74,7 +79,7 @@ def test_report_predicts_from_the_logged_inputs(summaries):
     one_step = BATCH / runs.set_index("workers").loc[1, "samples_per_s"]
     factor = one_step / sum(s.total for s in alone)          # K = 1 step over its stages timed alone
     assert got.loc[2, "source"] == (f"stage costs timed next to a busy peer x K=1 whole-step factor {factor:.2f}, "
-                                    "run's split, logged link")
+                                    "run's split, logged link, messages timed next to busy compute")
     assert got.loc[1, "source"] == "logged stage costs, uncalibrated (K=1 is the calibration point)"
     # the K = 2 prediction: its own contended stage costs times K = 1's whole-step factor, its own split
     stages, link = cost.costs_from_metrics(summaries[2])

@@ -358,6 +358,43 @@ def ping_pong(rank: int, peer: int, sizes: list[int], repeats: int = 20, group=N
     return result
 
 
+def busy_ping(rank: int, peer: int, nbytes: int, repeats: int = 20, work=None, group=None) -> float:
+    """Seconds per round that a worker spends on messages while both workers compute: each round both
+    ranks run ``work`` (default: about a millisecond of matrix products, one thread), post a send of
+    ``nbytes`` to the peer and a receive from it, and wait for both; the time of the posts and the wait is
+    the round's (median over ``repeats``). On few cores a message costs more than its ping-pong time next
+    to busy compute: gloo's threads wait for the core. A decoupled worker sends and receives one message
+    per step per boundary, which is what a round does."""
+    import statistics
+
+    import torch
+    import torch.distributed as dist
+
+    if work is None:
+        a, w = torch.randn(256, 256), torch.randn(256, 256)
+
+        def work():
+            for _ in range(6):
+                torch.mm(a, w)
+    send, recv = torch.zeros(max(nbytes // 4, 1)), torch.zeros(max(nbytes // 4, 1))
+    samples = []
+    for i in range(repeats + 1):
+        work()
+        start = time.perf_counter()
+        jobs = [dist.isend(send, peer, group=group), dist.irecv(recv, peer, group=group)]
+        for job in jobs:
+            job.wait()
+        if i:                                        # the first round sets up the connection
+            samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def busy_link(link: Link, busy_s: float, nbytes: int) -> Link:
+    """``link`` with the extra per-message time ``busy_ping`` measured at ``nbytes`` next to busy compute
+    (none where the ping-pong time is larger)."""
+    return Link(link.latency_s + max(busy_s - link.message(nbytes), 0.0), link.bandwidth_Bps)
+
+
 def fit_link(times: dict[int, float]) -> Link:
     """Latency and bandwidth from one-way times at two or more sizes: least squares of
     t = latency + bytes / bandwidth (latency clipped at 0; bandwidth from the slope)."""
@@ -420,6 +457,9 @@ def costs_from_metrics(metrics: dict) -> tuple[list[StageCost], Link | None] | N
         return None
     latency, bandwidth = get("cost/link_latency_s"), get("cost/link_bandwidth_Bps")
     link = Link(latency, bandwidth) if latency is not None and bandwidth else None
+    busy, busy_bytes = get("cost/link_busy_s"), get("cost/link_busy_bytes")
+    if link is not None and busy is not None and busy_bytes is not None:
+        link = busy_link(link, busy, int(busy_bytes))       # messages as they cost next to busy compute
     return stages, link
 
 

@@ -299,7 +299,8 @@ class Worker:
         - the split: contiguous groups minimising the slowest worker's total (``split_stages``), worker 0's
           choice broadcast so that every worker takes the same; logged as ``cost/worker{k}/stages_end``;
         - the one-way gloo time between workers 0 and 1 at a tiny message and at the activation across their
-          boundary (also 1/M of it when pipelined, and 4x to separate bandwidth from latency).
+          boundary (also 1/M of it when pipelined, and 4x to separate bandwidth from latency), and what a
+          send and a receive of that activation cost while both workers compute (``cost.busy_ping``).
 
         The stages are timed on copies, with the random streams put back afterwards: the run's parameters,
         batch order and synthesizers are as if nothing had been measured."""
@@ -337,6 +338,10 @@ class Worker:
             times = cost.ping_pong(self.rank, 1 - self.rank, sorted(sizes), repeats=10)
             link, fitted = cost.link_from_times(times)
             out["cost/link_fitted"] = float(fitted)
+            # and as a message costs in the run: both workers computing between messages (the model adds
+            # what it costs beyond the ping-pong to every message: costs_from_metrics)
+            out["cost/link_busy_s"] = cost.busy_ping(self.rank, 1 - self.rank, act, repeats=20)
+            out["cost/link_busy_bytes"] = float(act)
         if self.rank != 0:
             return {}
         out.update(cost.cost_metrics(stages, link))

@@ -140,7 +140,8 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         if split is not None and k > 1:
             source += ", run's split"
         if k > 1:                               # K = 1 sends nothing: no link to name
-            source += (", logged link" if own_link else ", link of another run" if measured_link
+            busy = ", messages timed next to busy compute" if pd.notna(row.get("metric.cost/link_busy_s")) else ""
+            source += (", logged link" + busy if own_link else ", link of another run" if measured_link
                        else ", messages free (no link measured)")
         sources.append(source)
     return pd.DataFrame({"predicted": predicted, "source": sources}, index=runs.index)
