@@ -65,7 +65,8 @@ def _cmd_run(args) -> int:
         outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
                              args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard,
                              jobs=args.jobs)
-    print(f"dnibench: {outcome.ran} run(s) done, {outcome.skipped} already finished (skipped)"
+    print(f"dnibench: {outcome.ran} run(s) done, " + (f"{outcome.shared} shared, " if outcome.shared else "")
+          + f"{outcome.skipped} already finished (skipped)"
           + (f", {outcome.failed} FAILED" if outcome.failed else ""))
     for label, reason in outcome.failures:
         print(f"dnibench: FAILED {label}: {reason}")

@@ -39,7 +39,8 @@ CHILD_ROLE = ("dnibench.role", "child")     # as runner.ROLE (runner imports tor
 class Outcome:
     """As runner.Outcome, for an invocation with nothing to run."""
     ran: int = 0
-    skipped: int = 0
+    skipped: int = 0                # aliases of another suite's run (runner.py) are FINISHED runs too
+    shared: int = 0
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
 

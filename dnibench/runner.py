@@ -2,6 +2,12 @@
 (suite entry, seed). A child already FINISHED with the same config hash is skipped, so an
 interrupted invocation resumes where it stopped; a run that fails or is interrupted is marked
 FAILED/KILLED, never left RUNNING.
+
+A run is trained once per computation, not once per suite: a spec whose identity (its config hash
+without the suite name) a FINISHED run of any suite already computed gets an alias in its own suite
+(a FINISHED child with its own tags, the original's params and final metrics, ``shared_from`` = the
+original's run id, no histories). Within one invocation a spec whose identity an earlier suite trains
+waits for it: suites run in order, so it is aliased if that run FINISHED, else trained here.
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ from .tracking import installed_packages, machine_description, run_tags, write_j
 from .loop import resolve_device
 
 ROLE = "dnibench.role"
+IDENTITY = "identity"                       # RunSpec.identity: the computation, whichever suite planned it
+SHARED_FROM = "shared_from"                 # on an alias: the run id of the run that trained it
+SHARED_FROM_SUITE = "shared_from_suite"     # ... and that run's suite
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 
 
@@ -69,10 +78,36 @@ def shard_from_env() -> tuple[int, int] | None:
     return int(rank), int(world)
 
 
+def finished_runs(client: MlflowClient, experiment_ids: list[str] | None = None) -> list:
+    """The FINISHED child runs of these experiments (default: every experiment of the store)."""
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    found, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, filter_string=f"tags.`{ROLE}` = 'child' and "
+                                  "attributes.status = 'FINISHED'", max_results=50_000, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            break
+    return found
+
+
 def finished_hashes(client: MlflowClient, exp_id: str) -> set[str]:
-    runs = client.search_runs([exp_id], filter_string=f"tags.`{ROLE}` = 'child' and attributes.status = 'FINISHED'",
-                              max_results=50_000)
-    return {r.data.tags.get("config_hash") for r in runs}
+    return {r.data.tags.get("config_hash") for r in finished_runs(client, [exp_id])}
+
+
+def originals(runs: list, identity_of_hash: dict[str, str]) -> dict:
+    """identity -> the latest of ``runs`` that trained it. An alias is never an original (its
+    ``shared_from`` is). A run logged before identities were tagged is known by its config hash
+    when a spec of this plan has it."""
+    out = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        tags = run.data.tags
+        identity = tags.get(IDENTITY) or identity_of_hash.get(tags.get("config_hash"))
+        if identity and SHARED_FROM not in tags:
+            out[identity] = run
+    return out
 
 
 def flatten(prefix: str, value, out: dict) -> dict:
@@ -114,6 +149,7 @@ def _check_batch_sizes(suite: Suite, specs: list[RunSpec], data) -> None:
 class Outcome:
     ran: int = 0
     skipped: int = 0
+    shared: int = 0                 # aliases of a run another suite trained (not trained again)
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)   # (run label, reason), e.g. diverged runs
 
@@ -151,23 +187,30 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     path = store.sqlite_path(tracking_uri)
     client = prepare_store(tracking_uri, []) if path is None or path.exists() else None
     outcome = Outcome()
+    # The store's FINISHED runs, once: what each suite has done, and what any suite computed (--force
+    # trains everything again, so it looks at neither).
+    stored = [] if force or client is None else finished_runs(client)
+    identity_of_hash = {s.config_hash: s.identity for _, specs in plans for s in specs}
+    shareable = originals(stored, identity_of_hash)
     left = []                       # (suite, runs not yet FINISHED): only their data is loaded
     for suite, specs in plans:
         exp = None if force or client is None else client.get_experiment_by_name(suite.name)
-        done = finished_hashes(client, exp.experiment_id) if exp is not None else set()
+        done = {r.data.tags.get("config_hash") for r in stored if exp is not None
+                and r.info.experiment_id == exp.experiment_id}
         left.append((suite, [s for s in specs if s.config_hash not in done]))
         outcome.skipped += len(specs) - len(left[-1][1])
     datasets, not_provided = {}, {}
     for suite, todo in left:
-        try:
-            if todo and suite.task not in datasets:
+        try:                        # a suite whose every run is an alias needs no data
+            if any(s.identity not in shareable for s in todo) and suite.task not in datasets:
                 datasets[suite.task] = get_task(suite.task).load(data_dir, cifar_dir)
         except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
             not_provided[suite.name] = str(err)
-    left = [(suite, todo) for suite, todo in left if todo and suite.task in datasets]
+    left = [(suite, todo) for suite, todo in left if todo and suite.name not in not_provided]
     for suite, todo in left:        # all checked before a single run is created
-        _check_batch_sizes(suite, todo, datasets[suite.task])
+        if suite.task in datasets:
+            _check_batch_sizes(suite, todo, datasets[suite.task])
     client = client or prepare_store(tracking_uri, [])
     if path is not None:            # a later invocation with nothing left answers from it without torch
         resume.remember(tracking_uri, resume.plan_key(suites, profile, seeds, *given, data_dir, cifar_dir),
@@ -175,11 +218,13 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     todos = [(suite, experiment_id(client, suite.name, tracking_uri), todo) for suite, todo in left]
     bar = tqdm(total=outcome.skipped + sum(len(todo) for _, _, todo in todos), initial=outcome.skipped,
                desc="runs", unit="run", position=0, disable=not progress, file=sys.stderr)
-    workers = min(jobs, sum(len(todo) for _, _, todo in todos))
+    workers = min(jobs, sum(force or s.identity not in shareable for _, _, todo in todos for s in todo))
     pool = WorkerPool(workers, tracking_uri, str(dev), data_dir, cifar_dir, client) if workers > 1 else None
 
-    def record(spec: RunSpec, failure: str | None) -> None:
-        if failure is None:
+    def record(spec: RunSpec, failure: str | None, shared: bool = False) -> None:
+        if shared:
+            outcome.shared += 1
+        elif failure is None:
             outcome.ran += 1
         else:                                   # a diverged run: recorded FAILED, the suite goes on
             outcome.failed += 1
@@ -187,14 +232,22 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
             tqdm.write(f"dnibench: {spec.label} FAILED: {failure}", file=sys.stderr)
         bar.update(1)
 
+    trained = set()                 # identities that earlier suites of this invocation tried to train
     try:
         for suite, exp_id, todo in todos:
             if todo:
+                if not force and any(s.identity in trained for s in todo):
+                    # An earlier suite trained it, and its runs have all ended (each suite's runs end
+                    # before the next suite starts): alias it if it FINISHED, else train it here.
+                    shareable.update(originals(finished_runs(client), identity_of_hash))
+                shared = {} if force else {s.config_hash: shareable[s.identity] for s in todo
+                                           if s.identity in shareable}
+                trained |= {s.identity for s in todo if s.config_hash not in shared}
                 # A suite with parallel runs runs here, one run at a time: each starts its own worker
                 # processes (a pool worker is a daemon and may not) and wants the cores for them.
                 here = any(s.parallel is not None for s in todo)
-                _run_suite(client, suite, exp_id, todo, profile, dev, datasets[suite.task], None if here else pool,
-                           record, bar, progress)
+                _run_suite(client, suite, exp_id, todo, profile, dev, datasets.get(suite.task),
+                           None if here else pool, record, bar, progress, shared)
     finally:
         if pool is not None:
             pool.close()
@@ -203,8 +256,10 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
 
 
 def _run_suite(client: MlflowClient, suite: Suite, exp_id: str, todo: list[RunSpec], profile: str, dev, data,
-               pool, record, bar, progress: bool) -> None:
-    """One suite's parent run and its children: here one after another, or on ``pool``'s workers."""
+               pool, record, bar, progress: bool, shared: dict | None = None) -> None:
+    """One suite's parent run and its children: here one after another, or on ``pool``'s workers.
+    ``shared``: config hash -> the FINISHED run of another suite that computed it (an alias is logged)."""
+    shared = shared or {}
     parent = client.create_run(exp_id, run_name=f"{suite.name}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags={ROLE: "parent", "suite": suite.name, "profile": profile,
                                      "device": dev.type, **run_tags(dev), **store.owner_tags()})
@@ -213,7 +268,13 @@ def _run_suite(client: MlflowClient, suite: Suite, exp_id: str, todo: list[RunSp
         _log_parent_artifacts(client, parent.info.run_id, suite, dev)
         for path in sorted({s.method_file.path for s in todo if s.method_file}):   # the variant code that ran
             client.log_artifact(parent.info.run_id, path, artifact_path="method_files")
-        if pool is not None:
+        for spec in todo:
+            if spec.config_hash in shared:
+                interrupt.check()
+                _alias_child(client, exp_id, parent.info.run_id, spec, shared[spec.config_hash], dev)
+                record(spec, None, shared=True)
+        todo = [s for s in todo if s.config_hash not in shared]
+        if pool is not None and todo:
             bar.set_postfix_str(suite.name)
             pool.run(exp_id, parent.info.run_id, todo, record)
         for spec in todo if pool is None else ():
@@ -247,20 +308,13 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
                progress: bool) -> str | None:
     """One child run. Returns None when it FINISHED, or the reason it FAILED when it diverged (the
     suite goes on). Any other error is tagged on the run and raised: a bug stops the suite."""
-    tags = {ROLE: "child", "mlflow.parentRunId": parent_id, "suite": spec.suite, "profile": spec.profile,
-            "task": spec.task, "model": spec.model, "method": spec.method, "seed": str(spec.seed),
-            "device": device.type, "config_hash": spec.config_hash, **run_tags(device), **store.owner_tags()}
+    tags = {**_child_tags(spec, parent_id, device), **run_tags(device), **store.owner_tags()}
     run = client.create_run(exp_id, run_name=spec.label, tags=tags)
     run_id = run.info.run_id
     status = "FAILED"
     log = None
     try:
-        params = flatten("", spec.resolved(), {})
-        if spec.parallel is not None:               # also under the short names: workers, schedule, ...
-            params.update(spec.parallel.params())
-        items = list(params.items())
-        for start in range(0, len(items), 100):     # MLflow accepts at most 100 params per batch
-            client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in items[start:start + 100]])
+        _log_params(client, run_id, _spec_params(spec))
 
         log = MetricBuffer(client, run_id)          # written at evaluation points, every ~10 s and at the end
         bar = tqdm(total=spec.train.steps, desc=spec.label, unit="step", position=1, leave=False,
@@ -290,3 +344,49 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
         finally:
             client.set_terminated(run_id, status)
     return None
+
+
+def _child_tags(spec: RunSpec, parent_id: str, device) -> dict[str, str]:
+    """The tags that place a child run: its suite, configuration and identity."""
+    return {ROLE: "child", "mlflow.parentRunId": parent_id, "suite": spec.suite, "profile": spec.profile,
+            "task": spec.task, "model": spec.model, "method": spec.method, "seed": str(spec.seed),
+            "device": device.type, "config_hash": spec.config_hash, IDENTITY: spec.identity}
+
+
+def _spec_params(spec: RunSpec) -> dict[str, str]:
+    params = flatten("", spec.resolved(), {})
+    if spec.parallel is not None:               # also under the short names: workers, schedule, ...
+        params.update(spec.parallel.params())
+    return {k: str(v) for k, v in params.items()}
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = list(params.items())
+    for start in range(0, len(items), 100):     # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
+
+
+def _alias_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec, original, device) -> str:
+    """A FINISHED child run of ``spec``'s suite for what ``original`` (another suite's run with the same
+    identity) computed: its params (this suite's own for the spec's settings) and its final metric
+    values, at their steps; no histories (the report follows ``shared_from`` for curves). Tags: how
+    the original ran (git commit, machine, optimizer), then this suite's own. Returns the run id."""
+    how = {k: v for k, v in original.data.tags.items()
+           if not k.startswith(("mlflow.", "dnibench.owner.")) and k != FAILURE_TAG}
+    tags = {**how, **_child_tags(spec, parent_id, device), **store.owner_tags(),
+            SHARED_FROM: original.info.run_id, SHARED_FROM_SUITE: original.data.tags.get("suite", "")}
+    run_id = client.create_run(exp_id, run_name=spec.label, tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        _log_params(client, run_id, {**original.data.params, **_spec_params(spec)})
+        now = int(time.time() * 1000)
+        metrics = [mlflow.entities.Metric(m.key, m.value, now, m.step) for m in original.data.to_proto().metrics]
+        for start in range(0, len(metrics), 1000):  # MLflow accepts at most 1000 metrics per batch
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id

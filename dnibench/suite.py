@@ -229,7 +229,21 @@ class RunSpec(BaseModel):
 
     @property
     def config_hash(self) -> str:
+        """The run in its suite: what resume looks for in the suite's experiment."""
+        return self._digest(self.resolved())
+
+    @property
+    def identity(self) -> str:
+        """The computation, whichever suite plans it: the config hash without the suite name. Settings
+        are complete (``plan`` fills every default), so mnist_ff's bprop with no p_update and
+        mnist_async's at p_update 1.0 have one identity; two suites planning it share one training
+        run (runner: the later one logs an alias)."""
         data = self.resolved()
+        del data["suite"]
+        return self._digest(data)
+
+    @staticmethod
+    def _digest(data: dict[str, Any]) -> str:
         if "method_file" in data:             # the file's content counts, not where the checkout lives
             data["method_file"] = {"sha256": data["method_file"]["sha256"]}
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -3,7 +3,8 @@ the suites, and the writers for figures, tables and reports/README.md.
 
 The store is queried once for the FINISHED child runs (and once for the FAILED/KILLED ones, which are listed
 by reason, never used as results); a config run more than once (``--force``) counts once, with its
-latest run. Metric histories are fetched lazily and cached.
+latest run. Metric histories are fetched lazily and cached. A run another suite shared (runner.py: an
+alias, tagged ``shared_from``) is a row of its own suite; its curves are its original's.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ..suite import Suite, load_suite
 PUBLISHED_PATH = Path(__file__).resolve().parent.parent / "published" / "jaderberg2016.yaml"
 ROLE = "dnibench.role"                     # the runner's tag for parent/child runs
 TAG_COLUMNS = ["suite", "profile", "task", "model", "method", "seed", "device", "config_hash", "git_commit"]
+SHARED_FROM = "shared_from"                # the runner's tag on an alias: the run id that trained it
 
 # How the report names things: the paper's column names and model names.
 DISPLAY_NAMES = {"nobprop": "No Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI"}
@@ -69,14 +71,15 @@ def open_client(tracking_uri: str) -> MlflowClient | None:
 
 
 def _empty_runs() -> pd.DataFrame:
-    return pd.DataFrame(columns=["run_id", "experiment", *TAG_COLUMNS, "start_time", "variant"])
+    return pd.DataFrame(columns=["run_id", "experiment", *TAG_COLUMNS, SHARED_FROM, "start_time", "variant"])
 
 
 def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataFrame:
     """One row per FINISHED child run (the latest per config_hash) of every experiment in the store.
 
     Columns: run_id, experiment, the runner's tags (suite, profile, task, model, method, seed (int),
-    device, config_hash, git_commit), start_time, ``param.<flat key>`` (strings as logged),
+    device, config_hash, git_commit), shared_from (an alias: the run that trained it, else None),
+    start_time, ``param.<flat key>`` (strings as logged),
     ``metric.<key>`` (the latest value), and ``variant``: a hash of every param but the seed, so the
     seeds of one configuration share it (a suite edited between invocations gives a new variant).
     """
@@ -93,7 +96,8 @@ def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataF
         for run in page:
             tags = run.data.tags
             row = {"run_id": run.info.run_id, "experiment": experiments[run.info.experiment_id],
-                   **{key: tags.get(key) for key in TAG_COLUMNS}, "start_time": run.info.start_time}
+                   **{key: tags.get(key) for key in TAG_COLUMNS}, SHARED_FROM: tags.get(SHARED_FROM),
+                   "start_time": run.info.start_time}
             row.update({f"param.{k}": v for k, v in run.data.params.items()})
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
             rows.append(row)
@@ -243,13 +247,22 @@ class ReportContext:
                    failed=load_failed_runs(tracking_uri, client), _client=client)
 
     def history(self, run_id: str, key: str) -> pd.DataFrame:
-        """A metric's full history: DataFrame[step, value, timestamp], sorted by step (cached)."""
+        """A metric's full history: DataFrame[step, value, timestamp], sorted by step (cached). An alias
+        logged only final values: its history is the run it was shared from."""
+        run_id = self.trained_by(run_id)
         if (run_id, key) not in self._histories:
             points = self._client.get_metric_history(run_id, key) if self._client else []
             frame = pd.DataFrame([(m.step, m.value, m.timestamp) for m in points],
                                  columns=["step", "value", "timestamp"])
             self._histories[(run_id, key)] = frame.sort_values("step", kind="stable").reset_index(drop=True)
         return self._histories[(run_id, key)]
+
+    def trained_by(self, run_id: str) -> str:
+        """The run that trained ``run_id``: itself, or for an alias its ``shared_from``."""
+        if SHARED_FROM not in self.runs:
+            return run_id
+        origin = self.runs.loc[self.runs["run_id"] == run_id, SHARED_FROM]
+        return origin.iloc[0] if len(origin) and isinstance(origin.iloc[0], str) and origin.iloc[0] else run_id
 
     def path(self, name: str) -> Path:
         """out/<name> with ``name`` made a safe file name: stems are built from suite, profile and
