@@ -105,6 +105,20 @@ def test_identity_ignores_the_suite_and_defaults_are_canonical(tmp_path):
     assert plan(load_suite(tmp_path / "a.yaml"), "smoke", device="cuda")[0].identity != a["bprop"].identity
 
 
+def test_originals_are_trained_runs_latest_first_and_known_by_hash_before_identities_were_tagged():
+    from types import SimpleNamespace as NS
+
+    from dnibench.runner import originals
+
+    def run(run_id, start, **tags):
+        return NS(info=NS(run_id=run_id, start_time=start), data=NS(tags=tags))
+    runs = [run("new", 3, identity="i1"), run("old", 1, identity="i1"),
+            run("alias", 5, identity="i1", shared_from="old"),                 # an alias is never an original
+            run("untagged", 2, config_hash="h2"), run("stranger", 4, config_hash="h3")]
+    found = originals(runs, {"h2": "i2"})
+    assert {k: v.info.run_id for k, v in found.items()} == {"i1": "new", "i2": "untagged"}
+
+
 def test_two_suites_train_a_shared_configuration_once(suites, trainings, tmp_path):
     folder, uri, data_dir = suites
     rc, out = run(folder, uri, data_dir, "mnist_ff", "mnist_async", "third")
