@@ -16,6 +16,13 @@ starts at N = R = 1 and, once the average error at the current length falls belo
 character, lengthens by one step: N + 1 for Copy; for Repeat Copy N and R grow in turn
 ((1,1), (2,1), (2,2), (3,2), ...: lengths 4, 5, 7, 9, 12, 15, 19, 23, ...; every Repeat Copy value of
 the paper's table is one of these lengths).
+
+Between episodes (the paper is silent): by default each stream's LSTM state runs on from one episode
+into the next, so truncated BPTT and the bootstrapped target see one continuing stream. With
+``reset_state`` the state is zeroed as a stream starts an episode (inside the window, so no gradient
+crosses the restart): episodes are independent, as in the NTM tasks. The suites keep the default: the
+episodic layout did not put DNI ahead of BPTT at the quick schedule (see the quick departures in
+suites/rnn_copy.yaml).
 """
 from __future__ import annotations
 
