@@ -146,3 +146,6 @@ def test_report_table_uses_the_default_reading_and_shows_the_other(tmp_path):
     note = section.body.split("Longest length solved under each reading")[1]
     assert "| Copy | DNI | 2 | 11 (1 seed) | 7 (1 seed) |" in note
     assert "| Copy | DNI+Aux | 3 | 12 (1 seed) | 8 (1 seed) |" in note
+    assert "state runs on from one episode into the next" in section.body     # no reset_state logged: ran on
+    runs["param.task_args.reset_state"] = "True"
+    assert "zeroed at each episode start" in rnn_report.render(ctx).body

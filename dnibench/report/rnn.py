@@ -109,6 +109,25 @@ def discount_note(runs: pd.DataFrame, profile: str) -> list[str]:
                     "factor to the power k):", "", markdown_table(table), ""]
 
 
+RESET_KEY = "param.task_args.reset_state"
+
+
+def episode_note(runs: pd.DataFrame) -> list[str]:
+    """Under the RNN table: how Copy / Repeat Copy episodes follow each other in these runs (the
+    paper is silent; dnibench/rnn/tasks.py). Runs logged before the setting existed ran on."""
+    copy = runs[runs["task"] != "ptb"]
+    if copy.empty:
+        return []
+    reset = copy.get(RESET_KEY, pd.Series("False", index=copy.index)).fillna("False").astype(str).str.lower() == "true"
+    layouts = {False: "the LSTM state runs on from one episode into the next (task_args.reset_state false)",
+               True: "the LSTM state is zeroed at each episode start (task_args.reset_state true: independent episodes)"}
+    seen = sorted(set(reset))
+    if len(seen) == 1:
+        return [f"Copy / Repeat Copy episodes: {layouts[seen[0]]}.", ""]
+    return [f"Copy / Repeat Copy episodes: both layouts among these runs ({reset.sum()} of {len(reset)} runs with "
+            f"the state zeroed at each episode start, the others running on); the table does not separate them.", ""]
+
+
 def published_cell(ctx: ReportContext, task: str, method: str, T: int) -> float | None:
     cell = ctx.published.get("rnn", {}).get(task, {}).get(METHODS[method][1], {})
     if "range" in cell:                                   # DNI+Aux PTB: "about 1.34-1.36" for every T
@@ -329,6 +348,7 @@ def render(ctx: ReportContext) -> Section | None:
                      f"({ptb_tol} BPC) around a difference it cannot resolve, *inconclusive* otherwise.", "",
                      markdown_table(paired), ""]
         body += discount_note(at, profile)
+        body += episode_note(at)
         body += conventions.notes(ctx.published, "rnn") + [""]
         body += conventions.other_readings(at[at["task"] != "ptb"], "metric.max_len_solved", "longest length solved")
         for task, (label, suite_name) in TASKS.items():
