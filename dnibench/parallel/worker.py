@@ -25,7 +25,9 @@ the stages at once, the split of the stages is chosen from those times, worker 0
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import threading
 import time
 import traceback
 from datetime import timedelta
@@ -83,35 +85,51 @@ class Clock:
 
 
 class Inbox:
-    """Messages of one shape from one peer on one tag, in order: the n-th belongs to step n. A receive is
-    always posted ahead (irecv), so a message is polled without blocking; at most ``total`` are taken."""
+    """Messages of one shape from one peer on one tag, in order: the n-th belongs to step n; at most ``total``.
+
+    A receiving thread waits for them (``Work.wait`` releases the GIL) and queues them, so ``poll`` takes a
+    message that has arrived without blocking. Gloo's point-to-point works say ``is_completed()`` only once
+    ``wait()`` has returned, so polling the work itself never saw a message: every target waited for flow
+    control, at the largest staleness the window allows. A failed receive (a peer gone, gloo's timeout)
+    is raised by the ``poll`` or ``take`` that reaches it."""
 
     def __init__(self, src: int, tag: int, shape: tuple[int, ...], total: int, device: torch.device):
         self.src, self.tag, self.shape, self.total, self.device = src, tag, shape, total, device
         self.count = 0                              # messages taken
-        self._buf, self._work = None, None
-        self._post()
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._receive, name=f"inbox-{src}-{tag}", daemon=True).start()
 
-    def _post(self) -> None:
-        if self.count < self.total:
-            self._buf = torch.empty(self.shape)     # a fresh buffer: the one taken stays valid
-            self._work = dist.irecv(self._buf, src=self.src, tag=self.tag)
+    def _receive(self) -> None:
+        try:
+            for _ in range(self.total):
+                buf = torch.empty(self.shape)       # a fresh buffer per message: the one taken stays valid
+                dist.recv(buf, src=self.src, tag=self.tag)
+                self._ready.put(buf)
+        except BaseException as err:                # noqa: BLE001 -- handed to the loop, which raises it
+            self._ready.put(err)
+
+    def _got(self, msg) -> torch.Tensor:
+        if isinstance(msg, BaseException):
+            raise msg
+        self.count += 1
+        return msg.to(self.device)                  # gloo moves CPU tensors: a GPU worker copies in
 
     def poll(self) -> torch.Tensor | None:
-        if self._work is None or self.count >= self.total or not self._work.is_completed():
+        if self.count >= self.total:
             return None
-        return self.take()
+        try:
+            return self._got(self._ready.get_nowait())
+        except queue.Empty:
+            return None
 
     def take(self) -> torch.Tensor:
-        self._work.wait()
-        msg, self.count = self._buf, self.count + 1
-        self._buf = self._work = None
-        self._post()
-        return msg.to(self.device)                  # gloo moves CPU tensors: a GPU worker copies in
+        return self._got(self._ready.get())
 
 
 class Outbox:
-    """Sends in flight (isend): their tensors are kept until the send completed."""
+    """Sends in flight (isend): their tensors are kept until the send completed (gloo's send works say
+    complete only once waited for: the oldest are waited for, long done, beyond ``KEEP`` in flight)."""
+    KEEP = 16
 
     def __init__(self):
         self.pending: list[tuple[object, torch.Tensor]] = []
@@ -119,7 +137,8 @@ class Outbox:
     def send(self, tensor: torch.Tensor, dst: int, tag: int) -> None:
         tensor = tensor.detach().to("cpu").contiguous()   # gloo moves CPU tensors
         self.pending.append((dist.isend(tensor, dst=dst, tag=tag), tensor))
-        self.pending = [(w, t) for w, t in self.pending if not w.is_completed()]
+        while len(self.pending) > self.KEEP:
+            self.pending.pop(0)[0].wait()
 
     def drain(self) -> None:
         for work, _ in self.pending:
@@ -515,14 +534,15 @@ class Worker:
         return metrics
 
     def poll(self, metrics: dict) -> None:
-        """Whatever came in meanwhile: targets from above, real inputs from below (complete unlock)."""
-        while self.down is not None:
+        """Whatever came in meanwhile: targets from above, real inputs from below (complete unlock), for batches
+        this worker has trained (with complete unlock a neighbour may be ahead: its message waits its turn)."""
+        while self.down is not None and self.down.count < self.trained:
             with self.clock("comm"):
                 target = self.down.poll()
             if target is None:
                 break
             self.on_target(target, metrics)
-        while self.unlocked and self.up is not None:
+        while self.unlocked and self.up is not None and self.up.count < self.trained:
             with self.clock("comm"):
                 real = self.up.poll()
             if real is None:
