@@ -130,6 +130,17 @@ def test_a_slow_worker_throttles_the_other_and_the_run_finishes(data, monkeypatc
     assert summary[f"staleness/h{boundary(summary)}_max"] <= 1.0
 
 
+def test_targets_that_came_are_taken_without_waiting_for_flow_control(data, monkeypatch):
+    # worker 0 slow: each target is back before worker 0's next step ends, so it is regressed one step after
+    # its batch, not at the window's edge (max_in_flight - 1 = 2, what every target got while polling never
+    # saw a message)
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "0:0.03")
+    summary, _ = run(spec("cdni", 2, max_in_flight=3), data)
+    h = boundary(summary)
+    assert summary[f"staleness/h{h}_mean"] < 1.5 and summary[f"staleness/h{h}_max"] <= 2.0
+    assert summary["total_worker0/wait_grad_s"] < 0.1
+
+
 def _grandchildren():
     """Processes below this one's children (the forkserver's workers), alive."""
     out = []
