@@ -2,11 +2,12 @@
 in one process (1 and 2 threads) and through the parallel executor (dnibench/parallel, one thread per
 worker) at K = 1 and K = 2, with the cost model's prediction for each K = 2 case.
 
-Printed per K = 2 case: samples/s, parallel efficiency (K = 2 over 2x the same method in one process with
+Printed per K = 2 case (cDNI, DNI, complete unlock cDNI, locked and pipelined bprop): samples/s, parallel efficiency (K = 2 over 2x the same method in one process with
 one thread; issue 10's target for cDNI is >= 0.85), the ratio to the best single process (1 or 2 threads),
 the ratio to the executor at K = 1, and the cost model's samples/s with its relative error (target:
 within 15%), from the stage costs as measured and calibrated to the case's measured K = 1 step
-(cost.calibrate: one factor on all compute, so the K = 2 error is the model's). The cost model's
+(cost.calibrate: one factor on all compute, so the K = 2 error is the model's), and the report's prediction
+from the inputs the executor runs logged themselves (``report_model_*``: the number the report's table shows). The cost model's
 inputs are measured here: per-stage compute in this process with one thread
 (cost.measure_stage_costs) and the gloo link between two processes (cost.ping_pong + fit_link).
 
@@ -30,8 +31,10 @@ RATES: dict[tuple, float] = {}     # (case, where) -> samples/s, measured in thi
 COST: dict[str, object] = {}
 
 # (label, method, schedule, microbatches): the one-process method of each is the method itself
-CASES = [("cdni", "cdni", "decoupled", None), ("bprop locked", "bprop", "locked", None),
+CASES = [("cdni", "cdni", "decoupled", None), ("dni", "dni", "decoupled", None),
+         ("unlock_cdni", "unlock_cdni", "decoupled", None), ("bprop locked", "bprop", "locked", None),
          ("bprop pipelined M=4", "bprop", "pipelined", 4)]
+SUMMARIES: dict[tuple, dict] = {}  # (case, K) -> the executor's summary (with the cost model's logged inputs)
 
 
 def _load() -> str:
@@ -137,7 +140,7 @@ def _fake_mnist() -> ImageData:
 def _predict(label: str, schedule: str, microbatches, workers: int) -> tuple[float | None, float | None]:
     """The cost model's samples/s from the stage costs as measured, and calibrated to this case's
     measured K = 1 executor step (cost.calibrate; None where K = 1 was not measured)."""
-    if "cdni" not in COST:
+    if "cdni" not in COST or (schedule == "decoupled" and label != "cdni"):   # measured here: cDNI's stages
         return None, None
     stages, link = COST["cdni"], COST["link"]
     if schedule == "decoupled":
@@ -150,6 +153,28 @@ def _predict(label: str, schedule: str, microbatches, workers: int) -> tuple[flo
     k1 = RATES.get((label, "K=1"))
     calibrated = cost.throughput(kind, cost.calibrate(stages, kind, BATCH / k1, m), workers, link, BATCH, m) if k1 else None
     return raw, calibrated
+
+
+def _report_prediction(label: str, method: str, schedule: str, microbatches, workers: int) -> tuple[float | None, str]:
+    """The cost model's samples/s for this case as the report computes it (report.parallel.predictions) from
+    the executor summaries of this case at K = 1 and ``workers``."""
+    import pandas as pd
+
+    from dnibench.report import parallel as report
+
+    rows = []
+    for k in sorted({1, workers}):
+        if (label, k) not in SUMMARIES:
+            return None, ""
+        row = {"suite": "parallel", "method": method, "model": MODEL, "task": "mnist", "run_id": f"{label}-{k}",
+               "param.workers": str(k), "param.schedule": schedule, "param.microbatches": str(microbatches or ""),
+               "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
+        row.update({f"metric.{key}": value for key, value in SUMMARIES[(label, k)].items()})
+        rows.append(row)
+    runs = report.prepare(pd.DataFrame(rows))
+    got = report.predictions(runs).set_index(runs["workers"])
+    value = got.loc[workers, "predicted"]
+    return (float(value) if value == value else None), got.loc[workers, "source"]
 
 
 # K = 1 before K = 2 of each case: the K = 2 row divides by it
@@ -172,8 +197,10 @@ def test_executor(benchmark, record, label, method, schedule, microbatches, work
     RATES[(label, f"K={workers}")] = rate
     one = RATES.get((method, "1 thread"))
     best = max((RATES.get((method, t)) or 0.0) for t in ("1 thread", "2 thread")) or None
+    SUMMARIES[(label, workers)] = summary
     k1 = RATES.get((label, "K=1"))
     predicted, calibrated = _predict(label, schedule, microbatches, workers)
+    as_report, inputs = _report_prediction(label, method, schedule, microbatches, workers)
     row = {"case": f"{label} executor K={workers}", "samples_per_s": rate, "load": _load(),
            "efficiency_vs_1thread": rate / (workers * one) if one else "",
            "vs_best_one_process": rate / best if best else "",
@@ -181,7 +208,12 @@ def test_executor(benchmark, record, label, method, schedule, microbatches, work
            "model_samples_per_s": predicted if predicted else "",
            "model_error": (predicted - rate) / rate if predicted else "",
            "calibrated_model_samples_per_s": calibrated if calibrated else "",
-           "calibrated_model_error": (calibrated - rate) / rate if calibrated else ""}
+           "calibrated_model_error": (calibrated - rate) / rate if calibrated else "",
+           # the report's cost model from the inputs this run and its K = 1 run logged (stage times next to a
+           # busy peer, the K = 1 whole-step factor, messages timed next to busy compute, the run's split)
+           "report_model_samples_per_s": as_report if as_report else "",
+           "report_model_error": (as_report - rate) / rate if as_report else "", "report_model_inputs": inputs,
+           "split": " ".join(f"{int(summary.get(f'cost/worker{k}/stages_end', 0))}" for k in range(workers))}
     busy = [summary.get(f"total_worker{k}/busy_frac") for k in range(workers)]
     row["busy_frac"] = "/".join(f"{b:.2f}" for b in busy if b is not None)
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "case"})

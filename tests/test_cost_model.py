@@ -163,3 +163,4 @@ def test_busy_link_adds_what_a_busy_message_costs_beyond_the_ping_pong():
     metrics = {**cost.cost_metrics([cost.StageCost(1.0, 2.0, out_bytes=8)], link),
                "cost/link_busy_s": 3e-3, "cost/link_busy_bytes": 1e6}
     assert cost.costs_from_metrics(metrics)[1] == busy
+    assert cost.costs_from_metrics(metrics, busy=False)[1] == link     # locked / pipelined: the ping-pong's

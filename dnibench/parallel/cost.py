@@ -437,9 +437,12 @@ def cost_metrics(stages: list[StageCost], link: Link | None = None) -> dict[str,
     return out
 
 
-def costs_from_metrics(metrics: dict) -> tuple[list[StageCost], Link | None] | None:
+def costs_from_metrics(metrics: dict, busy: bool = True) -> tuple[list[StageCost], Link | None] | None:
     """Stage costs (and the link, where logged) from a mapping with ``cost_metrics`` keys, optionally
-    prefixed ``metric.`` (a report row); None when no stage was logged."""
+    prefixed ``metric.`` (a report row); None when no stage was logged. ``busy``: messages as they cost
+    next to busy compute where that was measured (``busy_ping``: the decoupled schedules, whose workers
+    both compute while messages travel), else the ping-pong's (locked and pipelined bprop: the peer
+    waits for the message)."""
     def get(key):
         for name in (key, f"metric.{key}"):
             value = metrics.get(name)
@@ -457,9 +460,9 @@ def costs_from_metrics(metrics: dict) -> tuple[list[StageCost], Link | None] | N
         return None
     latency, bandwidth = get("cost/link_latency_s"), get("cost/link_bandwidth_Bps")
     link = Link(latency, bandwidth) if latency is not None and bandwidth else None
-    busy, busy_bytes = get("cost/link_busy_s"), get("cost/link_busy_bytes")
-    if link is not None and busy is not None and busy_bytes is not None:
-        link = busy_link(link, busy, int(busy_bytes))       # messages as they cost next to busy compute
+    busy_s, busy_bytes = get("cost/link_busy_s"), get("cost/link_busy_bytes")
+    if link is not None and busy and busy_s is not None and busy_bytes is not None:
+        link = busy_link(link, busy_s, int(busy_bytes))     # messages as they cost next to busy compute
     return stages, link
 
 

@@ -96,11 +96,12 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
     from ..parallel import cost
 
     records = runs.to_dict("records")
-    logged_all = [cost.costs_from_metrics(row) for row in records]
+    schedules = [_cost_schedule(row["method"], row["schedule"], row["microbatches"]) for row in records]
+    logged_all = [cost.costs_from_metrics(row, busy=schedule in cost.DECOUPLED)
+                  for row, (schedule, _) in zip(records, schedules)]
     measured_link = next((got[1] for got in logged_all if got and got[1]), None)
     predicted, sources = [], []
-    for row, logged in zip(records, logged_all):
-        schedule, m = _cost_schedule(row["method"], row["schedule"], row["microbatches"])
+    for row, logged, (schedule, m) in zip(records, logged_all, schedules):
         batch = int(row.get("param.train.batch_size") or 256)
         k = int(row["workers"])
         stages, source = None, ""
@@ -140,7 +141,8 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         if split is not None and k > 1:
             source += ", run's split"
         if k > 1:                               # K = 1 sends nothing: no link to name
-            busy = ", messages timed next to busy compute" if pd.notna(row.get("metric.cost/link_busy_s")) else ""
+            busy = (", messages timed next to busy compute" if schedule in cost.DECOUPLED
+                    and pd.notna(row.get("metric.cost/link_busy_s")) else "")
             source += (", logged link" + busy if own_link else ", link of another run" if measured_link
                        else ", messages free (no link measured)")
         sources.append(source)
