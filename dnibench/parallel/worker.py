@@ -337,7 +337,7 @@ class Worker:
                 synth_hidden_layers=settings.synth_hidden_layers if dni else None,
                 synth_width=getattr(settings, "synth_width", 1024), context=bool(getattr(m, "conditioned", False)),
                 synth_input_layers=settings.input_hidden_layers if unlocked else None,
-                synth_input_width=getattr(settings, "input_width", 1024), repeats=5, lr=self.spec.train.lr,
+                synth_input_width=getattr(settings, "input_width", 1024), repeats=7, lr=self.spec.train.lr,
                 device=self.device)
         if self.world > 1:
             table = torch.tensor([[float(getattr(s, f)) for f in cost.STAGE_FIELDS] for s in stages], dtype=torch.float64)
