@@ -363,7 +363,10 @@ def render(ctx: ReportContext) -> Section | None:
             "for a gradient. Speed-up and efficiency are against the same method at K = 1; the ideal line is "
             "K times that. Busy fraction and waits are per worker (worker 0 first). Staleness: batches between "
             "a synthesizer's prediction and its target, per interface (mean/max). The cost model "
-            "(dnibench/parallel/cost.py) is shown next to each measured K with its relative error.", ""]
+            "(dnibench/parallel/cost.py) is shown next to each measured K with its relative error and its inputs. "
+            "Split: the stages [lo:hi) of each worker, chosen from stage times measured in the run; load: the "
+            "machine's 1-minute load average as the run started and ended (with 2 workers on 2 cores any other "
+            "load slows the run).", ""]
     disturbed = int(runs["disturbed"].sum())
     if disturbed:
         body += [f"{disturbed} run(s) marked timing disturbed give no throughput.", ""]
