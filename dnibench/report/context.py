@@ -30,7 +30,8 @@ TAG_COLUMNS = ["suite", "profile", "task", "model", "method", "seed", "device", 
 SHARED_FROM = "shared_from"                # the runner's tag on an alias: the run id that trained it
 
 # How the report names things: the paper's column names and model names.
-DISPLAY_NAMES = {"nobprop": "No Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI"}
+DISPLAY_NAMES = {"nobprop": "No Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI",
+                 "unlock_dni": "DNI, complete unlock", "unlock_cdni": "cDNI, complete unlock"}
 
 
 def display_name(name: str) -> str:

@@ -31,12 +31,11 @@ from ..suite import PROFILES
 SUITE = "mnist_unlock"
 LOCKED = {"unlock_dni": "dni", "unlock_cdni": "cdni"}          # unlocked method -> its locked counterpart
 METHODS = ["bprop", "dni", "cdni", "unlock_dni", "unlock_cdni"]
-NAMES = {"unlock_dni": "DNI, complete unlock", "unlock_cdni": "cDNI, complete unlock"}
 SLOWER_FACTOR = 2.0
 
 
 def _name(method: str) -> str:
-    return NAMES.get(method, display_name(method))
+    return display_name(method)
 
 
 def mean_curve(ctx: ReportContext, runs: pd.DataFrame) -> pd.Series:
