@@ -165,3 +165,25 @@ def test_backward_window_defaults_and_errors():
     assert plain.target is None and plain.synthetic is None and plain.aux_loss is None
     with pytest.raises(ValueError, match="needs a synthesizer"):
         backward_window(core, s0, x, loss_fn_for(y[0]), aux_head=head)
+
+
+def test_reset_in_a_window_longer_than_the_batch_is_one_step_at_a_time():
+    """LSTMCore.forward with episode resets, T = 7 steps > B = 2 streams (the stretches end at T, not B):
+    the same as stepping one step at a time and zeroing a stream's state where its episode restarts."""
+    torch.manual_seed(0)
+    core = LSTMCore(IN, H, OUT)
+    steps, streams = 7, 2
+    x = torch.randn(steps, streams, IN, generator=torch.Generator().manual_seed(1))
+    reset = torch.zeros(steps, streams)
+    reset[1, 0] = reset[5, 1] = 1.0
+    s0 = torch.randn(streams, 2 * H)
+    logits, s_out, outputs = core(x, s0, reset)
+    s, want = s0, []
+    for t in range(steps):
+        s = s * (1 - reset[t])[:, None]
+        _, s, out = core(x[t:t + 1], s)
+        want.append(out)
+    assert outputs.shape == (steps, streams, H)
+    torch.testing.assert_close(outputs, torch.cat(want), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s_out, s, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, core.readout(torch.cat(want)), rtol=1e-5, atol=1e-6)
