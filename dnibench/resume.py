@@ -122,7 +122,7 @@ def remember(tracking_uri: str, key: str, suites: list[tuple[str, list[str], str
 
 
 def _finished(conn: sqlite3.Connection, name: str) -> set[str] | None:
-    """The config hashes of the FINISHED child runs of experiment ``name`` (runner.finished_hashes, read
+    """The config hashes of the FINISHED child runs of experiment ``name`` (runner.finished_runs, read
     from the file); None when the name is ambiguous (MLflow workspaces)."""
     ids = [row[0] for row in conn.execute("SELECT experiment_id FROM experiments WHERE name = ?", (name,))]
     if len(ids) > 1:

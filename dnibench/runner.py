@@ -93,10 +93,6 @@ def finished_runs(client: MlflowClient, experiment_ids: list[str] | None = None)
     return found
 
 
-def finished_hashes(client: MlflowClient, exp_id: str) -> set[str]:
-    return {r.data.tags.get("config_hash") for r in finished_runs(client, [exp_id])}
-
-
 def originals(runs: list, identity_of_hash: dict[str, str]) -> dict:
     """identity -> the latest of ``runs`` that trained it. An alias is never an original (its
     ``shared_from`` is). A run logged before identities were tagged is known by its config hash

@@ -5,17 +5,15 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dnibench.dni import BackwardInterface, synthetic_gradient_loss
 from dnibench.methods import get_method
 from dnibench.rnn.core import LSTMCore, backward_window
+from tiny_methods import window_loss
 
 T, B, IN, H, OUT = 3, 5, 4, 6, 3
 
 
-def loss_fn_for(y):
-    return lambda logits: F.cross_entropy(logits.reshape(-1, OUT), y.reshape(-1), reduction="none").view(y.shape)
 
 
 def data(windows, batch=B, seed=0):
@@ -56,10 +54,10 @@ def test_windows_carry_the_state_and_each_update_sees_one_window(name):
     synth_opt = None if synth is None else torch.optim.Adam(synth.parameters(), lr=1e-2)
     s = torch.zeros(B, 2 * H)
     for k in range(3):
-        got = method.window(x[k], loss_fn_for(y[k]))
+        got = method.window(x[k], window_loss(y[k]))
         predict = None if synth is None else (lambda st: synth(st).detach())
         kw = {} if synth is None else {"scale": 0.5, "discount": 0.7}
-        result = backward_window(core, s, x[k], loss_fn_for(y[k]), predict, aux_head=head, **kw)
+        result = backward_window(core, s, x[k], window_loss(y[k]), predict, aux_head=head, **kw)
         if synth is not None:
             loss = synthetic_gradient_loss(synth(s), result.target)
             synth_opt.zero_grad()
@@ -81,15 +79,15 @@ def test_new_batch_size_starts_from_the_zero_state_on_the_inputs_device():
     x3, y3 = data(1, batch=3, seed=1)
     cls = get_method("dni_bptt")
     method = cls(LSTMCore(IN, H, OUT), cls.Settings(T=T), lr=1e-2)
-    method.window(x[0], loss_fn_for(y[0]))
+    method.window(x[0], window_loss(y[0]))
     before = copy.deepcopy(method.core)
     seen = []
     initial_state = method.core.initial_state
     method.core.initial_state = lambda batch, device: (seen.append(device), initial_state(batch, device))[1]
-    got = method.window(x3[0], loss_fn_for(y3[0]))
+    got = method.window(x3[0], window_loss(y3[0]))
     assert seen == [x3.device] and method.state.shape == (3, 2 * H)
     with torch.no_grad():
-        want = loss_fn_for(y3[0])(before(x3[0], torch.zeros(3, 2 * H))[0])
+        want = window_loss(y3[0])(before(x3[0], torch.zeros(3, 2 * H))[0])
     torch.testing.assert_close(got["losses"], want)
 
 
@@ -101,13 +99,13 @@ def test_aux_loss_is_reported():
     cls = get_method("dni_bptt_aux")
     method = cls(LSTMCore(IN, H, OUT), cls.Settings(T=T, aux_weight=0.5), lr=1e-2)
     core, head = copy.deepcopy(method.core), copy.deepcopy(method.aux_head)
-    got = method.window(x[0], loss_fn_for(y[0]))
+    got = method.window(x[0], window_loss(y[0]))
     with torch.no_grad():
         first = core(x[0][:1], torch.zeros(B, 2 * H))[2][0]
         want = 0.5 * head(first).pow(2).sum(1).mean()
     torch.testing.assert_close(got["aux_loss"], want)
     assert "aux_loss" not in get_method("dni_bptt")(LSTMCore(IN, H, OUT), get_method("dni_bptt").Settings(T=T),
-                                                    lr=1e-2).window(x[0], loss_fn_for(y[0]))
+                                                    lr=1e-2).window(x[0], window_loss(y[0]))
 
 
 @pytest.mark.parametrize("synth_lr", [None, 0.05])
@@ -152,7 +150,7 @@ def test_backward_window_defaults_and_errors():
     def run(**kw):
         core.zero_grad(set_to_none=True)
         head.zero_grad(set_to_none=True)
-        result = backward_window(core, s0, x, loss_fn_for(y[0]), lambda s: s @ weight, aux_head=head, **kw)
+        result = backward_window(core, s0, x, window_loss(y[0]), lambda s: s @ weight, aux_head=head, **kw)
         return result, [p.grad.clone() for p in [*core.parameters(), *head.parameters()]]
 
     default, default_grads = run()
@@ -161,10 +159,10 @@ def test_backward_window_defaults_and_errors():
     torch.testing.assert_close(default.aux_loss, explicit.aux_loss)
     for a, b in zip(default_grads, explicit_grads):
         torch.testing.assert_close(a, b)
-    plain = backward_window(core, s0, x, loss_fn_for(y[0]))
+    plain = backward_window(core, s0, x, window_loss(y[0]))
     assert plain.target is None and plain.synthetic is None and plain.aux_loss is None
     with pytest.raises(ValueError, match="needs a synthesizer"):
-        backward_window(core, s0, x, loss_fn_for(y[0]), aux_head=head)
+        backward_window(core, s0, x, window_loss(y[0]), aux_head=head)
 
 
 def test_reset_in_a_window_longer_than_the_batch_is_one_step_at_a_time():

@@ -3,16 +3,14 @@ LSTM's update, the target discount weighs it in the bootstrapped target. Checked
 on one window in float64."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dnibench.methods import get_method
 from dnibench.rnn.core import LSTMCore, backward_window
+from tiny_methods import window_loss
 
 T, B, IN, H, OUT = 3, 5, 4, 6, 3
 
 
-def loss_fn_for(y):
-    return lambda logits: F.cross_entropy(logits.reshape(-1, OUT), y.reshape(-1), reduction="none").view(y.shape)
 
 
 @pytest.fixture
@@ -31,7 +29,7 @@ def autograd_reference(core, x, y, s0, synth, weight_on_synthetic):
     LSTM's parameters, by plain autograd on a fresh graph."""
     s_in = s0.clone().requires_grad_(True)
     logits, s_out, _ = core(x, s_in)
-    objective = loss_fn_for(y)(logits).sum(0).mean() + weight_on_synthetic * (s_out * synth(s_out.detach())).sum() / B
+    objective = window_loss(y)(logits).sum(0).mean() + weight_on_synthetic * (s_out * synth(s_out.detach())).sum() / B
     params = list(core.parameters())
     grads = torch.autograd.grad(objective, [s_in, *params])
     return grads[0] * B, list(grads[1:])
@@ -39,7 +37,7 @@ def autograd_reference(core, x, y, s0, synth, weight_on_synthetic):
 
 def run_window(core, x, y, s0, synth, **kw):
     core.zero_grad(set_to_none=True)
-    result = backward_window(core, s0, x, loss_fn_for(y), synth, **kw)
+    result = backward_window(core, s0, x, window_loss(y), synth, **kw)
     return result, [p.grad.clone() for p in core.parameters()]
 
 
@@ -111,7 +109,7 @@ def test_method_passes_its_discount_to_the_target(name):
         regress = method.synth.regress
         method.synth.regress = lambda s, target: (seen.append(target.clone()), regress(s, target))[1]
         for k in range(2):
-            method.window(x[k], loss_fn_for(y[k]))
+            method.window(x[k], window_loss(y[k]))
         losses[discount] = seen
     torch.testing.assert_close(losses[1.0][0], losses[0.1][0])      # first window: the synthesizer says 0
     assert float((losses[1.0][1] - losses[0.1][1]).abs().max()) > 1e-6

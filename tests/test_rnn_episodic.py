@@ -3,7 +3,6 @@ episode, inside the window, so autograd cuts the gradient at the restart and the
 target of a restarting stream is the true gradient before the restart alone."""
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from dnibench.dni import synthetic_gradient_loss
@@ -12,6 +11,7 @@ from dnibench.rnn.core import LSTMCore, backward_window
 from dnibench.rnn.tasks import Curriculum, EpisodeStreams
 from dnibench.suite import load_suite, plan
 from dnibench.tasks import get_task
+from tiny_methods import window_loss
 
 T, B, IN, H, OUT = 4, 5, 3, 6, 2
 # stream 0 restarts at step 2, stream 1 at step 0, stream 3 at steps 1 and 3; streams 2 and 4 run on
@@ -27,8 +27,7 @@ def problem():
     x = torch.randn(T, B, IN, dtype=torch.float64)
     y = torch.randint(0, OUT, (T, B))
     s_in = torch.randn(B, 2 * H, dtype=torch.float64)
-    loss_fn = lambda logits: F.cross_entropy(logits.reshape(-1, OUT), y.reshape(-1), reduction="none").view(y.shape)
-    return core, x, loss_fn, s_in
+    return core, x, window_loss(y), s_in
 
 
 def test_reset_starts_the_step_from_zeros(problem):
@@ -124,3 +123,11 @@ def test_reset_state_must_be_a_boolean(tmp_path):
     with pytest.raises(SuiteError) as err:
         plan(load_suite(_suite(tmp_path, {"reset_state": "yes"})), "smoke")
     assert "reset_state" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shipped_copy_suites_start_each_episode_from_zero():
+    # The README: Copy and Repeat Copy episodes each start from a zero LSTM state, the suites' setting.
+    for path in ("suites/rnn_copy.yaml", "suites/rnn_repeat_copy.yaml"):
+        for profile in ("smoke", "quick", "paper"):
+            specs = plan(load_suite(path), profile)
+            assert specs and all(s.task_args.get("reset_state") is True for s in specs), (path, profile)

@@ -36,3 +36,11 @@ def true_forward(stages, x, y):
         hs.append(h)
     grads = torch.autograd.grad(nn.functional.cross_entropy(h, y), hs[:-1])
     return [h.detach() for h in hs], grads
+
+
+def window_loss(y: torch.Tensor):
+    """A recurrent window's loss function: per-step, per-stream cross-entropy of logits [T, B, C] against
+    labels y [T, B], shaped [T, B] (what backward_window sums over steps and averages over the batch)."""
+    import torch.nn.functional as F
+    return lambda logits: F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                          reduction="none").view(y.shape)

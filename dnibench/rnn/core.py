@@ -65,8 +65,9 @@ class LSTMCore(nn.Module):
         across the reset (an episodic task). None: the state runs on (continuous streams)."""
         if reset is None:
             return self._run(x, s)
-        keep = (1.0 - reset).to(s.dtype)
-        # One LSTM call per stretch between steps where some stream restarts (one host read per window).
+        keep = (1.0 - reset).to(s.device, s.dtype)
+        # One LSTM call per stretch between steps where some stream restarts. The cut points are read on
+        # the host: pass ``reset`` as the episode streams make it, on the CPU, so a GPU run does not sync.
         cuts = [t for t, any_reset in enumerate(reset.any(1).tolist()) if any_reset]
         bounds = sorted({0, *cuts, x.shape[0]})
         outputs = []

@@ -17,12 +17,12 @@ character, lengthens by one step: N + 1 for Copy; for Repeat Copy N and R grow i
 ((1,1), (2,1), (2,2), (3,2), ...: lengths 4, 5, 7, 9, 12, 15, 19, 23, ...; every Repeat Copy value of
 the paper's table is one of these lengths).
 
-Between episodes (the paper is silent): by default each stream's LSTM state runs on from one episode
-into the next, so truncated BPTT and the bootstrapped target see one continuing stream. With
-``reset_state`` the state is zeroed as a stream starts an episode (inside the window, so no gradient
-crosses the restart): episodes are independent, as in the NTM tasks. The suites keep the default: in a
-Copy check at T = 3, 4, 5 the episodic layout stopped the undiscounted target's collapse but put DNI
-ahead of BPTT at one seed of two only (numbers in the quick departures of suites/rnn_copy.yaml).
+Between episodes (the paper is silent): with ``reset_state`` (the Copy suites' setting) the state is
+zeroed as a stream starts an episode (inside the window, so no gradient crosses the restart): episodes
+are independent, as in the NTM tasks. Without it (the settings' default, the older layout) each stream's
+LSTM state runs on from one episode into the next, so truncated BPTT and the bootstrapped target see one
+continuing stream; there the undiscounted target collapsed DNI to chance at the quick schedule (numbers
+in suites/rnn_copy.yaml).
 """
 from __future__ import annotations
 

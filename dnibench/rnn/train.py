@@ -119,7 +119,7 @@ def train_copy(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
         for step in range(1, cfg.steps + 1):
             lr = _set_lr(spec, method.optimizers(), step)
             x, y, mask, current = (t.to(device) for t in streams.window(T))
-            reset = streams.starts.to(device) if args.reset_state else None
+            reset = streams.starts if args.reset_state else None      # on the CPU: LSTMCore.forward reads it
             out = method.window(x, copy_loss(y, mask), reset)
             watch.add(step, out)
             meter.add("err", out["losses"].sum())
