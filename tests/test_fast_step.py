@@ -68,10 +68,20 @@ def test_sporadic_and_delayed_updates_keep_the_per_stage_path(settings):
 
 
 def test_a_shared_synthesizer_optimizer_is_scheduled_once():
+    # At the stages' rate the fused step's synthesizers share the stage optimizer: one Adam call a step,
+    # listed once for the schedule, and stepped once by update_all (twice would move every parameter twice).
     method = build("dni", True, synth_hidden_layers=0)
     roles = method.optimizer_roles()
-    assert len(roles["synth"]) == 1 and len(roles["stage"]) == 1
-    assert len(method.optimizers()) == 2
+    assert roles["synth"] == roles["stage"] and len(roles["stage"]) == 1
+    assert len(method.optimizers()) == 1
+    steps = []
+    roles["stage"][0].register_step_post_hook(lambda *_: steps.append(1))
+    method.step(torch.rand(4, *IN_SHAPE), torch.randint(0, 10, (4,)))
+    assert len(steps) == 1
+    # A synthesizer rate of its own: an optimizer of its own, both scheduled.
+    own = build("dni", True, synth_hidden_layers=0, synth_lr=3e-3)
+    assert own.optimizer_roles()["synth"] != own.optimizer_roles()["stage"] and len(own.optimizers()) == 2
+    assert own.optimizer_roles()["synth"][0].param_groups[0]["lr"] == 3e-3
 
 
 def test_factory_picks_the_fused_kernel_on_cpu():

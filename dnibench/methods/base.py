@@ -102,7 +102,8 @@ class Method:
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer, so the loop can apply the learning-rate schedule to all of them."""
-        return [opt for opts in self.optimizer_roles().values() for opt in opts]
+        every = {id(opt): opt for opts in self.optimizer_roles().values() for opt in opts}   # one in two roles: once
+        return list(every.values())
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

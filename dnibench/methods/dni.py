@@ -77,8 +77,17 @@ class DNI(Method):
         synths = [Synthesizer(shape, settings.synth_hidden_layers, settings.synth_width, context_dim).to(setup.device)
                   for shape in setup.stage_shapes[:-1]]  # one interface on every h_i below the output
         lr = settings.synth_lr or setup.lr
-        # Fused: one optimizer shared by every synthesizer (only the fused step calls it).
-        shared = setup.adam([p for synth in synths for p in synth.parameters()], lr) if self.fused else None
+        shared = None
+        if self.fused:
+            # Fused: one optimizer shared by every synthesizer (only the fused step calls it). At the
+            # stages' own rate it is the stage optimizer itself, rebuilt over both: one Adam call per step
+            # instead of two. Adam keeps its state per parameter, so this computes what two optimizers do.
+            synth_params = [p for synth in synths for p in synth.parameters()]
+            if lr == setup.lr:
+                stage_params = [p for s in stages for p in s.parameters()]
+                self.stage_optimizers = [shared] = [setup.adam(stage_params + synth_params, lr)]
+            else:
+                shared = setup.adam(synth_params, lr)
         self.interfaces: list[BackwardInterface] = [
             BackwardInterface(synth, shared or setup.adam(synth.parameters(), lr), settings.synth_loss_weight,
                               settings.synth_reduction) for synth in synths]
@@ -156,8 +165,10 @@ class DNI(Method):
             torch.autograd.backward(self.pending)
             self.pending.clear()
         self.apply_all_updates()
+        stepped = {id(opt) for opt in self.stage_optimizers}
         for role, opts in self.optimizer_roles().items():
-            if role != "stage":
-                for opt in opts:
+            for opt in opts:
+                if id(opt) not in stepped:              # an optimizer in two roles steps once
+                    stepped.add(id(opt))
                     opt.step()
                     opt.zero_grad(set_to_none=True)
