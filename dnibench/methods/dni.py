@@ -150,9 +150,10 @@ class DNI(Method):
         """The per-stage step above with p_update = 1 and no delay, in three calls instead of 3N: every
         stage's forward (and its synthesizer's prediction, from the parameters the step started with),
         one backward over all stage outputs with their injected gradients, one over the summed
-        synthesizer losses, then one update of every stage and one of every synthesizer. Stage inputs
-        are detached leaves, so each stage's gradient and each bootstrapped target (the gradient at
-        h_{i-1}: M_{i+1}'s prediction back through stage i) are exactly those of the per-stage path."""
+        synthesizer losses, then one optimizer step over stages and synthesizers (two where synth_lr
+        differs). Stage inputs are detached leaves, so each stage's gradient and each bootstrapped target
+        (the gradient at h_{i-1}: M_{i+1}'s prediction back through stage i) are exactly those of the
+        per-stage path."""
         metrics: dict[str, torch.Tensor] = {}
         # The one fused rule, over one group of every stage (a parallel worker runs it on its slice).
         StageGroup(self, 0, len(self.stages)).train_fused(x, y, self.context(y), metrics)

@@ -70,7 +70,7 @@ class StageGroup:
         """``train`` with every coin up and no delay, for a method built with its fused step (DNI.fused_step
         on the group's stages): every stage's forward and prediction, one backward over the group's
         outputs with their injected gradients, the internal interfaces' losses in one backward, one
-        update of each role. The method's optimizers span every stage (synthesizer), but only this
+        step of each optimizer. The method's optimizers span every stage and synthesizer, but only this
         group's parameters have gradients, and Adam leaves a parameter without one alone."""
         m = self.method
         inputs, outputs, gradients = [], [], []
