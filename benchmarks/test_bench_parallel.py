@@ -122,7 +122,8 @@ def _spec(method: str, schedule: str, workers: int, microbatches):
     specs = plan(load_suite("suites/parallel.yaml"), "quick")
     match = [s for s in specs if s.model == MODEL and s.method == method and s.parallel is not None
              and s.parallel.schedule == schedule and s.parallel.workers == workers
-             and (microbatches is None or s.parallel.microbatches == microbatches)]
+             and (microbatches is None or s.parallel.microbatches == microbatches)
+             and s.parallel.threads == 1 and s.parallel.pipeline_schedule in (None, "gpipe")]   # one thread, GPipe
     if not match:
         pytest.skip(f"suites/parallel.yaml at quick has no {method} {schedule} K={workers} M={microbatches}")
     train = match[0].train.model_copy(update={"steps": STEPS, "eval_every": STEPS, "log_every": STEPS // 4,

@@ -59,6 +59,7 @@ class TrainSettings(Strict):
 
 MAX_WORKERS = 64
 MAX_MICROBATCHES = 4096
+MAX_THREADS = 256
 SCHEDULES = ("locked", "pipelined", "decoupled")
 DEFAULT_MAX_IN_FLIGHT = 4
 
@@ -75,12 +76,17 @@ class ParallelSettings(Strict):
     # earlier batches still wait for their target from above (with complete unlock: also for their
     # real input from below); a wait on it counts as waiting for a gradient (input). lockstep = 1.
     max_in_flight: StrictInt | None = Field(None, ge=1, le=10_000)
+    # pipelined only: torch.distributed.pipelining's schedule (GPipe: all forwards, then all backwards;
+    # 1F1B: one forward, one backward in the steady state; the same gradient)
+    pipeline_schedule: Literal["gpipe", "1f1b"] | None = None
+    threads: StrictInt = Field(1, ge=1, le=MAX_THREADS)   # torch intra-op threads per worker
 
     def params(self) -> dict[str, str]:
         """The run parameters a parallel run logs under their short names."""
         return {"workers": str(self.workers), "schedule": self.schedule,
                 "microbatches": str(self.microbatches or ""), "lockstep": str(self.lockstep).lower(),
-                "max_in_flight": str(self.max_in_flight or "")}
+                "max_in_flight": str(self.max_in_flight or ""), "pipeline_schedule": self.pipeline_schedule or "",
+                "threads": str(self.threads)}
 
 
 class ParallelBlock(Strict):
@@ -91,13 +97,18 @@ class ParallelBlock(Strict):
     microbatches: StrictInt | Annotated[list[StrictInt], Field(min_length=1, max_length=64)] | None = None
     lockstep: StrictBool | None = None
     max_in_flight: StrictInt | None = None
+    pipeline_schedule: (Literal["gpipe", "1f1b"] | Annotated[list[Literal["gpipe", "1f1b"]], Field(min_length=1, max_length=2)]
+                        | None) = None        # pipelined only; default gpipe
+    threads: StrictInt | None = None          # per worker; default 1
 
     def points(self) -> list[dict[str, Any]]:
         workers = self.workers if isinstance(self.workers, list) else [self.workers]
         micro = self.microbatches if isinstance(self.microbatches, list) else [self.microbatches]
-        rest = self.model_dump(exclude={"workers", "microbatches"}, exclude_none=True)
-        return [{**rest, "workers": k, **({"microbatches": m} if m is not None else {})}
-                for k in workers for m in micro]
+        pipes = self.pipeline_schedule if isinstance(self.pipeline_schedule, list) else [self.pipeline_schedule]
+        rest = self.model_dump(exclude={"workers", "microbatches", "pipeline_schedule"}, exclude_none=True)
+        return [{**rest, "workers": k, **({"microbatches": m} if m is not None else {}),
+                 **({"pipeline_schedule": p} if p is not None else {})}
+                for k in workers for m in micro for p in pipes]
 
 
 class Profile(Strict):
@@ -225,6 +236,11 @@ class RunSpec(BaseModel):
             del data["method_file"]
         if data["parallel"] is None:          # one-process runs keep the hashes they had before workers
             del data["parallel"]
+        else:                                 # and parallel runs at the defaults of later fields theirs
+            if data["parallel"].get("pipeline_schedule") in (None, "gpipe"):
+                data["parallel"].pop("pipeline_schedule", None)
+            if data["parallel"].get("threads") == 1:
+                data["parallel"].pop("threads", None)
         return data
 
     @property
@@ -260,7 +276,9 @@ class RunSpec(BaseModel):
     @property
     def label(self) -> str:
         par = self.parallel
-        where = "" if par is None else f"/{par.schedule}-k{par.workers}" + (f"-m{par.microbatches}" if par.microbatches else "")
+        where = "" if par is None else (f"/{par.schedule}-k{par.workers}" + (f"-m{par.microbatches}" if par.microbatches else "")
+                                        + (f"-{par.pipeline_schedule}" if par.pipeline_schedule == "1f1b" else "")
+                                        + (f"-t{par.threads}" if par.threads > 1 else ""))
         return f"{self.suite}/{self.model}/{self.method}{where}/seed{self.seed}"
 
 
@@ -482,6 +500,13 @@ def _parallel_settings(where: Path, e_index: int, entry: Entry, prof: Profile, m
                 raise SuiteError(f"{at}: microbatches {micro} does not split the batch of {train.batch_size} evenly")
         elif micro is not None:
             raise SuiteError(f"{at}: microbatches applies to schedule pipelined only (this is {schedule})")
+        pipe = point.get("pipeline_schedule")
+        if schedule != "pipelined" and pipe is not None:
+            raise SuiteError(f"{at}: pipeline_schedule applies to schedule pipelined only (this is {schedule})")
+        if schedule == "pipelined":
+            pipe = pipe or "gpipe"
+            if pipe == "1f1b" and micro < point["workers"]:   # the library's 1F1B keeps a micro-batch per worker in flight
+                raise SuiteError(f"{at}: pipeline_schedule 1f1b needs microbatches >= workers ({micro} < {point['workers']})")
         lockstep, in_flight = point.get("lockstep", False), point.get("max_in_flight")
         if schedule != "decoupled" and (lockstep or in_flight is not None):
             raise SuiteError(f"{at}: lockstep and max_in_flight apply to schedule decoupled only (this is {schedule})")
@@ -493,7 +518,8 @@ def _parallel_settings(where: Path, e_index: int, entry: Entry, prof: Profile, m
             raise SuiteError(f"{at}: p_update < 1 and delay are not run by the parallel executor")
         try:
             out.append(ParallelSettings(workers=point["workers"], schedule=schedule, microbatches=micro,
-                                        lockstep=lockstep, max_in_flight=in_flight))
+                                        lockstep=lockstep, max_in_flight=in_flight, pipeline_schedule=pipe,
+                                        threads=point.get("threads", 1)))
         except ValidationError as err:
             raise SuiteError(f"{at}: {_format_validation(where, err).split(': ', 1)[1]}") from None
     return out

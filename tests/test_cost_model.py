@@ -88,7 +88,7 @@ def test_cluster_links_and_bad_input():
     assert gpu.link(0) == gpu.intra and gpu.link(7) == gpu.inter and gpu.link(8) == gpu.intra
     with pytest.raises(ValueError, match="schedule 'pipe'"):
         cost.step_time("pipe", STAGES, 2, FREE)
-    with pytest.raises(ValueError, match="gpipe only"):
+    with pytest.raises(ValueError, match="gpipe and 1f1b only"):
         cost.step_time("dni", STAGES, 2, FREE, microbatches=4)
 
 

@@ -207,9 +207,12 @@ def test_the_parallel_suite_plans_at_every_profile_and_one_process_runs_keep_the
     suite = load_suite("suites/parallel.yaml")
     check_all_profiles(suite)
     quick = plan(suite, "quick")
-    assert sorted((s.method, s.parallel.schedule, s.parallel.workers, s.parallel.microbatches) for s in quick) == sorted(
-        [("bprop", "locked", k, None) for k in (1, 2)] + [("bprop", "pipelined", k, m) for k in (1, 2) for m in (4, 8)]
-        + [(m, "decoupled", k, None) for m in ("dni", "cdni", "unlock_cdni") for k in (1, 2)])
+    assert sorted((s.method, s.parallel.schedule, s.parallel.workers, s.parallel.microbatches, s.parallel.pipeline_schedule,
+                   s.parallel.threads) for s in quick) == sorted(
+        [("bprop", "locked", k, None, None, 1) for k in (1, 2)]
+        + [("bprop", "pipelined", k, m, "gpipe", 1) for k in (1, 2) for m in (4, 8)] + [("bprop", "pipelined", 2, 4, "1f1b", 1)]
+        + [(m, "decoupled", k, None, None, 1) for m in ("dni", "cdni", "unlock_cdni") for k in (1, 2)]
+        + [("cdni", "decoupled", 1, None, None, 2)])                 # the best single process on two cores
     assert all(s.model == "fcn6" and s.train.batch_size == 256 for s in quick)
     assert {s.model for s in plan(suite, "paper")} == {"fcn6", "cnn4"}
     one = quick[0].model_copy(update={"parallel": None})

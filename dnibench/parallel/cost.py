@@ -13,26 +13,49 @@ across boundary b (activation up, or its gradient down: same size) takes m_b = l
 
 - **locked bprop**: everything in series: T = sum_k (F_k + B_k) + 2 sum_b m_b + max_k U_k
   (a worker's update overlaps the backward of the workers below; the largest one is charged).
-- **pipelined bprop, GPipe with M micro-batches**: per-micro-batch costs f_k = F_k/M, b_k = B_k/M,
-  messages of 1/M the bytes. The forward phase is one micro-batch's trip through all workers plus
-  M-1 intervals of the slowest worker, likewise the backward:
-  T = [sum f + sum m + (M-1) max_k (f_k + m_k)] + [sum b + sum m + (M-1) max_k (b_k + m_k)] + max_k U_k,
-  with m_k the message worker k sends (sends are charged to the sender: gloo's copies use its CPU).
-  For equal stages and free messages this is (M+K-1) (f+b): the bubble (K-1)/(M+K-1). At M = 1 it is
-  the locked formula. Micro-batches are assumed to cost 1/M of the batch; on real hardware small
-  micro-batches run less efficiently, which the measured K = 2 runs show (the report's error column).
+- **pipelined bprop, GPipe with M micro-batches**: per-micro-batch costs f_k = F_k/M + o/2,
+  b_k = B_k/M + o/2, messages of 1/M the bytes. The forward phase is one micro-batch's trip through all
+  workers plus M-1 intervals of the slowest worker, likewise the backward:
+  T = [sum f + sum m + (M-1) max_k (f_k + r_k)] + [sum b + sum m + (M-1) max_k (b_k + r'_k)] + max_k U_k,
+  with r_k (r'_k) the message worker k receives in the forward (backward) phase: torch's pipelining posts
+  a micro-batch's receive only when it is about to use it, so a worker that is never idle still waits
+  for gloo's rendezvous with its busy peer each micro-batch, while a sender only posts (the ``busy_ping``
+  cost, see below). For equal stages, o = 0 and free messages this is (M+K-1) (f+b): the bubble
+  (K-1)/(M+K-1). At M = 1 it is the locked formula. ``o`` (``overhead_s``) is the schedule's own time
+  per micro-batch and worker (the library's bookkeeping of a chunk, its autograd calls on small
+  tensors): every worker pays it for every micro-batch, however few stages it holds, so it is not a
+  share of the compute; ``microbatch_overhead`` measures it from the same M in one worker (a K = 1
+  pipelined step less its stages' compute, per micro-batch). **1F1B** (``1f1b``) has the same formula: it reorders the same 2M messages and
+  M forwards and backwards per worker so that at most K micro-batches are in flight (memory), with
+  the same bubble; torch's Schedule1F1B runs it.
 - **decoupled dni / cdni / unlock**: nothing waits for a gradient (unlock: nor for an input), so in
   the steady state each worker runs at its own pace and the slowest sets the rate:
   T = max_k (F_k + B_k + U_k + S_k + I_k + sends_k), sends_k = the activation up plus the gradient
   (dni's bootstrapped target) down. For dni/cdni the forward still flows through the workers, which
   adds latency but not a rate limit in the steady state.
 
+**What a message costs.** A ping-pong in a tight loop (``ping_pong``) keeps both ends awake: on this
+2-core machine it says 0.05-0.3 ms for an FCN-6 activation, while the same message between two workers
+that compute between messages costs 0.5-1.5 ms (the receiving thread, and gloo's, must be woken and
+get a core; torch's pipelining posts each micro-batch's receive only when it needs it, so gloo's
+rendezvous adds a round trip to the peer's busy core). ``busy_ping`` measures that before the run's
+clock starts (both workers computing about a millisecond between a send and a receive) at the size
+the schedule sends (a micro-batch's activation when pipelined), and the model charges it to every
+message of every schedule (``costs_from_metrics``); with the ping-pong alone it over-predicted locked
+bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
+
 **Measured where it runs.** A parallel run times its stages in its own worker processes, all workers at
 once (dnibench/parallel/worker.py ``measure_costs``): with two workers on two cores a stage's time is the one
 it has next to a busy neighbour (shared cache and memory bandwidth, the machine's other load), which is
-what the decoupled and pipelined schedules see. The report scales those times by the one-worker run's
-``whole_step_factor`` (its measured step over the sum of its stages timed alone) and uses the one-worker
-stage times for locked bprop, whose workers take turns. The split is the one the run trained with.
+what the decoupled and pipelined schedules see. For locked bprop and the decoupled schedules the report
+scales those times by the one-worker run's ``whole_step_factor`` (its measured step over the sum of its
+stages timed alone: a step's bookkeeping grows with its compute) and uses the one-worker stage times for
+locked bprop, whose workers take turns; a pipeline's extra time is per micro-batch and worker instead
+(``microbatch_overhead`` of the one-worker run of the same M; spread over the stages as a factor it
+would shrink with each worker's share of the stages: in the 2026-11-30 K = 2 runs each worker's chunk
+time per step exceeded its stages' compute by about the whole one-worker overhead, not half of it). The split is the one the run
+trained with. None of these inputs comes from the run being predicted: its stage and message times are
+measured before its clock starts, and the factor and overhead come from its one-worker run.
 
 **More workers than stages.** FCN-6 has 6 stages and a stage cannot be split, so K > N workers do not
 fit the paper's network. ``predict_scaling`` answers "what if the net were as deep as the cluster":
@@ -45,7 +68,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-SCHEDULES = ("locked", "gpipe", "dni", "cdni", "unlock")
+SCHEDULES = ("locked", "gpipe", "1f1b", "dni", "cdni", "unlock")
+PIPELINES = ("gpipe", "1f1b")
 DECOUPLED = ("dni", "cdni", "unlock")
 
 
@@ -133,15 +157,16 @@ def _group(stages: list[StageCost], lo: int, hi: int) -> StageCost:
 
 
 def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster | Link,
-              microbatches: int = 1, split: list[tuple[int, int]] | None = None) -> float:
+              microbatches: int = 1, split: list[tuple[int, int]] | None = None, overhead_s: float = 0.0) -> float:
     """Predicted seconds per batch in the steady state (see the module doc for each formula). ``split``:
-    the [lo, hi) of stages per worker a measured run used (its own rule, by parameters), else ``partition``."""
+    the [lo, hi) of stages per worker a measured run used (its own rule, by parameters), else ``partition``.
+    ``overhead_s``: a pipeline's own seconds per micro-batch and worker (forward and backward together)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
     if microbatches < 1:
         raise ValueError(f"microbatches {microbatches}: expected at least 1")
-    if schedule != "gpipe" and microbatches != 1:
-        raise ValueError(f"micro-batches apply to gpipe only, not {schedule}")
+    if schedule not in PIPELINES and microbatches != 1:
+        raise ValueError(f"micro-batches apply to gpipe and 1f1b only, not {schedule}")
     if split is not None and (len(split) != k or split[0][0] != 0 or split[-1][1] != len(stages)):
         raise ValueError(f"split {split} does not give {k} workers the {len(stages)} stages")
     groups = [_group(stages, lo, hi) for lo, hi in
@@ -153,14 +178,14 @@ def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster |
     # message time across boundary b (between workers b and b+1) for a batch / micro-batch
     msg = [link(b).message(groups[b].out_bytes / microbatches) for b in range(k - 1)]
     update = max(g.update for g in groups)
-    if schedule in ("locked", "gpipe"):
+    if schedule in ("locked", *PIPELINES):
         m = microbatches
-        f = [g.forward / m for g in groups]
-        b = [g.backward / m for g in groups]
-        up = [msg[i] if i < k - 1 else 0.0 for i in range(k)]        # activation sent up by worker i
-        down = [msg[i - 1] if i > 0 else 0.0 for i in range(k)]      # gradient sent down by worker i
-        forward = sum(f) + sum(msg) + (m - 1) * max(fi + ui for fi, ui in zip(f, up))
-        backward = sum(b) + sum(msg) + (m - 1) * max(bi + di for bi, di in zip(b, down))
+        f = [g.forward / m + overhead_s / 2 for g in groups]
+        b = [g.backward / m + overhead_s / 2 for g in groups]
+        from_below = [msg[i - 1] if i > 0 else 0.0 for i in range(k)]   # activation worker i receives
+        from_above = [msg[i] if i < k - 1 else 0.0 for i in range(k)]   # gradient worker i receives
+        forward = sum(f) + sum(msg) + (m - 1) * max(fi + ri for fi, ri in zip(f, from_below))
+        backward = sum(b) + sum(msg) + (m - 1) * max(bi + ri for bi, ri in zip(b, from_above))
         return forward + backward + update
     per_worker = []
     for i, g in enumerate(groups):
@@ -171,9 +196,18 @@ def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster |
 
 
 def throughput(schedule: str, stages: list[StageCost], k: int, cluster: Cluster | Link,
-               batch_size: int, microbatches: int = 1, split: list[tuple[int, int]] | None = None) -> float:
+               batch_size: int, microbatches: int = 1, split: list[tuple[int, int]] | None = None,
+               overhead_s: float = 0.0) -> float:
     """Predicted samples per second."""
-    return batch_size / step_time(schedule, stages, k, cluster, microbatches, split)
+    return batch_size / step_time(schedule, stages, k, cluster, microbatches, split, overhead_s)
+
+
+def microbatch_overhead(stages: list[StageCost], measured_step_s: float, microbatches: int) -> float:
+    """A pipeline's own seconds per micro-batch and worker (``step_time``'s ``overhead_s``), from a one-worker
+    pipelined step of ``microbatches`` micro-batches: what the step took beyond its stages' compute timed at
+    the whole batch, per micro-batch (0 where the stages took longer)."""
+    base = step_time("gpipe", stages, 1, Link(0.0, float("inf")), microbatches)
+    return max(measured_step_s - base, 0.0) / microbatches
 
 
 def whole_step_factor(stages: list[StageCost], schedule: str, measured_step_s: float, microbatches: int = 1) -> float:
@@ -232,7 +266,7 @@ def predict_scaling(stages: list[StageCost], batch_size: int, cluster: Cluster |
             rate = throughput(schedule, net, k, cluster, batch_size, **kw)
             # the one-process reference of the same network and method: locked bprop for the bprop
             # schedules (a single process runs no pipeline), the method itself otherwise
-            serial = throughput("locked" if schedule in ("locked", "gpipe") else schedule, net, 1, cluster,
+            serial = throughput("locked" if schedule in ("locked", *PIPELINES) else schedule, net, 1, cluster,
                                 batch_size)
             rows.append({"workers": k, "schedule": label, "stages": len(net), "samples_per_s": rate,
                          "serial_samples_per_s": serial, "speedup": rate / serial,
@@ -440,9 +474,8 @@ def cost_metrics(stages: list[StageCost], link: Link | None = None) -> dict[str,
 def costs_from_metrics(metrics: dict, busy: bool = True) -> tuple[list[StageCost], Link | None] | None:
     """Stage costs (and the link, where logged) from a mapping with ``cost_metrics`` keys, optionally
     prefixed ``metric.`` (a report row); None when no stage was logged. ``busy``: messages as they cost
-    next to busy compute where that was measured (``busy_ping``: the decoupled schedules, whose workers
-    both compute while messages travel), else the ping-pong's (locked and pipelined bprop: the peer
-    waits for the message)."""
+    between workers that compute between messages, where that was measured (``busy_ping``; what every
+    schedule's messages cost in a run, see the module doc), else the ping-pong's."""
     def get(key):
         for name in (key, f"metric.{key}"):
             value = metrics.get(name)

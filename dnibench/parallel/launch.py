@@ -102,7 +102,7 @@ def train_parallel(spec, data, log, on_step=lambda n: None) -> dict:
     for rank in range(world):
         summary.update(summaries[rank])
     summary.update(sampler.summary())
-    summary["cpu_threads"] = 1.0                       # per worker
+    summary.setdefault("cpu_threads", float(par.threads))   # per worker (the workers say what torch ran)
     summary["load_1m/start"], summary["load_1m/end"] = load_start, os.getloadavg()[0]
     log(summary, cfg.steps)
     return summary

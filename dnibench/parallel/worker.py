@@ -204,7 +204,7 @@ class Worker:
         self.spec = spec = RunSpec.model_validate_json(spec_json)
         self.par = par = spec.parallel
         self.world = par.workers
-        torch.set_num_threads(1)                       # one thread per worker
+        torch.set_num_threads(par.threads)             # one thread per worker unless the suite says otherwise
         self.data = torch.load(data_path, mmap=True)
         if self.world > 1:
             dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
@@ -302,6 +302,7 @@ class Worker:
                             "total_wall_s/train": train_s, "total_wall_s/eval": eval_s,
                             "mean_samples_per_s": cfg.steps * self.batch / max(train_s, 1e-9)})
         summary.update(self.stats.summary())
+        summary["cpu_threads"] = float(torch.get_num_threads())   # per worker, as torch ran it
         summary.update(self.cost_inputs)
         self.dump()
         return summary
@@ -331,6 +332,10 @@ class Worker:
         m, settings = self.method, self.method.settings
         dni = isinstance(m, DNI)
         unlocked = hasattr(m, "inputs")
+        if self.world > 1:
+            # every worker times its stages at the same moment: next to a peer timing its own (as in the run),
+            # not next to a peer still starting up (a run's stage times came out 1.7x its training's)
+            dist.barrier()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             stages = cost.measure_stage_costs(
                 copy.deepcopy(self.stages), self.in_shape, self.batch, self.setup.num_classes,
@@ -358,9 +363,18 @@ class Worker:
             link, fitted = cost.link_from_times(times)
             out["cost/link_fitted"] = float(fitted)
             # and as a message costs in the run: both workers computing between messages (the model adds
-            # what it costs beyond the ping-pong to every message: costs_from_metrics)
-            out["cost/link_busy_s"] = cost.busy_ping(self.rank, 1 - self.rank, act, repeats=20)
-            out["cost/link_busy_bytes"] = float(act)
+            # what it costs beyond the ping-pong to every message: costs_from_metrics), at the size the
+            # schedule sends (a micro-batch's activation when pipelined); the two ranks' mean, of 60 rounds'
+            # medians: a round's time swings with the machine's other load
+            busy_bytes = act // (self.par.microbatches or 1)
+            mine = torch.tensor([cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60)])
+            peer = torch.zeros(1)
+            if self.rank == 1:
+                dist.send(mine, 0)
+            else:
+                dist.recv(peer, 1)
+            out["cost/link_busy_s"] = float(mine + peer) / 2
+            out["cost/link_busy_bytes"] = float(busy_bytes)
         if self.rank != 0:
             return {}
         out.update(cost.cost_metrics(stages, link))
@@ -473,7 +487,7 @@ class Worker:
             # the library's pipeline needs a process group even for one stage
             dist.init_process_group("gloo", init_method=f"file://{self.rendezvous}", rank=0, world_size=1)
         pipe = PipelinedBprop(module, self.rank, self.world, self.par.microbatches, self.batch, in_shape, optimizer,
-                              device=self.device)
+                              device=self.device, schedule=self.par.pipeline_schedule or "gpipe")
         self.pipe = pipe
 
         def step(_step, x, y):

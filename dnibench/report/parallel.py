@@ -1,7 +1,8 @@
 """Stages in worker processes (issue 10), from the ``parallel`` suite: what decoupling buys in wall-clock.
 
 Runs carry the params ``workers`` (K), ``schedule`` (locked | pipelined | decoupled), ``microbatches``
-(pipelined: M) and ``lockstep``. Lockstep runs wait for every target by construction (they check that
+(pipelined: M), ``pipeline_schedule`` (pipelined: gpipe | 1f1b; runs without it are GPipe), ``threads``
+(per worker; runs without it had 1) and ``lockstep``. Lockstep runs wait for every target by construction (they check that
 the parallel code computes the one-process learning rule), so they are left out of the throughput
 figure and table. Throughput is the run's ``mean_samples_per_s`` (whole training), else its last
 ``samples_per_s``; runs marked timing disturbed (curves.timing_disturbed) give no throughput.
@@ -41,13 +42,14 @@ def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[column].astype(float) if column in runs else pd.Series(np.nan, index=runs.index)
 
 
-def label(method: str, schedule: str, microbatches: str) -> str:
+def label(method: str, schedule: str, microbatches: str, pipeline: str = "", threads: int = 1) -> str:
     name = display_name(method)
     if schedule == "pipelined":
-        return f"{name} pipelined M={microbatches}" if microbatches else f"{name} pipelined"
-    if schedule == "locked":
-        return f"{name} locked"
-    return name
+        kind = "pipelined 1F1B" if pipeline == "1f1b" else "pipelined"      # GPipe unless it says 1F1B
+        name = f"{name} {kind} M={microbatches}" if microbatches else f"{name} {kind}"
+    elif schedule == "locked":
+        name = f"{name} locked"
+    return f"{name}, {threads} threads" if threads > 1 else name
 
 
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:
@@ -61,18 +63,29 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     runs["workers"] = _param(runs, "workers").astype(int)
     runs["schedule"] = _param(runs, "schedule").fillna("").astype(str)
     runs["microbatches"] = _param(runs, "microbatches").fillna("").astype(str)
-    runs["label"] = [label(m, s, mb) for m, s, mb in zip(runs["method"], runs["schedule"], runs["microbatches"])]
+    runs["pipeline_schedule"] = _param(runs, "pipeline_schedule").fillna("").astype(str)
+    runs["threads"] = pd.to_numeric(_param(runs, "threads"), errors="coerce").fillna(1).astype(int)
+    runs["label"] = [label(*row) for row in zip(runs["method"], runs["schedule"], runs["microbatches"],
+                                                 runs["pipeline_schedule"], runs["threads"])]
     rate = _metric(runs, "mean_samples_per_s").fillna(_metric(runs, "samples_per_s"))
     runs["disturbed"] = timing_disturbed(runs)
     runs["samples_per_s"] = rate.where(~runs["disturbed"])
     return runs
 
 
-def _cost_schedule(method: str, schedule: str, microbatches: str) -> tuple[str, int]:
+def baseline_label(runs: pd.DataFrame, name: str) -> str:
+    """The label whose K = 1 run is ``name``'s baseline: its own, else for a 1F1B pipeline without one the GPipe
+    pipeline of the same M (one worker runs the same micro-batches through the same stage either way)."""
+    if ((runs["label"] == name) & (runs["workers"] == 1)).any() or "pipelined 1F1B" not in name:
+        return name
+    return name.replace("pipelined 1F1B", "pipelined")
+
+
+def _cost_schedule(method: str, schedule: str, microbatches: str, pipeline: str = "") -> tuple[str, int]:
     if schedule == "locked":
         return "locked", 1
     if schedule == "pipelined":
-        return "gpipe", int(microbatches or 1)
+        return ("1f1b" if pipeline == "1f1b" else "gpipe"), int(microbatches or 1)
     return ("unlock" if method.startswith("unlock") else "cdni" if method == "cdni" else "dni"), 1
 
 
@@ -96,20 +109,31 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
     from ..parallel import cost
 
     records = runs.to_dict("records")
-    schedules = [_cost_schedule(row["method"], row["schedule"], row["microbatches"]) for row in records]
-    logged_all = [cost.costs_from_metrics(row, busy=schedule in cost.DECOUPLED)
-                  for row, (schedule, _) in zip(records, schedules)]
+    schedules = [_cost_schedule(row["method"], row["schedule"], row["microbatches"], row["pipeline_schedule"])
+                 for row in records]
+    # every schedule's messages as they cost between workers that compute (cost.py: what a message costs)
+    logged_all = [cost.costs_from_metrics(row) for row in records]
     measured_link = next((got[1] for got in logged_all if got and got[1]), None)
     predicted, sources = [], []
     for row, logged, (schedule, m) in zip(records, logged_all, schedules):
         batch = int(row.get("param.train.batch_size") or 256)
         k = int(row["workers"])
         stages, source = None, ""
-        one = runs[(runs["label"] == row["label"]) & (runs["workers"] == 1) & runs["samples_per_s"].notna()]
+        one = runs[(runs["label"] == baseline_label(runs, row["label"])) & (runs["workers"] == 1)
+                   & runs["samples_per_s"].notna()]
         one_step_s = batch / one["samples_per_s"].mean() if len(one) else None
         alone = next((got[0] for got in map(cost.costs_from_metrics, one.to_dict("records")) if got), None)
         contended = bool(row.get("metric.cost/contended", 0) == 1)
+        overhead = 0.0
         if logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]) and (
+                schedule in cost.PIPELINES):
+            # a pipeline: its stages as timed in the run (next to a busy peer where K > 1) at the whole batch, and
+            # its own time per micro-batch, which every worker pays, from the same M in one worker
+            overhead = cost.microbatch_overhead(alone, one_step_s, m)
+            stages = logged[0]
+            source = ("stage costs timed next to a busy peer" if contended else "logged stage costs") + (
+                f" + K=1 pipeline overhead {1e3 * overhead:.2f} ms per micro-batch and worker")
+        elif logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]) and (
                 contended or schedule == "locked"):
             # A whole step's overhead from the K = 1 run (its measured step over its stages timed alone);
             # the stage times: timed next to a busy peer, except locked bprop's (its workers take turns).
@@ -135,14 +159,13 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         split = cost.split_from_metrics(row, k) if logged else None
         if split is not None and split[-1][1] != len(stages):
             split = None
-        predicted.append(cost.throughput(schedule, stages, k, link, batch, m, split))
+        predicted.append(cost.throughput(schedule, stages, k, link, batch, m, split, overhead))
         if k == 1 and logged:
             source += ", uncalibrated (K=1 is the calibration point)"
         if split is not None and k > 1:
             source += ", run's split"
         if k > 1:                               # K = 1 sends nothing: no link to name
-            busy = (", messages timed next to busy compute" if schedule in cost.DECOUPLED
-                    and pd.notna(row.get("metric.cost/link_busy_s")) else "")
+            busy = ", messages timed next to busy compute" if pd.notna(row.get("metric.cost/link_busy_s")) else ""
             source += (", logged link" + busy if own_link else ", link of another run" if measured_link
                        else ", messages free (no link measured)")
         sources.append(source)
@@ -155,7 +178,7 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.join(predictions(runs))
     rows = []
     for (name, k), group in runs.groupby(["label", "workers"], sort=True):
-        base = runs[(runs["label"] == name) & (runs["workers"] == 1)]["samples_per_s"].mean()
+        base = runs[(runs["label"] == baseline_label(runs, name)) & (runs["workers"] == 1)]["samples_per_s"].mean()
         rate = group["samples_per_s"].mean()
         workers = range(k)
 
@@ -210,15 +233,19 @@ def modelled_scaling(runs: pd.DataFrame) -> pd.DataFrame:
         if one.empty:
             continue
         first = one.iloc[-1]
-        schedule, m = _cost_schedule(first["method"], first["schedule"], first["microbatches"])
+        schedule, m = _cost_schedule(first["method"], first["schedule"], first["microbatches"], first["pipeline_schedule"])
         batch = int(first.get("param.train.batch_size") or 256)
         step_s = batch / one["samples_per_s"].mean()
         logged = next((got for got in map(cost.costs_from_metrics, group.to_dict("records")) if got), None)
-        stages = (cost.calibrate(logged[0], schedule, step_s, m) if logged
-                  else _weight_split(first["model"], first["task"], batch, step_s))
+        overhead = 0.0
+        if logged and schedule in cost.PIPELINES:    # a pipeline's own time per micro-batch: every worker pays it
+            stages, overhead = logged[0], cost.microbatch_overhead(logged[0], step_s, m)
+        else:
+            stages = (cost.calibrate(logged[0], schedule, step_s, m) if logged
+                      else _weight_split(first["model"], first["task"], batch, step_s))
         if stages is None:
             continue
-        kwargs = {"schedule": schedule, **({"microbatches": m} if schedule == "gpipe" else {})}
+        kwargs = {"schedule": schedule, **({"microbatches": m, "overhead_s": overhead} if schedule in cost.PIPELINES else {})}
         for cluster in (cost.CPU_CLUSTER, cost.GPU_CLUSTER):
             for row in cost.predict_scaling(stages, batch, cluster, SCALE_K, {name: kwargs}):
                 rows.append({**row, "cluster": cluster.name, "inputs": "logged, calibrated" if logged else "K=1 split"})
@@ -350,6 +377,27 @@ def race(ctx: ReportContext, runs: pd.DataFrame, all_runs: pd.DataFrame, k: int)
                    f"cDNI took {verdict} wall-clock ({cdni_t / pipe_t:.2f}x)."), target
 
 
+def single_process_ratio(runs: pd.DataFrame, k: int, method: str = "cdni") -> str:
+    """The sentence: ``method`` at K workers (one thread each) against its best run in one process (one
+    worker at one or more threads: issue 10 asks for both), and against the fastest one-process run of any
+    method. Empty when there is no such pair."""
+    rate = runs[(runs["method"] == method) & (runs["workers"] == k) & (runs["threads"] == 1)]["samples_per_s"].mean()
+    single = runs[(runs["workers"] == 1) & runs["samples_per_s"].notna()].groupby("label")["samples_per_s"].mean()
+    own = single[[name for name in single.index
+                  if (runs.loc[runs["label"] == name, "method"] == method).all()]]
+    if k < 2 or rate != rate or own.empty:
+        return ""
+    one = runs[(runs["method"] == method) & (runs["workers"] == 1) & (runs["threads"] == 1)]["samples_per_s"].mean()
+    name = display_name(method)
+    text = f"{name} at K = {k} (one thread each): {rate:.0f} samples/s"
+    if one == one:
+        text += f", {rate / one:.2f}x {name} in one process at one thread ({one:.0f})"
+    text += f"; {rate / own.max():.2f}x its best single process ({own.idxmax()} at K = 1: {own.max():.0f})"
+    if single.idxmax() != own.idxmax():
+        text += f"; {rate / single.max():.2f}x the fastest single process of any method ({single.idxmax()}: {single.max():.0f})"
+    return text + "."
+
+
 def render(ctx: ReportContext) -> Section | None:
     if ctx.runs.empty:
         return None
@@ -357,10 +405,11 @@ def render(ctx: ReportContext) -> Section | None:
     if runs.empty:
         return None
     runs, _ = latest_variant(runs, ["profile", "model", "label", "workers"])
-    body = ["Each method's stages in K worker processes (gloo point-to-point; one thread per worker). "
-            "Locked bprop waits for the gradient from above; pipelined bprop runs M micro-batches through "
-            "PyTorch's pipeline schedules; DNI and cDNI update at once from their synthesizers and never wait "
-            "for a gradient. Speed-up and efficiency are against the same method at K = 1; the ideal line is "
+    body = ["Each method's stages in K worker processes (gloo point-to-point; one thread per worker unless the "
+            "row says threads). Locked bprop waits for the gradient from above; pipelined bprop runs M micro-batches "
+            "through PyTorch's pipeline schedules (GPipe unless the row says 1F1B); DNI and cDNI update at once from their synthesizers and never wait "
+            "for a gradient. Speed-up and efficiency are against the same method at K = 1 (1F1B: GPipe of the same M "
+            "where it has no K = 1 run of its own); the ideal line is "
             "K times that. Busy fraction and waits are per worker (worker 0 first). Staleness: batches between "
             "a synthesizer's prediction and its target, per interface (mean/max). The cost model "
             "(dnibench/parallel/cost.py) is shown next to each measured K with its relative error and its inputs. "
@@ -384,6 +433,9 @@ def render(ctx: ReportContext) -> Section | None:
             files += ctx.write_table(table, f"{stem}_speedup")
             body += [f"### {where}", "", f"![throughput]({stem}_throughput.png) ![wall-clock]({stem}_wallclock.png)",
                      "", markdown_table(table), "", sentence, ""]
+            ratio = single_process_ratio(at, k)
+            if ratio:
+                body += [ratio, ""]
             scale = modelled_scaling(at)
             if not scale.empty:
                 files += scaling_figure(ctx, scale, f"{stem}_modelled", f"{where}: cost model, K = 1..64")

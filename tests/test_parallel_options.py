@@ -1,0 +1,175 @@
+"""Suite options of the parallel executor: ``pipeline_schedule`` (GPipe or 1F1B through torch.distributed.pipelining)
+and ``threads`` per worker; the cost model's message cost for the bprop schedules; the report's labels and its
+cDNI-against-one-process sentence."""
+import pandas as pd
+import pytest
+import torch
+
+from dnibench.data import ImageData
+from dnibench.errors import SuiteError, WorkerFailed
+from dnibench.methods import get_method
+from dnibench.parallel import cost
+from dnibench.report import parallel as report
+from dnibench.suite import ParallelSettings, RunSpec, TrainSettings, load_suite, plan
+from dnibench.train import train_ff
+
+SUITE = """
+name: t
+description: d
+task: mnist
+train: {{steps: 4, batch_size: 32, lr: 1.0e-3, lr_decay_at: [], eval_every: 4, log_every: 2}}
+profiles: {{smoke: {{}}, quick: {{}}, paper: {{}}}}
+entries:
+  - model: fcn4
+    method: {method}
+    parallel: {parallel}
+"""
+
+
+def planned(tmp_path, parallel: str, method: str = "bprop"):
+    path = tmp_path / "t.yaml"
+    path.write_text(SUITE.format(method=method, parallel=parallel))
+    return plan(load_suite(path), "smoke")
+
+
+def test_suite_options_plan_validate_and_keep_old_hashes(tmp_path):
+    specs = planned(tmp_path, "{workers: 2, schedule: pipelined, microbatches: [2, 4], pipeline_schedule: [gpipe, 1f1b]}")
+    got = sorted((s.parallel.microbatches, s.parallel.pipeline_schedule) for s in specs)
+    assert got == [(2, "1f1b"), (2, "gpipe"), (4, "1f1b"), (4, "gpipe")]
+    assert {s.parallel.params()["pipeline_schedule"] for s in specs} == {"gpipe", "1f1b"}
+    one = planned(tmp_path, "{workers: 1, threads: 2}", method="cdni")[0]
+    assert one.parallel.threads == 2 and one.parallel.params()["threads"] == "2" and one.label.endswith("-t2/seed0")
+    # the defaults of the later fields leave a run's hash as it was before them (resume finds old runs)
+    base = dict(workers=2, schedule="pipelined", microbatches=4)
+    spec = planned(tmp_path, "{workers: 2, schedule: pipelined, microbatches: 4}")[0]
+    assert spec.parallel.pipeline_schedule == "gpipe"
+    old = spec.model_copy(update={"parallel": ParallelSettings(**base)})        # pipeline_schedule None, threads 1
+    assert spec.config_hash == old.config_hash
+    assert spec.model_copy(update={"parallel": ParallelSettings(**base, pipeline_schedule="1f1b")}).config_hash != old.config_hash
+    assert spec.model_copy(update={"parallel": ParallelSettings(**base, threads=2)}).config_hash != old.config_hash
+    for parallel, message in [
+            ("{workers: 2, schedule: pipelined, microbatches: 4, pipeline_schedule: zerobubble}", "pipeline_schedule"),
+            ("{workers: 2, schedule: locked, pipeline_schedule: 1f1b}", "pipeline_schedule applies to schedule pipelined only"),
+            ("{workers: 2, schedule: pipelined, microbatches: 1, pipeline_schedule: 1f1b}", "1f1b needs microbatches >= workers"),
+            ("{workers: 1, threads: 0}", "threads")]:
+        with pytest.raises(SuiteError, match=message) as err:
+            planned(tmp_path, parallel)
+        assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    return ImageData(torch.rand(128, 1, 8, 8, generator=g), torch.randint(0, 10, (128,), generator=g),
+                     torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g), 10, "fake")
+
+
+def spec(method: str, workers: int, **parallel) -> RunSpec:
+    return RunSpec(suite="t", profile="smoke", task="mnist", model="fcn4", method=method,
+                   method_args=get_method(method).Settings().model_dump(),
+                   train=TrainSettings(steps=6, batch_size=32, lr=1e-2, lr_decay_at=[], eval_every=6, log_every=3),
+                   seed=0, device="cpu", parallel=ParallelSettings(workers=workers, **parallel))
+
+
+def test_1f1b_run_equals_gpipe(data, tmp_path, monkeypatch):
+    """1F1B and GPipe compute the same micro-batch gradients in another order: the same parameters and loss."""
+    states, losses = {}, {}
+    for pipe in ("gpipe", "1f1b"):
+        folder = tmp_path / pipe
+        folder.mkdir()
+        monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
+        rows = []
+        train_ff(spec("bprop", 2, schedule="pipelined", microbatches=2, pipeline_schedule=pipe), data,
+                 lambda row, step: rows.append(row))
+        losses[pipe] = [row["train_loss"] for row in rows if "train_loss" in row]
+        states[pipe] = {}
+        for path in sorted(folder.glob("rank*.pt")):
+            states[pipe].update(torch.load(path))
+    assert len(losses["gpipe"]) == 2 and losses["gpipe"] == pytest.approx(losses["1f1b"], rel=1e-5)
+    assert losses["gpipe"][0] != losses["gpipe"][1]          # it trained
+    gpipe, one_f = states["gpipe"], states["1f1b"]
+    assert set(gpipe) == set(one_f) == {f"stage{i}" for i in range(4)}
+    for name in gpipe:
+        for key, value in gpipe[name].items():
+            torch.testing.assert_close(one_f[name][key], value, rtol=1e-5, atol=1e-6)
+    # and the option reaches the library: its 1F1B (not GPipe) refuses fewer micro-batches than workers
+    with pytest.raises(WorkerFailed, match="1f1b needs at least as many micro-batches as workers"):
+        train_ff(spec("bprop", 2, schedule="pipelined", microbatches=1, pipeline_schedule="1f1b"), data,
+                 lambda row, step: None)
+
+
+def test_threads_setting_reaches_torch(tmp_path):
+    """A worker runs torch at the suite's threads (built here in-process: a whole run at 2 threads takes seconds on
+    a loaded 2-core machine, where two OpenMP threads wait for each other)."""
+    from dnibench.parallel.worker import Worker
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x_train": torch.rand(64, 1, 8, 8, generator=g), "y_train": torch.randint(0, 10, (64,), generator=g),
+                "x_test": torch.rand(8, 1, 8, 8, generator=g), "y_test": torch.randint(0, 10, (8,), generator=g),
+                "num_classes": 10}, tmp_path / "data.pt")
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            Worker(0, spec("cdni", 1, schedule="decoupled", max_in_flight=4, threads=threads).model_dump_json(),
+                   str(tmp_path / "data.pt"), str(tmp_path / "rdzv"), None, {}, 10.0)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row(method, k, rate, schedule="decoupled", micro="", pipe="", threads="1", **metrics):
+    return {"suite": "parallel", "method": method, "model": "fcn6", "task": "mnist", "run_id": f"{method}{k}{pipe}{threads}",
+            "param.workers": str(k), "param.schedule": schedule, "param.microbatches": micro,
+            "param.pipeline_schedule": pipe, "param.threads": threads, "param.lockstep": "false",
+            "param.train.batch_size": "256", "metric.mean_samples_per_s": rate,
+            **{f"metric.{key}": value for key, value in metrics.items()}}
+
+
+def test_locked_bprop_charges_each_message_its_busy_cost():
+    """Locked bprop at K = 2: two messages per step in series, each at what busy_ping measured (the ping-pong's
+    0.1 ms would predict 22-28 % too fast on this machine)."""
+    stages = [cost.StageCost(forward=1e-3, backward=2e-3, update=1e-4, out_bytes=262144) for _ in range(4)]
+    metrics = cost.cost_metrics(stages, cost.Link(1e-4, 1e10))
+    one = _row("bprop", 1, 256 / 0.0125, schedule="locked", **cost.cost_metrics(stages))
+    two = _row("bprop", 2, 20000.0, schedule="locked", **metrics, **{"cost/link_busy_s": 9e-4,
+               "cost/link_busy_bytes": 262144.0, "cost/contended": 1.0}, **cost.split_metrics([(0, 2), (2, 4)]))
+    runs = report.prepare(pd.DataFrame([one, two]))
+    got = report.predictions(runs)["predicted"].tolist()
+    factor = 0.0125 / (4 * 3e-3 + 4e-4)                    # K = 1 measured over its stages (one update of all four)
+    # K = 2: every stage's forward and backward in series, the larger worker's update (two stages), two messages
+    assert got[1] == pytest.approx(256 / (factor * (4 * 3e-3 + 2e-4) + 2 * 9e-4))
+
+
+def test_labels_baselines_and_the_single_process_sentence():
+    rows = [_row("bprop", 1, 17000.0, "pipelined", "4", "gpipe"), _row("bprop", 2, 15000.0, "pipelined", "4", "gpipe"),
+            _row("bprop", 2, 16000.0, "pipelined", "4", "1f1b"), _row("bprop", 1, 25000.0, "locked"),
+            _row("cdni", 1, 14000.0), _row("cdni", 2, 23800.0), _row("cdni", 1, 17000.0, threads="2")]
+    runs = report.prepare(pd.DataFrame(rows))
+    assert list(runs["label"]) == ["Bprop pipelined M=4", "Bprop pipelined M=4", "Bprop pipelined 1F1B M=4",
+                                   "Bprop locked", "cDNI", "cDNI", "cDNI, 2 threads"]
+    # 1F1B without a K = 1 run of its own: GPipe of the same M is its baseline
+    assert report.baseline_label(runs, "Bprop pipelined 1F1B M=4") == "Bprop pipelined M=4"
+    table = report.speedup_table(runs).set_index(["method", "K"])
+    assert table.loc[("Bprop pipelined 1F1B M=4", 2), "speed-up"] == f"{16000 / 17000:.2f}"
+    assert report.single_process_ratio(runs, 2) == (
+        "cDNI at K = 2 (one thread each): 23800 samples/s, 1.70x cDNI in one process at one thread (14000); "
+        "1.40x its best single process (cDNI, 2 threads at K = 1: 17000); 0.95x the fastest single process of "
+        "any method (Bprop locked: 25000).")
+    assert report.single_process_ratio(runs[runs["method"] != "cdni"], 2) == ""
+
+
+def test_pipeline_charges_each_micro_batch_its_receive_and_the_schedules_overhead():
+    """GPipe/1F1B at K = 2, M = 4: a micro-batch's message is charged to the worker that receives it (the library
+    posts each receive when it needs it), and every worker pays the schedule's own time per micro-batch."""
+    stages = [cost.StageCost(forward=4e-3, backward=8e-3, out_bytes=1000), cost.StageCost(forward=2e-3, backward=4e-3, out_bytes=10)]
+    link = cost.Link(1e-3, float("inf"))
+    # f = [1.5, 1.0] ms, b = [2.5, 1.5] ms (compute / 4 + half the 1 ms overhead), messages 1 ms:
+    # forward 2.5 + 1 + 3 max(1.5, 1.0 + 1) = 9.5 ms; backward 4 + 1 + 3 max(2.5 + 1, 1.5) = 15.5 ms
+    for schedule in ("gpipe", "1f1b"):
+        assert cost.step_time(schedule, stages, 2, link, 4, overhead_s=1e-3) == pytest.approx(25e-3)
+    # the overhead from one worker's step of the same M: 22 ms measured over 18 ms of compute, per micro-batch
+    overhead = cost.microbatch_overhead(stages, 22e-3, 4)
+    assert overhead == pytest.approx(1e-3)
+    assert cost.step_time("gpipe", stages, 1, link, 4, overhead_s=overhead) == pytest.approx(22e-3)
+    assert cost.microbatch_overhead(stages, 10e-3, 4) == 0.0
+    with pytest.raises(ValueError, match="micro-batches apply to gpipe and 1f1b only"):
+        cost.step_time("locked", stages, 2, link, 4)
