@@ -445,8 +445,10 @@ def render(ctx: ReportContext) -> Section | None:
                 files += ctx.write_table(wide, f"{stem}_modelled")
                 n = len(_weight_split(at["model"].iloc[0], at["task"].iloc[0], 1, 1.0) or []) or "N"
                 body += ["Modelled beyond this machine (dnibench/parallel/cost.py): speed-up over one worker of each "
-                         "method/schedule for K up to 64, from its measured K = 1 step (logged stage costs scaled to "
-                         "it, or the step split by the layers' weights) and the two presets' links (CPU cluster: "
+                         "method/schedule for K up to 64 (pipelined bprop: over one-process bprop, so its K = 1 column "
+                         "is what its micro-batches cost), from its measured K = 1 step (logged stage costs scaled to "
+                         "it, a pipeline's own time per micro-batch and worker from it, or the step split by the "
+                         "layers' weights) and the two presets' links (CPU cluster: "
                          "10 GbE; GPU cluster: NVLink in a node of 8, InfiniBand between nodes; the figures in "
                          "cost.py are assumptions with their sources). Compute stays as measured on this run's "
                          f"device, so the GPU case shows only what faster links change. Past the network's {n} "
