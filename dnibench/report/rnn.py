@@ -24,7 +24,7 @@ from . import Section, conventions
 from .context import PUBLISHED_PATH, ReportContext, latest_variant, markdown_table
 from .verdict import NO_RUNS, NOT_COMPARABLE, lower_than, mean_ci, single_seed_note, verdict, welch_ci
 from ..errors import DnibenchError
-from ..suite import PROFILES, skipped_entries
+from ..suite import PROFILES, plan, skipped_entries
 
 TASKS = {"copy": ("Copy", "rnn_copy"), "repeat_copy": ("Repeat Copy", "rnn_repeat_copy"), "ptb": ("PTB", "rnn_ptb")}
 METHODS = {"bptt": ("BPTT", "bptt", [2, 3, 4, 5, 8]), "dni_bptt": ("DNI", "dni", [2, 3, 4, 5]),
@@ -70,43 +70,81 @@ def default_discount() -> float:
     return float(get_method("dni_bptt").Settings().target_discount)
 
 
-def main_reading(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs the RNN table uses: BPTT, and DNI with the default (the paper's, undiscounted) target;
-    the default reading of the other conventions too (the Copy length)."""
+def suite_discount(ctx: ReportContext, task: str, profile: str) -> float:
+    """The bootstrapped-target discount of a task's main DNI runs at a profile: the default (the paper's)
+    where its suite plans DNI runs with it, else the largest one the suite plans instead (rnn_ptb at smoke
+    and quick, where the undiscounted target diverged: its departures say so)."""
+    default = default_discount()
+    suite = ctx.suites.get(TASKS[task][1])
+    if suite is None:
+        return default
+    try:
+        specs = plan(suite, profile)
+    except DnibenchError:
+        return default
+    planned = {float(s.method_args["target_discount"]) for s in specs if s.method in DNI_METHODS}
+    if not planned or any(np.isclose(d, default) for d in planned):
+        return default
+    return max(planned)
+
+
+def main_reading(runs: pd.DataFrame, discounts: dict[str, float] | None = None) -> pd.DataFrame:
+    """The runs the RNN table uses: BPTT, and DNI with the task's main discount (``discounts``, by task;
+    default: the paper's undiscounted target); the default reading of the other conventions too (the
+    Copy length)."""
     runs = conventions.default_reading(runs)
     discount = target_discount(runs)
-    return runs[~runs["method"].isin(DNI_METHODS) | np.isclose(discount, default_discount())]
+    wanted = runs["task"].map(lambda task: (discounts or {}).get(task, default_discount())).astype(float)
+    return runs[~runs["method"].isin(DNI_METHODS) | np.isclose(discount, wanted)]
 
 
-def discount_note(runs: pd.DataFrame, profile: str) -> list[str]:
-    """Under the RNN table: which target discount its DNI numbers use, and what every other discount
-    run at this profile gave on Copy and Repeat Copy, cell by cell (mean over seeds)."""
-    at = runs[(runs["profile"] == profile) & runs["task"].isin(["copy", "repeat_copy"])
-              & runs["method"].isin(DNI_METHODS)].copy()
-    default = default_discount()
-    lines = [f"DNI and DNI+Aux numbers use the bootstrapped target with discount {default:g} (the paper's "
-             "equation: the true gradient in the window plus the next synthetic gradient back-propagated, "
-             "undiscounted); the injected synthetic gradient is scaled by `synth_scale` separately."]
-    if at.empty:
-        return lines + [""]
-    at["discount"] = target_discount(at)
-    others = sorted(d for d in at["discount"].dropna().unique() if not np.isclose(d, default))
-    if not others:
-        return lines + ["The other reading (discount = the injection scale) was not run at this profile.", ""]
+def _readings_table(at: pd.DataFrame, tasks: tuple[str, ...], first: float) -> tuple[pd.DataFrame, list[float]]:
+    """Per (task, method, T): the mean result over seeds under each discount run (``first`` leftmost)."""
+    others = sorted(d for d in at.loc[at["task"].isin(tasks), "discount"].dropna().unique() if not np.isclose(d, first))
     rows = []
-    for task in ("copy", "repeat_copy"):
+    for task in tasks:
         for (method, T), group in at[at["task"] == task].groupby(["method", "param.method_args.T"]):
             group, _ = latest_variant(group, ["discount"])
             row = {"task": TASKS[task][0], "method": METHODS[method][0], "T": T}
-            for d in [default, *others]:
+            for d in [first, *others]:
                 values = group.loc[np.isclose(group["discount"], d), METRIC[task]].astype(float).tolist()
                 mean, _, n = mean_ci(values)
                 row[f"discount {d:g}"] = f"{_fmt(task, mean)} ({n} seed{'s' if n != 1 else ''})" if n else "·"
             rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["task", "method", "T"], key=lambda c: c.map(str))
+    table = pd.DataFrame(rows)
+    return (table.sort_values(["task", "method", "T"], key=lambda c: c.map(str)) if rows else table), others
+
+
+def discount_note(runs: pd.DataFrame, profile: str, discounts: dict[str, float] | None = None) -> list[str]:
+    """Under the RNN table: which target discount its DNI numbers use (``discounts``: a task's main
+    discount where it is not the default, suite_discount), and what every other discount run at this
+    profile gave, cell by cell (mean over seeds): Copy and Repeat Copy, and PTB where it ran two."""
+    dni = runs[(runs["profile"] == profile) & runs["method"].isin(DNI_METHODS)].copy()
+    dni["discount"] = target_discount(dni)
+    default = default_discount()
+    lines = [f"DNI and DNI+Aux numbers use the bootstrapped target with discount {default:g} (the paper's "
+             "equation: the true gradient in the window plus the next synthetic gradient back-propagated, "
+             "undiscounted); the injected synthetic gradient is scaled by `synth_scale` separately."]
+    moved = {task: d for task, d in (discounts or {}).items() if not np.isclose(d, default) and (dni["task"] == task).any()}
+    if moved:
+        lines.append("Except " + "; ".join(f"{TASKS[task][0]} at `{profile}`: discount {d:g} (the undiscounted target "
+                                           "diverged there; the suite's departures give the numbers)"
+                                           for task, d in moved.items()) + ".")
+    out = []
+    if "ptb" in moved or (dni["task"] == "ptb").any():
+        table, others = _readings_table(dni, ("ptb",), moved.get("ptb", default))
+        if others:
+            out += ["PTB test BPC under each reading of the bootstrapped target run at this profile:", "",
+                    markdown_table(table), ""]
+    at = dni[dni["task"].isin(["copy", "repeat_copy"])]
+    if at.empty:
+        return lines + [""] + out
+    table, others = _readings_table(at, ("copy", "repeat_copy"), default)
+    if not others:
+        return lines + ["The other reading (discount = the injection scale) was not run at this profile.", ""] + out
     return lines + ["Longest length solved under each reading of the bootstrapped target (discount "
                     f"{', '.join(f'{d:g}' for d in others)}: a gradient from k windows ahead shrunk by that "
-                    "factor to the power k):", "", markdown_table(table), ""]
+                    "factor to the power k):", "", markdown_table(table), ""] + out
 
 
 RESET_KEY = "param.task_args.reset_state"
@@ -326,10 +364,11 @@ def render(ctx: ReportContext) -> Section | None:
         at = runs[(runs["profile"] == profile) & runs["task"].isin(list(TASKS))]
         if at.empty:
             continue
-        table = cells(ctx, main_reading(at), profile)
+        discounts = {task: suite_discount(ctx, task, profile) for task in TASKS}
+        table = cells(ctx, main_reading(at, discounts), profile)
         files += ctx.write_table(paper_layout(table), f"rnn_table_{profile}")
         files += ctx.write_table(table, f"rnn_table_{profile}_cells")
-        paired = ptb_paired(ctx, main_reading(at), profile)
+        paired = ptb_paired(ctx, main_reading(at, discounts), profile)
         if not paired.empty:
             files += ctx.write_table(paired, f"rnn_ptb_paired_{profile}")
         body += [f"### RNN table at `{profile}`", "", "Copy and Repeat Copy: longest length solved (N+3, N*R+3); "
@@ -347,7 +386,7 @@ def render(ctx: ReportContext) -> Section | None:
                      "whole CI is below 0, *does not hold* when it is at or above 0 or narrower than the tolerance "
                      f"({ptb_tol} BPC) around a difference it cannot resolve, *inconclusive* otherwise.", "",
                      markdown_table(paired), ""]
-        body += discount_note(at, profile)
+        body += discount_note(at, profile, discounts)
         body += episode_note(at)
         body += conventions.notes(ctx.published, "rnn") + [""]
         body += conventions.other_readings(at[at["task"] != "ptb"], "metric.max_len_solved", "longest length solved")
@@ -360,14 +399,14 @@ def render(ctx: ReportContext) -> Section | None:
                 for reason in dict.fromkeys(s["reason"] for s in skipped_entries(suite, profile)):
                     body.append(f"- {label}: entries left out at `{profile}`: {reason}")
         body.append("")
-        fig = _efficiency_figure(main_reading(at), profile)
+        fig = _efficiency_figure(main_reading(at, discounts), profile)
         if fig is not None:
             paths = ctx.save_figure(fig, f"rnn_data_efficiency_{profile}")
             files += paths
             body += [f"Data efficiency at `{profile}`: samples (episodes) seen when each length was first solved "
                      "(mean over the seeds that reached it; a run that solved no length has no line).", "",
                      f"![data efficiency]({paths[0].name})", ""]
-        fig = _ptb_figure(ctx, at[at["task"] == "ptb"])
+        fig = _ptb_figure(ctx, main_reading(at[at["task"] == "ptb"], discounts))
         if fig is not None:
             paths = ctx.save_figure(fig, f"rnn_ptb_curves_{profile}")
             files += paths
