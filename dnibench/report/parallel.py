@@ -287,7 +287,7 @@ def throughput_figure(ctx: ReportContext, runs: pd.DataFrame, stem: str, title: 
         model = predicted[group.index].groupby(group["workers"]).mean().dropna()
         model = model[model.index > 1]
         ax.plot(model.index, model.values, "x", color=colour, markersize=8, mew=1.5)
-        if 1 in at.index:
+        if 1 in at.index and len(at) > 1:          # a K = 1-only series (e.g. one process at 2 threads): no line
             ks = np.array(sorted(runs["workers"].unique()))
             ax.plot(ks, ks * at.loc[1], ":", color=colour, alpha=0.6)
     ks = sorted(runs["workers"].unique())
