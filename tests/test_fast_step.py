@@ -78,10 +78,18 @@ def test_a_shared_synthesizer_optimizer_is_scheduled_once():
     roles["stage"][0].register_step_post_hook(lambda *_: steps.append(1))
     method.step(torch.rand(4, *IN_SHAPE), torch.randint(0, 10, (4,)))
     assert len(steps) == 1
-    # A synthesizer rate of its own: an optimizer of its own, both scheduled.
+    # A synthesizer rate of its own: an optimizer of its own, both scheduled, each stepped once.
     own = build("dni", True, synth_hidden_layers=0, synth_lr=3e-3)
     assert own.optimizer_roles()["synth"] != own.optimizer_roles()["stage"] and len(own.optimizers()) == 2
     assert own.optimizer_roles()["synth"][0].param_groups[0]["lr"] == 3e-3
+    steps.clear()
+    for opt in own.optimizers():
+        opt.register_step_post_hook(lambda *_: steps.append(1))
+    own.step(torch.rand(4, *IN_SHAPE), torch.randint(0, 10, (4,)))
+    assert len(steps) == 2
+    # Both ways the step leaves no gradient behind (freed, not zeroed: a zero gradient is one Adam steps on).
+    for m in (method, own):
+        assert all(p.grad is None for opt in m.optimizers() for g in opt.param_groups for p in g["params"])
 
 
 def test_factory_picks_the_fused_kernel_on_cpu():

@@ -77,7 +77,7 @@ class DNI(Method):
         synths = [Synthesizer(shape, settings.synth_hidden_layers, settings.synth_width, context_dim).to(setup.device)
                   for shape in setup.stage_shapes[:-1]]  # one interface on every h_i below the output
         lr = settings.synth_lr or setup.lr
-        shared = None
+        shared: torch.optim.Optimizer | None = None
         if self.fused:
             # Fused: one optimizer shared by every synthesizer (only the fused step calls it). At the
             # stages' own rate it is the stage optimizer itself, rebuilt over both: one Adam call per step
@@ -85,11 +85,12 @@ class DNI(Method):
             synth_params = [p for synth in synths for p in synth.parameters()]
             if lr == setup.lr:
                 stage_params = [p for s in stages for p in s.parameters()]
-                self.stage_optimizers = [shared] = [setup.adam(stage_params + synth_params, lr)]
+                self.stage_optimizers = [shared] = [setup.adam(stage_params + synth_params)]
             else:
                 shared = setup.adam(synth_params, lr)
         self.interfaces: list[BackwardInterface] = [
-            BackwardInterface(synth, shared or setup.adam(synth.parameters(), lr), settings.synth_loss_weight,
+            BackwardInterface(synth, shared if shared is not None else setup.adam(synth.parameters(), lr),
+                              settings.synth_loss_weight,
                               settings.synth_reduction) for synth in synths]
         self.pending: list[torch.Tensor] = []             # the fused step's regression losses
         for iface in self.interfaces if self.fused else []:
@@ -166,10 +167,8 @@ class DNI(Method):
             torch.autograd.backward(self.pending)
             self.pending.clear()
         self.apply_all_updates()
-        stepped = {id(opt) for opt in self.stage_optimizers}
-        for role, opts in self.optimizer_roles().items():
-            for opt in opts:
-                if id(opt) not in stepped:              # an optimizer in two roles steps once
-                    stepped.add(id(opt))
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+        stages = {id(opt) for opt in self.stage_optimizers}
+        for opt in self.optimizers():                   # each optimizer once, whatever roles it has
+            if id(opt) not in stages:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
