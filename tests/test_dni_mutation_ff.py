@@ -107,7 +107,7 @@ def top_input_gradient(stages, x, y):
 
 
 @pytest.mark.parametrize("name", ["dni", "cdni"])
-@pytest.mark.parametrize("reduction, weight", [("mean", 1.0), ("sum", 0.5)])
+@pytest.mark.parametrize("reduction, weight", [("mean", 1.0), ("sum", 0.5), ("mean", 2.0)])
 def test_dni_step_reports_task_loss_and_top_synthesizer_loss(name, reduction, weight):
     """First step from zero-initialised synthesizers: the lower stages do not move, so the top
     interface's loss is weight * reduce_n ||B * dL/dh_n||^2 and the task loss is the network's."""
