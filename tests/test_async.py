@@ -140,14 +140,9 @@ def fake_report_context(tmp_path, rows, final_key="metric.final_test_error"):
     """A ReportContext over made-up finished runs: each row's test error falls linearly to its final value."""
     import pandas as pd
 
-    from dnibench.report.context import ReportContext, load_published, load_suites
-    runs = pd.DataFrame(rows)
-    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
-    runs["start_time"] = range(len(runs))
-    # Rows that name a variant are seeds of one configuration; the others each a configuration of their own.
-    runs["variant"] = runs["variant"].fillna(runs["run_id"]) if "variant" in runs else runs["run_id"]
-    ctx = ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
-                        suites=load_suites("suites"))
+    from report_fixtures import report_context
+    ctx = report_context(tmp_path, rows)
+    runs = ctx.runs
     for row in runs.itertuples():
         steps = int(runs.at[row.Index, "param.train.steps"])
         final = runs.at[row.Index, final_key]

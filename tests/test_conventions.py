@@ -12,6 +12,7 @@ from dnibench.models import build_stages
 from dnibench.rnn.tasks import Curriculum
 from dnibench.suite import RunSpec, TrainSettings, load_suite, plan
 from dnibench.tasks import get_task
+from report_fixtures import report_context
 
 MNIST = (1, 28, 28)
 
@@ -128,16 +129,6 @@ def test_copy_run_reports_the_length_its_convention_counts(one_thread):
     assert runs["N+3"]["max_len_solved"] >= 4                       # the smoke threshold lets it advance
     assert runs["N+3"]["max_len_solved"] - runs["N"]["max_len_solved"] == 3
     assert runs["N+3"]["final_len"] - runs["N"]["final_len"] == 3
-
-
-def report_context(tmp_path, rows):
-    from dnibench.report.context import ReportContext, load_published, load_suites
-    runs = pd.DataFrame(rows)
-    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
-    runs["start_time"] = range(len(runs))
-    runs["variant"] = runs["run_id"]
-    return ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
-                         suites=load_suites("suites"))
 
 
 def test_table1_uses_the_default_reading_and_shows_the_conventions(tmp_path):

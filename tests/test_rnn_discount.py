@@ -119,7 +119,7 @@ def test_report_table_uses_the_default_reading_and_shows_the_other(tmp_path):
     import pandas as pd
 
     from dnibench.report import rnn as rnn_report
-    from dnibench.report.context import ReportContext, load_published, load_suites
+    from report_fixtures import report_context
 
     def row(method, T, length, discount=None, scale="0.1"):
         extra = {} if method == "bptt" else {"param.method_args.synth_scale": scale}
@@ -128,14 +128,9 @@ def test_report_table_uses_the_default_reading_and_shows_the_other(tmp_path):
         return {"task": "copy", "suite": "rnn_copy", "profile": "quick", "model": "lstm64", "method": method,
                 "seed": 0, "param.method_args.T": str(T), "metric.max_len_solved": float(length), **extra}
 
-    runs = pd.DataFrame([row("bptt", 2, 6), row("dni_bptt", 2, 11, "1.0"), row("dni_bptt", 2, 7, "0.1"),
-                         row("dni_bptt_aux", 3, 12, "1.0"),
-                         row("dni_bptt_aux", 3, 8)])     # logged before the split: discount = synth_scale
-    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
-    runs["start_time"] = range(len(runs))
-    runs["variant"] = runs["run_id"]
-    ctx = ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
-                        suites=load_suites("suites"))
+    ctx = report_context(tmp_path, [row("bptt", 2, 6), row("dni_bptt", 2, 11, "1.0"), row("dni_bptt", 2, 7, "0.1"),
+                                    row("dni_bptt_aux", 3, 12, "1.0"),
+                                    row("dni_bptt_aux", 3, 8)])     # logged before the split: discount = synth_scale
     section = rnn_report.render(ctx)
     cells = pd.read_csv(tmp_path / "rnn_table_quick_cells.csv").set_index(["task", "method", "T"])
     assert cells.loc[("Copy", "DNI", 2), "measured"] == 11 and cells.loc[("Copy", "DNI", 2), "seeds"] == 1
@@ -145,5 +140,5 @@ def test_report_table_uses_the_default_reading_and_shows_the_other(tmp_path):
     assert "| Copy | DNI | 2 | 11 (1 seed) | 7 (1 seed) |" in note
     assert "| Copy | DNI+Aux | 3 | 12 (1 seed) | 8 (1 seed) |" in note
     assert "state runs on from one episode into the next" in section.body     # no reset_state logged: ran on
-    runs["param.task_args.reset_state"] = "True"
+    ctx.runs["param.task_args.reset_state"] = "True"
     assert "zeroed at each episode start" in rnn_report.render(ctx).body

@@ -4,8 +4,8 @@ RNN report's table takes each task's DNI cells from the discount its suite runs 
 import pandas as pd
 
 from dnibench.report import rnn as rnn_report
-from dnibench.report.context import ReportContext, load_published, load_suites
 from dnibench.suite import load_suite, plan
+from report_fixtures import report_context
 
 
 def test_ptb_suite_discounts_the_target_at_smoke_and_quick_only():
@@ -21,31 +21,19 @@ def test_ptb_suite_discounts_the_target_at_smoke_and_quick_only():
     assert any("target_discount 0.1" in d for d in suite.profiles["smoke"].departures)
 
 
-def _ctx(tmp_path, rows):
-    runs = pd.DataFrame(rows)
-    runs["run_id"] = [f"r{i}" for i in range(len(runs))]
-    runs["start_time"] = range(len(runs))
-    runs["variant"] = runs["run_id"]
-    return ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
-                         suites=load_suites("suites"))
-
-
 def test_report_takes_ptb_quick_dni_from_the_suites_discount(tmp_path):
-    def ptb(method, T, bpc, discount=None):
+    def run(task, method, T, value, discount=None):
+        suite, model, metric = {"ptb": ("rnn_ptb", "lstm128", "metric.test_bpc"),
+                                "copy": ("rnn_copy", "lstm64", "metric.max_len_solved")}[task]
         extra = {} if discount is None else {"param.method_args.synth_scale": "0.1",
                                              "param.method_args.target_discount": discount}
-        return {"task": "ptb", "suite": "rnn_ptb", "profile": "quick", "model": "lstm128", "method": method,
-                "seed": 0, "param.method_args.T": str(T), "metric.test_bpc": bpc, **extra}
+        return {"task": task, "suite": suite, "profile": "quick", "model": model, "method": method,
+                "seed": 0, "param.method_args.T": str(T), metric: float(value), **extra}
 
-    def copy(method, T, length, discount=None):
-        extra = {} if discount is None else {"param.method_args.synth_scale": "0.1",
-                                             "param.method_args.target_discount": discount}
-        return {"task": "copy", "suite": "rnn_copy", "profile": "quick", "model": "lstm64", "method": method,
-                "seed": 0, "param.method_args.T": str(T), "metric.max_len_solved": float(length), **extra}
-
-    ctx = _ctx(tmp_path, [ptb("bptt", 3, 2.339), ptb("dni_bptt", 3, 2.337, "0.1"),
-                          ptb("dni_bptt", 3, 4.36, "1.0"),          # an older run at the paper's discount
-                          copy("bptt", 3, 7), copy("dni_bptt", 3, 8, "1.0"), copy("dni_bptt", 3, 5, "0.1")])
+    ctx = report_context(tmp_path, [run("ptb", "bptt", 3, 2.339), run("ptb", "dni_bptt", 3, 2.337, "0.1"),
+                                    run("ptb", "dni_bptt", 3, 4.36, "1.0"),   # an older run at the paper's discount
+                                    run("copy", "bptt", 3, 7), run("copy", "dni_bptt", 3, 8, "1.0"),
+                                    run("copy", "dni_bptt", 3, 5, "0.1")])
     assert rnn_report.suite_discount(ctx, "ptb", "quick") == 0.1
     assert rnn_report.suite_discount(ctx, "ptb", "paper") == 1.0
     assert rnn_report.suite_discount(ctx, "copy", "quick") == 1.0
