@@ -61,6 +61,7 @@ MAX_WORKERS = 64
 MAX_MICROBATCHES = 4096
 MAX_THREADS = 256
 SCHEDULES = ("locked", "pipelined", "decoupled")
+PipelineSchedule = Literal["gpipe", "1f1b"]     # torch.distributed.pipelining's schedules a suite can name
 DEFAULT_MAX_IN_FLIGHT = 4
 
 
@@ -78,7 +79,7 @@ class ParallelSettings(Strict):
     max_in_flight: StrictInt | None = Field(None, ge=1, le=10_000)
     # pipelined only: torch.distributed.pipelining's schedule (GPipe: all forwards, then all backwards;
     # 1F1B: one forward, one backward in the steady state; the same gradient)
-    pipeline_schedule: Literal["gpipe", "1f1b"] | None = None
+    pipeline_schedule: PipelineSchedule | None = None
     threads: StrictInt = Field(1, ge=1, le=MAX_THREADS)   # torch intra-op threads per worker
 
     def params(self) -> dict[str, str]:
@@ -97,7 +98,7 @@ class ParallelBlock(Strict):
     microbatches: StrictInt | Annotated[list[StrictInt], Field(min_length=1, max_length=64)] | None = None
     lockstep: StrictBool | None = None
     max_in_flight: StrictInt | None = None
-    pipeline_schedule: (Literal["gpipe", "1f1b"] | Annotated[list[Literal["gpipe", "1f1b"]], Field(min_length=1, max_length=2)]
+    pipeline_schedule: (PipelineSchedule | Annotated[list[PipelineSchedule], Field(min_length=1, max_length=2)]
                         | None) = None        # pipelined only; default gpipe
     threads: StrictInt | None = None          # per worker; default 1
 

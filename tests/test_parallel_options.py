@@ -173,3 +173,38 @@ def test_pipeline_charges_each_micro_batch_its_receive_and_the_schedules_overhea
     assert cost.microbatch_overhead(stages, 10e-3, 4) == 0.0
     with pytest.raises(ValueError, match="micro-batches apply to gpipe and 1f1b only"):
         cost.step_time("locked", stages, 2, link, 4)
+
+
+def test_dnibench_run_takes_both_options_from_a_suite(tmp_path, fake_mnist_data_dir):
+    """As the README tells a user: the options in a suite file, then ``dnibench run``; each run logs what ran."""
+    import sqlite3
+
+    from dnibench.cli import main
+    suite = tmp_path / "opts.yaml"
+    suite.write_text("""
+name: opts
+task: mnist
+train: {steps: 4, batch_size: 8, lr: 1.0e-3, lr_decay_at: [], eval_every: 4, log_every: 2}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: bprop
+    parallel: {workers: 2, schedule: pipelined, microbatches: 2, pipeline_schedule: 1f1b}
+  - model: fcn3
+    method: cdni
+    parallel: {workers: 1, threads: 2}
+""")
+    db = tmp_path / "m.db"
+    assert main(["run", str(suite), "--profile", "smoke", "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
+                 "--data-dir", str(fake_mnist_data_dir), "--no-progress"]) == 0
+    with sqlite3.connect(db) as con:
+        children = con.execute("select r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                               "where t.key = 'dnibench.role' and t.value = 'child'").fetchall()
+        logged = {}
+        for run_id, status in children:
+            assert status == "FINISHED"
+            params = dict(con.execute("select key, value from params where run_uuid = ?", (run_id,)).fetchall())
+            (threads,), = con.execute("select value from latest_metrics where run_uuid = ? and key = 'cpu_threads'",
+                                      (run_id,)).fetchall()
+            logged[params["method"]] = (params["schedule"], params["pipeline_schedule"], params["threads"], threads)
+    assert logged == {"bprop": ("pipelined", "1f1b", "1", 1.0), "cdni": ("decoupled", "", "2", 2.0)}

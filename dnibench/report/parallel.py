@@ -125,16 +125,16 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         alone = next((got[0] for got in map(cost.costs_from_metrics, one.to_dict("records")) if got), None)
         contended = bool(row.get("metric.cost/contended", 0) == 1)
         overhead = 0.0
-        if logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]) and (
-                schedule in cost.PIPELINES):
+        # the K = 1 run of the same configuration logged stages like this run's: its step calibrates the model
+        calibrated = bool(logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]))
+        if calibrated and schedule in cost.PIPELINES:
             # a pipeline: its stages as timed in the run (next to a busy peer where K > 1) at the whole batch, and
             # its own time per micro-batch, which every worker pays, from the same M in one worker
             overhead = cost.microbatch_overhead(alone, one_step_s, m)
             stages = logged[0]
             source = ("stage costs timed next to a busy peer" if contended else "logged stage costs") + (
                 f" + K=1 pipeline overhead {1e3 * overhead:.2f} ms per micro-batch and worker")
-        elif logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]) and (
-                contended or schedule == "locked"):
+        elif calibrated and (contended or schedule == "locked"):
             # A whole step's overhead from the K = 1 run (its measured step over its stages timed alone);
             # the stage times: timed next to a busy peer, except locked bprop's (its workers take turns).
             factor = cost.whole_step_factor(alone, schedule, one_step_s, m)
