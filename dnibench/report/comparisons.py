@@ -19,7 +19,7 @@ BASELINE = "bprop"
 def dedicated_suites() -> set[str]:
     """Suites a section of their own already tabulates against the paper."""
     return {*table1.TABLE1_SUITES.values(), async_updates.SUITE, unlock.SUITE, delay.SUITE,
-            *(suite for _, suite in rnn.TASKS.values()), "rnn_multiscale", parallel.SUITE}
+            *(suite for _, suite in rnn.TASKS.values()), *rnn.CLAIM_SUITES, "rnn_multiscale", parallel.SUITE}
 
 
 def method_files(runs: pd.DataFrame) -> list[str]:
