@@ -164,3 +164,17 @@ def test_busy_link_adds_what_a_busy_message_costs_beyond_the_ping_pong():
                "cost/link_busy_s": 3e-3, "cost/link_busy_bytes": 1e6}
     assert cost.costs_from_metrics(metrics)[1] == busy
     assert cost.costs_from_metrics(metrics, busy=False)[1] == link     # locked / pipelined: the ping-pong's
+
+
+def test_message_rounds_takes_each_rounds_later_poster():
+    # Rank 0 finishes its work 2 ms early in the first rounds, rank 1 in the last: the rank that posted first
+    # waited out its peer's compute as well; the message itself took 0.3 ms in every round.
+    mine = [2.3e-3] * 5 + [0.3e-3] * 4
+    peer = [0.3e-3] * 5 + [2.3e-3] * 4
+    assert cost.message_rounds(mine, peer) == pytest.approx(0.3e-3)
+    assert cost.message_rounds(peer, mine) == pytest.approx(0.3e-3)
+    # each rank's own median mixes in the skew (rank 0: 2.3 ms, where the message costs 0.3)
+    assert sorted(mine)[len(mine) // 2] == pytest.approx(2.3e-3)
+    assert cost.message_rounds([1e-3, 3e-3, 2e-3], [4e-3, 1e-3, 5e-3]) == pytest.approx(1e-3)   # min 1, 1, 2
+    with pytest.raises(ValueError, match="same rounds"):
+        cost.message_rounds([1e-3], [1e-3, 2e-3])

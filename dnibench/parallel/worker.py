@@ -364,16 +364,16 @@ class Worker:
             out["cost/link_fitted"] = float(fitted)
             # and as a message costs in the run: both workers computing between messages (the model adds
             # what it costs beyond the ping-pong to every message: costs_from_metrics), at the size the
-            # schedule sends (a micro-batch's activation when pipelined); the two ranks' mean, of 60 rounds'
-            # medians: a round's time swings with the machine's other load
+            # schedule sends (a micro-batch's activation when pipelined); 60 rounds, each the smaller of the
+            # two ranks' times (the one that posted last: no phase skew in it), their median
             busy_bytes = act // (self.par.microbatches or 1)
-            mine = torch.tensor([cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60)])
-            peer = torch.zeros(1)
+            mine = torch.tensor(cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60), dtype=torch.float64)
+            peer = torch.zeros_like(mine)
             if self.rank == 1:
                 dist.send(mine, 0)
             else:
                 dist.recv(peer, 1)
-            out["cost/link_busy_s"] = float(mine + peer) / 2
+            out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist())
             out["cost/link_busy_bytes"] = float(busy_bytes)
         if self.rank != 0:
             return {}
