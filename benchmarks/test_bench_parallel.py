@@ -224,6 +224,7 @@ def test_executor(benchmark, record, label, method, schedule, microbatches, work
 
 
 PAIRS = 3                          # interleaved (one process, K = 2) pairs for the efficiency's spread
+PAIR_STEPS = 900                   # the executor's steps per pair: the parallel suite's quick run
 
 
 def test_cdni_efficiency_interleaved(benchmark, record):
@@ -235,6 +236,8 @@ def test_cdni_efficiency_interleaved(benchmark, record):
     from dnibench.parallel import train_parallel
 
     spec, data = _spec("cdni", "decoupled", 2, None), _fake_mnist()
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"steps": PAIR_STEPS, "eval_every": PAIR_STEPS,
+                                                                          "log_every": PAIR_STEPS // 4})})
     trainer = _trainer("cdni")
     x, y = torch.rand(BATCH, *IN_SHAPE), torch.randint(0, CLASSES, (BATCH,))
     pairs = []

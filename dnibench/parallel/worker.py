@@ -251,6 +251,9 @@ class Worker:
         self.clock, self.stats = Clock(), Stats()
         self.cost_inputs = self.measure_costs()        # before the clocks start: not training time
         step_fn = self.schedule_step()
+        # Only the first worker feeds the images in (complete unlock: every worker, for its synthetic inputs; one
+        # worker: the whole net); the others would gather a batch of them each step for nothing.
+        reads_x = self.first or self.world == 1 or getattr(self, "unlocked", False)
         optimizers = self.method.optimizers() + getattr(self, "extra_optimizers", [])
         delay_s = self.hooks.get("delay", {}).get(self.rank, 0.0)
         exit_at = self.hooks.get("exit", {}).get(self.rank)
@@ -268,7 +271,7 @@ class Worker:
             idx = batches.next()
             if delay_s:
                 time.sleep(delay_s)                    # test hook: a slow worker
-            metrics = step_fn(step, x_train[idx], y_train[idx])
+            metrics = step_fn(step, x_train[idx] if reads_x else None, y_train[idx])
             if time.monotonic() - self.last_word > BEAT_S:   # alive between distant log points (the parent's watchdog)
                 self.conn.send(("beat", self.rank))
                 self.last_word = time.monotonic()
