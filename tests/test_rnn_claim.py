@@ -53,7 +53,8 @@ def test_claim_verdict_per_t_and_the_rnn_table_leaves_the_claim_runs_out(tmp_pat
     assert table.loc[("Copy", 3), "published BPTT / DNI (100k steps)"] == "8 / 14"
     section = rnn_claim.render(ctx)
     assert "single-seed" in section.body.lower() and "10000 steps instead of 100k" in section.body
-    rnn_report.render(ctx)
+    main = rnn_report.render(ctx)
+    assert "`suites/rnn_copy_lstm256.yaml`" in main.body and "in their own section below" in main.body
     cells = pd.read_csv(tmp_path / "rnn_table_quick_cells.csv").set_index(["task", "method", "T"])
     assert cells.loc[("Copy", "DNI", 3), "measured"] == 4 and cells.loc[("Copy", "DNI", 3), "seeds"] == 1
     assert cells.loc[("Copy", "BPTT", 3), "seeds"] == 0

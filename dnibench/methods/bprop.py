@@ -24,11 +24,11 @@ class Backprop(Method):
         lowest = len(coins)
         while lowest > 0 and coins[lowest - 1]:
             lowest -= 1
-        h = x
+        h, stages = x, list(self.stages)    # a list: slicing the ModuleList builds a new Module (~15 us)
         with torch.no_grad():               # stages below `lowest` get no gradient this step
-            for stage in self.stages[:lowest]:
+            for stage in stages[:lowest]:
                 h = stage(h)
-        for stage in self.stages[lowest:]:
+        for stage in stages[lowest:]:
             h = stage(h)
         loss = task_loss(h, y)
         if lowest < len(coins):

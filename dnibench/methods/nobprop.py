@@ -18,7 +18,7 @@ class NoBackprop(Method):
         learns = self.coins()[-1]                # p_update gates the one stage that learns
         with torch.no_grad():
             h = x
-            for stage in self.stages[:-1]:
+            for stage in list(self.stages)[:-1]:   # a list: slicing the ModuleList builds a new Module
                 h = stage(h)
         with torch.set_grad_enabled(learns):
             loss = task_loss(self.stages[-1](h), y)

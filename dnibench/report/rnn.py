@@ -392,6 +392,11 @@ def render(ctx: ReportContext) -> Section | None:
                      "whole CI is below 0, *does not hold* when it is at or above 0 or narrower than the tolerance "
                      f"({ptb_tol} BPC) around a difference it cannot resolve, *inconclusive* otherwise.", "",
                      markdown_table(paired), ""]
+        if profile != "paper" and at["task"].isin(list(CLAIM_SUITES.values())).any():
+            claimed = ctx.runs["suite"].isin(list(CLAIM_SUITES)).any() if "suite" in ctx.runs else False
+            body += [f"- Copy and Repeat Copy at the paper's LSTM-256 (BPTT against DNI at T = 3, 4, 5, 10000 steps): the "
+                     f"opt-in suites {', '.join(f'`suites/{s}.yaml`' for s in CLAIM_SUITES)}, "
+                     + ("in their own section below." if claimed else "not run in this store."), ""]
         body += discount_note(at, profile, discounts)
         body += episode_note(at)
         body += conventions.notes(ctx.published, "rnn") + [""]
