@@ -25,6 +25,7 @@ from dnibench.data import ImageData
 from dnibench.methods import Setup, get_method
 from dnibench.models import build_stages, stage_output_shapes
 from dnibench.parallel import cost
+from dnibench.tracking import RunThreads
 
 IN_SHAPE, MODEL, CLASSES, BATCH = (1, 28, 28), "fcn6", 10, 256
 STEPS = 200                        # executor steps per run (after its start-up, which is not timed)
@@ -56,12 +57,8 @@ def _trainer(method: str):
 def test_one_process(benchmark, record, method, threads):
     trainer = _trainer(method)
     x, y = torch.rand(BATCH, *IN_SHAPE), torch.randint(0, CLASSES, (BATCH,))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with RunThreads(threads=threads):
         benchmark.pedantic(lambda: trainer.step(x, y), rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
-    finally:
-        torch.set_num_threads(before)
     rate = BATCH / benchmark.stats.stats.median
     RATES[(method, f"{threads} thread")] = rate
     benchmark.extra_info.update(samples_per_s=rate)
@@ -87,15 +84,11 @@ def test_cost_model_inputs(benchmark, record, tmp_path):
     import torch.multiprocessing as mp
 
     def measure():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with RunThreads(threads=1):
             torch.manual_seed(0)
             stages = build_stages(MODEL, IN_SHAPE, CLASSES)
             COST["cdni"] = cost.measure_stage_costs(stages, IN_SHAPE, BATCH, CLASSES, synth_hidden_layers=0,
                                                     context=True, repeats=15, lr=3e-4)
-        finally:
-            torch.set_num_threads(before)
         mp.start_processes(_ping, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "ping")), nprocs=2,
                            join=True, start_method="spawn")
         times = torch.load(tmp_path / "ping.0")
@@ -243,9 +236,7 @@ def test_cdni_efficiency_interleaved(benchmark, record):
     pairs = []
 
     def one_process() -> float:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with RunThreads(threads=1):
             for _ in range(WARMUP):
                 trainer.step(x, y)
             times = []
@@ -253,8 +244,6 @@ def test_cdni_efficiency_interleaved(benchmark, record):
                 start = time.perf_counter()
                 trainer.step(x, y)
                 times.append(time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(before)
         return BATCH / statistics.median(times)
 
     def measure():

@@ -393,7 +393,7 @@ def render(ctx: ReportContext) -> Section | None:
                      f"({ptb_tol} BPC) around a difference it cannot resolve, *inconclusive* otherwise.", "",
                      markdown_table(paired), ""]
         if profile != "paper" and at["task"].isin(list(CLAIM_SUITES.values())).any():
-            claimed = ctx.runs["suite"].isin(list(CLAIM_SUITES)).any() if "suite" in ctx.runs else False
+            claimed = ctx.runs["suite"].isin(list(CLAIM_SUITES)).any()
             body += [f"- Copy and Repeat Copy at the paper's LSTM-256 (BPTT against DNI at T = 3, 4, 5, 10000 steps): the "
                      f"opt-in suites {', '.join(f'`suites/{s}.yaml`' for s in CLAIM_SUITES)}, "
                      + ("in their own section below." if claimed else "not run in this store."), ""]

@@ -14,7 +14,7 @@ import pandas as pd
 from . import Section
 from .context import ReportContext, latest_variant, markdown_table
 from .rnn import CLAIM_SUITES, METRIC, TASKS, _efficiency_figure, curriculum_level, main_reading, published_cell, tolerance
-from .verdict import NO_RUNS, lower_than, mean_ci, single_seed_note
+from .verdict import NO_RUNS, is_single_seed, lower_than, mean_ci, single_seed_note
 from ..suite import PROFILES
 
 CLAIM = "DNI longer than BPTT"
@@ -39,7 +39,7 @@ def claim_table(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.Data
         if here.empty:
             continue
         here, _ = latest_variant(main_reading(here), ["model", "method", "param.method_args.T"])
-        single = single_seed_note(ctx.suites.get(suite_name), profile) is not None
+        single = is_single_seed(ctx.suites.get(suite_name), profile)
         for T in sorted({int(t) for t in here["param.method_args.T"]}):
             side = {m: here[(here["method"] == m) & (here["param.method_args.T"] == str(T))] for m in ("bptt", "dni_bptt")}
             lengths = {m: _by_seed(at, METRIC[task]) for m, at in side.items()}
