@@ -75,19 +75,29 @@ def test_report_predicts_from_the_logged_inputs(summaries):
     runs = report.prepare(pd.DataFrame(rows))
     assert runs["samples_per_s"].notna().all()
     got = report.predictions(runs).set_index(runs["workers"])
+    stages, link = cost.costs_from_metrics(summaries[2])
+    split = cost.split_from_metrics(summaries[2], 2)
+    sends = [link.message(stages[split[0][1] - 1].out_bytes)] * 2     # one message each way across the boundary
+    # each worker timed its own decoupled step before the run (next to the other): the model's compute per worker
+    steps = [summaries[2][f"cost/worker{k}/step_s"] for k in (0, 1)]
+    assert all(step > 0 for step in steps) and summaries[1]["cost/worker0/step_s"] > 0
+    assert got.loc[2, "source"] == ("each worker's step timed next to a busy peer before the run, run's split, "
+                                    "logged link, messages timed next to busy compute")
+    assert got.loc[2, "predicted"] == pytest.approx(BATCH / max(w + m for w, m in zip(steps, sends)))
+    assert got.loc[1, "source"] == "the step timed before the run"
+    assert got.loc[1, "predicted"] == pytest.approx(BATCH / summaries[1]["cost/worker0/step_s"])
+    # runs without the workers' steps (logged before they were timed): the stage costs timed next to a busy peer
+    # times the K = 1 run's whole-step factor
+    runs = runs.drop(columns=[c for c in runs if c.endswith("/step_s")])
+    got = report.predictions(runs).set_index(runs["workers"])
     alone, _ = cost.costs_from_metrics(summaries[1])
     one_step = BATCH / runs.set_index("workers").loc[1, "samples_per_s"]
     factor = one_step / sum(s.total for s in alone)          # K = 1 step over its stages timed alone
     assert got.loc[2, "source"] == (f"stage costs timed next to a busy peer x K=1 whole-step factor {factor:.2f}, "
                                     "run's split, logged link, messages timed next to busy compute")
     assert got.loc[1, "source"] == "logged stage costs, uncalibrated (K=1 is the calibration point)"
-    # the K = 2 prediction: its own contended stage costs times K = 1's whole-step factor, its own split
-    stages, link = cost.costs_from_metrics(summaries[2])
-    split = cost.split_from_metrics(summaries[2], 2)
     worker = [sum(s.total for s in stages[lo:hi]) * factor for lo, hi in split]
-    sends = [link.message(stages[split[0][1] - 1].out_bytes)] * 2     # one message each way across the boundary
-    expected = BATCH / max(w + m for w, m in zip(worker, sends))
-    assert got.loc[2, "predicted"] == pytest.approx(expected)
+    assert got.loc[2, "predicted"] == pytest.approx(BATCH / max(w + m for w, m in zip(worker, sends)))
     # without a K = 1 run's stage costs: the old calibration (K = 1 predicted as measured)
     runs_old = runs.assign(**{f"metric.cost/stage{i}/forward": [float("nan"), runs.iloc[1][f"metric.cost/stage{i}/forward"]]
                               for i in range(4)}) if runs.iloc[0]["workers"] == 1 else None
@@ -100,6 +110,44 @@ def test_report_predicts_from_the_logged_inputs(summaries):
     two = table[table["K"] == 2].iloc[0]
     assert two["split"] == " ".join(f"{lo}:{hi}" for lo, hi in split)
     assert two["load start/end"].count("/") == 1
+
+
+def test_efficiency_is_balance_times_work_times_executor(summaries):
+    # made-up numbers: one process 10 ms a step; workers 6 and 8 ms before the run; the run 100 samples in 10 ms
+    parts = report.efficiency_parts(rate=1e4, one_rate=1e4, steps=[6e-3, 8e-3], batch=100)
+    assert parts["balance"] == pytest.approx(14 / 16) and parts["work"] == pytest.approx(10 / 14)
+    assert parts["executor"] == pytest.approx(0.8) and parts["efficiency"] == pytest.approx(0.5)
+    # from the runs: one row for cDNI at K = 2, whose factors multiply to its efficiency
+    rows = []
+    for k, summary in summaries.items():
+        row = {"suite": "parallel", "method": "cdni", "model": "fcn4", "task": "mnist", "run_id": f"r{k}",
+               "param.workers": str(k), "param.schedule": "decoupled", "param.microbatches": "",
+               "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
+        row.update({f"metric.{key}": value for key, value in summary.items()})
+        rows.append(row)
+    table = report.efficiency_table(report.prepare(pd.DataFrame(rows)))
+    assert list(table["K"]) == [2] and list(table["runs"]) == [1]
+    got = {key: float(table.iloc[0][key]) for key in ("efficiency", "balance", "work", "executor")}
+    expected = summaries[2]["mean_samples_per_s"] / (2 * summaries[1]["mean_samples_per_s"])
+    assert got["efficiency"] == pytest.approx(expected, abs=0.005)
+    assert got["balance"] * got["work"] * got["executor"] == pytest.approx(got["efficiency"], abs=0.02)
+    assert 0.5 <= got["balance"] <= 1.0
+
+
+def test_scale_groups_gives_each_worker_its_measured_step():
+    stages = [cost.StageCost(forward=f, backward=2 * f, synth=s, out_bytes=1000)
+              for f, s in ((3.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 0.0))]    # totals 10, 4, 4, 3
+    split = [(0, 2), (2, 4)]
+    scaled = cost.scale_groups(stages, split, [21.0, 14.0])
+    assert [round(s.total, 9) for s in scaled] == [15.0, 6.0, 8.0, 6.0]     # x1.5 and x2: proportions kept per group
+    assert [s.out_bytes for s in scaled] == [1000] * 4
+    free = cost.Link(0.0, float("inf"))
+    assert cost.step_time("cdni", scaled, 2, free, split=split) == pytest.approx(21.0)   # the slower worker
+    assert cost.worker_steps_from_metrics({"metric.cost/worker0/step_s": 0.5, "cost/worker1/step_s": 0.25}, 2) == [0.5, 0.25]
+    assert cost.worker_steps_from_metrics({"cost/worker0/step_s": 0.5}, 2) is None
+    assert cost.worker_steps_from_metrics({"cost/worker0/step_s": float("nan")}, 1) is None
+    with pytest.raises(ValueError, match="2 worker steps for a split into 1 groups"):
+        cost.scale_groups(stages, [(0, 4)], [1.0, 2.0])
 
 
 def test_the_model_takes_a_runs_own_split():

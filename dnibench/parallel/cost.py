@@ -47,14 +47,18 @@ bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 202
 **Measured where it runs.** A parallel run times its stages in its own worker processes, all workers at
 once (dnibench/parallel/worker.py ``measure_costs``): with two workers on two cores a stage's time is the one
 it has next to a busy neighbour (shared cache and memory bandwidth, the machine's other load), which is
-what the decoupled and pipelined schedules see. For locked bprop and the decoupled schedules the report
-scales those times by the one-worker run's ``whole_step_factor`` (its measured step over the sum of its
-stages timed alone: a step's bookkeeping grows with its compute) and uses the one-worker stage times for
-locked bprop, whose workers take turns; a pipeline's extra time is per micro-batch and worker instead
+what the decoupled and pipelined schedules see. A decoupled run also times each worker's whole step before its
+clock starts (worker.py ``time_decoupled_step``: its group's training step and the regressions its messages
+trigger, all workers at once for the same span), and the report scales each worker's stages to that step
+(``scale_groups``): the fused backward, the boundary synthesizer's second prediction and the neighbour's effect
+are then each worker's own, and the K = 2 error is the messages' and the executor's. Locked bprop's stage
+times (and a decoupled run's logged before its workers' steps were timed) are scaled by the one-worker run's
+``whole_step_factor`` (its measured step over the sum of its stages timed alone: a step's bookkeeping grows
+with its compute); locked bprop uses the one-worker stage times, its workers take turns. A pipeline's extra time is per micro-batch and worker instead
 (``microbatch_overhead`` of the one-worker run of the same M; spread over the stages as a factor it
 would shrink with each worker's share of the stages: in the 2026-11-30 K = 2 runs each worker's chunk
-time per step exceeded its stages' compute by about the whole one-worker overhead, not half of it). The split is the one the run
-trained with. None of these inputs comes from the run being predicted: its stage and message times are
+time per step exceeded its stages' compute by about the whole one-worker overhead, not half of it). The split
+is the one the run trained with. None of these inputs comes from the run being predicted: its stage and message times are
 measured before its clock starts, and the factor and overhead come from its one-worker run.
 
 **More workers than stages.** FCN-6 has 6 stages and a stage cannot be split, so K > N workers do not
@@ -526,3 +530,32 @@ def split_from_metrics(metrics: dict, k: int) -> list[tuple[int, int]] | None:
             return None
         ends.append(int(value))
     return list(zip([0] + ends[:-1], ends))
+
+
+def worker_steps_from_metrics(metrics: dict, k: int) -> list[float] | None:
+    """``cost/worker{i}/step_s`` for the ``k`` workers (keys optionally prefixed ``metric.``): each worker's
+    decoupled step timed before the run (worker.py ``time_decoupled_step``), else None."""
+    steps = []
+    for i in range(k):
+        value = next((metrics.get(name) for name in (f"cost/worker{i}/step_s", f"metric.cost/worker{i}/step_s")
+                      if metrics.get(name) is not None), None)
+        if value is None or value != value or value <= 0:
+            return None
+        steps.append(float(value))
+    return steps
+
+
+def scale_groups(stages: list[StageCost], split: list[tuple[int, int]], steps: list[float]) -> list[StageCost]:
+    """The stages with each worker's group scaled by its own factor so that the group's compute equals the
+    step that worker measured (``worker_steps_from_metrics``): the stages' proportions inside a group stay,
+    and what a whole step adds to them (the fused backward, the boundary synthesizer's second prediction, a
+    neighbour's effect on this core) is that worker's own."""
+    if len(split) != len(steps):
+        raise ValueError(f"{len(steps)} worker steps for a split into {len(split)} groups")
+    out = []
+    for (lo, hi), step in zip(split, steps):
+        total = sum(s.total for s in stages[lo:hi])
+        if not total > 0 or not step > 0:
+            raise ValueError("scaling a group needs positive stage costs and a positive step time")
+        out.extend(scale(stages[lo:hi], step / total))
+    return out

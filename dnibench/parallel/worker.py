@@ -38,6 +38,7 @@ import torch.distributed as dist
 UP, DOWN, EVAL = 1, 2, 3            # message tags: activations up, gradients (targets) down, test-set activations
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
+STEP_TIMING_S = 0.75                # how long every worker times its decoupled step before the run (the cost model's input)
 
 
 def split_stages(costs: list[float], workers: int) -> list[tuple[int, int]]:
@@ -378,6 +379,17 @@ class Worker:
                 dist.recv(peer, 1)
             out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist())
             out["cost/link_busy_bytes"] = float(busy_bytes)
+        if self.par.schedule == "decoupled" and not self.par.lockstep:
+            # and this worker's whole step, as the decoupled loop runs it, all workers at once (next to a busy
+            # peer): every worker's time in one tensor, which worker 0 logs as cost/worker{k}/step_s
+            mine = torch.zeros(self.world, dtype=torch.float64)
+            if self.world > 1:
+                dist.barrier()                         # the workers start together and time for as long
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                mine[self.rank] = self.time_decoupled_step(seconds=STEP_TIMING_S)
+            if self.world > 1:
+                dist.all_reduce(mine)
+            out.update({f"cost/worker{k}/step_s": float(t) for k, t in enumerate(mine.tolist())})
         if self.rank != 0:
             return {}
         out.update(cost.cost_metrics(stages, link))
@@ -385,6 +397,66 @@ class Worker:
         out.update(cost.split_metrics(self.groups))   # the split this run trained with (the model predicts it)
         out["cost/measure_s"] = time.perf_counter() - start
         return out
+
+    def time_decoupled_step(self, seconds: float, warmup: int = 5, least: int = 5) -> float:
+        """Seconds of compute per step of this worker's decoupled loop, on a copy of the method: the median of the
+        steps run in ``seconds`` (at least ``least``) after ``warmup`` steps. Every worker times for the same span,
+        so each step is timed next to its peers' (a count of steps would leave the slowest worker's last ones
+        alone). A step trains the group on a batch (``decoupled_step``'s compute) and takes one message of each
+        kind the worker receives (``on_target``: the boundary synthesizer predicts again at the kept output and
+        is regressed; complete unlock, ``on_real_input``: I regressed towards a real input), random tensors of the
+        messages' shapes standing in for them; one worker runs the method's own step. Nothing is sent: the run
+        adds its messages and the executor's own time (cost.py: the decoupled schedules)."""
+        import copy
+        import statistics
+
+        from ..dni import one_hot
+        from ..methods.units import StageGroup
+        method = copy.deepcopy(self.method)
+        group, unlocked = StageGroup(method, self.lo, self.hi), hasattr(method, "inputs")
+        gen = torch.Generator().manual_seed(1)
+        x = torch.rand(self.batch, *self.in_shape, generator=gen).to(self.device)
+        y = torch.randint(0, self.setup.num_classes, (self.batch,), generator=gen).to(self.device)
+        context = one_hot(y, self.setup.num_classes) if method.conditioned else None
+        h_in = None if self.first else torch.randn(self.shape_in(), generator=gen).to(self.device)
+        out = torch.randn(self.shape_out(), generator=gen).to(self.device)
+        target = 1e-3 * torch.randn(self.shape_out(), generator=gen).to(self.device)
+        coins = [True] * len(method.stages)
+
+        def step():
+            metrics: dict = {}
+            if self.world == 1:                        # the whole network: the method's own step, as the loop runs it
+                method.step(x, y)
+                return
+            if unlocked:
+                real, _ = group.train_unlocked(x, y, context, coins, metrics)
+                group.regress_inputs(real, x, coins, metrics)
+                if not self.last:
+                    group.regress(target, metrics, h=out, context=context)
+                if not self.first:
+                    group.regress_inputs({self.lo - 1: h_in}, x, coins, metrics, fresh=True)
+                return
+            if method.fused:
+                group.train_fused(x if self.first else h_in, y, context, metrics)
+            else:
+                group.train(x if self.first else h_in, y, context, coins, metrics)
+            if not self.last:
+                group.regress(target, metrics, h=out, context=context)
+
+        def sync():
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        for _ in range(warmup):
+            step()
+        times: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < least:
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
 
     def worker_metrics(self, train_s: float) -> dict[str, float]:
         k, s = self.rank, self.clock.seconds

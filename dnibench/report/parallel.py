@@ -8,8 +8,10 @@ figure and table. Throughput is the run's ``mean_samples_per_s`` (whole training
 ``samples_per_s``; runs marked timing disturbed (curves.timing_disturbed) give no throughput.
 
 The cost model (dnibench/parallel/cost.py) predicts each measured K from the per-stage costs a run
-logged (``cost/stage{i}/...``, ``cost/link_*``, timed next to a busy peer where K > 1: ``cost/contended``),
-scaled by the same method's K = 1 whole-step factor (its measured step over its stages timed alone;
+logged (``cost/stage{i}/...``, ``cost/link_*``, timed next to a busy peer where K > 1: ``cost/contended``).
+A decoupled run also timed each worker's whole step before its clock started, all workers at once
+(``cost/worker{k}/step_s``): each worker's stages are scaled to it (cost.scale_groups) and the model adds the
+messages. Otherwise the stage costs are scaled by the same method's K = 1 whole-step factor (its measured step over its stages timed alone;
 locked bprop uses the K = 1 stage times, its workers take turns); runs without a K = 1 run's stage costs
 are scaled so that the model predicts the measured K = 1 (cost.calibrate); where none were logged it
 splits the K = 1 run's measured step time over the stages in proportion to their weights (FCN only).
@@ -127,7 +129,14 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         overhead = 0.0
         # the K = 1 run of the same configuration logged stages like this run's: its step calibrates the model
         calibrated = bool(logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]))
-        if calibrated and schedule in cost.PIPELINES:
+        # a decoupled run timed each worker's whole step before its clock started: the model's compute per worker
+        steps = cost.worker_steps_from_metrics(row, k) if logged and schedule in cost.DECOUPLED else None
+        run_split = cost.split_from_metrics(row, k) if steps else None
+        if steps and run_split and run_split[-1][1] == len(logged[0]):
+            stages = cost.scale_groups(logged[0], run_split, steps)
+            source = ("each worker's step timed next to a busy peer before the run" if k > 1
+                      else "the step timed before the run")
+        elif calibrated and schedule in cost.PIPELINES:
             # a pipeline: its stages as timed in the run (next to a busy peer where K > 1) at the whole batch, and
             # its own time per micro-batch, which every worker pays, from the same M in one worker
             overhead = cost.microbatch_overhead(alone, one_step_s, m)
@@ -160,7 +169,7 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         if split is not None and split[-1][1] != len(stages):
             split = None
         predicted.append(cost.throughput(schedule, stages, k, link, batch, m, split, overhead))
-        if k == 1 and logged:
+        if k == 1 and logged and not steps:
             source += ", uncalibrated (K=1 is the calibration point)"
         if split is not None and k > 1:
             source += ", run's split"
@@ -214,6 +223,39 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
             # load falls on the second worker)
             "load start/end": "/".join(f"{v:.1f}" for v in load) if all(v == v for v in load) else "",
         })
+    return pd.DataFrame(rows)
+
+
+def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: int) -> dict[str, float]:
+    """A decoupled run's parallel efficiency as the product of three measured factors (``steps``: each worker's
+    step timed before the run, cost/worker{k}/step_s; ``one_rate``: the same method's K = 1 samples/s):
+    ``balance`` = sum of the steps / (K x the slowest), what the split of the stages leaves; ``work`` = the one
+    process's step / the sum of the workers' steps, what splitting a step costs (each worker's own step overhead,
+    the boundary synthesizer's second prediction, the neighbour on the other core); ``executor`` = the run's
+    samples/s over the slowest worker's compute-bound rate, what the messages and the waiting cost."""
+    k, slowest, total = len(steps), max(steps), sum(steps)
+    parts = {"balance": total / (k * slowest), "work": (batch / one_rate) / total, "executor": rate * slowest / batch}
+    parts["efficiency"] = rate / (k * one_rate)     # = balance x work x executor
+    return parts
+
+
+def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per decoupled label and K > 1 whose runs timed their workers' steps: ``efficiency_parts`` (means over
+    seeds of each run against the label's mean K = 1 rate)."""
+    from ..parallel import cost
+
+    rows = []
+    for (name, k), group in runs[runs["workers"] > 1].groupby(["label", "workers"], sort=True):
+        one = runs[(runs["label"] == baseline_label(runs, name)) & (runs["workers"] == 1)]["samples_per_s"].mean()
+        parts = []
+        for row in group.to_dict("records"):
+            steps = cost.worker_steps_from_metrics(row, int(k))
+            if steps and row["samples_per_s"] == row["samples_per_s"] and one == one:
+                parts.append(efficiency_parts(row["samples_per_s"], one, steps, int(row.get("param.train.batch_size") or 256)))
+        if parts:
+            mean = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
+            rows.append({"method": name, "K": int(k), "runs": len(parts),
+                         **{key: f"{mean[key]:.2f}" for key in ("efficiency", "balance", "work", "executor")}})
     return pd.DataFrame(rows)
 
 
@@ -436,6 +478,16 @@ def render(ctx: ReportContext) -> Section | None:
             ratio = single_process_ratio(at, k)
             if ratio:
                 body += [ratio, ""]
+            parts = efficiency_table(at)
+            if not parts.empty:
+                files += ctx.write_table(parts, f"{stem}_efficiency")
+                body += ["Where a decoupled run's efficiency goes: efficiency = balance x work x executor, from each "
+                         "worker's step timed before the run (all workers at once). Balance: the workers' steps added "
+                         "up over K times the slowest (what the split of the stages leaves). Work: the one-process "
+                         "step (its K = 1 run) over the workers' steps added up (what splitting a step costs: each "
+                         "worker's own overhead, the boundary synthesizer's second prediction, the neighbour on the "
+                         "other core). Executor: the run's samples/s over the slowest worker's rate from its step "
+                         "alone (what messages and waiting cost).", "", markdown_table(parts), ""]
             scale = modelled_scaling(at)
             if not scale.empty:
                 files += scaling_figure(ctx, scale, f"{stem}_modelled", f"{where}: cost model, K = 1..64")
