@@ -240,3 +240,15 @@ def test_combinations_the_executor_does_not_run_are_one_line(tmp_path, entry, me
     with pytest.raises(SuiteError) as err:
         plan(load_suite(path), "smoke")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
+    from dnibench.parallel.worker import spins
+    from dnibench.tracking import usable_cores
+    assert spins(2, 1, 2) and spins(4, 2, 8)
+    assert not spins(4, 1, 2) and not spins(2, 2, 2)         # oversubscribed: polling would take the peers' cores
+    assert not spins(1, 1, 2)                                # one worker receives nothing
+    summary, _ = run(spec("bprop", 2, schedule="locked"), data)
+    assert summary["wait_polls"] == float(spins(2, 1, usable_cores()))
+    summary, _ = run(spec("bprop", 2, schedule="pipelined"), data)
+    assert summary["wait_polls"] == 0.0                      # torch's pipelining waits its own way
