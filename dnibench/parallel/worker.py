@@ -243,8 +243,10 @@ class Worker:
                               conventions.layer_count, conventions.pool_stride).to(device)
         method_cls = spec.method_class()
         # K = 1: the method's own step (fused where it has one), i.e. exactly the one-process run. K > 1: a
-        # slice of the per-stage path; decoupled DNI/cDNI on the method's fused optimizers (train_fused).
-        fused = self.world == 1 or (self.par.schedule == "decoupled" and not _is_unlock(method_cls))
+        # slice of the per-stage path; decoupled DNI/cDNI on the method's fused optimizers (train_fused), locked
+        # bprop on its one optimizer over every stage (one update call per worker and step, not one per stage).
+        fused = (self.world == 1 or self.par.schedule == "locked"
+                 or (self.par.schedule == "decoupled" and not _is_unlock(method_cls)))
         setup = Setup(num_classes=data["num_classes"], in_shape=in_shape,
                       stage_shapes=stage_output_shapes(stages, in_shape), lr=cfg.lr, device=device,
                       generator=torch.Generator().manual_seed(10_000 + spec.seed), fused_step=fused)
@@ -565,8 +567,11 @@ class Worker:
             with clock("comm"):
                 self.outbox.send(h_in.grad, self.rank - 1, DOWN)
         with clock("busy"):
-            for i in range(self.lo, self.hi):
-                m.apply_update(i)
+            if m.fused:                                # one optimizer over every stage: only ours have gradients
+                m.apply_all_updates()
+            else:
+                for i in range(self.lo, self.hi):
+                    m.apply_update(i)
         return metrics
 
     def pipelined_step(self):
