@@ -39,6 +39,24 @@ def test_gpipe_with_one_microbatch_is_locked(k):
 
 
 @pytest.mark.parametrize("k,m", [(2, 4), (4, 4), (4, 8), (3, 1)])
+def test_1f1b_pays_one_exchange_per_steady_pair(k, m):
+    stages = [StageCost(forward=1.0, backward=2.0, out_bytes=1e6)] * k
+    # free messages: the same bubble as GPipe
+    assert cost.step_time("1f1b", stages, k, FREE, microbatches=m) == pytest.approx(
+        cost.step_time("gpipe", stages, k, FREE, microbatches=m))
+    # with messages of cost c: fill and drain 2 (K-1) c, then M-1 pairs of f + b + c (an inner worker receives
+    # from both sides, but the pair's send and receive are posted together: one c), against GPipe's 2 c per pair
+    c = SLOW_LINK.message(1e6 / m)
+    f, b = 1.0 / m, 2.0 / m
+    pair = f + b + (c if k > 1 else 0.0)
+    assert cost.step_time("1f1b", stages, k, SLOW_LINK, microbatches=m) == pytest.approx(
+        k * (f + b) + 2 * (k - 1) * c + (m - 1) * pair)
+    if k > 1 and m > 1:
+        assert cost.step_time("1f1b", stages, k, SLOW_LINK, microbatches=m) < cost.step_time(
+            "gpipe", stages, k, SLOW_LINK, microbatches=m)
+
+
+@pytest.mark.parametrize("k,m", [(2, 4), (4, 4), (4, 8), (3, 1)])
 def test_gpipe_bubble_on_equal_stages(k, m):
     stages = [StageCost(forward=1.0, backward=2.0)] * k
     t = cost.step_time("gpipe", stages, k, FREE, microbatches=m)

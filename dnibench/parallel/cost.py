@@ -25,9 +25,15 @@ across boundary b (activation up, or its gradient down: same size) takes m_b = l
   per micro-batch and worker (the library's bookkeeping of a chunk, its autograd calls on small
   tensors): every worker pays it for every micro-batch, however few stages it holds, so it is not a
   share of the compute; ``microbatch_overhead`` measures it from the same M in one worker (a K = 1
-  pipelined step less its stages' compute, per micro-batch). **1F1B** (``1f1b``) has the same formula: it reorders the same 2M messages and
-  M forwards and backwards per worker so that at most K micro-batches are in flight (memory), with
-  the same bubble; torch's Schedule1F1B runs it.
+  pipelined step less its stages' compute, per micro-batch). **1F1B** (``1f1b``, torch's Schedule1F1B)
+  reorders the same M forwards and backwards per worker so that at most K micro-batches are in flight
+  (memory), with the same bubble, and in its steady state posts a micro-batch's send and the next receive
+  as one batch of operations (a forward's send with a backward's receive, and the other way round): each
+  forward-backward pair waits for one rendezvous, not two. So the fill and drain are GPipe's first
+  micro-batch and the M-1 steady pairs cost max_k (f_k + b_k + max(r_k, r'_k)):
+  T = sum f + sum b + 2 sum m + (M-1) max_k (f_k + b_k + max(r_k, r'_k)) + max_k U_k. With free messages
+  it equals GPipe's; GPipe's formula for 1F1B under-predicted its K = 2 runs by 16-21 % (three rounds of
+  make bench, 2026-11-30), where 1F1B ran 1.27x GPipe's samples/s at M = 4.
 - **decoupled dni / cdni / unlock**: nothing waits for a gradient (unlock: nor for an input), so in
   the steady state each worker runs at its own pace and the slowest sets the rate:
   T = max_k (F_k + B_k + U_k + S_k + I_k + sends_k), sends_k = the activation up plus the gradient
@@ -188,6 +194,9 @@ def step_time(schedule: str, stages: list[StageCost], k: int, cluster: Cluster |
         b = [g.backward / m + overhead_s / 2 for g in groups]
         from_below = [msg[i - 1] if i > 0 else 0.0 for i in range(k)]   # activation worker i receives
         from_above = [msg[i] if i < k - 1 else 0.0 for i in range(k)]   # gradient worker i receives
+        if schedule == "1f1b":      # steady pairs: one forward, one backward, one fused exchange (module doc)
+            pairs = max(fi + bi + max(ri, si) for fi, bi, ri, si in zip(f, b, from_below, from_above))
+            return sum(f) + sum(b) + 2 * sum(msg) + (m - 1) * pairs + update
         forward = sum(f) + sum(msg) + (m - 1) * max(fi + ri for fi, ri in zip(f, from_below))
         backward = sum(b) + sum(msg) + (m - 1) * max(bi + ri for bi, ri in zip(b, from_above))
         return forward + backward + update
