@@ -113,6 +113,9 @@ def test_every_schedule_finishes_with_two_workers(method, schedule, data):
     assert summary["final_train_loss"] == summary["final_train_loss"]      # finite, not NaN
     if method == "unlock_cdni":
         assert summary[f"input_staleness/h{boundary(summary)}_max"] <= 2.0
+    # only a decoupled run times its workers' steps before it starts (the cost model's compute per worker)
+    steps = [summary.get(f"cost/worker{k}/step_s") for k in (0, 1)]
+    assert all(step is not None and step > 0 for step in steps) == (schedule == "decoupled")
 
 
 def test_locked_bprop_two_workers_equal_one_process(data):
