@@ -486,7 +486,8 @@ def render(ctx: ReportContext) -> Section | None:
                          "up over K times the slowest (what the split of the stages leaves). Work: the one-process "
                          "step (its K = 1 run) over the workers' steps added up (what splitting a step costs: each "
                          "worker's own overhead, the boundary synthesizer's second prediction, the neighbour on the "
-                         "other core). Executor: the run's samples/s over the slowest worker's rate from its step "
+                         "other core; with more workers than cores they share cores and each step is timed the "
+                         "longer for it, about cores/K). Executor: the run's samples/s over the slowest worker's rate from its step "
                          "alone (what messages and waiting cost).", "", markdown_table(parts), ""]
             scale = modelled_scaling(at)
             if not scale.empty:
