@@ -253,5 +253,7 @@ def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
     assert not spins(1, 1, 2)                                # one worker receives nothing
     summary, _ = run(spec("bprop", 2, schedule="locked"), data)
     assert summary["wait_polls"] == float(spins(2, 1, usable_cores()))
+    assert summary["cost/link_blocked_s"] > 0                # what a message costs a receiver waiting blocked
     summary, _ = run(spec("bprop", 2, schedule="pipelined"), data)
     assert summary["wait_polls"] == 0.0                      # torch's pipelining waits its own way
+    assert "cost/link_blocked_s" not in summary               # measured for locked runs only

@@ -134,6 +134,27 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     assert 0.5 <= got["balance"] <= 1.0
 
 
+def test_locked_workers_that_block_pay_the_blocked_message():
+    stages = [cost.StageCost(forward=1e-3, backward=2e-3, update=1e-4, out_bytes=4000) for _ in range(4)]
+    inputs = {**cost.cost_metrics(stages, cost.Link(1e-5, 1e9)), **cost.split_metrics([(0, 2), (2, 4)]),
+              "cost/link_busy_s": 2e-4, "cost/link_busy_bytes": 4000.0, "cost/link_blocked_s": 6e-4,
+              "cost/contended": 1.0}
+    rows = []
+    for k, rate, polls in ((1, 20000.0, 0.0), (2, 15000.0, 1.0), (2, 15000.0, 0.0)):
+        row = {"suite": "parallel", "method": "bprop", "model": "fcn4", "task": "mnist", "run_id": f"r{k}{polls}",
+               "param.workers": str(k), "param.schedule": "locked", "param.microbatches": "", "param.lockstep": "false",
+               "param.train.batch_size": str(BATCH), "metric.mean_samples_per_s": rate, "metric.wait_polls": polls}
+        row.update({f"metric.{key}": value for key, value in inputs.items()})
+        rows.append(row)
+    runs = report.prepare(pd.DataFrame(rows))
+    got = report.predictions(runs)
+    polled, blocked = got.iloc[1], got.iloc[2]
+    assert polled["source"].endswith("messages timed next to busy compute")
+    assert blocked["source"].endswith("messages timed to a blocked receiver")
+    # the same compute, two messages a step: each 0.4 ms dearer when the receiver blocks
+    assert BATCH / blocked["predicted"] - BATCH / polled["predicted"] == pytest.approx(2 * 4e-4)
+
+
 def test_scale_groups_gives_each_worker_its_measured_step():
     stages = [cost.StageCost(forward=f, backward=2 * f, synth=s, out_bytes=1000)
               for f, s in ((3.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 0.0))]    # totals 10, 4, 4, 3

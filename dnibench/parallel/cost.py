@@ -47,7 +47,9 @@ get a core; torch's pipelining posts each micro-batch's receive only when it nee
 rendezvous adds a round trip to the peer's busy core). ``busy_ping`` measures that before the run's
 clock starts (both workers computing about a millisecond between a send and a receive) at the size
 the schedule sends (a micro-batch's activation when pipelined), and the model charges it to every
-message of every schedule (``costs_from_metrics``); with the ping-pong alone it over-predicted locked
+message of every schedule (``costs_from_metrics``), except where locked workers wait blocked (more workers than
+cores, so they do not poll: worker.py ``spins``): their messages cost what a locked run measured for a receiver
+waiting blocked (worker.py ``blocked_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
 bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
 
 **Measured where it runs.** A parallel run times its stages in its own worker processes, all workers at
@@ -496,11 +498,13 @@ def cost_metrics(stages: list[StageCost], link: Link | None = None) -> dict[str,
     return out
 
 
-def costs_from_metrics(metrics: dict, busy: bool = True) -> tuple[list[StageCost], Link | None] | None:
+def costs_from_metrics(metrics: dict, busy: bool = True,
+                       blocked: bool = False) -> tuple[list[StageCost], Link | None] | None:
     """Stage costs (and the link, where logged) from a mapping with ``cost_metrics`` keys, optionally
     prefixed ``metric.`` (a report row); None when no stage was logged. ``busy``: messages as they cost
     between workers that compute between messages, where that was measured (``busy_ping``; what every
-    schedule's messages cost in a run, see the module doc), else the ping-pong's."""
+    schedule's messages cost in a run, see the module doc), else the ping-pong's. ``blocked``: as they cost a
+    receiver that waits blocked (``cost/link_blocked_s``, a locked run's worker.blocked_ping), where measured."""
     def get(key):
         for name in (key, f"metric.{key}"):
             value = metrics.get(name)
@@ -519,7 +523,10 @@ def costs_from_metrics(metrics: dict, busy: bool = True) -> tuple[list[StageCost
     latency, bandwidth = get("cost/link_latency_s"), get("cost/link_bandwidth_Bps")
     link = Link(latency, bandwidth) if latency is not None and bandwidth else None
     busy_s, busy_bytes = get("cost/link_busy_s"), get("cost/link_busy_bytes")
-    if link is not None and busy and busy_s is not None and busy_bytes is not None:
+    blocked_s = get("cost/link_blocked_s")
+    if link is not None and blocked and blocked_s is not None and busy_bytes is not None:
+        link = busy_link(link, blocked_s, int(busy_bytes))  # messages as they cost a receiver waiting blocked
+    elif link is not None and busy and busy_s is not None and busy_bytes is not None:
         link = busy_link(link, busy_s, int(busy_bytes))     # messages as they cost next to busy compute
     return stages, link
 

@@ -36,7 +36,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-UP, DOWN, EVAL = 1, 2, 3            # message tags: activations up, gradients (targets) down, test-set activations
+UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (targets) down, test-set activations,
+                                    # the cost model's measurements
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step before the run (the cost model's input)
@@ -399,6 +400,11 @@ class Worker:
                 dist.recv(peer, 1)
             out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist())
             out["cost/link_busy_bytes"] = float(busy_bytes)
+            if self.par.schedule == "locked":
+                # a locked worker idles until its message comes; where it blocks (no polling) its core sleeps
+                blocked = self.blocked_ping(busy_bytes, repeats=12)
+                if self.rank == 0:
+                    out["cost/link_blocked_s"] = blocked
         if self.par.schedule == "decoupled" and not self.par.lockstep:
             # and this worker's whole step, as the decoupled loop runs it, all workers at once (next to a busy
             # peer): every worker's time in one tensor, which worker 0 logs as cost/worker{k}/step_s
@@ -417,6 +423,37 @@ class Worker:
         out.update(cost.split_metrics(self.groups))   # the split this run trained with (the model predicts it)
         out["cost/measure_s"] = time.perf_counter() - start
         return out
+
+    def blocked_ping(self, nbytes: int, repeats: int, work_s: float = 2e-3) -> float:
+        """One-way seconds of a message of ``nbytes`` to a receiver that waits for it blocked (the executor's own
+        Inbox, not polling), between workers 0 and 1: each round one computes for ``work_s`` while the other waits,
+        then sends; a round trip less both computes, halved. Worker 0 returns the median (the first round sets up
+        the connection), worker 1 returns 0."""
+        import statistics
+
+        peer, n = 1 - self.rank, max(nbytes // 4, 2)
+        inbox = Inbox(peer, COST, (n,), repeats + 1, torch.device("cpu"), spin=False)
+        a = torch.randn(128, 128)
+
+        def compute() -> float:
+            start = time.perf_counter()
+            while time.perf_counter() - start < work_s:
+                torch.mm(a, a)
+            return time.perf_counter() - start
+        samples = []
+        for _ in range(repeats + 1):
+            if self.rank == 0:
+                start = time.perf_counter()
+                mine = compute()
+                dist.send(torch.zeros(n), peer, tag=COST)
+                reply = inbox.take()
+                samples.append((time.perf_counter() - start - mine - float(reply[0])) / 2)
+            else:
+                inbox.take()
+                reply = torch.zeros(n)
+                reply[0] = compute()
+                dist.send(reply, peer, tag=COST)
+        return statistics.median(samples[1:]) if samples else 0.0
 
     def time_decoupled_step(self, seconds: float, warmup: int = 5, least: int = 5) -> float:
         """Seconds of compute per step of this worker's decoupled loop, on a copy of the method: the median of the

@@ -160,6 +160,11 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
             stages = _weight_split(row["model"], row["task"], batch, one_step_s)
             source = "K=1 time split by weights"
         own_link = logged[1] if logged and logged[1] else None
+        # locked workers that block (more workers than cores: no polling) wait with their core asleep
+        blocked = bool(schedule == "locked" and own_link and row.get("metric.wait_polls") == 0
+                       and pd.notna(row.get("metric.cost/link_blocked_s")))
+        if blocked:
+            own_link = cost.costs_from_metrics(row, blocked=True)[1]
         link = own_link or measured_link or cost.Link(0.0, float("inf"))
         if stages is None or k > len(stages):
             predicted.append(np.nan)
@@ -174,7 +179,8 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         if split is not None and k > 1:
             source += ", run's split"
         if k > 1:                               # K = 1 sends nothing: no link to name
-            busy = ", messages timed next to busy compute" if pd.notna(row.get("metric.cost/link_busy_s")) else ""
+            busy = (", messages timed to a blocked receiver" if blocked else ", messages timed next to busy compute"
+                    if pd.notna(row.get("metric.cost/link_busy_s")) else "")
             source += (", logged link" + busy if own_link else ", link of another run" if measured_link
                        else ", messages free (no link measured)")
         sources.append(source)
