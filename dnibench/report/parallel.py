@@ -406,7 +406,8 @@ def race(ctx: ReportContext, runs: pd.DataFrame, all_runs: pd.DataFrame, k: int)
     def fastest(mask) -> tuple[float, str]:
         best = (float("nan"), "")
         for name, group in runs[mask & (runs["workers"] == k)].groupby("label"):
-            t = float(np.nanmean([time_to(_curve(ctx, r), target) for r in group["run_id"]] or [np.nan]))
+            reached = [t for t in (time_to(_curve(ctx, r), target) for r in group["run_id"]) if t == t]
+            t = float(np.mean(reached)) if reached else float("nan")      # NaN: no run of it got there
             if t == t and not (best[0] == best[0] and best[0] <= t):
                 best = (t, name)
         return best
