@@ -157,21 +157,23 @@ def _predict(label: str, schedule: str, microbatches, workers: int) -> tuple[flo
     return raw, calibrated
 
 
+def _report_row(run_id: str, method: str, schedule: str, k: int, microbatches, pipeline: str, summary: dict) -> dict:
+    """An executor summary as a row of the report's run table (report.parallel.prepare's input)."""
+    return {"suite": "parallel", "method": method, "model": MODEL, "task": "mnist", "run_id": run_id,
+            "param.workers": str(k), "param.schedule": schedule, "param.microbatches": str(microbatches or ""),
+            "param.pipeline_schedule": pipeline if schedule == "pipelined" else "", "param.lockstep": "false",
+            "param.train.batch_size": str(BATCH), **{f"metric.{key}": value for key, value in summary.items()}}
+
+
 def _report_prediction(label: str, method: str, schedule: str, microbatches, workers: int) -> tuple[float | None, str]:
     """The cost model's samples/s for this case as the report computes it (report.parallel.predictions) from
     the executor summaries of this case at K = 1 and ``workers``."""
     import pandas as pd
 
-    rows = []
-    for k in sorted({1, workers}):
-        if (label, k) not in SUMMARIES:
-            return None, ""
-        row = {"suite": "parallel", "method": method, "model": MODEL, "task": "mnist", "run_id": f"{label}-{k}",
-               "param.workers": str(k), "param.schedule": schedule, "param.microbatches": str(microbatches or ""),
-               "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
-        row.update({f"metric.{key}": value for key, value in SUMMARIES[(label, k)].items()})
-        rows.append(row)
-    runs = report.prepare(pd.DataFrame(rows))
+    if any((label, k) not in SUMMARIES for k in {1, workers}):
+        return None, ""
+    runs = report.prepare(pd.DataFrame([_report_row(f"{label}-{k}", method, schedule, k, microbatches, "gpipe",
+                                                    SUMMARIES[(label, k)]) for k in sorted({1, workers})]))
     got = report.predictions(runs).set_index(runs["workers"])
     value = got.loc[workers, "predicted"]
     return (float(value) if value == value else None), got.loc[workers, "source"]
@@ -289,7 +291,7 @@ def test_cost_model_interleaved(benchmark, record):
     from dnibench.parallel import train_parallel
 
     data = _fake_mnist()
-    runs: list[tuple[int, str, int, dict, dict]] = []    # (round, method, K, summary, params)
+    runs: list[tuple[int, dict]] = []                    # (round, the run as a report row)
 
     def measure():
         for r in range(MODEL_ROUNDS):
@@ -299,19 +301,11 @@ def test_cost_model_interleaved(benchmark, record):
                         continue                          # the report's baseline for 1F1B: GPipe of the same M at K = 1
                     spec = _spec(method, schedule, k, m, pipeline, steps=MODEL_STEPS)
                     summary = train_parallel(spec, data, lambda row, step: None)
-                    params = {"param.workers": str(k), "param.schedule": schedule, "param.microbatches": str(m or ""),
-                              "param.pipeline_schedule": pipeline if schedule == "pipelined" else "",
-                              "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
-                    runs.append((r, method, k, summary, params))
+                    runs.append((r, _report_row(str(len(runs)), method, schedule, k, m, pipeline, summary)))
     benchmark.pedantic(measure, rounds=1, iterations=1)
-    by_case: dict[str, list[tuple[float, float]]] = {}
+    by_case: dict[str, list[tuple[float, float, float | None]]] = {}   # rate, error, its K = 1 rate
     for r in range(MODEL_ROUNDS):
-        rows = []
-        for i, (rr, method, k, summary, params) in enumerate(runs):
-            if rr == r:
-                rows.append({"suite": "parallel", "method": method, "model": MODEL, "task": "mnist", "run_id": str(i),
-                             **params, **{f"metric.{key}": value for key, value in summary.items()}})
-        frame = report.prepare(pd.DataFrame(rows))
+        frame = report.prepare(pd.DataFrame([row for rr, row in runs if rr == r]))
         frame = frame.join(report.predictions(frame))
         for row in frame[frame["workers"] == 2].to_dict("records"):
             rate = row["samples_per_s"]

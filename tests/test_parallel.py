@@ -203,6 +203,8 @@ def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake
     assert (params["workers"], params["schedule"], params["max_in_flight"]) == ("2", "decoupled", "4")
     assert {"test_error", "samples_per_s", "wall_s/train", "worker1/busy_frac", "worker0/wait_grad_s",
             "staleness/h1_mean", "staleness/h1_max"} <= metrics
+    # as the README says: how the workers waited, and each worker's step timed before the run (the cost model's)
+    assert {"wait_polls", "cost/worker0/step_s", "cost/worker1/step_s"} <= metrics
 
 
 def test_the_parallel_suite_plans_at_every_profile_and_one_process_runs_keep_their_hash():

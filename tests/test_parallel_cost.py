@@ -31,6 +31,13 @@ def spec(workers: int) -> RunSpec:
                    parallel=ParallelSettings(workers=workers, schedule="decoupled", max_in_flight=2))
 
 
+def _row(method: str, schedule: str, k: int, metrics: dict, run_id: str | None = None) -> dict:
+    """A report row (report.parallel.prepare's input) of a parallel run with these logged metrics."""
+    return {"suite": "parallel", "method": method, "model": "fcn4", "task": "mnist", "run_id": run_id or f"r{k}",
+            "param.workers": str(k), "param.schedule": schedule, "param.microbatches": "", "param.lockstep": "false",
+            "param.train.batch_size": str(BATCH), **{f"metric.{key}": value for key, value in metrics.items()}}
+
+
 @pytest.fixture(scope="module")
 def summaries(data):
     return {k: train_ff(spec(k), data, lambda row, step: None) for k in (1, 2)}
@@ -65,14 +72,7 @@ def test_runs_log_stage_costs_and_the_link(summaries):
 
 
 def test_report_predicts_from_the_logged_inputs(summaries):
-    rows = []
-    for k, summary in summaries.items():
-        row = {"suite": "parallel", "method": "cdni", "model": "fcn4", "task": "mnist", "run_id": f"r{k}",
-               "param.workers": str(k), "param.schedule": "decoupled", "param.microbatches": "",
-               "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
-        row.update({f"metric.{key}": value for key, value in summary.items()})
-        rows.append(row)
-    runs = report.prepare(pd.DataFrame(rows))
+    runs = report.prepare(pd.DataFrame([_row("cdni", "decoupled", k, summary) for k, summary in summaries.items()]))
     assert runs["samples_per_s"].notna().all()
     got = report.predictions(runs).set_index(runs["workers"])
     stages, link = cost.costs_from_metrics(summaries[2])
@@ -118,14 +118,8 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     assert parts["balance"] == pytest.approx(14 / 16) and parts["work"] == pytest.approx(10 / 14)
     assert parts["executor"] == pytest.approx(0.8) and parts["efficiency"] == pytest.approx(0.5)
     # from the runs: one row for cDNI at K = 2, whose factors multiply to its efficiency
-    rows = []
-    for k, summary in summaries.items():
-        row = {"suite": "parallel", "method": "cdni", "model": "fcn4", "task": "mnist", "run_id": f"r{k}",
-               "param.workers": str(k), "param.schedule": "decoupled", "param.microbatches": "",
-               "param.lockstep": "false", "param.train.batch_size": str(BATCH)}
-        row.update({f"metric.{key}": value for key, value in summary.items()})
-        rows.append(row)
-    table = report.efficiency_table(report.prepare(pd.DataFrame(rows)))
+    table = report.efficiency_table(report.prepare(pd.DataFrame([_row("cdni", "decoupled", k, summary)
+                                                                 for k, summary in summaries.items()])))
     assert list(table["K"]) == [2] and list(table["runs"]) == [1]
     got = {key: float(table.iloc[0][key]) for key in ("efficiency", "balance", "work", "executor")}
     expected = summaries[2]["mean_samples_per_s"] / (2 * summaries[1]["mean_samples_per_s"])
@@ -139,14 +133,9 @@ def test_locked_workers_that_block_pay_the_blocked_message():
     inputs = {**cost.cost_metrics(stages, cost.Link(1e-5, 1e9)), **cost.split_metrics([(0, 2), (2, 4)]),
               "cost/link_busy_s": 2e-4, "cost/link_busy_bytes": 4000.0, "cost/link_blocked_s": 6e-4,
               "cost/contended": 1.0}
-    rows = []
-    for k, rate, polls in ((1, 20000.0, 0.0), (2, 15000.0, 1.0), (2, 15000.0, 0.0)):
-        row = {"suite": "parallel", "method": "bprop", "model": "fcn4", "task": "mnist", "run_id": f"r{k}{polls}",
-               "param.workers": str(k), "param.schedule": "locked", "param.microbatches": "", "param.lockstep": "false",
-               "param.train.batch_size": str(BATCH), "metric.mean_samples_per_s": rate, "metric.wait_polls": polls}
-        row.update({f"metric.{key}": value for key, value in inputs.items()})
-        rows.append(row)
-    runs = report.prepare(pd.DataFrame(rows))
+    runs = report.prepare(pd.DataFrame([
+        _row("bprop", "locked", k, {**inputs, "mean_samples_per_s": rate, "wait_polls": polls}, run_id=f"r{k}{polls}")
+        for k, rate, polls in ((1, 20000.0, 0.0), (2, 15000.0, 1.0), (2, 15000.0, 0.0))]))
     got = report.predictions(runs)
     polled, blocked = got.iloc[1], got.iloc[2]
     assert polled["source"].endswith("messages timed next to busy compute")

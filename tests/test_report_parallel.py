@@ -23,7 +23,8 @@ RUNS = [
     # a lockstep run: left out (it waits for every target by construction)
     ("cdni", "decoupled", "", 2, 1, 10.0, 2.3, [10.0, 3.0, 2.4], [50.0, 100.0, 150.0], {"lockstep": True}),
     ("dni", "decoupled", "", 1, 0, 820.0, 4.0, [9.0, 5.0, 4.0], [12.0, 24.0, 36.0], {}),
-    ("dni", "decoupled", "", 2, 0, 1600.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {}),
+    # each worker's step timed before the run (cost/worker{k}/step_s): the efficiency's split
+    ("dni", "decoupled", "", 2, 0, 1600.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {"steps": [0.15, 0.16]}),
     # a disturbed run: its throughput is not the method's cost
     ("dni", "decoupled", "", 2, 1, 99999.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {"disturbed": True}),
 ]
@@ -60,6 +61,7 @@ def _store(root) -> str:
             finals.update({"staleness/h1_mean": 1.5, "staleness/h1_max": 3.0})
         if extra.get("cost"):
             finals.update(cost.cost_metrics(STAGES, LINK))
+        finals.update({f"cost/worker{i}/step_s": t for i, t in enumerate(extra.get("steps", []))})
         metrics += [Metric(key, value, 0, 300) for key, value in finals.items()]
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(key, str(v)) for key, v in params.items()])
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -144,3 +146,13 @@ def test_modelled_scaling_table(report):
     assert float(cdni["K=64"]) == pytest.approx(want[64], abs=0.005)
     assert float(rows[("gpu-nvlink-ib", "Bprop locked")]["K=64"]) <= 1.0     # locking never scales
     assert "Past the network's 6 stages" in (report / "README.md").read_text()
+
+
+def test_efficiency_split_table(report):
+    rows = _rows((report / "parallel_fcn6_quick_efficiency.md").read_text())
+    # DNI: K = 1 at 820 samples/s (0.312 s a step), workers 0.15 and 0.16 s, K = 2 at 1600: balance 0.31/0.32,
+    # work 0.312/0.31, executor 1600 x 0.16/256; their product 1600/1640. cDNI's runs timed no worker steps.
+    assert set(rows) == {("DNI", "2")}
+    dni = rows[("DNI", "2")]
+    assert (dni["runs"], dni["efficiency"], dni["balance"], dni["work"], dni["executor"]) == ("1", "0.98", "0.97", "1.01", "1.00")
+    assert "efficiency = balance x work x executor" in (report / "README.md").read_text()

@@ -302,8 +302,6 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
     backward, regression, Adam update; ``context``: cDNI's label input), and with
     ``synth_input_layers`` a synthetic-input model of each stage's input but the first. ``device``: where
     ``stages`` live (CUDA is synchronised around each timed call: its kernels run asynchronously)."""
-    import statistics
-
     import torch
 
     from ..dni import Synthesizer, SyntheticInputModel, one_hot
@@ -311,20 +309,8 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
 
     device = torch.device(device or "cpu")
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def timed(fn) -> float:
-        fn()
-        samples = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
+        return median_seconds(fn, device, repeats=repeats)
 
     gen = torch.Generator().manual_seed(0)
     data = torch.rand(batch_size, *in_shape, generator=gen).to(device)
@@ -378,6 +364,32 @@ def measure_stage_costs(stages, in_shape: tuple[int, ...], batch_size: int, num_
                                out_bytes=int(torch.Size(out_shape).numel()) * 4))
         x = stage(h_in).detach()
     return costs
+
+
+def median_seconds(fn, device=None, repeats: int = 0, seconds: float = 0.0, warmup: int = 1) -> float:
+    """Median seconds of a call of ``fn`` after ``warmup`` calls: over ``repeats`` calls, and at least as many as
+    fit in ``seconds`` (a span: workers timing at once all stay busy while they time). CUDA is synchronised around
+    each timed call (its kernels run asynchronously)."""
+    import statistics
+
+    import torch
+
+    cuda = device is not None and torch.device(device).type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    end = time.perf_counter() + seconds
+    while len(samples) < max(repeats, 1) or time.perf_counter() < end:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 def ping_pong(rank: int, peer: int, sizes: list[int], repeats: int = 20, group=None) -> dict[int, float]:

@@ -182,6 +182,14 @@ class Stats:
         return out
 
 
+def train_group(group, h_in: torch.Tensor, y: torch.Tensor, context, metrics: dict):
+    """A decoupled worker's training of its stage group on a real input: the fused rule where its method was built
+    fused, else the per-stage one (every coin up: the plan refuses p_update < 1). Returns (h_out, target below)."""
+    if group.method.fused:
+        return group.train_fused(h_in, y, context, metrics)
+    return group.train(h_in, y, context, [True] * len(group.method.stages), metrics)
+
+
 def _is_unlock(method_cls) -> bool:
     from ..methods.unlock import UnlockDNI
     return issubclass(method_cls, UnlockDNI)
@@ -465,10 +473,10 @@ class Worker:
         messages' shapes standing in for them; one worker runs the method's own step. Nothing is sent: the run
         adds its messages and the executor's own time (cost.py: the decoupled schedules)."""
         import copy
-        import statistics
 
         from ..dni import one_hot
         from ..methods.units import StageGroup
+        from . import cost
         method = copy.deepcopy(self.method)
         group, unlocked = StageGroup(method, self.lo, self.hi), hasattr(method, "inputs")
         gen = torch.Generator().manual_seed(1)
@@ -493,27 +501,11 @@ class Worker:
                 if not self.first:
                     group.regress_inputs({self.lo - 1: h_in}, x, coins, metrics, fresh=True)
                 return
-            if method.fused:
-                group.train_fused(x if self.first else h_in, y, context, metrics)
-            else:
-                group.train(x if self.first else h_in, y, context, coins, metrics)
+            train_group(group, x if self.first else h_in, y, context, metrics)
             if not self.last:
                 group.regress(target, metrics, h=out, context=context)
 
-        def sync():
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        for _ in range(warmup):
-            step()
-        times: list[float] = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end or len(times) < least:
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return cost.median_seconds(step, self.device, repeats=least, seconds=seconds, warmup=warmup)
 
     def worker_metrics(self, train_s: float) -> dict[str, float]:
         k, s = self.rank, self.clock.seconds
@@ -656,10 +648,7 @@ class Worker:
                 with clock("wait_input"):
                     h_in = self.up.take()
             with clock("busy"):
-                if m.fused:
-                    h_out, down = group.train_fused(h_in, y, context, metrics)
-                else:
-                    h_out, down = group.train(h_in, y, context, coins, metrics)
+                h_out, down = train_group(group, h_in, y, context, metrics)
             if not self.last:
                 self.kept[step] = (h_out, context)
                 self.held_step = step

@@ -83,6 +83,11 @@ def baseline_label(runs: pd.DataFrame, name: str) -> str:
     return name.replace("pipelined 1F1B", "pipelined")
 
 
+def _batch(row: dict) -> int:
+    """A run's batch size (the parallel suite's 256 where a run did not log it)."""
+    return int(row.get("param.train.batch_size") or 256)
+
+
 def _cost_schedule(method: str, schedule: str, microbatches: str, pipeline: str = "") -> tuple[str, int]:
     if schedule == "locked":
         return "locked", 1
@@ -118,7 +123,7 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
     measured_link = next((got[1] for got in logged_all if got and got[1]), None)
     predicted, sources = [], []
     for row, logged, (schedule, m) in zip(records, logged_all, schedules):
-        batch = int(row.get("param.train.batch_size") or 256)
+        batch = _batch(row)
         k = int(row["workers"])
         stages, source = None, ""
         one = runs[(runs["label"] == baseline_label(runs, row["label"])) & (runs["workers"] == 1)
@@ -129,11 +134,13 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
         overhead = 0.0
         # the K = 1 run of the same configuration logged stages like this run's: its step calibrates the model
         calibrated = bool(logged and k > 1 and one_step_s and alone is not None and len(alone) == len(logged[0]))
+        split = cost.split_from_metrics(row, k) if logged else None       # the stages each worker trained
+        if split is not None and split[-1][1] != len(logged[0]):
+            split = None
         # a decoupled run timed each worker's whole step before its clock started: the model's compute per worker
-        steps = cost.worker_steps_from_metrics(row, k) if logged and schedule in cost.DECOUPLED else None
-        run_split = cost.split_from_metrics(row, k) if steps else None
-        if steps and run_split and run_split[-1][1] == len(logged[0]):
-            stages = cost.scale_groups(logged[0], run_split, steps)
+        steps = cost.worker_steps_from_metrics(row, k) if split and schedule in cost.DECOUPLED else None
+        if steps:
+            stages = cost.scale_groups(logged[0], split, steps)
             source = ("each worker's step timed next to a busy peer before the run" if k > 1
                       else "the step timed before the run")
         elif calibrated and schedule in cost.PIPELINES:
@@ -170,9 +177,6 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
             predicted.append(np.nan)
             sources.append("")
             continue
-        split = cost.split_from_metrics(row, k) if logged else None
-        if split is not None and split[-1][1] != len(stages):
-            split = None
         predicted.append(cost.throughput(schedule, stages, k, link, batch, m, split, overhead))
         if k == 1 and logged and not steps:
             source += ", uncalibrated (K=1 is the calibration point)"
@@ -257,7 +261,7 @@ def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
         for row in group.to_dict("records"):
             steps = cost.worker_steps_from_metrics(row, int(k))
             if steps and row["samples_per_s"] == row["samples_per_s"] and one == one:
-                parts.append(efficiency_parts(row["samples_per_s"], one, steps, int(row.get("param.train.batch_size") or 256)))
+                parts.append(efficiency_parts(row["samples_per_s"], one, steps, _batch(row)))
         if parts:
             mean = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
             rows.append({"method": name, "K": int(k), "runs": len(parts),
@@ -282,7 +286,7 @@ def modelled_scaling(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         first = one.iloc[-1]
         schedule, m = _cost_schedule(first["method"], first["schedule"], first["microbatches"], first["pipeline_schedule"])
-        batch = int(first.get("param.train.batch_size") or 256)
+        batch = _batch(first)
         step_s = batch / one["samples_per_s"].mean()
         logged = next((got for got in map(cost.costs_from_metrics, group.to_dict("records")) if got), None)
         overhead = 0.0
