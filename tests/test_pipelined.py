@@ -33,8 +33,13 @@ def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _worker(rank: int, world: int, rdzv: str, out: str) -> None:
+    import types
+
+    from dnibench.parallel import pipelined
     from dnibench.parallel.pipelined import PipelinedBprop
 
+    sleeps: list[float] = []                   # the pipeline's yields to gloo after a send (module doc)
+    pipelined.time = types.SimpleNamespace(perf_counter=pipelined.time.perf_counter, sleep=sleeps.append)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=world)
     try:
@@ -46,11 +51,12 @@ def _worker(rank: int, world: int, rdzv: str, out: str) -> None:
             opt = torch.optim.SGD(part.parameters(), lr=LR)
             pipe = PipelinedBprop(part, rank, world, m, BATCH, in_shape, opt, schedule=schedule)
             losses = []
+            sleeps.clear()
             for x, y in _batches():
                 loss = pipe.step(x if rank == 0 else None, y if rank == world - 1 else None)
                 losses.append(None if loss is None else float(loss))
             results[(m, schedule)] = {"state": part.state_dict(), "losses": losses,
-                                      "timings": dict(pipe.timings)}
+                                      "timings": dict(pipe.timings), "sleeps": list(sleeps)}
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -106,6 +112,11 @@ def test_pipelined_two_processes_equal_one_process(tmp_path):
         assert not torch.allclose(init["0.1.weight"], ref_state["0.1.weight"])
         for part in (first, last):
             assert part["timings"]["busy"] > 0 and part["timings"]["wait"] >= 0
+        # GPipe yields 20 us before a chunk that follows a sent one: rank 0 sends after each forward (M per step,
+        # the last before the first backward), rank 1 after each backward but the step's last; 1F1B never
+        sent = {0: m, 1: m - 1} if schedule == "gpipe" else {0: 0, 1: 0}
+        for rank, part in ((0, first), (1, last)):
+            assert part["sleeps"] == [20e-6] * (sent[rank] * STEPS), (m, schedule, rank)
 
 
 def test_cuda_over_gloo_is_refused_in_one_line(tmp_path):

@@ -34,6 +34,16 @@ statistics M times per step. The gradient is then the sum of the micro-batch gra
 one process doing the same micro-batch gradient accumulation (what tests/test_pipelined.py checks),
 not a whole-batch bprop step. With M = 1 (or a network without BatchNorm) it is exactly bprop.
 
+**Yielding to gloo after a send.** A send that the library posts after a chunk is pushed out by gloo's own
+thread, which on a core busy with the next chunk waits for that chunk's time slice: on this 2-core machine a
+stream of 32 KB micro-batch messages, each after 0.6 ms of compute, reached the waiting receiver 0.57-0.77 ms
+late on average, and 0.21-0.25 ms late when the sender slept 20 us after posting each send (sched_yield did not
+help; /tmp measurements of 2026-11-30, the same pattern as ``cost.stream_ping``). So under GPipe a rank that posted a
+send after its last chunk sleeps ``send_yield_s`` (20 us) before its next chunk; the sleep is waiting time, not busy.
+GPipe M = 8 at K = 2 (FCN-6, batch 256): 10 839-12 066 samples/s without, 13 667-14 597 with, three interleaved pairs;
+M = 4 moved by 0.96-1.18x in five pairs (median 0.98x). 1F1B is left alone: it waits on each send at once, batched
+with the next receive, so its core is free for gloo then anyway (two pairs with the sleep: 0.95x and 0.85x).
+
 ``step`` returns only after the schedule finished: the library waits on every send and receive it
 posted before ``step`` returns, so no pipelining communication is outstanding between steps.
 """
@@ -48,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SCHEDULES = ("gpipe", "1f1b")
+SEND_YIELD_S = 20e-6     # GPipe: a rank's sleep after posting a send, before its next chunk (module doc)
 
 
 def batch_mean_microbatch_loss(batch_size: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -84,7 +95,8 @@ class PipelinedBprop:
     def __init__(self, module: nn.Module, rank: int, world: int, microbatches: int, batch_size: int,
                  in_shape: tuple[int, ...], optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", loss_fn: Callable | None = None,
-                 group=None, schedule: str = "gpipe", dtype: torch.dtype = torch.float32):
+                 group=None, schedule: str = "gpipe", dtype: torch.dtype = torch.float32,
+                 send_yield_s: float = SEND_YIELD_S):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         if schedule not in SCHEDULES:
@@ -125,6 +137,9 @@ class PipelinedBprop:
         # it on the last stage only
         self.schedule = cls(self.stage, microbatches, loss_fn=self._loss, scale_grads=False)
         self._busy = 0.0
+        # 1F1B waits right after each send (it is batched with the next receive): its core is free anyway
+        self.send_yield_s = send_yield_s if schedule == "gpipe" else 0.0
+        self._sent = False                   # the last chunk posted a send (module doc: yielding to gloo)
         self._wrap_compute()
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,11 +153,17 @@ class PipelinedBprop:
         # The library exposes no timings: wrap the stage's two compute entry points on this instance
         # so "busy" is forward + backward compute; everything else in a step (receives, waits on
         # sends, the bubble) is "wait".
+        # after a forward chunk every rank but the last sends its activation up, after a backward chunk every
+        # rank but the first sends its input's gradient down
         stage = self.stage
+        sends = {"forward_one_chunk": self.rank < self.world - 1, "backward_one_chunk": self.rank > 0}
         for name in ("forward_one_chunk", "backward_one_chunk"):
             inner = getattr(stage, name)
 
-            def timed(*args, _inner=inner, **kwargs):
+            def timed(*args, _inner=inner, _sends=sends[name], **kwargs):
+                if self._sent and self.send_yield_s:
+                    time.sleep(self.send_yield_s)      # gloo's thread pushes the send posted after the last chunk
+                self._sent = _sends
                 start = time.perf_counter()
                 try:
                     return _inner(*args, **kwargs)
@@ -161,6 +182,7 @@ class PipelinedBprop:
             raise ValueError(f"the last rank needs the labels y of {self.batch_size} examples")
         start = time.perf_counter()
         self._busy = 0.0
+        self._sent = False
         self.optimizer.zero_grad(set_to_none=True)
         losses: list[torch.Tensor] | None = [] if last else None
         args = (x.to(self.device),) if first else ()
