@@ -177,6 +177,46 @@ def test_pipeline_charges_each_micro_batch_its_receive_and_the_schedules_overhea
         cost.step_time("locked", stages, 2, link, 4)
 
 
+def test_pipeline_model_takes_each_workers_timed_chunks():
+    """A pipelined run times each worker's micro-batch forward and backward before its clock (worker.py
+    ``time_pipeline_chunks``): the model's per-micro-batch compute is that chunk, and the schedule's own time per
+    micro-batch is what the K = 1 run of the same M took beyond its own timed chunks and its update."""
+    stages = [cost.StageCost(forward=4e-3, backward=8e-3, update=1e-4, out_bytes=1000),
+              cost.StageCost(forward=2e-3, backward=4e-3, update=1e-4, out_bytes=10)]
+    # each group's forward (backward) becomes M x its timed chunk: worker 0 1.5 / 2.5 ms, worker 1 1.0 / 2.0 ms
+    chunked = cost.chunk_groups(stages, [(0, 1), (1, 2)], [1.5e-3, 1.0e-3], [2.5e-3, 2.0e-3], 4)
+    assert [(s.forward, s.backward) for s in chunked] == [pytest.approx((6e-3, 10e-3)), pytest.approx((4e-3, 8e-3))]
+    assert [(s.update, s.out_bytes) for s in chunked] == [(1e-4, 1000), (1e-4, 10)]
+    one = cost.chunk_groups(stages, [(0, 2)], [2.0e-3], [3.0e-3], 4)     # within a group the proportions stay
+    assert [(s.forward, s.backward) for s in one] == [pytest.approx((16e-3 / 3, 8e-3)), pytest.approx((8e-3 / 3, 4e-3))]
+    with pytest.raises(ValueError, match="2/2 worker chunk times for a split into 1 groups"):
+        cost.chunk_groups(stages, [(0, 2)], [1e-3, 1e-3], [1e-3, 1e-3], 4)
+    assert cost.worker_chunks_from_metrics({"cost/worker0/chunk_forward_s": 1e-3}, 1) is None
+
+    link = cost.Link(1e-4, 1e10)
+    chunks = lambda k, f, b: {f"cost/worker{k}/chunk_forward_s": f, f"cost/worker{k}/chunk_backward_s": b}  # noqa: E731
+    # K = 1: 4 chunks of 2 + 3 ms and the 0.2 ms update in a 24.2 ms step: the library's own 1 ms per micro-batch
+    k1 = _row("bprop", 1, 256 / 24.2e-3, "pipelined", "4", "gpipe", **cost.cost_metrics(stages), **chunks(0, 2e-3, 3e-3))
+    k2 = _row("bprop", 2, 18000.0, "pipelined", "4", "gpipe", **cost.cost_metrics(stages, link),
+              **{"cost/link_busy_s": 5e-4, "cost/link_busy_bytes": 250.0, "cost/contended": 1.0},
+              **cost.split_metrics([(0, 1), (1, 2)]), **chunks(0, 1.5e-3, 2.5e-3), **chunks(1, 1.0e-3, 2.0e-3))
+    runs = report.prepare(pd.DataFrame([k1, k2]))
+    got = report.predictions(runs).set_index(runs["workers"])
+    assert cost.microbatch_overhead(one, 24.2e-3, 4) == pytest.approx(1e-3)
+    busy = cost.busy_link(link, 5e-4, 250)
+    assert got.loc[2, "predicted"] == pytest.approx(cost.throughput(
+        "gpipe", chunked, 2, busy, 256, 4, [(0, 1), (1, 2)], overhead_s=1e-3))
+    # by hand: f = [2.0, 1.5] ms, b = [3.0, 2.5] ms (chunk + half the 1 ms), messages 0.5 ms, update 0.1 ms:
+    # forward 3.5 + 0.5 + 3 max(2.0, 1.5 + 0.5) = 10 ms; backward 5.5 + 0.5 + 3 max(3.0 + 0.5, 2.5) = 16.5 ms
+    assert got.loc[2, "predicted"] == pytest.approx(256 / 26.6e-3)
+    assert got.loc[2, "source"].startswith("each worker's micro-batch forward and backward timed next to a busy peer "
+                                           "before the run + K=1 pipeline overhead 1.00 ms per micro-batch and worker")
+    # a run logged before the chunks were timed: the stages at the whole batch and the old overhead
+    old = report.prepare(pd.DataFrame([{k: v for k, v in row.items() if "chunk_" not in k} for row in (k1, k2)]))
+    assert report.predictions(old).set_index(old["workers"]).loc[2, "source"].startswith(
+        "stage costs timed next to a busy peer + K=1 pipeline overhead")
+
+
 def test_dnibench_run_takes_both_options_from_a_suite(tmp_path, fake_mnist_data_dir):
     """As the README tells a user: the options in a suite file, then ``dnibench run``; each run logs what ran."""
     import sqlite3
@@ -209,4 +249,9 @@ entries:
             (threads,), = con.execute("select value from latest_metrics where run_uuid = ? and key = 'cpu_threads'",
                                       (run_id,)).fetchall()
             logged[params["method"]] = (params["schedule"], params["pipeline_schedule"], params["threads"], threads)
+            if params["method"] == "bprop":     # each worker's micro-batch chunks, timed before the run (the model's)
+                chunks = dict(con.execute("select key, value from latest_metrics where run_uuid = ? and key like "
+                                          "'cost/worker%/chunk_%'", (run_id,)).fetchall())
+                assert set(chunks) == {f"cost/worker{k}/chunk_{d}_s" for k in (0, 1) for d in ("forward", "backward")}
+                assert all(v > 0 for v in chunks.values())
     assert logged == {"bprop": ("pipelined", "1f1b", "1", 1.0), "cdni": ("decoupled", "", "2", 2.0)}

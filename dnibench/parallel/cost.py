@@ -62,10 +62,17 @@ trigger, all workers at once for the same span), and the report scales each work
 are then each worker's own, and the K = 2 error is the messages' and the executor's. Locked bprop's stage
 times (and a decoupled run's logged before its workers' steps were timed) are scaled by the one-worker run's
 ``whole_step_factor`` (its measured step over the sum of its stages timed alone: a step's bookkeeping grows
-with its compute); locked bprop uses the one-worker stage times, its workers take turns. A pipeline's extra time is per micro-batch and worker instead
-(``microbatch_overhead`` of the one-worker run of the same M; spread over the stages as a factor it
-would shrink with each worker's share of the stages: in the 2026-11-30 K = 2 runs each worker's chunk
-time per step exceeded its stages' compute by about the whole one-worker overhead, not half of it). The split
+with its compute); locked bprop uses the one-worker stage times, its workers take turns. A pipelined run times each worker's forward and backward
+of one micro-batch through its stages before its clock starts, all workers at once (worker.py ``time_pipeline_chunks``):
+the model's per-micro-batch compute (``chunk_groups``), at the micro-batch's size, where small products run slower per
+example than the whole batch's (FCN-6 at K = 1: 8 chunks of 32 took 13.3 ms against 8.4 ms for the batch of 256). What
+the library adds to each micro-batch beyond the timed chunk (its bookkeeping inside and between chunks) is the K = 1
+run's step beyond its own timed chunks and update, per micro-batch (``microbatch_overhead``; 0.4-0.8 ms), which every
+worker pays. Runs logged before the chunks were timed use the whole-batch stage costs and the K = 1 step's whole excess
+over them per micro-batch: that charged each K = 2 worker 2.5-3 ms per step more than its measured chunk time (GPipe
+M = 8: 12.7 and 13.1 ms modelled against 8.3 and 10.0 ms of chunks), and the error hid the messages' stalls. What the
+chunk model leaves out: at K = 2 under GPipe M = 8 most steps took 14-15.5 ms, as predicted, and some 17-21 ms, a gloo
+send or receive held up 3-6 ms (worker threads and gloo's on two cores; 2026-11-30 timelines). The split
 is the one the run trained with. None of these inputs comes from the run being predicted: its stage and message times are
 measured before its clock starts, and the factor and overhead come from its one-worker run.
 
@@ -560,17 +567,50 @@ def split_from_metrics(metrics: dict, k: int) -> list[tuple[int, int]] | None:
     return list(zip([0] + ends[:-1], ends))
 
 
+def _per_worker(metrics: dict, k: int, name: str) -> list[float] | None:
+    """``cost/worker{i}/{name}`` for the ``k`` workers (keys optionally prefixed ``metric.``), each positive, else None."""
+    values = []
+    for i in range(k):
+        value = next((metrics.get(key) for key in (f"cost/worker{i}/{name}", f"metric.cost/worker{i}/{name}")
+                      if metrics.get(key) is not None), None)
+        if value is None or value != value or value <= 0:
+            return None
+        values.append(float(value))
+    return values
+
+
 def worker_steps_from_metrics(metrics: dict, k: int) -> list[float] | None:
     """``cost/worker{i}/step_s`` for the ``k`` workers (keys optionally prefixed ``metric.``): each worker's
     decoupled step timed before the run (worker.py ``time_decoupled_step``), else None."""
-    steps = []
-    for i in range(k):
-        value = next((metrics.get(name) for name in (f"cost/worker{i}/step_s", f"metric.cost/worker{i}/step_s")
-                      if metrics.get(name) is not None), None)
-        if value is None or value != value or value <= 0:
-            return None
-        steps.append(float(value))
-    return steps
+    return _per_worker(metrics, k, "step_s")
+
+
+def worker_chunks_from_metrics(metrics: dict, k: int) -> tuple[list[float], list[float]] | None:
+    """``cost/worker{i}/chunk_forward_s`` and ``chunk_backward_s`` for the ``k`` workers: each pipelined worker's
+    forward and backward of one micro-batch through its stages, timed before the run (worker.py
+    ``time_pipeline_chunks``), else None."""
+    forward, backward = _per_worker(metrics, k, "chunk_forward_s"), _per_worker(metrics, k, "chunk_backward_s")
+    return (forward, backward) if forward and backward else None
+
+
+def chunk_groups(stages: list[StageCost], split: list[tuple[int, int]], forward: list[float],
+                 backward: list[float], microbatches: int) -> list[StageCost]:
+    """The stages with each worker's forward and backward scaled so that its group's forward (backward) is
+    ``microbatches`` times the micro-batch forward (backward) that worker timed (``worker_chunks_from_metrics``):
+    ``step_time``'s per-micro-batch F_k/M is then the timed chunk, at the micro-batch's own size (small
+    products run slower per example than the whole batch's) and next to the run's peers. Updates, synthesizers
+    and bytes stay as logged."""
+    if not len(split) == len(forward) == len(backward):
+        raise ValueError(f"{len(forward)}/{len(backward)} worker chunk times for a split into {len(split)} groups")
+    out = []
+    for (lo, hi), f, b in zip(split, forward, backward):
+        group = stages[lo:hi]
+        f_sum, b_sum = sum(s.forward for s in group), sum(s.backward for s in group)
+        if not (f_sum > 0 and b_sum > 0 and f > 0 and b > 0):
+            raise ValueError("scaling a group to its chunks needs positive stage and chunk times")
+        out.extend(replace(s, forward=s.forward * microbatches * f / f_sum,
+                           backward=s.backward * microbatches * b / b_sum) for s in group)
+    return out
 
 
 def scale_groups(stages: list[StageCost], split: list[tuple[int, int]], steps: list[float]) -> list[StageCost]:

@@ -38,7 +38,7 @@ not a whole-batch bprop step. With M = 1 (or a network without BatchNorm) it is 
 thread, which on a core busy with the next chunk waits for that chunk's time slice: on this 2-core machine a
 stream of 32 KB micro-batch messages, each after 0.6 ms of compute, reached the waiting receiver 0.57-0.77 ms
 late on average, and 0.21-0.25 ms late when the sender slept 20 us after posting each send (sched_yield did not
-help; /tmp measurements of 2026-11-30, the same pattern as ``cost.stream_ping``). So under GPipe a rank that posted a
+help; two processes, one sending 8 messages each after its compute, the other waiting for each, 2026-11-30). So under GPipe a rank that posted a
 send after its last chunk sleeps ``send_yield_s`` (20 us) before its next chunk; the sleep is waiting time, not busy.
 GPipe M = 8 at K = 2 (FCN-6, batch 256): 10 839-12 066 samples/s without, 13 667-14 597 with, three interleaved pairs;
 M = 4 moved by 0.96-1.18x in five pairs (median 0.98x). 1F1B is left alone: it waits on each send at once, batched

@@ -40,7 +40,8 @@ UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (t
                                     # the cost model's measurements
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
-STEP_TIMING_S = 0.75                # how long every worker times its decoupled step before the run (the cost model's input)
+STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
+                                    # forward and backward) before the run: the cost model's input
 
 
 def split_stages(costs: list[float], workers: int) -> list[tuple[int, int]]:
@@ -353,7 +354,9 @@ class Worker:
           choice broadcast so that every worker takes the same; logged as ``cost/worker{k}/stages_end``;
         - the one-way gloo time between workers 0 and 1 at a tiny message and at the activation across their
           boundary (also 1/M of it when pipelined, and 4x to separate bandwidth from latency), and what a
-          send and a receive of that activation cost while both workers compute (``cost.busy_ping``).
+          send and a receive of that activation cost while both workers compute (``cost.busy_ping``);
+        - a decoupled worker's whole step (``time_decoupled_step``), a pipelined worker's forward and backward of one
+          micro-batch (``time_pipeline_chunks``), all workers at once.
 
         The stages are timed on copies, with the random streams put back afterwards: the run's parameters,
         batch order and synthesizers are as if nothing had been measured."""
@@ -424,6 +427,19 @@ class Worker:
             if self.world > 1:
                 dist.all_reduce(mine)
             out.update({f"cost/worker{k}/step_s": float(t) for k, t in enumerate(mine.tolist())})
+        if self.par.schedule == "pipelined":
+            # and each worker's forward and backward of one micro-batch through its stages, all workers at once:
+            # the chunks the pipeline runs, at their own size (every worker's in one tensor, worker 0 logs them)
+            chunks = torch.zeros(2, self.world, dtype=torch.float64)
+            if self.world > 1:
+                dist.barrier()
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                chunks[:, self.rank] = torch.tensor(self.time_pipeline_chunks(seconds=STEP_TIMING_S))
+            if self.world > 1:
+                dist.all_reduce(chunks)
+            for k in range(self.world):
+                out[f"cost/worker{k}/chunk_forward_s"] = float(chunks[0, k])
+                out[f"cost/worker{k}/chunk_backward_s"] = float(chunks[1, k])
         if self.rank != 0:
             return {}
         out.update(cost.cost_metrics(stages, link))
@@ -462,6 +478,36 @@ class Worker:
                 reply[0] = compute()
                 dist.send(reply, peer, tag=COST)
         return statistics.median(samples[1:]) if samples else 0.0
+
+    def time_pipeline_chunks(self, seconds: float, warmup: int = 5) -> tuple[float, float]:
+        """Seconds of one micro-batch's forward, and of its backward, through this worker's stages on a copy of
+        them: the compute of the chunks the pipeline runs (M of each per step), at the micro-batch's size. Each is
+        the median over half of ``seconds`` (every worker times for the same span, next to its peers); the
+        backward is a forward and backward less the forward, from the loss on the last worker and from a random
+        gradient on the others, with the input's gradient where the pipeline sends one down. What the library
+        adds per chunk (its bookkeeping, the messages) is not in it: cost.py's pipeline overhead."""
+        import copy
+
+        from ..methods.base import task_loss
+        from . import cost
+        module = copy.deepcopy(torch.nn.Sequential(*self.stages[self.lo:self.hi])).train()
+        mb = self.batch // (self.par.microbatches or 1)
+        gen = torch.Generator().manual_seed(1)
+        in_shape = self.in_shape if self.first else tuple(self.setup.stage_shapes[self.lo - 1])
+        x = torch.rand(mb, *in_shape, generator=gen).to(self.device).requires_grad_(not self.first)
+        y = torch.randint(0, self.setup.num_classes, (mb,), generator=gen).to(self.device)
+        grad = torch.randn(mb, *self.setup.stage_shapes[self.hi - 1], generator=gen).to(self.device)
+
+        def forward_backward():
+            out = module(x)
+            if self.last:
+                task_loss(out, y).backward()
+            else:
+                out.backward(grad)
+        half = seconds / 2
+        forward = cost.median_seconds(lambda: module(x), self.device, repeats=5, seconds=half, warmup=warmup)
+        both = cost.median_seconds(forward_backward, self.device, repeats=5, seconds=half, warmup=warmup)
+        return forward, max(both - forward, 1e-9)
 
     def time_decoupled_step(self, seconds: float, warmup: int = 5, least: int = 5) -> float:
         """Seconds of compute per step of this worker's decoupled loop, on a copy of the method: the median of the

@@ -139,10 +139,23 @@ def predictions(runs: pd.DataFrame) -> pd.Series:
             split = None
         # a decoupled run timed each worker's whole step before its clock started: the model's compute per worker
         steps = cost.worker_steps_from_metrics(row, k) if split and schedule in cost.DECOUPLED else None
+        # a pipelined run timed each worker's micro-batch forward and backward before its clock started
+        chunks = cost.worker_chunks_from_metrics(row, k) if schedule in cost.PIPELINES else None
+        one_chunks = next((got for got in (cost.worker_chunks_from_metrics(r, 1) for r in one.to_dict("records"))
+                           if got), None) if chunks else None
         if steps:
             stages = cost.scale_groups(logged[0], split, steps)
             source = ("each worker's step timed next to a busy peer before the run" if k > 1
                       else "the step timed before the run")
+        elif calibrated and schedule in cost.PIPELINES and split and chunks and one_chunks:
+            # a pipeline whose workers timed their micro-batch's forward and backward before the run: the model's
+            # chunks; what the library adds per micro-batch, which every worker pays, from the K = 1 run's step
+            # beyond its own timed chunks (the same M, one worker)
+            stages = cost.chunk_groups(logged[0], split, *chunks, m)
+            overhead = cost.microbatch_overhead(cost.chunk_groups(alone, [(0, len(alone))], *one_chunks, m),
+                                                one_step_s, m)
+            source = ("each worker's micro-batch forward and backward timed next to a busy peer before the run"
+                      f" + K=1 pipeline overhead {1e3 * overhead:.2f} ms per micro-batch and worker")
         elif calibrated and schedule in cost.PIPELINES:
             # a pipeline: its stages as timed in the run (next to a busy peer where K > 1) at the whole batch, and
             # its own time per micro-batch, which every worker pays, from the same M in one worker
