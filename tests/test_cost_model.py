@@ -196,3 +196,11 @@ def test_message_rounds_takes_each_rounds_later_poster():
     assert cost.message_rounds([1e-3, 3e-3, 2e-3], [4e-3, 1e-3, 5e-3]) == pytest.approx(1e-3)   # min 1, 1, 2
     with pytest.raises(ValueError, match="same rounds"):
         cost.message_rounds([1e-3], [1e-3, 2e-3])
+    # in bursts: one burst in a moment when every message took 2 ms does not set the cost (the median burst does)
+    held_up = [2e-3] * 4
+    rounds = [0.2e-3, 0.3e-3, 0.2e-3, 0.25e-3] + held_up + [0.3e-3, 0.35e-3, 0.3e-3, 0.3e-3]
+    assert cost.message_rounds(rounds, rounds) == pytest.approx(0.3e-3)                 # one burst of 12: its median
+    assert cost.message_rounds(rounds, rounds, bursts=3) == pytest.approx(0.3e-3)       # medians 0.225, 2, 0.3
+    assert cost.message_rounds(held_up * 2 + rounds[:4], held_up * 2 + rounds[:4], bursts=3) == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="12 busy_ping rounds do not split into 5 bursts"):
+        cost.message_rounds(rounds, rounds, bursts=5)

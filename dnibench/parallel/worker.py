@@ -40,6 +40,7 @@ UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (t
                                     # the cost model's measurements
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
+BURSTS = 3                          # busy_ping's rounds in 3 bursts, 0.1 s apart (cost.message_rounds: the median burst)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
 
@@ -401,15 +402,16 @@ class Worker:
             # and as a message costs in the run: both workers computing between messages (the model adds
             # what it costs beyond the ping-pong to every message: costs_from_metrics), at the size the
             # schedule sends (a micro-batch's activation when pipelined); 60 rounds, each the smaller of the
-            # two ranks' times (the one that posted last: no phase skew in it), their median
+            # two ranks' times (the one that posted last: no phase skew in it), in 3 bursts: the median burst's median
             busy_bytes = act // (self.par.microbatches or 1)
-            mine = torch.tensor(cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60), dtype=torch.float64)
+            mine = torch.tensor(cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS,
+                                               gap_s=0.1), dtype=torch.float64)
             peer = torch.zeros_like(mine)
             if self.rank == 1:
                 dist.send(mine, 0)
             else:
                 dist.recv(peer, 1)
-            out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist())
+            out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS)
             out["cost/link_busy_bytes"] = float(busy_bytes)
             if self.par.schedule == "locked":
                 # a locked worker idles until its message comes; where it blocks (no polling) its core sleeps
