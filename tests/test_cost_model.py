@@ -171,13 +171,18 @@ def test_calibrate_matches_one_worker_and_keeps_proportions():
         cost.calibrate(STAGES, "cdni", 0.0)
 
 
-def test_busy_link_adds_what_a_busy_message_costs_beyond_the_ping_pong():
+def test_busy_link_charges_a_message_what_it_cost_next_to_busy_compute():
     link = cost.Link(1e-4, 1e9)
     # 1 MB: 1.1 ms by the ping-pong; 3 ms next to busy compute -> 1.9 ms more on every message
     busy = cost.busy_link(link, 3e-3, 1_000_000)
     assert busy.message(1_000_000) == pytest.approx(3e-3)
     assert busy.message(0) == pytest.approx(2e-3) and busy.bandwidth_Bps == 1e9
-    assert cost.busy_link(link, 5e-4, 1_000_000) == link          # cheaper than the ping-pong: unchanged
+    # a ping-pong held up (1.3 ms per message, its sizes no longer fit a line: infinite bandwidth) is no floor:
+    # the busy rounds' 0.25 ms is what a message costs
+    slow = cost.busy_link(cost.Link(1.3e-3, float("inf")), 2.5e-4, 65536)
+    assert slow.message(65536) == pytest.approx(2.5e-4) and slow.message(4) == pytest.approx(2.5e-4)
+    # the bytes alone at the ping-pong's bandwidth take longer than the busy message: no negative latency
+    assert cost.busy_link(link, 5e-4, 1_000_000) == cost.Link(0.0, 1e9)
     metrics = {**cost.cost_metrics([cost.StageCost(1.0, 2.0, out_bytes=8)], link),
                "cost/link_busy_s": 3e-3, "cost/link_busy_bytes": 1e6}
     assert cost.costs_from_metrics(metrics)[1] == busy

@@ -46,8 +46,9 @@ that compute between messages costs 0.5-1.5 ms (the receiving thread, and gloo's
 get a core; torch's pipelining posts each micro-batch's receive only when it needs it, so gloo's
 rendezvous adds a round trip to the peer's busy core). ``busy_ping`` measures that before the run's
 clock starts (both workers computing about a millisecond between a send and a receive) at the size
-the schedule sends (a micro-batch's activation when pipelined), and the model charges it to every
-message of every schedule (``costs_from_metrics``), except where locked workers wait blocked (more workers than
+the schedule sends (a micro-batch's activation when pipelined), in three bursts (the median burst: one burst
+can land in a moment when every message is held up), and the model charges it to every message of every schedule
+(``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``), except where locked workers wait blocked (more workers than
 cores, so they do not poll: worker.py ``spins``): their messages cost what a locked run measured for a receiver
 waiting blocked (worker.py ``blocked_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
 bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
@@ -484,9 +485,12 @@ def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> flo
 
 
 def busy_link(link: Link, busy_s: float, nbytes: int) -> Link:
-    """``link`` with the extra per-message time ``busy_ping`` measured at ``nbytes`` next to busy compute
-    (none where the ping-pong time is larger)."""
-    return Link(link.latency_s + max(busy_s - link.message(nbytes), 0.0), link.bandwidth_Bps)
+    """``link`` with a message of ``nbytes`` costing what ``busy_ping`` measured for it next to busy compute, and
+    other sizes that plus the ping-pong's time per byte (the latency is what is left of ``busy_s`` after the
+    bytes, at least 0). The ping-pong's own latency is not a floor: 10 round trips in a row, it once measured
+    1.32 ms per message where the 60 busy rounds in 3 bursts measured 0.25 ms, and the run's messages took about
+    that (GPipe M = 4 at K = 2, predicted 34 % slow, 2026-11-30)."""
+    return Link(max(busy_s - nbytes / link.bandwidth_Bps, 0.0), link.bandwidth_Bps)
 
 
 def fit_link(times: dict[int, float]) -> Link:

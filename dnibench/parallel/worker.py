@@ -399,8 +399,8 @@ class Worker:
             times = cost.ping_pong(self.rank, 1 - self.rank, sorted(sizes), repeats=10)
             link, fitted = cost.link_from_times(times)
             out["cost/link_fitted"] = float(fitted)
-            # and as a message costs in the run: both workers computing between messages (the model adds
-            # what it costs beyond the ping-pong to every message: costs_from_metrics), at the size the
+            # and as a message costs in the run: both workers computing between messages (the model charges
+            # it to every message of that size: costs_from_metrics), at the size the
             # schedule sends (a micro-batch's activation when pipelined); 60 rounds, each the smaller of the
             # two ranks' times (the one that posted last: no phase skew in it), in 3 bursts: the median burst's median
             busy_bytes = act // (self.par.microbatches or 1)
