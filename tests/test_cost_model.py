@@ -209,3 +209,49 @@ def test_message_rounds_takes_each_rounds_later_poster():
     assert cost.message_rounds(held_up * 2 + rounds[:4], held_up * 2 + rounds[:4], bursts=3) == pytest.approx(2e-3)
     with pytest.raises(ValueError, match="12 busy_ping rounds do not split into 5 bursts"):
         cost.message_rounds(rounds, rounds, bursts=5)
+
+
+def test_stream_rounds_takes_each_rounds_receiver_and_the_median_bursts_mean():
+    nan = float("nan")
+    # rounds alternate: rank 0 received the even ones, rank 1 the odd ones
+    mine = [0.2e-3, nan, 0.3e-3, nan, 2.0e-3, nan, 2.0e-3, nan, 0.25e-3, nan, 0.35e-3, nan]
+    peer = [nan, 0.2e-3, nan, 0.3e-3, nan, 2.0e-3, nan, 2.0e-3, nan, 0.25e-3, nan, 0.35e-3]
+    # bursts of 4 rounds: means 0.25, 2.0, 0.3 ms -> 0.3 ms (a held-up burst does not set it)
+    assert cost.stream_rounds(mine, peer) == pytest.approx(0.3e-3)
+    assert cost.stream_rounds(peer, mine) == pytest.approx(0.3e-3)
+    # within a burst a held-up round counts: the mean, not the median (0.2, 0.2, 0.2, 1.4 -> 0.5 ms)
+    assert cost.stream_rounds([0.2e-3, nan, 0.2e-3, nan], [nan, 0.2e-3, nan, 1.4e-3], bursts=1) == pytest.approx(0.5e-3)
+    with pytest.raises(ValueError, match="neither rank received"):
+        cost.stream_rounds([nan, 1.0], [nan, 1.0], bursts=1)
+    with pytest.raises(ValueError, match="do not split into 3 bursts"):
+        cost.stream_rounds([1.0] * 4, [nan] * 4)
+
+
+def _stream_worker(rank: int, rdzv: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
+    try:
+        torch.save(cost.stream_ping(rank, 1 - rank, 4096, messages=3, rounds=6, work_s=1e-4, yield_s=2e-5),
+                   f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_stream_ping_alternates_the_direction_and_each_receiver_reports_its_waits(tmp_path):
+    """Two real gloo processes: round r is received by rank (r + 1) % 2 (rank 0 sends the first counted round),
+    the other rank's entry is NaN, and stream_rounds puts the two together."""
+    import math
+
+    import torch
+    import torch.multiprocessing as mp
+    mp.start_processes(_stream_worker, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=2, join=True,
+                       start_method="fork")
+    got = [torch.load(tmp_path / f"out.{rank}") for rank in (0, 1)]
+    assert len(got[0]) == len(got[1]) == 6
+    for r in range(6):
+        receiver = (r + 1) % 2
+        assert math.isnan(got[1 - receiver][r]) and got[receiver][r] >= 0
+    assert cost.stream_rounds(got[0], got[1]) >= 0

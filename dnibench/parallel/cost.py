@@ -48,7 +48,12 @@ rendezvous adds a round trip to the peer's busy core). ``busy_ping`` measures th
 clock starts (both workers computing about a millisecond between a send and a receive) at the size
 the schedule sends (a micro-batch's activation when pipelined), in three bursts (the median burst: one burst
 can land in a moment when every message is held up), and the model charges it to every message of every schedule
-(``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``), except where locked workers wait blocked (more workers than
+(``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``). GPipe's messages are
+measured in GPipe's own pattern instead (``stream_ping``: one rank computes and sends a stream of micro-batch
+messages, sleeping after each send as PipelinedBprop does, while the other waits for each; the mean per message
+beyond the fill, the median of three bursts): the exchange's 64 KB rounds measured 0.9-3.3 ms in 4 of 20 runs on
+2026-11-30 where the runs' messages cost 0.2-0.7 ms, and a gloo send posted before more compute is pushed later
+than one posted before a wait. Except where locked workers wait blocked (more workers than
 cores, so they do not poll: worker.py ``spins``): their messages cost what a locked run measured for a receiver
 waiting blocked (worker.py ``blocked_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
 bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
@@ -462,6 +467,66 @@ def busy_ping(rank: int, peer: int, nbytes: int, repeats: int = 20, work=None, g
             if i:                                    # a burst's first round sets up the connection, or catches up
                 samples.append(time.perf_counter() - start)
     return samples
+
+
+def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 24, work_s: float = 5e-4,
+                yield_s: float = 0.0, group=None) -> list[float]:
+    """A GPipe phase's messages, one way: in each round one rank computes ``work_s`` (one thread) and posts a send
+    of ``nbytes``, ``messages`` times (sleeping ``yield_s`` after each post, as PipelinedBprop does), while the other
+    waits for each message and then computes ``work_s``; the direction alternates round by round. Per round, on
+    the receiving rank, its waits beyond the first message's compute, per message (the first wait is the fill: the
+    sender's compute); NaN for the rounds this rank sent. On few cores this differs from ``busy_ping``'s exchange:
+    gloo's thread pushes the sender's message while the sender computes its next chunk, and waits for the core
+    (2026-11-30: 0.57-0.77 ms per 32 KB message without the sleep, 0.21-0.31 ms with it)."""
+    import torch
+    import torch.distributed as dist
+
+    a, w = torch.randn(64, 256), torch.randn(256, 256)
+
+    def work():
+        end = time.perf_counter() + work_s
+        while time.perf_counter() < end:
+            torch.mm(a, w)
+    bufs = [torch.zeros(max(nbytes // 4, 1)) for _ in range(messages)]
+    out = []
+    for r in range(rounds + 2):                      # the first round each way sets up the connection
+        sender = r % 2
+        if rank == sender:
+            jobs = []
+            for buf in bufs:
+                work()
+                jobs.append(dist.isend(buf, peer, group=group))
+                if yield_s:
+                    time.sleep(yield_s)
+            for job in jobs:
+                job.wait()
+            waited = float("nan")
+        else:
+            waited = 0.0
+            for buf in bufs:
+                start = time.perf_counter()
+                dist.irecv(buf, peer, group=group).wait()
+                waited += time.perf_counter() - start
+                work()
+            waited = max(waited - work_s, 0.0) / messages
+        if r >= 2:
+            out.append(waited)
+    return out
+
+
+def stream_rounds(mine: list[float], peer: list[float], bursts: int = 3) -> float:
+    """A GPipe message's cost from both ranks' ``stream_ping`` rounds (each round received by one of them): the rounds
+    in ``bursts`` runs in order, the mean of each (the waits that hold up a step count in its time), the median burst
+    (a burst can land in a moment when every message is held up)."""
+    import statistics
+
+    if len(mine) != len(peer) or not mine or len(mine) % bursts:
+        raise ValueError(f"stream_ping rounds: {len(mine)} and {len(peer)} do not split into {bursts} bursts")
+    rounds = [b if a != a else a for a, b in zip(mine, peer)]        # the receiver's value of each round
+    if any(v != v for v in rounds):
+        raise ValueError("a stream_ping round that neither rank received")
+    size = len(rounds) // bursts
+    return statistics.median(statistics.mean(rounds[i:i + size]) for i in range(0, len(rounds), size))
 
 
 def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> float:

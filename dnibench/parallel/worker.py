@@ -404,14 +404,22 @@ class Worker:
             # schedule sends (a micro-batch's activation when pipelined); 60 rounds, each the smaller of the
             # two ranks' times (the one that posted last: no phase skew in it), in 3 bursts: the median burst's median
             busy_bytes = act // (self.par.microbatches or 1)
-            mine = torch.tensor(cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS,
-                                               gap_s=0.1), dtype=torch.float64)
+            # GPipe: in its own pattern instead, a phase's stream of micro-batch messages one way (cost.stream_ping)
+            gpipe = self.par.schedule == "pipelined" and (self.par.pipeline_schedule or "gpipe") == "gpipe"
+            if gpipe:
+                from .pipelined import SEND_YIELD_S
+                rounds = cost.stream_ping(self.rank, 1 - self.rank, busy_bytes, self.par.microbatches, rounds=24,
+                                          yield_s=SEND_YIELD_S)
+            else:
+                rounds = cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS, gap_s=0.1)
+            mine = torch.tensor(rounds, dtype=torch.float64)
             peer = torch.zeros_like(mine)
             if self.rank == 1:
                 dist.send(mine, 0)
             else:
                 dist.recv(peer, 1)
-            out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS)
+            out["cost/link_busy_s"] = (cost.stream_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS) if gpipe else
+                                       cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS))
             out["cost/link_busy_bytes"] = float(busy_bytes)
             if self.par.schedule == "locked":
                 # a locked worker idles until its message comes; where it blocks (no polling) its core sleeps
