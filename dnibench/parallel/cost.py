@@ -48,12 +48,13 @@ rendezvous adds a round trip to the peer's busy core). ``busy_ping`` measures th
 clock starts (both workers computing about a millisecond between a send and a receive) at the size
 the schedule sends (a micro-batch's activation when pipelined), in three bursts (the median burst: one burst
 can land in a moment when every message is held up), and the model charges it to every message of every schedule
-(``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``). GPipe's messages are
-measured in GPipe's own pattern instead (``stream_ping``: one rank computes and sends a stream of micro-batch
-messages, sleeping after each send as PipelinedBprop does, while the other waits for each; the mean per message
-beyond the fill, the median of three bursts): the exchange's 64 KB rounds measured 0.9-3.3 ms in 4 of 20 runs on
-2026-11-30 where the runs' messages cost 0.2-0.7 ms, and a gloo send posted before more compute is pushed later
-than one posted before a wait. Except where locked workers wait blocked (more workers than
+(``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``). A pipeline's messages are
+measured in a pipeline's pattern instead (``stream_ping``: one rank computes and sends a stream of micro-batch
+messages, sleeping after each send as PipelinedBprop does under GPipe, while the other waits for each; the mean per
+message beyond the fill, the median of three bursts; 1F1B waits on each send at once, which frees its core as the
+sleep does): the exchange's 64 KB rounds measured 0.9-3.3 ms in 4 of 20 runs on 2026-11-30 where the runs' messages
+cost 0.2-0.7 ms (1F1B over four rounds: errors +9, +38, -48, +21 % with the exchange, -4, +27, -0, -4 % with the
+stream measured in the same round's GPipe run of the same M). Except where locked workers wait blocked (more workers than
 cores, so they do not poll: worker.py ``spins``): their messages cost what a locked run measured for a receiver
 waiting blocked (worker.py ``blocked_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
 bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
@@ -471,7 +472,7 @@ def busy_ping(rank: int, peer: int, nbytes: int, repeats: int = 20, work=None, g
 
 def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 24, work_s: float = 5e-4,
                 yield_s: float = 0.0, group=None) -> list[float]:
-    """A GPipe phase's messages, one way: in each round one rank computes ``work_s`` (one thread) and posts a send
+    """A pipeline phase's messages, one way: in each round one rank computes ``work_s`` (one thread) and posts a send
     of ``nbytes``, ``messages`` times (sleeping ``yield_s`` after each post, as PipelinedBprop does), while the other
     waits for each message and then computes ``work_s``; the direction alternates round by round. Per round, on
     the receiving rank, its waits beyond the first message's compute, per message (the first wait is the fill: the
@@ -515,7 +516,7 @@ def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 
 
 
 def stream_rounds(mine: list[float], peer: list[float], bursts: int = 3) -> float:
-    """A GPipe message's cost from both ranks' ``stream_ping`` rounds (each round received by one of them): the rounds
+    """A pipeline message's cost from both ranks' ``stream_ping`` rounds (each round received by one of them): the rounds
     in ``bursts`` runs in order, the mean of each (the waits that hold up a step count in its time), the median burst
     (a burst can land in a moment when every message is held up)."""
     import statistics

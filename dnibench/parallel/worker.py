@@ -404,9 +404,10 @@ class Worker:
             # schedule sends (a micro-batch's activation when pipelined); 60 rounds, each the smaller of the
             # two ranks' times (the one that posted last: no phase skew in it), in 3 bursts: the median burst's median
             busy_bytes = act // (self.par.microbatches or 1)
-            # GPipe: in its own pattern instead, a phase's stream of micro-batch messages one way (cost.stream_ping)
-            gpipe = self.par.schedule == "pipelined" and (self.par.pipeline_schedule or "gpipe") == "gpipe"
-            if gpipe:
+            # a pipeline: in its own pattern instead, a phase's stream of micro-batch messages one way, the sender's
+            # core free after each post (cost.stream_ping: GPipe sleeps there, 1F1B waits on the send at once)
+            stream = self.par.schedule == "pipelined"
+            if stream:
                 from .pipelined import SEND_YIELD_S
                 rounds = cost.stream_ping(self.rank, 1 - self.rank, busy_bytes, self.par.microbatches, rounds=24,
                                           yield_s=SEND_YIELD_S)
@@ -418,7 +419,7 @@ class Worker:
                 dist.send(mine, 0)
             else:
                 dist.recv(peer, 1)
-            out["cost/link_busy_s"] = (cost.stream_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS) if gpipe else
+            out["cost/link_busy_s"] = (cost.stream_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS) if stream else
                                        cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS))
             out["cost/link_busy_bytes"] = float(busy_bytes)
             if self.par.schedule == "locked":
