@@ -54,8 +54,8 @@ messages, sleeping after each send as PipelinedBprop does under GPipe, while the
 message beyond the fill, the median of three bursts; 1F1B waits on each send at once, which frees its core as the
 sleep does): the exchange's 64 KB rounds measured 0.9-3.3 ms in 4 of 20 runs on 2026-11-30 where the runs' messages
 cost 0.2-0.7 ms (1F1B over four rounds: errors +9, +38, -48, +21 % with the exchange, -4, +27, -0, -4 % with the
-stream measured in the same round's GPipe run of the same M). Except where locked workers wait blocked (more workers than
-cores, so they do not poll: worker.py ``spins``): their messages cost what a locked run measured for a receiver
+stream measured in the same round's GPipe run of the same M). Where locked workers wait blocked (more workers than
+cores, so they do not poll: worker.py ``spins``) their messages cost what a locked run measured for a receiver
 waiting blocked (worker.py ``blocked_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
 bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
 

@@ -40,7 +40,8 @@ UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (t
                                     # the cost model's measurements
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
-BURSTS = 3                          # busy_ping's rounds in 3 bursts, 0.1 s apart (cost.message_rounds: the median burst)
+BURSTS = 3                          # a message measurement's rounds in 3 bursts, the median burst (cost.message_rounds,
+                                    # cost.stream_rounds)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
 
@@ -399,13 +400,13 @@ class Worker:
             times = cost.ping_pong(self.rank, 1 - self.rank, sorted(sizes), repeats=10)
             link, fitted = cost.link_from_times(times)
             out["cost/link_fitted"] = float(fitted)
-            # and as a message costs in the run: both workers computing between messages (the model charges
-            # it to every message of that size: costs_from_metrics), at the size the
-            # schedule sends (a micro-batch's activation when pipelined); 60 rounds, each the smaller of the
-            # two ranks' times (the one that posted last: no phase skew in it), in 3 bursts: the median burst's median
+            # and as a message costs in the run, both workers computing between messages, at the size the schedule
+            # sends (a micro-batch's activation when pipelined); the model charges it to every message of that size
+            # (costs_from_metrics). In the schedule's pattern: a pipeline's is a stream of micro-batch messages one
+            # way, the sender's core free after each post (cost.stream_ping: GPipe sleeps there, 1F1B waits on the
+            # send at once), the others' an exchange (cost.busy_ping: each round's later poster, no phase skew in
+            # it); 24 or 60 rounds in 3 bursts, the median burst
             busy_bytes = act // (self.par.microbatches or 1)
-            # a pipeline: in its own pattern instead, a phase's stream of micro-batch messages one way, the sender's
-            # core free after each post (cost.stream_ping: GPipe sleeps there, 1F1B waits on the send at once)
             stream = self.par.schedule == "pipelined"
             if stream:
                 from .pipelined import SEND_YIELD_S
