@@ -256,6 +256,10 @@ def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
     summary, _ = run(spec("bprop", 2, schedule="locked"), data)
     assert summary["wait_polls"] == float(spins(2, 1, usable_cores()))
     assert summary["cost/link_blocked_s"] > 0                # what a message costs a receiver waiting blocked
+    # a locked step's messages: round trips with the receiver waiting as the run's workers do (polling here, a
+    # measurement of its own; where they block, the blocked one)
+    assert summary["cost/link_busy_s"] > 0
+    assert (summary["cost/link_busy_s"] != summary["cost/link_blocked_s"]) == bool(summary["wait_polls"])
     summary, _ = run(spec("bprop", 2, schedule="pipelined"), data)
     assert summary["wait_polls"] == 0.0                      # torch's pipelining waits its own way
     assert "cost/link_blocked_s" not in summary               # measured for locked runs only

@@ -54,9 +54,12 @@ messages, sleeping after each send as PipelinedBprop does under GPipe, while the
 message beyond the fill, the median of three bursts; 1F1B waits on each send at once, which frees its core as the
 sleep does): the exchange's 64 KB rounds measured 0.9-3.3 ms in 4 of 20 runs on 2026-11-30 where the runs' messages
 cost 0.2-0.7 ms (1F1B over four rounds: errors +9, +38, -48, +21 % with the exchange, -4, +27, -0, -4 % with the
-stream measured in the same round's GPipe run of the same M). Where locked workers wait blocked (more workers than
+stream measured in the same round's GPipe run of the same M). Locked bprop's are measured as round trips through
+the executor's own inbox, the receiver waiting as the run's workers do (worker.py ``round_trip_ping``; six rounds
+each way on 2026-11-30: exchange errors +16, +21, -3, +8, +7, -14 %, the last from a 2.0 ms exchange; round trips
++0, +21, +15, +3, +5, +2 %). Where locked workers wait blocked (more workers than
 cores, so they do not poll: worker.py ``spins``) their messages cost what a locked run measured for a receiver
-waiting blocked (worker.py ``blocked_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
+waiting blocked (worker.py ``round_trip_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked
 bprop at K = 2 by 22-28 % and pipelined bprop by 39-98 % (issue 10's runs of 2026-11-30).
 
 **Measured where it runs.** A parallel run times its stages in its own worker processes, all workers at
@@ -607,7 +610,7 @@ def costs_from_metrics(metrics: dict, busy: bool = True,
     prefixed ``metric.`` (a report row); None when no stage was logged. ``busy``: messages as they cost
     between workers that compute between messages, where that was measured (``busy_ping``; what every
     schedule's messages cost in a run, see the module doc), else the ping-pong's. ``blocked``: as they cost a
-    receiver that waits blocked (``cost/link_blocked_s``, a locked run's worker.blocked_ping), where measured."""
+    receiver that waits blocked (``cost/link_blocked_s``, a locked run's worker.round_trip_ping), where measured."""
     def get(key):
         for name in (key, f"metric.{key}"):
             value = metrics.get(name)

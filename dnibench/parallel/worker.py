@@ -404,30 +404,37 @@ class Worker:
             # sends (a micro-batch's activation when pipelined); the model charges it to every message of that size
             # (costs_from_metrics). In the schedule's pattern: a pipeline's is a stream of micro-batch messages one
             # way, the sender's core free after each post (cost.stream_ping: GPipe sleeps there, 1F1B waits on the
-            # send at once), the others' an exchange (cost.busy_ping: each round's later poster, no phase skew in
-            # it); 24 or 60 rounds in 3 bursts, the median burst
+            # send at once), locked bprop's a round trip (below), the decoupled schedules' an exchange (cost.busy_ping:
+            # each round's later poster, no phase skew in it); 24 or 60 rounds in 3 bursts, the median burst
             busy_bytes = act // (self.par.microbatches or 1)
             stream = self.par.schedule == "pipelined"
-            if stream:
-                from .pipelined import SEND_YIELD_S
-                rounds = cost.stream_ping(self.rank, 1 - self.rank, busy_bytes, self.par.microbatches, rounds=24,
-                                          yield_s=SEND_YIELD_S)
-            else:
-                rounds = cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS, gap_s=0.1)
-            mine = torch.tensor(rounds, dtype=torch.float64)
-            peer = torch.zeros_like(mine)
-            if self.rank == 1:
-                dist.send(mine, 0)
-            else:
-                dist.recv(peer, 1)
-            out["cost/link_busy_s"] = (cost.stream_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS) if stream else
-                                       cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS))
-            out["cost/link_busy_bytes"] = float(busy_bytes)
             if self.par.schedule == "locked":
-                # a locked worker idles until its message comes; where it blocks (no polling) its core sleeps
-                blocked = self.blocked_ping(busy_bytes, repeats=12)
+                # a locked step's messages: round trips through the executor's own inbox, each receiver idle first
+                # and waiting as the run's workers do (polling where every worker has its cores, worker.py spins);
+                # and to a receiver waiting blocked (cost/link_blocked_s: where locked workers do not poll)
+                from ..tracking import usable_cores
+                polled = spins(self.world, self.par.threads, usable_cores())
+                trip = self.round_trip_ping(busy_bytes, repeats=30, spin=True) if polled else None
+                blocked = self.round_trip_ping(busy_bytes, repeats=12, spin=False)
                 if self.rank == 0:
+                    out["cost/link_busy_s"] = trip if polled else blocked
                     out["cost/link_blocked_s"] = blocked
+            else:
+                if stream:
+                    from .pipelined import SEND_YIELD_S
+                    rounds = cost.stream_ping(self.rank, 1 - self.rank, busy_bytes, self.par.microbatches, rounds=24,
+                                              yield_s=SEND_YIELD_S)
+                else:
+                    rounds = cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS, gap_s=0.1)
+                mine = torch.tensor(rounds, dtype=torch.float64)
+                peer = torch.zeros_like(mine)
+                if self.rank == 1:
+                    dist.send(mine, 0)
+                else:
+                    dist.recv(peer, 1)
+                out["cost/link_busy_s"] = (cost.stream_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS) if stream
+                                           else cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS))
+            out["cost/link_busy_bytes"] = float(busy_bytes)
         if self.par.schedule == "decoupled" and not self.par.lockstep:
             # and this worker's whole step, as the decoupled loop runs it, all workers at once (next to a busy
             # peer): every worker's time in one tensor, which worker 0 logs as cost/worker{k}/step_s
@@ -460,15 +467,15 @@ class Worker:
         out["cost/measure_s"] = time.perf_counter() - start
         return out
 
-    def blocked_ping(self, nbytes: int, repeats: int, work_s: float = 2e-3) -> float:
-        """One-way seconds of a message of ``nbytes`` to a receiver that waits for it blocked (the executor's own
-        Inbox, not polling), between workers 0 and 1: each round one computes for ``work_s`` while the other waits,
-        then sends; a round trip less both computes, halved. Worker 0 returns the median (the first round sets up
-        the connection), worker 1 returns 0."""
+    def round_trip_ping(self, nbytes: int, repeats: int, spin: bool, work_s: float = 2e-3) -> float:
+        """One-way seconds of a message of ``nbytes`` to a receiver that waits for it in the executor's own Inbox,
+        polling (``spin``) or blocked, between workers 0 and 1: each round one computes for ``work_s`` while the
+        other waits, then sends; a round trip less both computes, halved. Worker 0 returns the median (the first
+        round sets up the connection), worker 1 returns 0."""
         import statistics
 
         peer, n = 1 - self.rank, max(nbytes // 4, 2)
-        inbox = Inbox(peer, COST, (n,), repeats + 1, torch.device("cpu"), spin=False)
+        inbox = Inbox(peer, COST, (n,), repeats + 1, torch.device("cpu"), spin=spin)
         a = torch.randn(128, 128)
 
         def compute() -> float:
