@@ -31,9 +31,16 @@ def start(suite: Path, db: Path, data_dir: Path, *extra) -> subprocess.Popen:
     return start_run(suite, db, data_dir, SEEDS, *extra)
 
 
+def _open(db: Path) -> sqlite3.Connection:
+    """The store as the next dnibench process opens it: read-write (never created: mode=rw), so that a journal a
+    killed process left behind is rolled back. Read-only, that rollback cannot happen: after a kill -9 in the middle
+    of a write the read failed with "attempt to write a readonly database" (a fresh clone's make test, 2026-11-30)."""
+    return sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+
+
 def runs(db: Path) -> list[tuple[str, str, str | None]]:
     """(run id, status, config_hash or None for a parent) of every run in the store."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+    with _open(db) as conn:
         return conn.execute("SELECT r.run_uuid, r.status, t.value FROM runs r LEFT JOIN tags t "
                             "ON t.run_uuid = r.run_uuid AND t.key = 'config_hash'").fetchall()
 
@@ -67,7 +74,7 @@ def test_two_processes_on_one_fresh_store_both_finish(tmp_path, suite, fake_mnis
 
 
 def failure_tags(db: Path) -> dict[str, str]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+    with _open(db) as conn:
         return dict(conn.execute("SELECT run_uuid, value FROM tags WHERE key = 'failure'").fetchall())
 
 
