@@ -13,3 +13,15 @@ def report_context(tmp_path, rows) -> ReportContext:
     runs["variant"] = runs["variant"].fillna(runs["run_id"]) if "variant" in runs else runs["run_id"]
     return ReportContext(tracking_uri="sqlite:///none", out=tmp_path, runs=runs, published=load_published(),
                          suites=load_suites("suites"))
+
+
+def parallel_row(method: str, schedule: str, k: int, metrics: dict, *, model: str, batch: int, run_id: str,
+                 microbatches: str = "", pipeline: str | None = None, threads: str | None = None) -> dict:
+    """One parallel run as a row of the report's run table (report.parallel.prepare's input), with these logged
+    metrics (``metric.`` prefixed) and params."""
+    params = {"param.workers": str(k), "param.schedule": schedule, "param.microbatches": microbatches,
+              "param.lockstep": "false", "param.train.batch_size": str(batch),
+              **({"param.pipeline_schedule": pipeline} if pipeline is not None else {}),
+              **({"param.threads": threads} if threads is not None else {})}
+    return {"suite": "parallel", "method": method, "model": model, "task": "mnist", "run_id": run_id, **params,
+            **{f"metric.{key}": value for key, value in metrics.items()}}

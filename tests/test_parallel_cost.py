@@ -11,6 +11,7 @@ from dnibench.parallel.worker import split_stages
 from dnibench.report import parallel as report
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
 from dnibench.train import train_ff
+from report_fixtures import parallel_row
 
 STEPS, BATCH = 6, 32
 
@@ -32,10 +33,7 @@ def spec(workers: int) -> RunSpec:
 
 
 def _row(method: str, schedule: str, k: int, metrics: dict, run_id: str | None = None) -> dict:
-    """A report row (report.parallel.prepare's input) of a parallel run with these logged metrics."""
-    return {"suite": "parallel", "method": method, "model": "fcn4", "task": "mnist", "run_id": run_id or f"r{k}",
-            "param.workers": str(k), "param.schedule": schedule, "param.microbatches": "", "param.lockstep": "false",
-            "param.train.batch_size": str(BATCH), **{f"metric.{key}": value for key, value in metrics.items()}}
+    return parallel_row(method, schedule, k, metrics, model="fcn4", batch=BATCH, run_id=run_id or f"r{k}")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from dnibench.parallel import cost
 from dnibench.report import parallel as report
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings, load_suite, plan
 from dnibench.train import train_ff
+from report_fixtures import parallel_row
 
 SUITE = """
 name: t
@@ -117,11 +118,8 @@ def test_threads_setting_reaches_torch(tmp_path):
 
 
 def _row(method, k, rate, schedule="decoupled", micro="", pipe="", threads="1", **metrics):
-    return {"suite": "parallel", "method": method, "model": "fcn6", "task": "mnist", "run_id": f"{method}{k}{pipe}{threads}",
-            "param.workers": str(k), "param.schedule": schedule, "param.microbatches": micro,
-            "param.pipeline_schedule": pipe, "param.threads": threads, "param.lockstep": "false",
-            "param.train.batch_size": "256", "metric.mean_samples_per_s": rate,
-            **{f"metric.{key}": value for key, value in metrics.items()}}
+    return parallel_row(method, schedule, k, {"mean_samples_per_s": rate, **metrics}, model="fcn6", batch=256,
+                        run_id=f"{method}{k}{pipe}{threads}", microbatches=micro, pipeline=pipe, threads=threads)
 
 
 def test_locked_bprop_charges_each_message_its_busy_cost():

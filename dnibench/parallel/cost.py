@@ -409,6 +409,31 @@ def median_seconds(fn, device=None, repeats: int = 0, seconds: float = 0.0, warm
     return statistics.median(samples)
 
 
+_WORK: list = []                                 # busy_compute's matrices, made once per process
+
+
+def busy_compute(seconds: float) -> float:
+    """Compute on this thread for ``seconds`` (products of small matrices): the work between a message measurement's
+    messages, which keeps the core busy as a run's compute does. Returns the seconds it took."""
+    import torch
+
+    if not _WORK:
+        _WORK.extend((torch.randn(64, 256), torch.randn(256, 256)))
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(*_WORK)
+    return time.perf_counter() - start
+
+
+def _median_burst(rounds: list[float], bursts: int, summary) -> float:
+    """``rounds`` in ``bursts`` equal runs in order, ``summary`` of each, their median: a burst can land in a moment
+    when every message is held up, and the median burst leaves it out."""
+    import statistics
+
+    size = len(rounds) // bursts
+    return statistics.median(summary(rounds[i:i + size]) for i in range(0, len(rounds), size))
+
+
 def ping_pong(rank: int, peer: int, sizes: list[int], repeats: int = 20, group=None) -> dict[int, float]:
     """One-way message time in seconds by message size in bytes (float32 tensors), half the median
     round trip between ``rank`` and ``peer`` over torch.distributed (both ranks call it; the lower
@@ -459,9 +484,8 @@ def busy_ping(rank: int, peer: int, nbytes: int, repeats: int = 20, work=None, g
     send, recv = torch.zeros(max(nbytes // 4, 1)), torch.zeros(max(nbytes // 4, 1))
     samples = []
     for burst in range(bursts):
-        gap_end = time.perf_counter() + (gap_s if burst else 0.0)
-        while time.perf_counter() < gap_end:
-            work()
+        if burst:
+            busy_compute(gap_s)
         for i in range(repeats // bursts + 1):
             work()
             start = time.perf_counter()
@@ -485,12 +509,6 @@ def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 
     import torch
     import torch.distributed as dist
 
-    a, w = torch.randn(64, 256), torch.randn(256, 256)
-
-    def work():
-        end = time.perf_counter() + work_s
-        while time.perf_counter() < end:
-            torch.mm(a, w)
     bufs = [torch.zeros(max(nbytes // 4, 1)) for _ in range(messages)]
     out = []
     for r in range(rounds + 2):                      # the first round each way sets up the connection
@@ -498,7 +516,7 @@ def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 
         if rank == sender:
             jobs = []
             for buf in bufs:
-                work()
+                busy_compute(work_s)
                 jobs.append(dist.isend(buf, peer, group=group))
                 if yield_s:
                     time.sleep(yield_s)
@@ -511,7 +529,7 @@ def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 
                 start = time.perf_counter()
                 dist.irecv(buf, peer, group=group).wait()
                 waited += time.perf_counter() - start
-                work()
+                busy_compute(work_s)
             waited = max(waited - work_s, 0.0) / messages
         if r >= 2:
             out.append(waited)
@@ -529,8 +547,7 @@ def stream_rounds(mine: list[float], peer: list[float], bursts: int = 3) -> floa
     rounds = [b if a != a else a for a, b in zip(mine, peer)]        # the receiver's value of each round
     if any(v != v for v in rounds):
         raise ValueError("a stream_ping round that neither rank received")
-    size = len(rounds) // bursts
-    return statistics.median(statistics.mean(rounds[i:i + size]) for i in range(0, len(rounds), size))
+    return _median_burst(rounds, bursts, statistics.mean)
 
 
 def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> float:
@@ -548,9 +565,7 @@ def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> flo
         raise ValueError(f"busy_ping rounds: {len(mine)} against {len(peer)}; both ranks run the same rounds")
     if bursts < 1 or len(mine) % bursts:
         raise ValueError(f"{len(mine)} busy_ping rounds do not split into {bursts} bursts")
-    size = len(mine) // bursts
-    later = [min(a, b) for a, b in zip(mine, peer)]
-    return statistics.median(statistics.median(later[i:i + size]) for i in range(0, len(later), size))
+    return _median_burst([min(a, b) for a, b in zip(mine, peer)], bursts, statistics.median)
 
 
 def busy_link(link: Link, busy_s: float, nbytes: int) -> Link:

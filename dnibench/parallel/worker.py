@@ -407,7 +407,6 @@ class Worker:
             # send at once), locked bprop's a round trip (below), the decoupled schedules' an exchange (cost.busy_ping:
             # each round's later poster, no phase skew in it); 24 or 60 rounds in 3 bursts, the median burst
             busy_bytes = act // (self.par.microbatches or 1)
-            stream = self.par.schedule == "pipelined"
             if self.par.schedule == "locked":
                 # a locked step's messages: round trips through the executor's own inbox, each receiver idle first
                 # and waiting as the run's workers do (polling where every worker has its cores, worker.py spins);
@@ -420,6 +419,7 @@ class Worker:
                     out["cost/link_busy_s"] = trip if polled else blocked
                     out["cost/link_blocked_s"] = blocked
             else:
+                stream = self.par.schedule == "pipelined"
                 if stream:
                     from .pipelined import SEND_YIELD_S
                     rounds = cost.stream_ping(self.rank, 1 - self.rank, busy_bytes, self.par.microbatches, rounds=24,
@@ -436,29 +436,14 @@ class Worker:
                                            else cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS))
             out["cost/link_busy_bytes"] = float(busy_bytes)
         if self.par.schedule == "decoupled" and not self.par.lockstep:
-            # and this worker's whole step, as the decoupled loop runs it, all workers at once (next to a busy
-            # peer): every worker's time in one tensor, which worker 0 logs as cost/worker{k}/step_s
-            mine = torch.zeros(self.world, dtype=torch.float64)
-            if self.world > 1:
-                dist.barrier()                         # the workers start together and time for as long
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                mine[self.rank] = self.time_decoupled_step(seconds=STEP_TIMING_S)
-            if self.world > 1:
-                dist.all_reduce(mine)
-            out.update({f"cost/worker{k}/step_s": float(t) for k, t in enumerate(mine.tolist())})
+            # and this worker's whole step, as the decoupled loop runs it, next to its busy peers
+            step_s, = self.timed_at_once(lambda: (self.time_decoupled_step(seconds=STEP_TIMING_S),))
+            out.update({f"cost/worker{k}/step_s": t for k, t in enumerate(step_s)})
         if self.par.schedule == "pipelined":
-            # and each worker's forward and backward of one micro-batch through its stages, all workers at once:
-            # the chunks the pipeline runs, at their own size (every worker's in one tensor, worker 0 logs them)
-            chunks = torch.zeros(2, self.world, dtype=torch.float64)
-            if self.world > 1:
-                dist.barrier()
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                chunks[:, self.rank] = torch.tensor(self.time_pipeline_chunks(seconds=STEP_TIMING_S))
-            if self.world > 1:
-                dist.all_reduce(chunks)
-            for k in range(self.world):
-                out[f"cost/worker{k}/chunk_forward_s"] = float(chunks[0, k])
-                out[f"cost/worker{k}/chunk_backward_s"] = float(chunks[1, k])
+            # and each worker's forward and backward of one micro-batch through its stages: the pipeline's chunks
+            forward, backward = self.timed_at_once(lambda: self.time_pipeline_chunks(seconds=STEP_TIMING_S))
+            out.update({f"cost/worker{k}/chunk_forward_s": t for k, t in enumerate(forward)})
+            out.update({f"cost/worker{k}/chunk_backward_s": t for k, t in enumerate(backward)})
         if self.rank != 0:
             return {}
         out.update(cost.cost_metrics(stages, link))
@@ -467,6 +452,20 @@ class Worker:
         out["cost/measure_s"] = time.perf_counter() - start
         return out
 
+    def timed_at_once(self, measure) -> list[list[float]]:
+        """Every worker runs ``measure`` (its seconds, a tuple) at the same moment, after a barrier, each for the same
+        span and next to its busy peers, with the random streams put back afterwards; returns, per value, every
+        worker's (``[value][worker]``), for worker 0 to log."""
+        if self.world > 1:
+            dist.barrier()                             # the workers start together and time for as long
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            mine = measure()
+        table = torch.zeros(len(mine), self.world, dtype=torch.float64)
+        table[:, self.rank] = torch.tensor(mine, dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(table)
+        return table.tolist()
+
     def round_trip_ping(self, nbytes: int, repeats: int, spin: bool, work_s: float = 2e-3) -> float:
         """One-way seconds of a message of ``nbytes`` to a receiver that waits for it in the executor's own Inbox,
         polling (``spin``) or blocked, between workers 0 and 1: each round one computes for ``work_s`` while the
@@ -474,27 +473,21 @@ class Worker:
         round sets up the connection), worker 1 returns 0."""
         import statistics
 
+        from .cost import busy_compute
         peer, n = 1 - self.rank, max(nbytes // 4, 2)
         inbox = Inbox(peer, COST, (n,), repeats + 1, torch.device("cpu"), spin=spin)
-        a = torch.randn(128, 128)
-
-        def compute() -> float:
-            start = time.perf_counter()
-            while time.perf_counter() - start < work_s:
-                torch.mm(a, a)
-            return time.perf_counter() - start
         samples = []
         for _ in range(repeats + 1):
             if self.rank == 0:
                 start = time.perf_counter()
-                mine = compute()
+                mine = busy_compute(work_s)
                 dist.send(torch.zeros(n), peer, tag=COST)
                 reply = inbox.take()
                 samples.append((time.perf_counter() - start - mine - float(reply[0])) / 2)
             else:
                 inbox.take()
                 reply = torch.zeros(n)
-                reply[0] = compute()
+                reply[0] = busy_compute(work_s)
                 dist.send(reply, peer, tag=COST)
         return statistics.median(samples[1:]) if samples else 0.0
 
