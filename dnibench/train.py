@@ -63,7 +63,7 @@ def train_ff(spec: RunSpec, data: ImageData, log: LogFn, on_step: Callable[[int]
             idx = batches.next()
             metrics = method.step(x_train[idx], y_train[idx])
             timer.step()                              # CPU only: a clock read, no sync
-            window.add(step, metrics)                 # device-side running sums: no sync here
+            window.add(step, metrics)                 # kept for the log point: no kernel, no sync here
             on_step(step)
             is_log, is_eval = window.points(step)
             if is_log:

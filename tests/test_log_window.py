@@ -44,3 +44,32 @@ def test_a_non_finite_step_is_named_at_the_log_point():
     with pytest.raises(Diverged) as err:
         window.close()
     assert err.value.step == 2
+
+
+def test_means_per_metric_over_the_steps_that_logged_it_and_no_graph_kept():
+    """Each metric's mean is over the steps that logged it (a synthesizer's loss may be missing on some steps),
+    and a step's value is kept without its graph until the log point."""
+    window = LogWindow(spec(), [], torch.device("cpu"))
+    w = torch.nn.Parameter(torch.tensor(2.0))
+    for step in range(1, 5):
+        metrics = {"train_loss": w * step}                    # with a graph: 2, 4, 6, 8
+        if step % 2 == 0:
+            metrics["synth_loss/h1"] = torch.tensor(float(10 * step))   # steps 2 and 4 only: 20, 40
+        window.add(step, metrics)
+    assert not any(v.requires_grad for values in window.values.values() for v in values)
+    row, steps, _ = window.close()
+    assert steps == 4 and row == pytest.approx({"train_loss": 5.0, "synth_loss/h1": 30.0})
+    row, steps, _ = window.close()                            # the next window starts empty
+    assert steps == 0 and row == {}
+
+
+def test_the_first_non_finite_step_of_a_window_is_named_whichever_metric():
+    window = LogWindow(spec(), [], torch.device("cpu"))
+    for step in range(1, 7):
+        window.add(step, {"train_loss": torch.tensor(1.0 if step < 5 else float("nan")),
+                          "synth_loss/h1": torch.tensor(float("inf") if step == 3 else 1.0)})
+    with pytest.raises(Diverged) as err:
+        window.close()
+    assert err.value.step == 3
+    window.add(7, {"train_loss": torch.tensor(2.0)})         # the failed window was cleared
+    assert window.close()[0] == {"train_loss": 2.0}
