@@ -278,6 +278,8 @@ MODEL_ROUNDS, MODEL_STEPS = 3, 300
 MODEL_CASES = [("bprop", "locked", None, "gpipe"), ("bprop", "pipelined", 4, "gpipe"), ("bprop", "pipelined", 8, "gpipe"),
                ("bprop", "pipelined", 4, "1f1b"), ("dni", "decoupled", None, "gpipe"),
                ("cdni", "decoupled", None, "gpipe"), ("unlock_cdni", "decoupled", None, "gpipe")]
+if os.environ.get("DNIBENCH_BENCH_SCHEDULES"):      # e.g. "pipelined": a subset of the cases, while working on one model
+    MODEL_CASES = [c for c in MODEL_CASES if c[1] in os.environ["DNIBENCH_BENCH_SCHEDULES"].split(",")]
 
 
 def test_cost_model_interleaved(benchmark, record):

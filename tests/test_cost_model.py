@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -211,47 +212,66 @@ def test_message_rounds_takes_each_rounds_later_poster():
         cost.message_rounds(rounds, rounds, bursts=5)
 
 
-def test_stream_rounds_takes_each_rounds_receiver_and_the_median_bursts_mean():
-    nan = float("nan")
-    # rounds alternate: rank 0 received the even ones, rank 1 the odd ones
-    mine = [0.2e-3, nan, 0.3e-3, nan, 2.0e-3, nan, 2.0e-3, nan, 0.25e-3, nan, 0.35e-3, nan]
-    peer = [nan, 0.2e-3, nan, 0.3e-3, nan, 2.0e-3, nan, 2.0e-3, nan, 0.25e-3, nan, 0.35e-3]
+def test_relay_rounds_with_two_ranks_is_each_receivers_waits_beyond_the_fill_per_message():
+    """Two ranks: each round's receiver waited (per message v) M v plus the sender's first compute (the fill); the
+    leader's entry is NaN. Bursts of 4 rounds, the mean of each, the median burst."""
+    nan, c, m = float("nan"), 0.5e-3, 4
+    per_message = [0.2e-3, 0.3e-3, 0.2e-3, 0.3e-3] + [2.0e-3] * 4 + [0.25e-3, 0.35e-3, 0.3e-3, 0.3e-3]
+    # rank 0 leads the even rounds, rank 1 the odd ones
+    rank0 = [(nan, c) if r % 2 == 0 else (m * v + c, c) for r, v in enumerate(per_message)]
+    rank1 = [(m * v + c, c) if r % 2 == 0 else (nan, c) for r, v in enumerate(per_message)]
     # bursts of 4 rounds: means 0.25, 2.0, 0.3 ms -> 0.3 ms (a held-up burst does not set it)
-    assert cost.stream_rounds(mine, peer) == pytest.approx(0.3e-3)
-    assert cost.stream_rounds(peer, mine) == pytest.approx(0.3e-3)
+    assert cost.relay_rounds([rank0, rank1], m) == pytest.approx(0.3e-3)
     # within a burst a held-up round counts: the mean, not the median (0.2, 0.2, 0.2, 1.4 -> 0.5 ms)
-    assert cost.stream_rounds([0.2e-3, nan, 0.2e-3, nan], [nan, 0.2e-3, nan, 1.4e-3], bursts=1) == pytest.approx(0.5e-3)
-    with pytest.raises(ValueError, match="neither rank received"):
-        cost.stream_rounds([nan, 1.0], [nan, 1.0], bursts=1)
+    rows = [[(nan, c), (m * 0.2e-3 + c, c), (nan, c), (m * 0.2e-3 + c, c)],
+            [(m * 0.2e-3 + c, c), (nan, c), (m * 1.4e-3 + c, c), (nan, c)]]
+    assert cost.relay_rounds(rows, m, bursts=1) == pytest.approx(0.5e-3)
+    with pytest.raises(ValueError, match="round 0: the waits are not those of a round led by rank 0"):
+        cost.relay_rounds([[(1e-3, c)], [(1e-3, c)]], m, bursts=1)
     with pytest.raises(ValueError, match="do not split into 3 bursts"):
-        cost.stream_rounds([1.0] * 4, [nan] * 4)
+        cost.relay_rounds([rank0[:4], rank1[:4]], m)
 
 
-def _stream_worker(rank: int, rdzv: str, out: str) -> None:
+def test_relay_rounds_with_three_ranks_charges_each_hop_its_fill_and_messages():
+    """Rank p hops down a round's order waited for p computes and then its M + p - 1 messages: round 0 runs 0 -> 1 -> 2,
+    round 1 runs 2 -> 1 -> 0. Worked by hand with M = 2 and a compute of 1 ms (rank 1's computes took 1.3 ms, the
+    others 0.85: their mean is 1 ms)."""
+    nan = float("nan")
+    rows = [[(nan, 0.85e-3), (2e-3 + 3 * 0.6e-3, 0.85e-3)],      # round 1: rank 0 is p = 2, messages 0.6 ms
+            [(1e-3 + 2 * 0.4e-3, 1.3e-3), (1e-3 + 2 * 0.2e-3, 1.3e-3)],
+            [(2e-3 + 3 * 0.3e-3, 0.85e-3), (nan, 0.85e-3)]]     # round 0: rank 2 is p = 2, messages 0.3 ms
+    # round 0: mean of rank 1's 0.4 and rank 2's 0.3 ms; round 1: of rank 1's 0.2 and rank 0's 0.6 ms; bursts of 1
+    assert cost.relay_rounds(rows, 2, bursts=2) == pytest.approx(statistics.median([0.35e-3, 0.4e-3]))
+    assert cost.relay_rounds(rows, 2, bursts=1) == pytest.approx(0.375e-3)
+
+
+def _relay_worker(rank: int, rdzv: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=3)
     try:
-        torch.save(cost.stream_ping(rank, 1 - rank, 4096, messages=3, rounds=6, work_s=1e-4, yield_s=2e-5),
-                   f"{out}.{rank}")
+        torch.save(cost.relay_ping(rank, 3, 4096, messages=3, rounds=6, work_s=1e-4, yield_s=2e-5), f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_stream_ping_alternates_the_direction_and_each_receiver_reports_its_waits(tmp_path):
-    """Two real gloo processes: round r is received by rank (r + 1) % 2 (rank 0 sends the first counted round),
-    the other rank's entry is NaN, and stream_rounds puts the two together."""
+def test_relay_ping_runs_through_every_rank_and_alternates_the_direction(tmp_path):
+    """Three real gloo processes: round r is led by rank 0 when r is even (0 -> 1 -> 2) and by rank 2 when odd (2 -> 1
+    -> 0); the leader's waits are NaN, every other rank's are not, every rank computed about work_s per message, and
+    relay_rounds puts the three together."""
     import math
 
     import torch
     import torch.multiprocessing as mp
-    mp.start_processes(_stream_worker, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=2, join=True,
+    mp.start_processes(_relay_worker, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=3, join=True,
                        start_method="fork")
-    got = [torch.load(tmp_path / f"out.{rank}") for rank in (0, 1)]
-    assert len(got[0]) == len(got[1]) == 6
+    got = [torch.load(tmp_path / f"out.{rank}") for rank in range(3)]
+    assert [len(rows) for rows in got] == [6, 6, 6]
     for r in range(6):
-        receiver = (r + 1) % 2
-        assert math.isnan(got[1 - receiver][r]) and got[receiver][r] >= 0
-    assert cost.stream_rounds(got[0], got[1]) >= 0
+        leader = 0 if r % 2 == 0 else 2
+        for rank in range(3):
+            waited, compute = got[rank][r]
+            assert math.isnan(waited) == (rank == leader) and compute >= 1e-4
+    assert cost.relay_rounds(got, 3, bursts=3) >= 0

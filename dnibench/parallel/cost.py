@@ -49,12 +49,14 @@ clock starts (both workers computing about a millisecond between a send and a re
 the schedule sends (a micro-batch's activation when pipelined), in three bursts (the median burst: one burst
 can land in a moment when every message is held up), and the model charges it to every message of every schedule
 (``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``). A pipeline's messages are
-measured in a pipeline's pattern instead (``stream_ping``: one rank computes and sends a stream of micro-batch
-messages, sleeping after each send as PipelinedBprop does under GPipe, while the other waits for each; the mean per
-message beyond the fill, the median of three bursts; 1F1B waits on each send at once, which frees its core as the
-sleep does): the exchange's 64 KB rounds measured 0.9-3.3 ms in 4 of 20 runs on 2026-11-30 where the runs' messages
-cost 0.2-0.7 ms (1F1B over four rounds: errors +9, +38, -48, +21 % with the exchange, -4, +27, -0, -4 % with the
-stream measured in the same round's GPipe run of the same M). Locked bprop's are measured as round trips through
+measured in a pipeline's pattern instead (``relay_ping``: the first worker computes and sends a stream of micro-batch
+messages, sleeping after each send as PipelinedBprop does under GPipe, and every later worker waits for each, computes
+and passes it on, all workers at once; the mean per message beyond each worker's fill, the median of three bursts;
+1F1B waits on each send at once, which frees its core as the sleep does): the exchange's 64 KB rounds measured 0.9-3.3
+ms in 4 of 20 runs on 2026-11-30 where the runs' messages cost 0.2-0.7 ms (1F1B over four rounds: errors +9, +38, -48,
++21 % with the exchange, -4, +27, -0, -4 % with the stream measured in the same round's GPipe run of the same M). With
+two workers the relay is that stream; with more workers than cores (K = 4 on 2 cores) it keeps every worker in it, as
+the run does. Locked bprop's are measured as round trips through
 the executor's own inbox, the receiver waiting as the run's workers do (worker.py ``round_trip_ping``; six rounds
 each way on 2026-11-30: exchange errors +16, +21, -3, +8, +7, -14 %, the last from a 2.0 ms exchange; round trips
 +0, +21, +15, +3, +5, +2 %). Where locked workers wait blocked (more workers than
@@ -497,57 +499,68 @@ def busy_ping(rank: int, peer: int, nbytes: int, repeats: int = 20, work=None, g
     return samples
 
 
-def stream_ping(rank: int, peer: int, nbytes: int, messages: int, rounds: int = 24, work_s: float = 5e-4,
-                yield_s: float = 0.0, group=None) -> list[float]:
-    """A pipeline phase's messages, one way: in each round one rank computes ``work_s`` (one thread) and posts a send
-    of ``nbytes``, ``messages`` times (sleeping ``yield_s`` after each post, as PipelinedBprop does), while the other
-    waits for each message and then computes ``work_s``; the direction alternates round by round. Per round, on
-    the receiving rank, its waits beyond the first message's compute, per message (the first wait is the fill: the
-    sender's compute); NaN for the rounds this rank sent. On few cores this differs from ``busy_ping``'s exchange:
-    gloo's thread pushes the sender's message while the sender computes its next chunk, and waits for the core
-    (2026-11-30: 0.57-0.77 ms per 32 KB message without the sleep, 0.21-0.31 ms with it)."""
+def relay_ping(rank: int, world: int, nbytes: int, messages: int, rounds: int = 24, work_s: float = 5e-4,
+               yield_s: float = 0.0) -> list[tuple[float, float]]:
+    """A pipeline phase in miniature through all ``world`` ranks at once (every rank calls it): in each round the
+    first rank computes ``work_s`` (one thread) and posts a send of ``nbytes``, ``messages`` times (sleeping
+    ``yield_s`` after each post, as PipelinedBprop does under GPipe); each later rank waits for each message, computes
+    ``work_s`` and passes it on; the direction alternates round by round (a forward phase, then a backward one).
+    Returns this rank's (seconds waited, seconds per compute) of each round, the waits NaN in the rounds it led.
+
+    Every worker takes part, so with more workers than cores (K = 4 on 2 cores) the messages share the cores with
+    every worker's compute, as the run's do: a stream between workers 0 and 1 alone put GPipe M = 4's prediction at
+    K = 4 39 % and 62 % fast (two runs, 2026-11-30); streams in every pair at once, four workers busy where a
+    pipeline keeps about two, 21-37 % slow. On few cores a pipeline's messages cost more than a ping-pong: gloo's
+    thread pushes the sender's message while the sender computes its next chunk, and waits for the core
+    (2026-11-30: 0.57-0.77 ms per 32 KB message without GPipe's sleep, 0.21-0.31 ms with it)."""
     import torch
     import torch.distributed as dist
 
     bufs = [torch.zeros(max(nbytes // 4, 1)) for _ in range(messages)]
     out = []
-    for r in range(rounds + 2):                      # the first round each way sets up the connection
-        sender = r % 2
-        if rank == sender:
-            jobs = []
-            for buf in bufs:
-                busy_compute(work_s)
-                jobs.append(dist.isend(buf, peer, group=group))
+    for r in range(rounds + 2):                      # the first round each way sets up the connections
+        order = list(range(world)) if r % 2 == 0 else list(range(world - 1, -1, -1))
+        pos = order.index(rank)
+        prev, nxt = (order[pos - 1] if pos else None), (order[pos + 1] if pos + 1 < world else None)
+        jobs, waited, computed = [], 0.0, 0.0
+        for buf in bufs:
+            if prev is not None:
+                start = time.perf_counter()
+                dist.irecv(buf, prev).wait()
+                waited += time.perf_counter() - start
+            computed += busy_compute(work_s)
+            if nxt is not None:
+                jobs.append(dist.isend(buf, nxt))
                 if yield_s:
                     time.sleep(yield_s)
-            for job in jobs:
-                job.wait()
-            waited = float("nan")
-        else:
-            waited = 0.0
-            for buf in bufs:
-                start = time.perf_counter()
-                dist.irecv(buf, peer, group=group).wait()
-                waited += time.perf_counter() - start
-                busy_compute(work_s)
-            waited = max(waited - work_s, 0.0) / messages
+        for job in jobs:
+            job.wait()
         if r >= 2:
-            out.append(waited)
+            out.append((waited if prev is not None else float("nan"), computed / messages))
     return out
 
 
-def stream_rounds(mine: list[float], peer: list[float], bursts: int = 3) -> float:
-    """A pipeline message's cost from both ranks' ``stream_ping`` rounds (each round received by one of them): the rounds
-    in ``bursts`` runs in order, the mean of each (the waits that hold up a step count in its time), the median burst
-    (a burst can land in a moment when every message is held up)."""
+def relay_rounds(table: list[list[tuple[float, float]]], messages: int, bursts: int = 3) -> float:
+    """A pipeline message's cost from every rank's ``relay_ping`` rounds (``table[rank][round]``). A rank p hops down
+    the round's order waits for p computes and p messages before its first message (the fill), then for each of the
+    other M - 1: its waits less p computes (at the ranks' mean), per message waited for (M + p - 1); per round the
+    mean over the ranks that waited; the mean of each of ``bursts`` runs of rounds in order, the median burst (a burst
+    can land in a moment when every message is held up). With two ranks: (waits - one compute) / M, the receiver's
+    waits beyond the fill per message."""
     import statistics
 
-    if len(mine) != len(peer) or not mine or len(mine) % bursts:
-        raise ValueError(f"stream_ping rounds: {len(mine)} and {len(peer)} do not split into {bursts} bursts")
-    rounds = [b if a != a else a for a, b in zip(mine, peer)]        # the receiver's value of each round
-    if any(v != v for v in rounds):
-        raise ValueError("a stream_ping round that neither rank received")
-    return _median_burst(rounds, bursts, statistics.mean)
+    world = len(table)
+    if world < 2 or len({len(rows) for rows in table}) != 1 or not table[0] or len(table[0]) % bursts:
+        raise ValueError(f"relay_ping rounds of {world} ranks do not split into {bursts} bursts")
+    per_round = []
+    for r in range(len(table[0])):
+        order = list(range(world)) if r % 2 == 0 else list(range(world - 1, -1, -1))
+        if table[order[0]][r][0] == table[order[0]][r][0] or any(table[k][r][0] != table[k][r][0] for k in order[1:]):
+            raise ValueError(f"relay_ping round {r}: the waits are not those of a round led by rank {order[0]}")
+        compute = statistics.mean(rows[r][1] for rows in table)
+        per_round.append(statistics.mean(max(table[k][r][0] - p * compute, 0.0) / (messages + p - 1)
+                                         for p, k in enumerate(order[1:], start=1)))
+    return _median_burst(per_round, bursts, statistics.mean)
 
 
 def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> float:

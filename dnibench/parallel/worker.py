@@ -41,7 +41,7 @@ UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (t
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
 BURSTS = 3                          # a message measurement's rounds in 3 bursts, the median burst (cost.message_rounds,
-                                    # cost.stream_rounds)
+                                    # cost.relay_rounds)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
 
@@ -392,21 +392,22 @@ class Worker:
             ends = ends.tolist()
             self.groups = list(zip([0] + ends[:-1], ends))
             self.lo, self.hi = self.groups[self.rank]
+        act = self.batch * int(torch.Size(self.setup.stage_shapes[self.groups[0][1] - 1]).numel()) * 4
+        busy_bytes = act // (self.par.microbatches or 1)
         if self.world > 1 and self.rank <= 1:
-            act = self.batch * int(torch.Size(self.setup.stage_shapes[self.groups[0][1] - 1]).numel()) * 4
             sizes = {4, act, 4 * act}
             if self.par.schedule == "pipelined":
-                sizes.add(act // (self.par.microbatches or 1))
+                sizes.add(busy_bytes)
             times = cost.ping_pong(self.rank, 1 - self.rank, sorted(sizes), repeats=10)
             link, fitted = cost.link_from_times(times)
             out["cost/link_fitted"] = float(fitted)
             # and as a message costs in the run, both workers computing between messages, at the size the schedule
             # sends (a micro-batch's activation when pipelined); the model charges it to every message of that size
-            # (costs_from_metrics). In the schedule's pattern: a pipeline's is a stream of micro-batch messages one
-            # way, the sender's core free after each post (cost.stream_ping: GPipe sleeps there, 1F1B waits on the
-            # send at once), locked bprop's a round trip (below), the decoupled schedules' an exchange (cost.busy_ping:
-            # each round's later poster, no phase skew in it); 24 or 60 rounds in 3 bursts, the median burst
-            busy_bytes = act // (self.par.microbatches or 1)
+            # (costs_from_metrics). In the schedule's pattern: a pipeline's is a relay of micro-batch messages through
+            # every worker, each sender's core free after each post (cost.relay_ping, below: GPipe sleeps there, 1F1B
+            # waits on the send at once), locked bprop's a round trip, the decoupled schedules' an exchange
+            # (cost.busy_ping: each round's later poster, no phase skew in it), the last two between workers 0 and 1;
+            # 24 or 60 rounds in 3 bursts, the median burst
             if self.par.schedule == "locked":
                 # a locked step's messages: round trips through the executor's own inbox, each receiver idle first
                 # and waiting as the run's workers do (polling where every worker has its cores, worker.py spins);
@@ -418,23 +419,26 @@ class Worker:
                 if self.rank == 0:
                     out["cost/link_busy_s"] = trip if polled else blocked
                     out["cost/link_blocked_s"] = blocked
-            else:
-                stream = self.par.schedule == "pipelined"
-                if stream:
-                    from .pipelined import SEND_YIELD_S
-                    rounds = cost.stream_ping(self.rank, 1 - self.rank, busy_bytes, self.par.microbatches, rounds=24,
-                                              yield_s=SEND_YIELD_S)
-                else:
-                    rounds = cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS, gap_s=0.1)
+            elif self.par.schedule != "pipelined":
+                rounds = cost.busy_ping(self.rank, 1 - self.rank, busy_bytes, repeats=60, bursts=BURSTS, gap_s=0.1)
                 mine = torch.tensor(rounds, dtype=torch.float64)
                 peer = torch.zeros_like(mine)
                 if self.rank == 1:
                     dist.send(mine, 0)
                 else:
                     dist.recv(peer, 1)
-                out["cost/link_busy_s"] = (cost.stream_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS) if stream
-                                           else cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS))
+                out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS)
             out["cost/link_busy_bytes"] = float(busy_bytes)
+        if self.world > 1 and self.par.schedule == "pipelined":
+            from .pipelined import SEND_YIELD_S
+            dist.barrier()                             # every worker in the relay, as in the run's pipeline
+            mine = torch.tensor(cost.relay_ping(self.rank, self.world, busy_bytes, self.par.microbatches, rounds=24,
+                                                yield_s=SEND_YIELD_S), dtype=torch.float64)
+            table = [torch.zeros_like(mine) for _ in range(self.world)]
+            dist.all_gather(table, mine)
+            if self.rank == 0:
+                out["cost/link_busy_s"] = cost.relay_rounds([t.tolist() for t in table], self.par.microbatches,
+                                                            bursts=BURSTS)
         if self.par.schedule == "decoupled" and not self.par.lockstep:
             # and this worker's whole step, as the decoupled loop runs it, next to its busy peers
             step_s, = self.timed_at_once(lambda: (self.time_decoupled_step(seconds=STEP_TIMING_S),))
