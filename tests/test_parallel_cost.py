@@ -115,6 +115,7 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     parts = report.efficiency_parts(rate=1e4, one_rate=1e4, steps=[6e-3, 8e-3], batch=100)
     assert parts["balance"] == pytest.approx(14 / 16) and parts["work"] == pytest.approx(10 / 14)
     assert parts["executor"] == pytest.approx(0.8) and parts["efficiency"] == pytest.approx(0.5)
+    assert parts["bound"] == pytest.approx(10 / 16)        # one step over K x the slowest: a free executor's
     # from the runs: one row for cDNI at K = 2, whose factors multiply to its efficiency
     table = report.efficiency_table(report.prepare(pd.DataFrame([_row("cdni", "decoupled", k, summary)
                                                                  for k, summary in summaries.items()])))

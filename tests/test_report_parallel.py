@@ -155,4 +155,24 @@ def test_efficiency_split_table(report):
     assert set(rows) == {("DNI", "2")}
     dni = rows[("DNI", "2")]
     assert (dni["runs"], dni["efficiency"], dni["balance"], dni["work"], dni["executor"]) == ("1", "0.98", "0.97", "1.01", "1.00")
-    assert "efficiency = balance x work x executor" in (report / "README.md").read_text()
+    assert dni["bound"] == "0.98"                            # 0.312 / (2 x 0.16)
+    readme = (report / "README.md").read_text()
+    assert "efficiency = balance x work x executor" in readme
+    # cDNI: 1500 samples/s at K = 2 against 800 in one process: 0.94; its runs timed no worker steps: no bound
+    assert ("Target (issue 10): cDNI at K = 2 with one thread per worker, parallel efficiency >= 0.85 (throughput >= "
+            "1.70x one process at one thread): 0.94, met.\n") in readme
+
+
+def test_efficiency_target_not_met_says_what_the_split_allows():
+    import pandas as pd
+    runs = pd.DataFrame([{"method": "cdni", "workers": 1, "threads": 1, "samples_per_s": 1000.0},
+                         {"method": "cdni", "workers": 1, "threads": 2, "samples_per_s": 1500.0},
+                         {"method": "cdni", "workers": 2, "threads": 1, "samples_per_s": 1500.0}])
+    parts = pd.DataFrame([{"method": "cDNI", "K": 2, "runs": 1, "efficiency": "0.75", "balance": "0.95",
+                           "work": "0.95", "executor": "0.83", "bound": "0.90"}])
+    text = parallel.efficiency_target(runs, parts)
+    assert text == ("Target (issue 10): cDNI at K = 2 with one thread per worker, parallel efficiency >= 0.85 "
+                    "(throughput >= 1.70x one process at one thread): 0.75, not met. With this split and its workers' "
+                    "steps timed before the run, an executor that cost nothing would reach 0.90 (balance 0.95 x work "
+                    "0.95); the executor kept 0.83 of it.")
+    assert parallel.efficiency_target(runs[runs["workers"] == 1], parts) == ""       # no K = 2 run: nothing said
