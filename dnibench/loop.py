@@ -105,16 +105,17 @@ class DivergenceWatch:
 
     def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
         if metrics:
-            self._steps.append((step, [v.detach() for v in metrics.values()]))   # no graph kept till the check
+            # no graph kept till the check; a tensor (an RNN window's losses) by its sum: non-finite when any term is
+            self._steps.append((step, [v.detach() if v.dim() == 0 else v.detach().sum() for v in metrics.values()]))
 
     def finite(self) -> tuple[list[int], torch.Tensor] | None:
         """The window's flags, device-side (no sync), and the window is cleared: per metric value since the last
-        check its step and whether it is finite (a tensor is finite when its sum is); None for an empty window."""
+        check its step and whether it is finite; None for an empty window."""
         steps, self._steps = self._steps, []
         if not steps:
             return None
         owners = [step for step, values in steps for _ in values]
-        values = torch.stack([(v if v.dim() == 0 else v.sum()).float() for _, vs in steps for v in vs])
+        values = torch.stack([v.float() for _, vs in steps for v in vs])
         return owners, torch.isfinite(values)
 
     def check(self, finite: tuple[list[int], torch.Tensor] | None = None) -> None:
@@ -130,9 +131,9 @@ class DivergenceWatch:
 class LogWindow:
     """The skeleton the feed-forward loop (dnibench/train.py) and the parallel workers
     (dnibench/parallel/worker.py) share between two log points: the learning-rate schedule applied to the
-    optimizers where it changes, each step's metric tensors kept as they are (no kernel, no host sync per step),
-    reduced on the device at the log point with the divergence flags, the training clock (synchronised on CUDA before each read), and at a log point the
-    window's averages, step count and seconds."""
+    optimizers where it changes, each step's metric tensors kept as they are (no kernel, no host sync per step)
+    and reduced on the device at the log point with the divergence flags, the training clock (synchronised on CUDA
+    before each read), and at a log point the window's averages, step count and seconds."""
 
     def __init__(self, spec: RunSpec, optimizers: list[torch.optim.Optimizer], device: torch.device):
         self.spec, self.optimizers, self.device = spec, optimizers, device
