@@ -42,6 +42,8 @@ EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
 BURSTS = 3                          # a message measurement's rounds in 3 bursts, the median burst (cost.message_rounds,
                                     # cost.relay_rounds)
+RELAY_ROUNDS = 96                   # a pipeline's relay_ping: about 1 s at M = 8. Standalone at K = 2, M = 8, four runs
+                                    # each: 24 rounds gave 0.37-0.80 ms a message, 96 rounds 0.43-0.58 (2026-11-30)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
 
@@ -407,7 +409,7 @@ class Worker:
             # every worker, each sender's core free after each post (cost.relay_ping, below: GPipe sleeps there, 1F1B
             # waits on the send at once), locked bprop's a round trip, the decoupled schedules' an exchange
             # (cost.busy_ping: each round's later poster, no phase skew in it), the last two between workers 0 and 1;
-            # 24 or 60 rounds in 3 bursts, the median burst
+            # 96 or 60 rounds in 3 bursts, the median burst
             if self.par.schedule == "locked":
                 # a locked step's messages: round trips through the executor's own inbox, each receiver idle first
                 # and waiting as the run's workers do (polling where every worker has its cores, worker.py spins);
@@ -432,8 +434,8 @@ class Worker:
         if self.world > 1 and self.par.schedule == "pipelined":
             from .pipelined import SEND_YIELD_S
             dist.barrier()                             # every worker in the relay, as in the run's pipeline
-            mine = torch.tensor(cost.relay_ping(self.rank, self.world, busy_bytes, self.par.microbatches, rounds=24,
-                                                yield_s=SEND_YIELD_S), dtype=torch.float64)
+            mine = torch.tensor(cost.relay_ping(self.rank, self.world, busy_bytes, self.par.microbatches,
+                                                rounds=RELAY_ROUNDS, yield_s=SEND_YIELD_S), dtype=torch.float64)
             table = [torch.zeros_like(mine) for _ in range(self.world)]
             dist.all_gather(table, mine)
             if self.rank == 0:
