@@ -510,9 +510,10 @@ def relay_ping(rank: int, world: int, nbytes: int, messages: int, rounds: int = 
     Every worker takes part, so with more workers than cores (K = 4 on 2 cores) the messages share the cores with
     every worker's compute, as the run's do: a stream between workers 0 and 1 alone put GPipe M = 4's prediction at
     K = 4 39 % and 62 % fast (two runs, 2026-11-30); streams in every pair at once, four workers busy where a
-    pipeline keeps about two, 21-37 % slow (three runs); the relay +21, -3, -1 % (three runs). On few cores a pipeline's messages cost more than a ping-pong: gloo's
-    thread pushes the sender's message while the sender computes its next chunk, and waits for the core
-    (2026-11-30: 0.57-0.77 ms per 32 KB message without GPipe's sleep, 0.21-0.31 ms with it)."""
+    pipeline keeps about two, 21-37 % slow (three runs); the relay +21, -3, -1 % at 24 rounds, +6, -0, -12 % at 96
+    (worker.py RELAY_ROUNDS). On few cores a pipeline's messages cost more than a ping-pong: gloo's thread pushes the
+    sender's message while the sender computes its next chunk, and waits for the core (2026-11-30: 0.57-0.77 ms per
+    32 KB message without GPipe's sleep, 0.21-0.31 ms with it)."""
     import torch
     import torch.distributed as dist
 
