@@ -103,10 +103,13 @@ class DivergenceWatch:
     def __init__(self):
         self._steps: list[tuple[int, list[torch.Tensor]]] = []
 
-    def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
-        if metrics:
-            # no graph kept till the check; a tensor (an RNN window's losses) by its sum: non-finite when any term is
-            self._steps.append((step, [v.detach() if v.dim() == 0 else v.detach().sum() for v in metrics.values()]))
+    def add(self, step: int, metrics: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Keep the step's metrics, detached (no graph kept till the check), a tensor (an RNN window's losses) by its
+        sum: non-finite when any term is. Returns what it kept, in ``metrics``' order."""
+        kept = [v.detach() if v.dim() == 0 else v.detach().sum() for v in metrics.values()]
+        if kept:
+            self._steps.append((step, kept))
+        return kept
 
     def finite(self) -> tuple[list[int], torch.Tensor] | None:
         """The window's flags, device-side (no sync), and the window is cleared: per metric value since the last
@@ -152,9 +155,8 @@ class LogWindow:
         return self.spec.train.lr * factor
 
     def add(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
-        self.watch.add(step, metrics)
-        for key, value in metrics.items():
-            self.values.setdefault(key, []).append(value.detach())
+        for key, value in zip(metrics, self.watch.add(step, metrics)):   # detached once, for both
+            self.values.setdefault(key, []).append(value)
         self.steps += 1
 
     def points(self, step: int) -> tuple[bool, bool]:

@@ -176,3 +176,37 @@ def test_efficiency_target_not_met_says_what_the_split_allows():
                     "steps timed before the run, an executor that cost nothing would reach 0.90 (balance 0.95 x work "
                     "0.95); the executor kept 0.83 of it.")
     assert parallel.efficiency_target(runs[runs["workers"] == 1], parts) == ""       # no K = 2 run: nothing said
+
+
+def test_dnibench_run_then_report_states_the_efficiency_target(tmp_path, fake_mnist_data_dir):
+    """As the README tells a user: `dnibench run` of a suite with cDNI at K = 1 and 2, then `dnibench report`: the
+    parallel section's efficiency table (with its bound) and the sentence on issue 10's target, from those runs."""
+    import re
+
+    from dnibench.cli import main
+    suite = tmp_path / "eff.yaml"
+    suite.write_text("""
+name: parallel
+task: mnist
+train: {steps: 6, batch_size: 8, lr: 1.0e-3, lr_decay_at: [], eval_every: 6, log_every: 3}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: cdni
+    parallel: {workers: [1, 2]}
+""")
+    uri, out = f"sqlite:///{tmp_path}/m.db", tmp_path / "reports"
+    assert main(["run", str(suite), "--profile", "smoke", "--device", "cpu", "--tracking-uri", uri,
+                 "--data-dir", str(fake_mnist_data_dir), "--no-progress"]) == 0
+    assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
+    rows = _rows((out / "parallel_fcn3_smoke_efficiency.md").read_text())
+    cdni = rows[("cDNI", "2")]
+    assert float(cdni["bound"]) == pytest.approx(float(cdni["balance"]) * float(cdni["work"]), abs=0.011)
+    speedup = _rows((out / "parallel_fcn3_smoke_speedup.md").read_text())[("cDNI", "2")]
+    sentence = re.search(r"Target \(issue 10\): cDNI at K = 2 with one thread per worker, parallel efficiency >= 0\.85 "
+                         r"\(throughput >= 1\.70x one process at one thread\): (\d\.\d\d), (met|not met)\. With this "
+                         r"split and its workers' steps timed before the run, an executor that cost nothing would "
+                         r"reach (\d\.\d\d)", (out / "README.md").read_text())
+    assert sentence, "the report states the target"
+    assert sentence[1] == speedup["efficiency"] and sentence[3] == cdni["bound"]
+    assert (sentence[2] == "met") == (float(sentence[1]) >= 0.85)

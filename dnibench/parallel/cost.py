@@ -548,6 +548,7 @@ def relay_rounds(table: list[list[tuple[float, float]]], messages: int, bursts: 
     mean over the ranks that waited; the mean of each of ``bursts`` runs of rounds in order, the median burst (a burst
     can land in a moment when every message is held up). With two ranks: (waits - one compute) / M, the receiver's
     waits beyond the fill per message."""
+    import math
     import statistics
 
     world = len(table)
@@ -556,7 +557,7 @@ def relay_rounds(table: list[list[tuple[float, float]]], messages: int, bursts: 
     per_round = []
     for r in range(len(table[0])):
         order = list(range(world)) if r % 2 == 0 else list(range(world - 1, -1, -1))
-        if table[order[0]][r][0] == table[order[0]][r][0] or any(table[k][r][0] != table[k][r][0] for k in order[1:]):
+        if not math.isnan(table[order[0]][r][0]) or any(math.isnan(table[k][r][0]) for k in order[1:]):
             raise ValueError(f"relay_ping round {r}: the waits are not those of a round led by rank {order[0]}")
         compute = statistics.mean(rows[r][1] for rows in table)
         per_round.append(statistics.mean(max(table[k][r][0] - p * compute, 0.0) / (messages + p - 1)

@@ -397,9 +397,7 @@ class Worker:
         act = self.batch * int(torch.Size(self.setup.stage_shapes[self.groups[0][1] - 1]).numel()) * 4
         busy_bytes = act // (self.par.microbatches or 1)
         if self.world > 1 and self.rank <= 1:
-            sizes = {4, act, 4 * act}
-            if self.par.schedule == "pipelined":
-                sizes.add(busy_bytes)
+            sizes = {4, busy_bytes, act, 4 * act}         # busy_bytes: a micro-batch's activation when pipelined
             times = cost.ping_pong(self.rank, 1 - self.rank, sorted(sizes), repeats=10)
             link, fitted = cost.link_from_times(times)
             out["cost/link_fitted"] = float(fitted)

@@ -446,13 +446,19 @@ def race(ctx: ReportContext, runs: pd.DataFrame, all_runs: pd.DataFrame, k: int)
                    f"cDNI took {verdict} wall-clock ({cdni_t / pipe_t:.2f}x)."), target
 
 
+def one_thread_rates(runs: pd.DataFrame, k: int, method: str) -> tuple[float, float]:
+    """``method``'s mean samples/s at K = ``k`` workers and in one process, one thread per worker each (NaN where it
+    has no such run)."""
+    one_thread = runs[(runs["method"] == method) & (runs["threads"] == 1)]
+    return (one_thread[one_thread["workers"] == k]["samples_per_s"].mean(),
+            one_thread[one_thread["workers"] == 1]["samples_per_s"].mean())
+
+
 def efficiency_target(runs: pd.DataFrame, parts: pd.DataFrame, k: int = 2, method: str = "cdni") -> str:
     """The sentence on issue 10's efficiency target: ``method`` at K = ``k`` workers with one thread each against
     ``EFFICIENCY_TARGET``, met or not, and where its workers timed their steps (``parts``, ``efficiency_table``)
     what this split allows an executor that cost nothing. Empty without both runs."""
-    one_thread = runs[(runs["method"] == method) & (runs["threads"] == 1)]
-    rate = one_thread[one_thread["workers"] == k]["samples_per_s"].mean()
-    one = one_thread[one_thread["workers"] == 1]["samples_per_s"].mean()
+    rate, one = one_thread_rates(runs, k, method)
     if rate != rate or one != one:
         return ""
     name, efficiency = display_name(method), rate / (k * one)
@@ -472,13 +478,12 @@ def single_process_ratio(runs: pd.DataFrame, k: int, method: str = "cdni") -> st
     """The sentence: ``method`` at K workers (one thread each) against its best run in one process (one
     worker at one or more threads: issue 10 asks for both), and against the fastest one-process run of any
     method. Empty when there is no such pair."""
-    rate = runs[(runs["method"] == method) & (runs["workers"] == k) & (runs["threads"] == 1)]["samples_per_s"].mean()
+    rate, one = one_thread_rates(runs, k, method)
     single = runs[(runs["workers"] == 1) & runs["samples_per_s"].notna()].groupby("label")["samples_per_s"].mean()
     own = single[[name for name in single.index
                   if (runs.loc[runs["label"] == name, "method"] == method).all()]]
     if k < 2 or rate != rate or own.empty:
         return ""
-    one = runs[(runs["method"] == method) & (runs["workers"] == 1) & (runs["threads"] == 1)]["samples_per_s"].mean()
     name = display_name(method)
     text = f"{name} at K = {k} (one thread each): {rate:.0f} samples/s"
     if one == one:
