@@ -24,6 +24,12 @@ def test_partition_minimises_the_largest_group():
     assert cost.partition([1, 2, 3, 4, 5], 2) == [(0, 3), (3, 5)]          # 6 | 9 (not 10 | 5)
     assert cost.partition([5, 1, 1, 1, 5], 3) == [(0, 1), (1, 4), (4, 5)]
     assert cost.partition([1, 1], 1) == [(0, 2)]
+    assert cost.partition([1.0] * 6, 2) == [(0, 3), (3, 6)]
+    assert cost.partition([4.0, 1.0, 1.0, 1.0, 1.0], 2) == [(0, 1), (1, 5)]
+    assert cost.partition([1.0, 1.0, 1.0], 3) == [(0, 1), (1, 2), (2, 3)]
+    # ties on the largest group (5 | 3 and 3 | 5): the most even stage counts, 2 | 3 rather than 1 | 4
+    assert cost.partition([3.0, 2.0, 1.0, 1.0, 1.0], 2) == [(0, 2), (2, 5)]
+    assert cost.partition([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0], 3) == [(0, 3), (3, 6), (6, 8)]
     with pytest.raises(ValueError, match="cannot each own a stage"):
         cost.partition([1, 1], 3)
 
@@ -79,6 +85,54 @@ def test_decoupled_with_free_messages_is_the_slowest_worker():
     assert t == pytest.approx(3.0 + 6.0 + 0.3 + 1.5 + 2 * SLOW_LINK.message(1e6))
 
 
+# three workers, one stage each, unequal compute and unequal messages across the two boundaries (1 MB, 3 MB):
+# which message each worker waits for, and what it sends, changes the answer
+THREE = [StageCost(forward=1.0, backward=2.0, update=0.1, synth=0.5, out_bytes=1_000_000),
+         StageCost(forward=2.0, backward=4.0, update=0.3, synth=0.5, out_bytes=3_000_000),
+         StageCost(forward=1.0, backward=2.0, update=0.2, out_bytes=0)]
+
+
+def test_pipelines_charge_each_worker_the_message_it_receives_worked_by_hand():
+    # M = 2: messages of half the bytes on SLOW_LINK, 0.015 s across boundary 0 and 0.025 s across boundary 1;
+    # f = [0.5, 1, 0.5], b = [1, 2, 1]; worker i waits for boundary i - 1's activation and boundary i's gradient
+    forward = 2.0 + 0.04 + max(0.5, 1.0 + 0.015, 0.5 + 0.025)
+    backward = 4.0 + 0.04 + max(1.0 + 0.015, 2.0 + 0.025, 1.0)
+    assert cost.step_time("gpipe", THREE, 3, SLOW_LINK, microbatches=2) == pytest.approx(forward + backward + 0.3)
+    # 1F1B: one steady pair of f + b + the larger of the two messages the worker receives
+    pair = max(1.5 + 0.015, 3.0 + 0.025, 1.5 + 0.025)
+    assert cost.step_time("1f1b", THREE, 3, SLOW_LINK, microbatches=2) == pytest.approx(
+        2.0 + 4.0 + 2 * 0.04 + pair + 0.3)
+    # the schedule's own 0.2 s per micro-batch and worker, half in each phase: f = [0.6, 1.1, 0.6], b = [1.1, 2.1, 1.1]
+    forward = 2.3 + 0.04 + max(0.6, 1.1 + 0.015, 0.6 + 0.025)
+    backward = 4.3 + 0.04 + max(1.1 + 0.015, 2.1 + 0.025, 1.1)
+    assert cost.step_time("gpipe", THREE, 3, SLOW_LINK, microbatches=2, overhead_s=0.2) == pytest.approx(
+        forward + backward + 0.3)
+    assert cost.throughput("gpipe", THREE, 3, SLOW_LINK, 256, microbatches=2, overhead_s=0.2) == pytest.approx(
+        256 / (forward + backward + 0.3))
+
+
+def test_decoupled_workers_send_across_their_own_boundaries_worked_by_hand():
+    # each worker: forward + backward + update + synthesizer + a message across each of its boundaries
+    # (0.02 s for 1 MB, 0.04 s for 3 MB); the middle worker is the slowest
+    assert cost.step_time("dni", THREE, 3, SLOW_LINK) == pytest.approx(2.0 + 4.0 + 0.3 + 0.5 + 0.02 + 0.04)
+    # a given split: stages 0-1 on worker 0 (it sends the 3 MB boundary only), stage 2 on worker 1
+    assert cost.step_time("dni", THREE, 2, SLOW_LINK, split=[(0, 2), (2, 3)]) == pytest.approx(
+        3.0 + 6.0 + 0.4 + 1.0 + 0.04)
+    assert cost.throughput("dni", THREE, 2, SLOW_LINK, 100, split=[(0, 2), (2, 3)]) == pytest.approx(
+        100 / (3.0 + 6.0 + 0.4 + 1.0 + 0.04))
+
+
+@pytest.mark.parametrize("split", [[(0, 1), (1, 3), (3, 3)], [(1, 2), (2, 3)], [(0, 1), (1, 2)], [(0, 2)]])
+def test_a_split_that_does_not_cover_the_stages_is_refused(split):
+    with pytest.raises(ValueError, match=r"does not give 2 workers the 3 stages"):
+        cost.step_time("dni", THREE, 2, FREE, split=split)
+
+
+def test_microbatches_below_one_are_refused():
+    with pytest.raises(ValueError, match="microbatches 0: expected at least 1"):
+        cost.step_time("gpipe", THREE, 2, FREE, microbatches=0)
+
+
 def test_throughput_and_scaling_rows():
     assert cost.throughput("dni", STAGES, 1, FREE, 256) == pytest.approx(256 / sum(
         s.forward + s.backward + s.update + s.synth for s in STAGES))
@@ -93,6 +147,18 @@ def test_throughput_and_scaling_rows():
     locked = cost.predict_scaling(no_update, 256, cost.CPU_CLUSTER, workers=[2], schedules={"l": {"schedule": "locked"}})
     assert locked[0]["speedup"] < 1.0
     assert by[(8, "gpipe_m8")]["speedup"] > by[(8, "gpipe_m4")]["speedup"] > by[(8, "locked")]["speedup"]
+    # every default schedule in every K; each row's numbers are step_time's for that schedule, against one process
+    # running the same (deepened) network: locked bprop for the pipelines, the method itself for the others
+    assert {label for _, label in by} == {"locked", "gpipe_m4", "gpipe_m8", "dni", "cdni", "unlock"}
+    net = cost.deepen(STAGES, 8)
+    for label, schedule, m in (("gpipe_m4", "gpipe", 4), ("gpipe_m8", "gpipe", 8), ("unlock", "unlock", 1)):
+        row = by[(8, label)]
+        serial = cost.throughput("locked" if m > 1 else schedule, net, 1, cost.CPU_CLUSTER, 256)
+        assert row["samples_per_s"] == pytest.approx(
+            cost.throughput(schedule, net, 8, cost.CPU_CLUSTER, 256, microbatches=m))
+        assert row["serial_samples_per_s"] == pytest.approx(serial)
+        assert row["speedup"] == pytest.approx(row["samples_per_s"] / serial)
+        assert row["efficiency"] == pytest.approx(row["speedup"] / 8)
 
 
 def test_deepen_repeats_a_hidden_stage():
@@ -100,11 +166,19 @@ def test_deepen_repeats_a_hidden_stage():
     assert len(deep) == 7 and deep[0] == STAGES[0] and deep[-1] == STAGES[-1]
     assert deep[3:6] == [STAGES[2]] * 3
     assert cost.deepen(STAGES, 3) == STAGES
+    assert cost.deepen(STAGES, 4) == STAGES
+    three = STAGES[:2] + STAGES[-1:]                                  # the smallest network with a hidden stage
+    assert cost.deepen(three, 5) == [STAGES[0], STAGES[1], STAGES[1], STAGES[1], STAGES[-1]]
+    with pytest.raises(ValueError, match="a hidden stage between the first and the last"):
+        cost.deepen(STAGES[:2], 3)
 
 
 def test_cluster_links_and_bad_input():
     gpu = cost.GPU_CLUSTER
-    assert gpu.link(0) == gpu.intra and gpu.link(7) == gpu.inter and gpu.link(8) == gpu.intra
+    # 8 workers a node: boundary b (workers b, b + 1) leaves the node only where b + 1 starts the next one
+    assert [b for b in range(17) if gpu.link(b) == gpu.inter] == [7, 15]
+    assert all(gpu.link(b) == gpu.intra for b in (0, 3, 6, 8, 14, 16))
+    assert cost.CPU_CLUSTER.link(0) == cost.CPU_CLUSTER.inter          # one worker a node: every boundary
     with pytest.raises(ValueError, match="schedule 'pipe'"):
         cost.step_time("pipe", STAGES, 2, FREE)
     with pytest.raises(ValueError, match="gpipe and 1f1b only"):
@@ -118,6 +192,10 @@ def test_fit_link_recovers_latency_and_bandwidth():
     assert fitted.bandwidth_Bps == pytest.approx(5e8, rel=1e-6)
     with pytest.raises(ValueError, match="two or more"):
         cost.fit_link({4: 1e-4})
+    two = cost.fit_link({4: link.message(4), 1 << 20: link.message(1 << 20)})     # two sizes are enough
+    assert (two.latency_s, two.bandwidth_Bps) == (pytest.approx(2e-4, rel=1e-6), pytest.approx(5e8, rel=1e-6))
+    with pytest.raises(ValueError, match="do not grow with size"):
+        cost.fit_link({4: 1e-4, 1 << 20: 1e-4})
 
 
 def test_measure_stage_costs_on_a_tiny_fcn():
@@ -170,6 +248,9 @@ def test_calibrate_matches_one_worker_and_keeps_proportions():
     assert [s.out_bytes for s in scaled] == [s.out_bytes for s in STAGES]      # messages are not compute
     with pytest.raises(ValueError, match="positive"):
         cost.calibrate(STAGES, "cdni", 0.0)
+    # a real step takes milliseconds
+    fast = cost.calibrate(STAGES, "cdni", 0.0165)
+    assert cost.step_time("cdni", fast, 1, FREE) == pytest.approx(0.0165)
 
 
 def test_busy_link_charges_a_message_what_it_cost_next_to_busy_compute():
@@ -230,6 +311,12 @@ def test_relay_rounds_with_two_ranks_is_each_receivers_waits_beyond_the_fill_per
         cost.relay_rounds([[(1e-3, c)], [(1e-3, c)]], m, bursts=1)
     with pytest.raises(ValueError, match="do not split into 3 bursts"):
         cost.relay_rounds([rank0[:4], rank1[:4]], m)
+    for bad in ([rank0], [rank0, rank1[:-1]], [[], []]):          # one rank; unequal rounds; no rounds
+        with pytest.raises(ValueError, match="do not split into 1 bursts"):
+            cost.relay_rounds(bad, m, bursts=1)
+    # three ranks, round 1 led by rank 2 (2 -> 1 -> 0): its next hop, rank 1, has no wait (NaN), whatever its compute
+    with pytest.raises(ValueError, match="round 1: the waits are not those of a round led by rank 2"):
+        cost.relay_rounds([[(nan, c), (1e-3, c)], [(1e-3, c), (nan, c)], [(1e-3, c), (nan, c)]], m, bursts=1)
 
 
 def test_relay_rounds_with_three_ranks_charges_each_hop_its_fill_and_messages():

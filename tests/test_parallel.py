@@ -12,7 +12,6 @@ import torch
 from dnibench.data import ImageData
 from dnibench.errors import WorkerFailed
 from dnibench.methods import get_method
-from dnibench.parallel.worker import split_stages
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
 from dnibench.train import train_ff
 
@@ -56,13 +55,6 @@ def dumped(folder):
     for path in sorted(folder.glob("rank*.pt")):
         state.update(torch.load(path))
     return state
-
-
-def test_split_balances_the_cost_of_contiguous_groups():
-    assert split_stages([1.0] * 6, 2) == [(0, 3), (3, 6)]
-    assert split_stages([4.0, 1.0, 1.0, 1.0, 1.0], 2) == [(0, 1), (1, 5)]
-    assert split_stages([3.0, 2.0, 1.0, 1.0, 1.0], 2) == [(0, 2), (2, 5)]
-    assert split_stages([1.0, 1.0, 1.0], 3) == [(0, 1), (1, 2), (2, 3)]
 
 
 @pytest.mark.parametrize("method,settings", [("dni", {"synth_hidden_layers": 1, "synth_width": 16}), ("cdni", {}),

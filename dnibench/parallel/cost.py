@@ -155,29 +155,28 @@ PRESETS = {c.name: c for c in (CPU_CLUSTER, GPU_CLUSTER)}
 
 
 def partition(costs: list[float], k: int) -> list[tuple[int, int]]:
-    """Contiguous split of len(costs) stages into k non-empty groups minimising the largest group
-    sum (exact, by dynamic programming; N is small). Returns [start, end) per group."""
+    """Contiguous split of len(costs) stages into k non-empty groups minimising the largest group's cost, ties
+    broken by the most even stage counts (exact, by dynamic programming; N is small). Returns [start, end) per
+    group. The parallel executor splits a run's stages with it (worker.py) and the model predicts with it."""
     n = len(costs)
     if not 1 <= k <= n:
         raise ValueError(f"{k} workers cannot each own a stage of a {n}-stage network")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(k + 1)]
-    cut = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0.0
-    for g in range(1, k + 1):
-        for end in range(g, n + 1):
-            for start in range(g - 1, end):
-                value = max(best[g - 1][start], prefix[end] - prefix[start])
-                if value < best[g][end]:
-                    best[g][end], cut[g][end] = value, start
-    groups, end = [], n
-    for g in range(k, 0, -1):
-        groups.append((cut[g][end], end))
-        end = cut[g][end]
-    return groups[::-1]
+    best: dict[tuple[int, int], tuple[tuple[float, int], list[int]]] = {}
+
+    def solve(start: int, groups: int):             # the best cuts of stages[start:] into ``groups`` groups
+        if (start, groups) not in best:
+            if groups == 1:
+                best[(start, groups)] = ((sum(costs[start:]), n - start), [n])
+            else:
+                options = []
+                for end in range(start + 1, n - groups + 2):
+                    (rest, rest_len), cuts = solve(end, groups - 1)
+                    options.append(((max(sum(costs[start:end]), rest), max(end - start, rest_len)), [end] + cuts))
+                best[(start, groups)] = min(options, key=lambda option: option[0])
+        return best[(start, groups)]
+
+    cuts = solve(0, k)[1]
+    return list(zip([0] + cuts[:-1], cuts))
 
 
 def _group(stages: list[StageCost], lo: int, hi: int) -> StageCost:

@@ -36,6 +36,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from . import cost
+
 UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (targets) down, test-set activations,
                                     # the cost model's measurements
 EVAL_CHUNK = 2000
@@ -46,32 +48,6 @@ RELAY_ROUNDS = 96                   # a pipeline's relay_ping: about 1 s at M = 
                                     # each: 24 rounds gave 0.37-0.80 ms a message, 96 rounds 0.43-0.58 (2026-11-30)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
-
-
-def split_stages(costs: list[float], workers: int) -> list[tuple[int, int]]:
-    """Contiguous groups [lo, hi) of stages, one per worker, minimising the largest group's cost (ties:
-    the most even stage counts). ``costs``: per stage, e.g. its parameters and its synthesizer's."""
-    n = len(costs)
-    best: dict[tuple[int, int], tuple[tuple[float, int], list[int]]] = {}
-
-    def solve(start: int, k: int):                # groups for stages[start:] in k workers
-        if (start, k) in best:
-            return best[(start, k)]
-        if k == 1:
-            out = ((sum(costs[start:]), n - start), [n])
-        else:
-            out = None
-            for end in range(start + 1, n - k + 2):
-                (rest_cost, rest_len), cuts = solve(end, k - 1)
-                here = sum(costs[start:end])
-                key = (max(here, rest_cost), max(end - start, rest_len))
-                if out is None or key < out[0]:
-                    out = (key, [end] + cuts)
-        best[(start, k)] = out
-        return out
-
-    cuts = solve(0, workers)[1]
-    return list(zip([0] + cuts[:-1], cuts))
 
 
 class Clock:
@@ -267,7 +243,7 @@ class Worker:
         self.method = method_cls(stages, method_cls.Settings.model_validate(spec.method_args), setup)
         self.stages, self.setup, self.in_shape = stages, setup, in_shape
         # equal stage counts until measure_costs has timed the stages and chosen the split from those times
-        self.groups = split_stages([1.0] * len(stages), self.world)
+        self.groups = cost.partition([1.0] * len(stages), self.world)
         self.lo, self.hi = self.groups[self.rank]
 
     # ---- the loop -----------------------------------------------------------------------------------
@@ -354,7 +330,7 @@ class Worker:
           input model's) on each worker's one thread, all workers at once: with K > 1 a stage is timed next
           to a peer doing the same kind of work, as in the run (a core's neighbour slows it: shared cache,
           memory bandwidth, the machine's other load), and the workers' times are averaged;
-        - the split: contiguous groups minimising the slowest worker's total (``split_stages``), worker 0's
+        - the split: contiguous groups minimising the slowest worker's total (``cost.partition``), worker 0's
           choice broadcast so that every worker takes the same; logged as ``cost/worker{k}/stages_end``;
         - the one-way gloo time between workers 0 and 1 at a tiny message and at the activation across their
           boundary (also 1/M of it when pipelined, and 4x to separate bandwidth from latency), and what a
@@ -367,7 +343,6 @@ class Worker:
         import copy
 
         from ..methods.dni import DNI
-        from . import cost
         start, out, link = time.perf_counter(), {}, None
         m, settings = self.method, self.method.settings
         dni = isinstance(m, DNI)
@@ -389,7 +364,7 @@ class Worker:
             dist.all_reduce(table)                     # the workers' mean: one set of costs for everyone
             table /= self.world
             stages = [cost.StageCost(*row[:-1].tolist(), out_bytes=int(row[-1])) for row in table]
-            ends = torch.tensor([hi for _, hi in split_stages([s.total for s in stages], self.world)])
+            ends = torch.tensor([hi for _, hi in cost.partition([s.total for s in stages], self.world)])
             dist.broadcast(ends, 0)                    # the same split on every worker, whatever rounding did
             ends = ends.tolist()
             self.groups = list(zip([0] + ends[:-1], ends))
@@ -477,21 +452,20 @@ class Worker:
         round sets up the connection), worker 1 returns 0."""
         import statistics
 
-        from .cost import busy_compute
         peer, n = 1 - self.rank, max(nbytes // 4, 2)
         inbox = Inbox(peer, COST, (n,), repeats + 1, torch.device("cpu"), spin=spin)
         samples = []
         for _ in range(repeats + 1):
             if self.rank == 0:
                 start = time.perf_counter()
-                mine = busy_compute(work_s)
+                mine = cost.busy_compute(work_s)
                 dist.send(torch.zeros(n), peer, tag=COST)
                 reply = inbox.take()
                 samples.append((time.perf_counter() - start - mine - float(reply[0])) / 2)
             else:
                 inbox.take()
                 reply = torch.zeros(n)
-                reply[0] = busy_compute(work_s)
+                reply[0] = cost.busy_compute(work_s)
                 dist.send(reply, peer, tag=COST)
         return statistics.median(samples[1:]) if samples else 0.0
 
@@ -505,7 +479,6 @@ class Worker:
         import copy
 
         from ..methods.base import task_loss
-        from . import cost
         module = copy.deepcopy(torch.nn.Sequential(*self.stages[self.lo:self.hi])).train()
         mb = self.batch // (self.par.microbatches or 1)
         gen = torch.Generator().manual_seed(1)
@@ -538,7 +511,6 @@ class Worker:
 
         from ..dni import one_hot
         from ..methods.units import StageGroup
-        from . import cost
         method = copy.deepcopy(self.method)
         group, unlocked = StageGroup(method, self.lo, self.hi), hasattr(method, "inputs")
         gen = torch.Generator().manual_seed(1)
