@@ -29,7 +29,8 @@ def test_partition_minimises_the_largest_group():
     assert cost.partition([1.0, 1.0, 1.0], 3) == [(0, 1), (1, 2), (2, 3)]
     # ties on the largest group (5 | 3 and 3 | 5): the most even stage counts, 2 | 3 rather than 1 | 4
     assert cost.partition([3.0, 2.0, 1.0, 1.0, 1.0], 2) == [(0, 2), (2, 5)]
-    assert cost.partition([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0], 3) == [(0, 3), (3, 6), (6, 8)]
+    # and among the groups after the first: 2 | 2 | 1 stages rather than 1 | 3 | 1 (the largest costs 3 either way)
+    assert cost.partition([1.0, 1.0, 1.0, 1.0, 3.0], 3) == [(0, 2), (2, 4), (4, 5)]
     with pytest.raises(ValueError, match="cannot each own a stage"):
         cost.partition([1, 1], 3)
 
@@ -211,6 +212,67 @@ def test_measure_stage_costs_on_a_tiny_fcn():
     assert costs[0].synth_input == 0.0 and costs[1].synth_input > 0  # no synthetic input for the data
 
 
+def test_measure_stage_costs_puts_each_timing_in_its_field(monkeypatch):
+    """With a scripted clock (each timed call takes a fixed time by what it runs): forward, backward = forward and
+    backward less the forward, the update, the synthesizer's regression step, the synthetic input's; every call
+    is run once, on real tensors."""
+    from dnibench.models import build_stages
+    seconds = {"<lambda>": 1e-3, "fwd_bwd": 1.5e-3, "step": 0.25e-3, "synth_step": 0.7e-3, "input_step": 0.9e-3}
+    calls = []
+
+    def scripted(fn, device=None, repeats=0, seconds_=0.0, warmup=1):
+        out = fn()
+        if fn.__name__ == "<lambda>":                           # the forward: the stage's output, computed
+            assert isinstance(out, torch.Tensor) and out.shape[0] == 32
+        calls.append(fn.__name__)
+        return seconds[fn.__name__]
+    monkeypatch.setattr(cost, "median_seconds", scripted)
+    costs = cost.measure_stage_costs(build_stages("fcn3", (8,), 4), (8,), 32, 4, synth_hidden_layers=0,
+                                     context=True, synth_input_layers=0, repeats=2)
+    hidden = StageCost(forward=1e-3, backward=0.5e-3, update=0.25e-3, synth=0.7e-3, out_bytes=32 * 256 * 4)
+    assert costs == [hidden, replace(hidden, synth_input=0.9e-3),     # no synthetic input for the data
+                     StageCost(forward=1e-3, backward=0.5e-3, update=0.25e-3, synth_input=0.9e-3, out_bytes=32 * 4 * 4)]
+    assert calls.count("synth_step") == 2 and calls.count("input_step") == 2   # none on the logits, none for the data
+    # a backward timed shorter than the forward (noise) is 0, not negative
+    seconds["fwd_bwd"] = 0.5e-3
+    costs = cost.measure_stage_costs(build_stages("fcn3", (8,), 4), (8,), 32, 4, repeats=2)
+    assert [c.backward for c in costs] == [0.0] * 3 and all(c.synth == 0.0 for c in costs)
+
+
+def test_median_seconds_times_the_calls_after_the_warm_up():
+    import time
+    calls = []
+
+    def nap():
+        calls.append(1)
+        time.sleep(2e-3)
+    t = cost.median_seconds(nap, repeats=3, warmup=2)
+    assert len(calls) == 5 and 2e-3 <= t < 0.2                # two warm-up calls, three timed
+    calls.clear()
+    assert cost.median_seconds(nap, warmup=0) >= 2e-3 and len(calls) == 1     # at least one timed call
+    calls.clear()
+    start = time.perf_counter()
+    cost.median_seconds(nap, repeats=1, seconds=0.03, warmup=0)   # and as many as fit in the span
+    assert time.perf_counter() - start >= 0.03 and len(calls) >= 5
+
+
+def test_link_from_times_keeps_a_fit_with_a_small_latency_and_falls_back_to_the_median():
+    link = Link(1e-4, 1e9)
+    fitted_link, fitted = cost.link_from_times({n: link.message(n) for n in (4, 1 << 16, 1 << 20)})
+    assert fitted and fitted_link.latency_s == pytest.approx(1e-4, rel=1e-6)
+    # four sizes whose times do not grow: the median per message (the upper of the middle two), any size
+    flat, fitted = cost.link_from_times({4: 4e-5, 1000: 1e-5, 4000: 3e-5, 16000: 2e-5})
+    assert not fitted and flat == Link(3e-5, float("inf"))
+
+
+@pytest.mark.parametrize("bad", ["f_sum", "b_sum", "f", "b"])
+def test_chunk_groups_needs_positive_times(bad):
+    stages = [StageCost(forward=0.0 if bad == "f_sum" else 1e-3, backward=0.0 if bad == "b_sum" else 2e-3)]
+    forward, backward = (0.0 if bad == "f" else 1e-3), (0.0 if bad == "b" else 1e-3)
+    with pytest.raises(ValueError, match="needs positive stage and chunk times"):
+        cost.chunk_groups(stages, [(0, 1)], [forward], [backward], 2)
+
+
 def _ping(rank: int, rdzv: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
     try:
@@ -226,6 +288,31 @@ def test_ping_pong_over_gloo(tmp_path):
         times = torch.load(tmp_path / f"out.{rank}")
         assert set(times) == {4, 1 << 20}
         assert all(0 < t < 1.0 for t in times.values())
+
+
+def _busy(rank: int, rdzv: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
+    try:
+        work = []                                       # each round's compute: counted, not timed as a message
+        torch.save((cost.busy_ping(rank, 1 - rank, 4096, repeats=6, work=lambda: work.append(cost.busy_compute(0.05)),
+                                   bursts=2, gap_s=1e-3), len(work)), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_busy_ping_over_gloo_times_each_rounds_messages_not_its_compute(tmp_path):
+    """Two real gloo processes: 6 rounds in 2 bursts, each burst's first round left out (it sets up the connection,
+    or catches up): 6 samples per rank from 8 rounds of 50 ms compute; a sample is the round's posts and waits, not the
+    compute before them."""
+    mp.start_processes(_busy, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=2,
+                       join=True, start_method="fork")
+    rounds = [torch.load(tmp_path / f"out.{rank}") for rank in (0, 1)]
+    for samples, computed in rounds:
+        assert computed == 8 and len(samples) == 6 and all(0 < t < 0.5 for t in samples)
+    # the rank that posts first also waits out its peer's compute (up to 50 ms here); the later poster waits for
+    # the messages only (0.1-5 ms here): with the compute inside, every round would take 50 ms or more
+    assert 0 < cost.message_rounds(rounds[0][0], rounds[1][0], bursts=2) < 0.03
 
 
 def test_cost_metrics_round_trip():
