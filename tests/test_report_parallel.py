@@ -3,6 +3,9 @@ fake-but-realistic parallel-suite runs: throughput figure with the ideal line, w
 speed-up table with the cost model's prediction, and the cDNI-vs-pipelined sentence."""
 from __future__ import annotations
 
+import math
+
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -127,6 +130,13 @@ def test_speedup_table_numbers(report):
     assert rows[("Bprop pipelined M=4", "2")]["model samples/s"] != ""
 
 
+def test_time_to_is_the_first_log_point_at_or_below_the_target():
+    curve = pd.DataFrame({"wall": [1.0, 2.0, 3.0, 4.0], "error": [5.0, 2.5, 2.0, 3.0]})
+    assert parallel.time_to(curve, 2.5) == 2.0            # reaching the target exactly counts
+    assert parallel.time_to(curve, 2.2) == 3.0
+    assert math.isnan(parallel.time_to(curve, 1.0))        # never reached
+
+
 def test_race_sentence(report):
     readme = (report / "README.md").read_text()
     # bprop's K=1 final error 2.0 + 0.5: cDNI first at or below 2.5% at 15 s, pipelined bprop at 20 s
@@ -164,7 +174,6 @@ def test_efficiency_split_table(report):
 
 
 def test_efficiency_target_not_met_says_what_the_split_allows():
-    import pandas as pd
     runs = pd.DataFrame([{"method": "cdni", "workers": 1, "threads": 1, "samples_per_s": 1000.0},
                          {"method": "cdni", "workers": 1, "threads": 2, "samples_per_s": 1500.0},
                          {"method": "cdni", "workers": 2, "threads": 1, "samples_per_s": 1500.0}])
