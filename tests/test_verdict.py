@@ -113,6 +113,85 @@ def test_welch_ci_matches_scipy_and_lower_than_reads_it():
     assert lower_than([1.3], [1.4], 0.005) == ONE_SEED and lower_than([1.3], [1.4], 0.005, single_seed=True) == HOLDS
 
 
+def test_at_most_between_the_two_ends_is_decided_by_the_mean_when_the_ci_is_narrow():
+    # bound 2.0 + 0.3 = 2.3; the CI straddles it and is no wider than the tolerance: the mean decides
+    assert at_most(2.2, 0.2, 3, 2.0, TOL) == HOLDS            # 2.0 .. 2.4, mean under the bound
+    assert at_most(2.4, 0.2, 3, 2.0, TOL) == FAILS            # 2.2 .. 2.6, mean over it
+    assert at_most(2.0, 0.3, 3, 2.0, TOL) == HOLDS            # the CI's top exactly at the bound
+    # two seeds: their half-width counts (as a point, 2.0 would hold); wider than the tolerance, inconclusive, with
+    # the seeds its spread would need: sd = 0.8 sqrt(2) / t(0.975, 1) = 0.089, and at n = 3 the CI is
+    # t(0.975, 2) 0.089 / sqrt(3) = 0.22 <= 0.3
+    sd = 0.8 * math.sqrt(2) / stats.t.ppf(0.975, 1)
+    assert seeds_needed(sd, TOL) == 3
+    assert at_most(2.0, 0.8, 2, 2.0, TOL) == "inconclusive (CI ±0.8 > tolerance 0.3; about 3 seeds needed)"
+
+
+def test_seeds_needed_worked_by_hand():
+    # one arm: t(0.975, n - 1) sd / sqrt(n) <= tolerance, first n from 2
+    assert seeds_needed(1.0, 1.0) == 7           # n = 6: 2.571 / 2.449 = 1.05; n = 7: 2.447 / 2.646 = 0.92
+    assert seeds_needed(0.5, 1.0) == 4           # n = 3: 4.303 * 0.5 / 1.732 = 1.24; n = 4: 3.182 * 0.5 / 2 = 0.80
+    assert seeds_needed(0.01, 1.0) == 2          # two seeds are the least a spread needs
+    assert seeds_needed(0.0, 1.0) == 2           # no spread
+    # two arms of n seeds each: df = 2 (n - 1); n = 5: 2.306 / 2.236 = 1.03; n = 6: 2.228 / 2.449 = 0.91
+    assert seeds_needed(1.0, 1.0, arms=2) == 6
+
+
+def test_lower_than_says_how_many_seeds_a_side_would_need():
+    # diff -1, each side's variance 2: the Welch CI (df 2) is far wider than 1; the two-arm spread is
+    # sqrt(2 + 2) = 2, whose CI at n seeds a side falls to 1 at n = 17 (t(0.975, 32) 2 / sqrt(17) = 0.988;
+    # n = 16: t(0.975, 30) 2 / 4 = 1.021)
+    label = lower_than([0.0, 2.0], [1.0, 3.0], 1.0)
+    assert label.startswith("inconclusive (CI ±") and label.endswith("; about 17 seeds needed)")
+    # variances 0.5 each: spread 1, two arms (df 2 (n - 1)): n = 5 gives 2.306 / 2.236 = 1.03, n = 6 gives 0.91
+    # (one arm would need 7, three arms 5)
+    assert lower_than([0.0, 1.0], [1.0, 2.0], 1.0).endswith("; about 6 seeds needed)")
+
+
+def test_slower_than_hands_its_tolerance_and_profile_to_lower_than():
+    # a difference of 2 iterations with a spread of 2.5: within a tolerance of 10 iterations, no difference
+    assert slower_than([102, 104, 100], [100, 101, 99], 10).startswith(f"{FAILS} (no difference")
+    assert slower_than([102, 104, 100], [100, 101, 99], 1).startswith("inconclusive")
+    assert slower_than([500], [100], 10) == ONE_SEED
+    assert slower_than([500], [100], 10, single_seed=True) == HOLDS
+    assert slower_than([500], [math.inf], 10) == "the reference did not reach the target (1 of 1 seeds): no comparison"
+    assert slower_than([], [100], 10) == NO_RUNS == slower_than([100], [], 10)
+
+
+def test_defaults_judge_a_comparable_multi_seed_cell():
+    assert verdict(2.2, 0.1, 3, 2.0, TOL) == WITHIN
+    assert verdict(2.2, math.nan, 1, 2.0, TOL) == ONE_SEED
+    assert at_most(1.5, 0.1, 3, 2.0, TOL) == HOLDS and at_most(1.5, math.nan, 1, 2.0, TOL) == ONE_SEED
+
+
+def test_a_mean_that_is_not_a_number_is_no_runs():
+    assert verdict(math.nan, 0.1, 3, 2.0, TOL) == NO_RUNS
+    assert verdict(None, 0.1, 3, 2.0, TOL) == NO_RUNS
+    assert at_most(math.inf, 0.1, 3, 2.0, TOL) == NO_RUNS
+
+
+def test_welch_ci_of_two_constant_sides_is_exact():
+    assert welch_ci([1.0, 1.0], [2.0, 2.0]) == (-1.0, 0.0, 2, 2)
+    assert lower_than([1.0, 1.0], [2.0, 2.0], TOL) == HOLDS
+
+
+def test_float_noise_is_forgiven_relative_to_the_values():
+    from dnibench.report.verdict import _le
+    assert _le(2.5 - 2.2, 0.3) and _le(0.3, 0.3)
+    assert _le(1e-3 + 5e-10, 1e-3)               # 1e-9 absolute near 0
+    assert _le(1e6 + 1e-4, 1e6)                   # 1e-9 of the values when they are large
+    assert not _le(1.0 + 1.5e-9, 1.0) and not _le(2.31, 2.3)
+
+
+def test_single_seed_note_needs_a_profile_that_says_so():
+    from types import SimpleNamespace
+    assert single_seed_note(None, "quick") is None
+    assert single_seed_note(SimpleNamespace(name="s"), "quick") is None            # no profiles at all
+    suite = SimpleNamespace(name="s", profiles={"quick": SimpleNamespace(single_seed_reason="r")})
+    assert single_seed_note(suite, "quick") is None                                 # not marked single-seed
+    suite.profiles["quick"].single_seed = True
+    assert single_seed_note(suite, "quick").endswith("Reason given by the suite: r")
+
+
 def test_single_seed_profile_needs_a_reason_and_the_report_says_so():
     base = {"name": "s", "task": "mnist", "entries": [{"model": "fcn3", "method": "bprop"}]}
     suite = lambda paper: Suite.model_validate({**base, "profiles": {"smoke": {}, "quick": {}, "paper": paper}})  # noqa: E731
