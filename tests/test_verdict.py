@@ -11,8 +11,8 @@ from dnibench.methods import get_method
 from dnibench.report import write_report
 from dnibench.report.context import ReportContext, load_published
 from dnibench.report.verdict import (FAILS, HOLDS, NO_RUNS, NOT_COMPARABLE, NOT_REACHED, ONE_SEED, OUTSIDE, WITHIN,
-                                     at_most, judge, lower_than, mean_ci, seeds_needed, single_seed_note, slower_than,
-                                     verdict, welch_ci)
+                                     at_most, is_inconclusive, is_single_seed, judge, lower_than, mean_ci, seeds_needed,
+                                     single_seed_note, slower_than, verdict, welch_ci)
 from dnibench.runner import ROLE
 from dnibench.suite import Suite
 
@@ -188,8 +188,15 @@ def test_single_seed_note_needs_a_profile_that_says_so():
     assert single_seed_note(SimpleNamespace(name="s"), "quick") is None            # no profiles at all
     suite = SimpleNamespace(name="s", profiles={"quick": SimpleNamespace(single_seed_reason="r")})
     assert single_seed_note(suite, "quick") is None                                 # not marked single-seed
+    assert not is_single_seed(suite, "quick")
     suite.profiles["quick"].single_seed = True
     assert single_seed_note(suite, "quick").endswith("Reason given by the suite: r")
+    assert is_single_seed(suite, "quick") and not is_single_seed(suite, "paper")
+
+
+def test_is_inconclusive_reads_the_label():
+    assert is_inconclusive(judge([2, 4, 6], 2.2, TOL)) and is_inconclusive(ONE_SEED)
+    assert not is_inconclusive(WITHIN) and not is_inconclusive(FAILS)
 
 
 def test_single_seed_profile_needs_a_reason_and_the_report_says_so():
