@@ -245,3 +245,23 @@ def test_curve_labels_tell_variants_apart_even_when_a_param_is_missing():
                          "variant": ["a", "a", "b", "c"], "param.seed": ["0", "1", "0", "0"],
                          "param.method_args.p_update": ["0.2", "0.2", float("nan"), "1.0"]})
     assert line_labels(runs).tolist() == ["DNI (p_update=0.2)", "DNI (p_update=0.2)", "DNI (p_update=unset)", "Bprop"]
+
+
+def test_table1_pattern_checks_worked_by_hand():
+    """The paper's qualitative pattern per depth (report/table1.py ``_checks``): No Bprop the worst, and DNI / cDNI
+    closing at least half the gap from No Bprop to Bprop, from the mean test errors."""
+    from dnibench.report.table1 import _checks
+    assert _checks({"nobprop": 5.0, "bprop": 2.0, "dni": 3.0, "cdni": 4.0}) == [
+        ("No Bprop is the worst", "No Bprop 5.00 vs Bprop 2.00, DNI 3.00, cDNI 4.00", "yes"),
+        ("DNI far below No Bprop", "DNI 3.00 vs halfway 3.50 (No Bprop 5.00, Bprop 2.00)", "yes"),
+        ("cDNI far below No Bprop", "cDNI 4.00 vs halfway 3.50 (No Bprop 5.00, Bprop 2.00)", "no")]
+    # exactly halfway closes half the gap; a method tied with No Bprop leaves it not the worst; cDNI not run
+    assert _checks({"nobprop": 5.0, "bprop": 2.0, "dni": 3.5, "bprop_other": 5.0}) == [
+        ("No Bprop is the worst", "No Bprop 5.00 vs Bprop 2.00, DNI 3.50, bprop_other 5.00", "no"),
+        ("DNI far below No Bprop", "DNI 3.50 vs halfway 3.50 (No Bprop 5.00, Bprop 2.00)", "yes")]
+    # No Bprop not above Bprop: no gap to close, so no method closes half of it
+    assert _checks({"nobprop": 2.0, "bprop": 2.0, "dni": 1.0})[1] == (
+        "DNI far below No Bprop", "No Bprop 2.00 is not above Bprop 2.00: no gap to close", "no")
+    # without both references there is nothing to check; a method without a finite mean is left out
+    assert _checks({"nobprop": 5.0, "bprop": math.nan, "dni": 3.0}) == [] == _checks({"bprop": 2.0, "dni": 3.0})
+    assert [c for c, _, _ in _checks({"nobprop": 5.0, "bprop": 2.0, "dni": math.nan})] == ["No Bprop is the worst"]
