@@ -265,3 +265,22 @@ def test_table1_pattern_checks_worked_by_hand():
     # without both references there is nothing to check; a method without a finite mean is left out
     assert _checks({"nobprop": 5.0, "bprop": math.nan, "dni": 3.0}) == [] == _checks({"bprop": 2.0, "dni": 3.0})
     assert [c for c, _, _ in _checks({"nobprop": 5.0, "bprop": 2.0, "dni": math.nan})] == ["No Bprop is the worst"]
+
+
+def test_table1_says_each_suites_departures_from_the_paper():
+    """What Table 1 prints above each profile's table (report/table1.py ``_profile_text``): per suite its profile's
+    description and departures, that it lists none (below the paper profile), or that its file is missing."""
+    from types import SimpleNamespace
+
+    from dnibench.report.table1 import _profile_text
+
+    def suite(description, departures):
+        return SimpleNamespace(profiles={p: SimpleNamespace(description=description, departures=departures)
+                                         for p in ("quick", "paper")})
+    ctx = SimpleNamespace(suites={"a": suite("fast", ["100 steps", "linear synthesizers"]), "b": suite("", [])})
+    runs = pd.DataFrame({"suite": ["b", "a", "a-gone", "a"]})
+    assert _profile_text(ctx, runs, "quick") == [
+        "Suite `a` at `quick`: fast.", "Departures from the paper's setup:", "- 100 steps", "- linear synthesizers",
+        "Suite `a-gone`: its file is not in the suites folder, so its departures are unknown.",
+        "Suite `b` at `quick`: no description.", "The suite lists no departures for this profile.", ""]
+    assert _profile_text(ctx, runs[runs["suite"] == "b"], "paper") == ["Suite `b` at `paper`: no description.", ""]
