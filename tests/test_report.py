@@ -284,3 +284,21 @@ def test_table1_says_each_suites_departures_from_the_paper():
         "Suite `a-gone`: its file is not in the suites folder, so its departures are unknown.",
         "Suite `b` at `quick`: no description.", "The suite lists no departures for this profile.", ""]
     assert _profile_text(ctx, runs[runs["suite"] == "b"], "paper") == ["Suite `b` at `paper`: no description.", ""]
+
+
+def test_table1_counts_the_checks_that_hold_and_reads_only_its_own_suites(tmp_path):
+    """render: Table 1 takes the runs of its suites and tasks only (a parallel suite's MNIST runs are not its cells)
+    and states how many pattern checks hold."""
+    from dnibench.report.table1 import render
+
+    def run(method, value, seed, suite="mnist_ff", task="mnist", profile="smoke"):
+        return {"suite": suite, "profile": profile, "task": task, "model": "fcn3", "method": method, "seed": seed,
+                "variant": "v", "metric.final_test_error": value}
+    rows = [run("nobprop", 9.0, 0), run("bprop", 2.0, 0), run("dni", 3.0, 0), run("cdni", 8.0, 0),
+            run("dni", 50.0, 1, suite="parallel"), run("dni", 60.0, 2, task="copy")]
+    section = render(_ctx(tmp_path, rows, {}))
+    # No Bprop the worst: yes; DNI 3.0 at or below halfway 5.5: yes; cDNI 8.0: no
+    assert "**2 of 3 checks hold** at `smoke`" in section.body
+    cells = pd.read_csv(tmp_path / "table1_smoke_cells.csv")
+    dni = cells[(cells["dataset"] == "mnist") & (cells["model"] == "fcn3") & (cells["method"] == "dni")]
+    assert dni["seeds"].tolist() == [1] and dni["measured_mean"].tolist() == [3.0]
