@@ -9,28 +9,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .errors import DnibenchError
 from .report.context import (latest_variant, load_failed_runs, load_runs, markdown_table, record_generated,
                              safe_file_name)
 from .report.curves import line_labels, timing_disturbed, timing_note
-from .report.verdict import mean_ci
-
-
-def welch_difference(a: list[float], b: list[float]) -> tuple[float, float]:
-    """mean(a) - mean(b) and its 95% CI half-width (Welch's t); NaN half-width below 2 seeds each."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    if va + vb == 0:
-        return diff, 0.0
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return diff, float(stats.t.ppf(0.975, dof) * math.sqrt(va + vb))
+from .report.verdict import mean_ci, welch_ci
 
 
 def _pm(mean: float, half: float, digits: int = 2) -> str:
@@ -71,7 +56,7 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
         for label, group in by_model.groupby("label", sort=False):
             values = group[f"metric.{metric}"].dropna().tolist()
             mean, half, n = mean_ci(values)
-            diff, diff_half = welch_difference(values, base_values) if base_values and values else (math.nan, math.nan)
+            diff, diff_half, _, _ = welch_ci(values, base_values)     # NaN where a side has no value (< 2: no CI)
             speed = _speed(group)
             gpu = group["metric.gpu_util_pct_mean"].mean() if "metric.gpu_util_pct_mean" in group else math.nan
             rows.append({"model": model, "method": label, "seeds": n, metric: _pm(mean, half),
