@@ -41,3 +41,30 @@ def test_compare_over_seeds(tmp_path, fake_mnist_data_dir, capsys):
     assert (tmp_path / "out" / "compare_cmp_smoke.csv").is_file()
     with pytest.raises(DnibenchError, match="no finished runs of suite 'absent'"):
         compare(uri, "absent")
+
+
+def test_compare_columns_worked_by_hand(monkeypatch):
+    """The table's speed, GPU and timing columns from crafted runs (the store's loader replaced): samples/s over the
+    runs whose timing was clean, its ratio to the baseline's, the mean GPU utilisation, and which runs were
+    disturbed; without --profile, the profile run last."""
+    import pandas as pd
+
+    import dnibench.compare as cmp
+
+    def run(method, seed, error, speed, gpu, dispersion, profile="smoke", start=0):
+        return {"suite": "cmp", "profile": profile, "model": "fcn3", "method": method, "variant": "v", "seed": seed,
+                "start_time": start + seed, "metric.final_test_error": error, "metric.mean_samples_per_s": speed,
+                "metric.gpu_util_pct_mean": gpu, "metric.wall_step_dispersion": dispersion}
+    runs = pd.DataFrame([run("bprop", 0, 2.0, 1000.0, 50.0, 1.1), run("bprop", 1, 2.2, 1200.0, 70.0, 1.2),
+                         run("cdni", 0, 2.5, 500.0, 30.0, 1.0), run("cdni", 1, 2.7, 9000.0, 40.0, 5.0),  # disturbed
+                         run("cdni", 2, 9.9, 1.0, 1.0, 1.0, profile="old", start=-10)])             # an older profile
+    monkeypatch.setattr(cmp, "load_runs", lambda uri: runs)
+    table, metric, profile = cmp.compare("sqlite:///unused", "cmp")
+    assert (metric, profile) == ("final_test_error", "smoke")
+    rows = table.set_index("method")
+    assert rows.loc["Bprop", "samples/s"] == "1100" and rows.loc["Bprop", "speed vs bprop"] == "1.00x"
+    assert rows.loc["Bprop", "GPU util %"] == "60" and rows.loc["Bprop", "timing"] == "ok"
+    assert rows.loc["cDNI", "samples/s"] == "500" and rows.loc["cDNI", "speed vs bprop"] == "0.45x"   # 500 / 1100
+    assert rows.loc["cDNI", "GPU util %"] == "35" and rows.loc["cDNI", "seeds"] == 2
+    assert rows.loc["cDNI", "timing"] == "timing disturbed in 1 of 2 runs (throughput from the others)"
+    assert rows.loc["cDNI", "final_test_error"].startswith("2.60 ± ")
