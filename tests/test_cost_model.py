@@ -251,6 +251,9 @@ def test_median_seconds_times_the_calls_after_the_warm_up():
     calls.clear()
     assert cost.median_seconds(nap, warmup=0) >= 2e-3 and len(calls) == 1     # at least one timed call
     calls.clear()
+    cost.median_seconds(nap)
+    assert len(calls) == 2                                    # by default one warm-up call and one timed
+    calls.clear()
     start = time.perf_counter()
     cost.median_seconds(nap, repeats=1, seconds=0.03, warmup=0)   # and as many as fit in the span
     assert time.perf_counter() - start >= 0.03 and len(calls) >= 5
