@@ -302,3 +302,12 @@ def test_table1_counts_the_checks_that_hold_and_reads_only_its_own_suites(tmp_pa
     cells = pd.read_csv(tmp_path / "table1_smoke_cells.csv")
     dni = cells[(cells["dataset"] == "mnist") & (cells["model"] == "fcn3") & (cells["method"] == "dni")]
     assert dni["seeds"].tolist() == [1] and dni["measured_mean"].tolist() == [3.0]
+
+
+def test_table1_lists_every_profiles_files(tmp_path):
+    from dnibench.report.table1 import render
+    rows = [{"suite": "mnist_ff", "profile": profile, "task": "mnist", "model": "fcn3", "method": "bprop", "seed": 0,
+             "variant": "v", "metric.final_test_error": 2.0} for profile in ("smoke", "quick")]
+    names = {p.name for p in render(_ctx(tmp_path, rows, {})).files}
+    for profile in ("smoke", "quick"):
+        assert {f"table1_{profile}.md", f"table1_{profile}.csv", f"table1_{profile}_cells.csv"} <= names, profile
