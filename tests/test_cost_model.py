@@ -276,41 +276,40 @@ def test_chunk_groups_needs_positive_times(bad):
         cost.chunk_groups(stages, [(0, 1)], [forward], [backward], 2)
 
 
-def _ping(rank: int, rdzv: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
+def _in_gloo(rank: int, rdzv: str, world: int, measure, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=world)
     try:
-        torch.save(cost.ping_pong(rank, 1 - rank, [4, 1 << 20], repeats=3), f"{out}.{rank}")
+        torch.save(measure(rank), f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_ping_pong_over_gloo(tmp_path):
-    mp.start_processes(_ping, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=2,
+def gloo_ranks(tmp_path, world: int, measure) -> list:
+    """``measure(rank)`` in each of ``world`` forked processes joined in one gloo group, one thread each; what each
+    rank returned, in rank order."""
+    mp.start_processes(_in_gloo, args=(f"file://{tmp_path}/rdzv", world, measure, str(tmp_path / "out")), nprocs=world,
                        join=True, start_method="fork")
-    for rank in (0, 1):
-        times = torch.load(tmp_path / f"out.{rank}")
+    return [torch.load(tmp_path / f"out.{rank}") for rank in range(world)]
+
+
+def test_ping_pong_over_gloo(tmp_path):
+    for times in gloo_ranks(tmp_path, 2, lambda rank: cost.ping_pong(rank, 1 - rank, [4, 1 << 20], repeats=3)):
         assert set(times) == {4, 1 << 20}
         assert all(0 < t < 1.0 for t in times.values())
 
 
-def _busy(rank: int, rdzv: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=2)
-    try:
-        work = []                                       # each round's compute: counted, not timed as a message
-        torch.save((cost.busy_ping(rank, 1 - rank, 4096, repeats=6, work=lambda: work.append(cost.busy_compute(0.05)),
-                                   bursts=2, gap_s=1e-3), len(work)), f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _busy(rank: int) -> tuple[list[float], int]:
+    work = []                                           # each round's compute: counted, not timed as a message
+    return cost.busy_ping(rank, 1 - rank, 4096, repeats=6, work=lambda: work.append(cost.busy_compute(0.05)),
+                          bursts=2, gap_s=1e-3), len(work)
 
 
 def test_busy_ping_over_gloo_times_each_rounds_messages_not_its_compute(tmp_path):
     """Two real gloo processes: 6 rounds in 2 bursts, each burst's first round left out (it sets up the connection,
     or catches up): 6 samples per rank from 8 rounds of 50 ms compute; a sample is the round's posts and waits, not the
     compute before them."""
-    mp.start_processes(_busy, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=2,
-                       join=True, start_method="fork")
-    rounds = [torch.load(tmp_path / f"out.{rank}") for rank in (0, 1)]
+    rounds = gloo_ranks(tmp_path, 2, _busy)
     for samples, computed in rounds:
         assert computed == 8 and len(samples) == 6 and all(0 < t < 0.5 for t in samples)
     # the rank that posts first also waits out its peer's compute (up to 50 ms here); the later poster waits for
@@ -422,29 +421,12 @@ def test_relay_rounds_with_three_ranks_charges_each_hop_its_fill_and_messages():
     assert cost.relay_rounds(rows, 2, bursts=1) == pytest.approx(0.375e-3)
 
 
-def _relay_worker(rank: int, rdzv: str, out: str) -> None:
-    import torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=3)
-    try:
-        torch.save(cost.relay_ping(rank, 3, 4096, messages=3, rounds=6, work_s=1e-4, yield_s=2e-5), f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_relay_ping_runs_through_every_rank_and_alternates_the_direction(tmp_path):
     """Three real gloo processes: round r is led by rank 0 when r is even (0 -> 1 -> 2) and by rank 2 when odd (2 -> 1
     -> 0); the leader's waits are NaN, every other rank's are not, every rank computed about work_s per message, and
     relay_rounds puts the three together."""
-    import math
-
-    import torch
-    import torch.multiprocessing as mp
-    mp.start_processes(_relay_worker, args=(f"file://{tmp_path}/rdzv", str(tmp_path / "out")), nprocs=3, join=True,
-                       start_method="fork")
-    got = [torch.load(tmp_path / f"out.{rank}") for rank in range(3)]
+    got = gloo_ranks(tmp_path, 3, lambda rank: cost.relay_ping(rank, 3, 4096, messages=3, rounds=6, work_s=1e-4,
+                                                                yield_s=2e-5))
     assert [len(rows) for rows in got] == [6, 6, 6]
     for r in range(6):
         leader = 0 if r % 2 == 0 else 2
