@@ -247,6 +247,48 @@ def test_curve_labels_tell_variants_apart_even_when_a_param_is_missing():
     assert line_labels(runs).tolist() == ["DNI (p_update=0.2)", "DNI (p_update=0.2)", "DNI (p_update=unset)", "Bprop"]
 
 
+def test_curve_labels_name_each_configuration_once():
+    """Variants that differ only in a fourth param were averaged as one line (labels showed the first three differing
+    params): each configuration now gets its own label, with only the params it takes to tell them apart, and its
+    variant hash where no param does."""
+    from dnibench.report.curves import line_labels, wallclock_table
+    runs = pd.DataFrame({"model": ["fcn4"] * 5, "method": ["dni"] * 5, "variant": ["a", "a", "b", "c", "d"],
+                         "param.seed": ["0", "1", "0", "0", "0"], "device": ["cpu"] * 5,
+                         "param.method_args.p_update": ["1.0", "1.0", "1.0", "0.5", "1.0"],
+                         "param.p": ["1.0", "1.0", "1.0", "0.5", "1.0"],          # the same split as p_update: not shown
+                         "param.train.lr": ["3e-4", "3e-4", "3e-4", "1e-3", "3e-4"],
+                         "param.train.steps": ["100", "100", "100", "200", "100"],
+                         "param.method_args.synth_lr": ["1e-4", "1e-4", "2e-4", "1e-4", "2e-4"],
+                         "metric.mean_samples_per_s": [100.0, 300.0, 1000.0, 50.0, 10.0]})
+    labels = line_labels(runs).tolist()
+    assert labels == ["DNI (p_update=1.0, synth_lr=1e-4)", "DNI (p_update=1.0, synth_lr=1e-4)",
+                      "DNI (p_update=1.0, synth_lr=2e-4, variant b)", "DNI (p_update=0.5, synth_lr=1e-4)",
+                      "DNI (p_update=1.0, synth_lr=2e-4, variant d)"]
+    table = wallclock_table(runs.assign(label=labels)).set_index("Method")
+    assert table.loc["DNI (p_update=1.0, synth_lr=1e-4)", "Seeds"] == 2
+    assert table.loc["DNI (p_update=1.0, synth_lr=1e-4)", "samples/s"] == "200"        # seeds of variant a only
+    assert table.loc["DNI (p_update=1.0, synth_lr=2e-4, variant b)", "samples/s"] == "1000"
+
+
+def test_curve_labels_of_parallel_runs_say_schedule_and_workers():
+    """The parallel suite's runs are named as its own section names them, with K: GPipe and 1F1B at K = 2 were one
+    line, 'Bprop (workers=2, schedule=pipelined, microbatches=4)', over 2 "seeds" of two configurations."""
+    from dnibench.report.curves import _colour, line_labels
+    rows = [("bprop", "1", "locked", "", "", "1", "false"), ("bprop", "2", "pipelined", "4", "1f1b", "1", "false"),
+            ("bprop", "2", "pipelined", "4", "gpipe", "1", "false"), ("cdni", "1", "decoupled", "", "", "2", "false"),
+            ("cdni", "2", "decoupled", "", "", float("nan"), "true"), ("unlock_cdni", "2", "decoupled", "", "", "1", "false"),
+            ("unlock_dni", "2", "decoupled", "", "", "1", "false")]
+    runs = pd.DataFrame(rows, columns=["method", "param.workers", "param.schedule", "param.microbatches",
+                                       "param.pipeline_schedule", "param.threads", "param.lockstep"])
+    runs = runs.assign(model="fcn6", variant=[str(i) for i in range(len(rows))], **{"param.seed": "0"})
+    assert line_labels(runs).tolist() == [
+        "Bprop locked, K=1", "Bprop pipelined 1F1B M=4, K=2", "Bprop pipelined M=4, K=2", "cDNI, 2 threads, K=1",
+        "cDNI, K=2, lockstep", "cDNI, complete unlock, K=2", "DNI, complete unlock, K=2"]
+    # one colour per method, whatever its variants; methods outside the paper's four each get their own
+    assert _colour(runs, "unlock_cdni") != _colour(runs, "unlock_dni")
+    assert _colour(runs, "unlock_cdni") not in {_colour(runs, m) for m in ("bprop", "cdni", "dni", "nobprop")}
+
+
 def test_table1_pattern_checks_worked_by_hand():
     """The paper's qualitative pattern per depth (report/table1.py ``_checks``): No Bprop the worst, and DNI / cDNI
     closing at least half the gap from No Bprop to Bprop, from the mean test errors."""

@@ -44,6 +44,17 @@ def display_name(name: str) -> str:
     return name
 
 
+def parallel_label(method: str, schedule: str, microbatches: str, pipeline: str = "", threads: int = 1) -> str:
+    """A parallel run's method as the report names it: 'Bprop locked', 'Bprop pipelined 1F1B M=4', 'cDNI, 2 threads'."""
+    name = display_name(method)
+    if schedule == "pipelined":
+        kind = "pipelined 1F1B" if pipeline == "1f1b" else "pipelined"      # GPipe unless it says 1F1B
+        name = f"{name} {kind} M={microbatches}" if microbatches else f"{name} {kind}"
+    elif schedule == "locked":
+        name = f"{name} locked"
+    return f"{name}, {threads} threads" if threads > 1 else name
+
+
 def load_published(path: Path = PUBLISHED_PATH) -> dict:
     """The paper's numbers (the one data file that holds them), parsed."""
     try:

@@ -13,11 +13,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from . import Section
-from .context import DISPLAY_NAMES, ReportContext, display_name, markdown_table
+from .context import DISPLAY_NAMES, ReportContext, display_name, markdown_table, parallel_label
 from ..suite import PROFILES
 
 COLOURS = {"nobprop": "#7f7f7f", "bprop": "#000000", "dni": "#1f77b4", "cdni": "#d62728"}
+OTHER_COLOURS = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]   # other methods
 LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D"]            # a method's 5th to 8th variant: the line styles again, another marker
 METHOD_ORDER = list(DISPLAY_NAMES)
 
 
@@ -27,20 +29,53 @@ def _model_key(model: str):
     return (not model.startswith("fcn"), model.rstrip("0123456789"), int(digits) if digits else 0, model)
 
 
+def _text(value) -> str:
+    """A param's value as a label shows it: "unset" where a run did not log it (older code, another kind of run)."""
+    return "unset" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _run_name(run: pd.Series) -> str:
+    """The method's name; a parallel run's (it logged ``workers``) with its schedule, micro-batches, threads and K."""
+    workers = _text(run.get("param.workers"))
+    if workers == "unset":
+        return display_name(run["method"])
+    threads = _text(run.get("param.threads"))
+    name = parallel_label(run["method"], _text(run.get("param.schedule")).replace("unset", ""),
+                          _text(run.get("param.microbatches")).replace("unset", ""),
+                          _text(run.get("param.pipeline_schedule")), int(threads) if threads.isdigit() else 1)
+    lockstep = _text(run.get("param.lockstep")).lower() == "true"
+    return f"{name}, K={workers}" + (", lockstep" if lockstep else "")
+
+
 def line_labels(runs: pd.DataFrame) -> pd.Series:
-    """A label per run: the method's name, plus the params that tell its variants apart when one
-    method was run with more than one configuration (e.g. several p_update values)."""
-    labels = pd.Series([display_name(m) for m in runs["method"]], index=runs.index)
-    params = [c for c in runs.columns if c.startswith("param.") and c not in ("param.seed",)]
-    for _, group in runs.groupby(["model", "method"]):
-        if group["variant"].nunique() < 2:
+    """A label per run that names exactly one configuration (``variant``) of its model: the method's name
+    (``_run_name``), plus, where one name covers several configurations (several p_update values, say), the params
+    that tell them apart, a param only where it tells more of them apart than those before it (in column order).
+    Seeds of two configurations are never drawn or averaged as one line; configurations no param tells apart get
+    their variant hash."""
+    labels = pd.Series([_run_name(run) for _, run in runs.iterrows()], index=runs.index, dtype=object)
+    params = [c for c in runs.columns if c.startswith("param.") and c != "param.seed"]
+    for _, group in runs.groupby("model", sort=False):
+        def variants(key: pd.Series) -> pd.Series:     # configurations per distinct key
+            return group.groupby(key.to_numpy())["variant"].nunique()
+        names = labels[group.index]
+        shared = variants(names)
+        if (shared <= 1).all():
             continue
-        # A param a newer version of the code added is missing (NaN) in older runs: that differs too.
-        values = group[params].apply(lambda col: col.map(lambda v: "unset" if pd.isna(v) else str(v)))
-        differing = [c for c in params if values[c].nunique() > 1][:3]
+        values = group[params].apply(lambda col: col.map(_text))
+        key, chosen = names.copy(), []
+        for column in params:
+            if (variants(key) <= 1).all():
+                break
+            finer = key + "\0" + values[column]
+            if finer.nunique() > key.nunique():
+                key, chosen = finer, chosen + [column]
+        left = variants(key)
         for index in group.index:
-            extra = ", ".join(f"{c.rsplit('.', 1)[-1]}={values.at[index, c]}" for c in differing)
-            labels[index] = f"{display_name(group.at[index, 'method'])} ({extra})"
+            if shared[names[index]] > 1:
+                parts = [f"{c.rsplit('.', 1)[-1]}={values.at[index, c]}" for c in chosen]
+                parts += [f"variant {group.at[index, 'variant']}"] if left[key[index]] > 1 else []
+                labels[index] = f"{names[index]} ({', '.join(parts)})"
     return labels
 
 
@@ -64,14 +99,16 @@ def _figure(ctx: ReportContext, runs: pd.DataFrame, title: str) -> Figure:
     handles = {}
     for row, model in zip(axes, models):
         at = runs[runs["model"] == model]
-        for n, (label, group) in enumerate(sorted(at.groupby("label"), key=lambda kv: _method_rank(kv[1]))):
+        for label, group in sorted(at.groupby("label"), key=lambda kv: _method_rank(kv[1])):
             method = group["method"].iloc[0]
-            style = dict(color=COLOURS.get(method, f"C{n}"),
-                         linestyle=LINESTYLES[_variant_index(runs, group) % len(LINESTYLES)])
+            variant = _variant_index(runs, group)
+            style = dict(color=_colour(runs, method), linestyle=LINESTYLES[variant % len(LINESTYLES)])
+            marker = MARKERS[variant // len(LINESTYLES) % len(MARKERS)]
             curve = mean_curve(ctx, group["run_id"].tolist())
             seeds = len(group)
             for ax, x in zip(row, ("step", "wall_s")):
-                (line,) = ax.plot(curve[x], curve["mean"], marker="o", markersize=2.5, linewidth=1.4, **style)
+                (line,) = ax.plot(curve[x], curve["mean"], marker=marker, markersize=2.5 if marker == "o" else 4,
+                                  linewidth=1.4, **style)
                 if seeds > 1:
                     ax.fill_between(curve[x], curve["lo"], curve["hi"], alpha=0.15, color=style["color"], linewidth=0)
                 handles.setdefault(label, line)
@@ -93,6 +130,15 @@ def _figure(ctx: ReportContext, runs: pd.DataFrame, title: str) -> Figure:
 def _method_rank(group: pd.DataFrame):
     method = group["method"].iloc[0]
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method, group["label"].iloc[0])
+
+
+def _colour(runs: pd.DataFrame, method: str) -> str:
+    """A method's colour, the same for each of its variants and in every panel: the paper's four fixed, any other
+    method (complete unlock, a variant file's) the next unused one by name."""
+    if method in COLOURS:
+        return COLOURS[method]
+    others = sorted(set(runs["method"]) - set(COLOURS))
+    return OTHER_COLOURS[others.index(method) % len(OTHER_COLOURS)]
 
 
 def _variant_index(runs: pd.DataFrame, group: pd.DataFrame) -> int:

@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
 from . import Section
-from .context import ReportContext, display_name, latest_variant, markdown_table
+from .context import ReportContext, display_name, latest_variant, markdown_table, parallel_label
 from .curves import timing_disturbed
 from ..suite import PROFILES
 
@@ -45,16 +45,6 @@ def _metric(runs: pd.DataFrame, name: str) -> pd.Series:
     return runs[column].astype(float) if column in runs else pd.Series(np.nan, index=runs.index)
 
 
-def label(method: str, schedule: str, microbatches: str, pipeline: str = "", threads: int = 1) -> str:
-    name = display_name(method)
-    if schedule == "pipelined":
-        kind = "pipelined 1F1B" if pipeline == "1f1b" else "pipelined"      # GPipe unless it says 1F1B
-        name = f"{name} {kind} M={microbatches}" if microbatches else f"{name} {kind}"
-    elif schedule == "locked":
-        name = f"{name} locked"
-    return f"{name}, {threads} threads" if threads > 1 else name
-
-
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     """The parallel suite's non-lockstep runs with columns workers, schedule, microbatches, label,
     samples_per_s (NaN where the timing was disturbed) and disturbed."""
@@ -68,7 +58,7 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     runs["microbatches"] = _param(runs, "microbatches").fillna("").astype(str)
     runs["pipeline_schedule"] = _param(runs, "pipeline_schedule").fillna("").astype(str)
     runs["threads"] = pd.to_numeric(_param(runs, "threads"), errors="coerce").fillna(1).astype(int)
-    runs["label"] = [label(*row) for row in zip(runs["method"], runs["schedule"], runs["microbatches"],
+    runs["label"] = [parallel_label(*row) for row in zip(runs["method"], runs["schedule"], runs["microbatches"],
                                                  runs["pipeline_schedule"], runs["threads"])]
     rate = _metric(runs, "mean_samples_per_s").fillna(_metric(runs, "samples_per_s"))
     runs["disturbed"] = timing_disturbed(runs)
