@@ -91,14 +91,53 @@ def usable_cores() -> int:
         return psutil.cpu_count() or 1
 
 
+def _running(proc: Path) -> tuple[int, int] | None:
+    """(tasks runnable on the machine now, this process's own) from /proc: ``procs_running`` of /proc/stat, and the
+    threads of /proc/self/task in state R (the reader among them). None where /proc does not say."""
+    try:
+        machine = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
+                       if line.startswith("procs_running"))
+        own = 0
+        for task in (proc / "self" / "task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:                  # the thread ended between the listing and the read
+                continue
+            own += stat[stat.rindex(")") + 2] == "R"    # the state follows the command name's closing parenthesis
+        return machine, own
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def busy_cores(samples: int = 5, gap_s: float = 0.01, proc: Path = Path("/proc")) -> float | None:
+    """Cores other processes keep busy now: the median over ``samples`` readings ``gap_s`` apart of the tasks
+    runnable on the machine less this process's own (``_running``). None where /proc does not say (not Linux).
+
+    Not the load average: it is a 1-minute decaying mean, so right after a busy minute (an install, the previous
+    run) it still counts cores that are free, and a neighbour that started seconds ago only in part. The first run
+    of a fresh-clone ``make reproduce`` took 1 thread of 2 free ones (load 1.2 left by pip), 2026-11-30."""
+    counts = []
+    for i in range(samples):
+        reading = _running(proc)
+        if reading is None:
+            return None
+        counts.append(max(0, reading[0] - reading[1]))
+        if i + 1 < samples:
+            time.sleep(gap_s)
+    return float(statistics.median(counts))
+
+
 def run_threads(jobs: int = 1, cores: int | None = None, busy: float | None = None) -> int:
     """Threads for one of ``jobs`` runs at once: the cores nobody else is using, shared between the
     runs, at least 1, and never more threads than cores for all runs together. OpenMP threads
     on a busy core wait for each other: a FCN-4 step with 2 threads went from 1.9 to 20.8 ms next to
     one other 2-thread process, with 1 thread from 3.2 to 4.4 ms (issue 9; `make bench` measures it).
-    ``busy``: cores in use by other processes (default: the 1-minute load average, less this
-    process's own share since the last call). OMP_NUM_THREADS in the environment caps the result."""
+    ``busy``: cores in use by other processes (default: ``busy_cores``, what runs now; where /proc does not say,
+    the 1-minute load average less this process's own share since the last call). OMP_NUM_THREADS in the
+    environment caps the result."""
     cores = cores or usable_cores()
+    if busy is None:
+        busy = busy_cores()
     if busy is None:
         own = _SELF.cpu_percent(interval=None) / 100    # this process since the last call; 0 the first time
         busy = max(0.0, os.getloadavg()[0] - own) if hasattr(os, "getloadavg") else 0.0

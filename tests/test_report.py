@@ -268,6 +268,12 @@ def test_curve_labels_name_each_configuration_once():
     assert table.loc["DNI (p_update=1.0, synth_lr=1e-4)", "Seeds"] == 2
     assert table.loc["DNI (p_update=1.0, synth_lr=1e-4)", "samples/s"] == "200"        # seeds of variant a only
     assert table.loc["DNI (p_update=1.0, synth_lr=2e-4, variant b)", "samples/s"] == "1000"
+    assert "CPU threads" not in table                                     # logged by none
+    # the threads a row's runs trained with, only where the rows differ (a rate at 1 thread is not one at 2)
+    threads = wallclock_table(runs.assign(label=labels, **{"metric.cpu_threads": [2.0, 1.0, 2.0, 2.0, 2.0]}))
+    assert threads.set_index("Method")["CPU threads"].tolist() == ["1/2", "2", "2", "2"]
+    same = wallclock_table(runs.assign(label=labels, **{"metric.cpu_threads": 2.0}))
+    assert "CPU threads" not in same
 
 
 def test_curve_labels_of_parallel_runs_say_schedule_and_workers():

@@ -1,5 +1,7 @@
 """Timings that mean something: a run's thread count from the free cores, the machine's load and steal
 next to the CPU utilisation, and the step-time dispersion that marks a run's timing as disturbed."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,6 +40,63 @@ def test_run_threads_from_the_machine_is_within_its_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     import os
     assert 1 <= run_threads() <= len(os.sched_getaffinity(0))
+
+
+def fake_proc(root, running: int, states: list[str]):
+    """A /proc with ``running`` runnable tasks on the machine and this process's threads in ``states``."""
+    root.mkdir(exist_ok=True)
+    (root / "stat").write_text(f"cpu  1 2 3 4\nprocs_running {running}\nprocs_blocked 0\n")
+    for i, state in enumerate(states):
+        (root / "self" / "task" / str(i)).mkdir(parents=True)
+        # a command name with a parenthesis and a space in it: the state is read after the last ')'
+        (root / "self" / "task" / str(i) / "stat").write_text(f"{100 + i} (py (x) {state}) {state} 1 2 3\n")
+    return root
+
+
+def test_busy_cores_are_the_machines_runnable_tasks_less_this_processs(tmp_path):
+    from dnibench.tracking import busy_cores
+    proc = fake_proc(tmp_path, running=5, states=["R", "S", "R", "D"])
+    assert busy_cores(samples=3, gap_s=0, proc=proc) == 3.0
+    assert busy_cores(samples=1, gap_s=0, proc=fake_proc(tmp_path / "b", running=1, states=["R", "R"])) == 0.0
+    assert busy_cores(proc=tmp_path / "none") is None                 # no /proc: the caller falls back
+
+
+def test_busy_cores_take_the_median_reading(tmp_path, monkeypatch):
+    from dnibench import tracking
+    readings = iter([(4, 1), (9, 1), (2, 1), (3, 1), (3, 1)])        # a momentary burst does not count
+    monkeypatch.setattr(tracking, "_running", lambda proc: next(readings))
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    assert tracking.busy_cores(samples=5) == 2.0
+
+
+def test_run_threads_count_what_runs_now_not_the_load_average(monkeypatch):
+    """A fresh clone's first run took 1 thread of 2 free ones: the 1-minute load average still held pip's install."""
+    from dnibench import tracking
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(tracking.os, "getloadavg", lambda: (1.3, 1.0, 0.5))
+    monkeypatch.setattr(tracking, "busy_cores", lambda: 0.0)
+    assert tracking.run_threads(1, cores=2) == 2
+    monkeypatch.setattr(tracking, "busy_cores", lambda: 1.0)
+    assert tracking.run_threads(1, cores=2) == 1
+    monkeypatch.setattr(tracking, "busy_cores", lambda: None)            # no /proc: the load average
+    assert tracking.run_threads(1, cores=2) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc")
+def test_a_busy_neighbour_is_seen_at_once():
+    """A process spinning on a core counts as soon as it runs (the load average would take about a minute)."""
+    import subprocess
+    import sys
+
+    from dnibench.tracking import busy_cores
+    hog = subprocess.Popen([sys.executable, "-c", "import sys; print(1, flush=True)\nwhile True: pass"],
+                           stdout=subprocess.PIPE)
+    try:
+        assert hog.stdout.readline().strip() == b"1"                      # it is spinning
+        assert busy_cores() >= 1.0
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def test_thread_count_is_set_for_the_run_and_restored():

@@ -173,7 +173,8 @@ def timing_note(group: pd.DataFrame) -> str:
 def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per model and method: seeds, device, mean samples/s, total training seconds, final test error
     (means over seeds), and the sampled utilisation where the runs logged it. Throughput and training
-    time are means over the runs whose timing was not disturbed; "disturbed" where none was clean."""
+    time are means over the runs whose timing was not disturbed; "disturbed" where none was clean. The CPU
+    threads each row's runs trained with, where the rows differ (a parallel run's: per worker)."""
     columns = {"metric.mean_samples_per_s": ("samples/s", "{:.0f}"), "metric.total_wall_s/train": ("train s", "{:.3g}"),
                "metric.final_test_error": ("final test error %", "{:.2f}"),
                "metric.cpu_util_pct_mean": ("CPU util %", "{:.0f}"), "metric.gpu_util_pct_mean": ("GPU util %", "{:.0f}"),
@@ -191,8 +192,12 @@ def wallclock_table(runs: pd.DataFrame) -> pd.DataFrame:
                     row[name] = fmt.format(group[column].mean())
         if "metric.wall_step_dispersion" in group:
             row["Timing"] = timing_note(group)
+        if "metric.cpu_threads" in group and group["metric.cpu_threads"].notna().any():
+            row["CPU threads"] = "/".join(f"{t:g}" for t in sorted(set(group["metric.cpu_threads"].dropna())))
         rows.append(row)
     table = pd.DataFrame(rows)
+    if "CPU threads" in table and table["CPU threads"].nunique() <= 1:
+        table = table.drop(columns="CPU threads")      # said only where the rows differ: their rates are not alike
     return table.fillna("")
 
 
