@@ -138,6 +138,18 @@ def test_a_slowed_interval_is_the_worst_window():
     assert s["wall_step_p95_over_median"] == pytest.approx(3.0)
 
 
+def test_only_the_first_window_is_warm_up_and_only_when_there_are_others():
+    """A short run's windows: one window is all there is (kept); with two or more only the first is left out."""
+    one = step_times([[0.050] * 4]).summary()
+    assert one["wall_step_median_ms"] == pytest.approx(50.0) and one["wall_step_worst_window"] == pytest.approx(1.0)
+    two = step_times([[0.050] * 4, [0.010] * 4]).summary()
+    assert two["wall_step_median_ms"] == pytest.approx(10.0) and two["wall_step_p95_over_median"] == pytest.approx(1.0)
+    assert two["wall_step_worst_window"] == pytest.approx(1.0)
+    three = step_times([[0.050] * 4, [0.030] * 4, [0.010] * 4]).summary()   # the second window counts
+    assert three["wall_step_worst_window"] == pytest.approx(0.030 / 0.020)
+    assert three["wall_step_median_ms"] == pytest.approx(20.0)          # median of four 30 ms and four 10 ms steps
+
+
 def test_a_few_slow_steps_raise_p95_not_the_window_verdict():
     steps = [0.010] * 90 + [0.040] * 10          # 10% of the steps 4x slower, spread evenly
     s = step_times([steps[i::5] for i in range(5)]).summary()
