@@ -78,8 +78,11 @@ def test_run_threads_count_what_runs_now_not_the_load_average(monkeypatch):
     assert tracking.run_threads(1, cores=2) == 2
     monkeypatch.setattr(tracking, "busy_cores", lambda: 1.0)
     assert tracking.run_threads(1, cores=2) == 1
-    monkeypatch.setattr(tracking, "busy_cores", lambda: None)            # no /proc: the load average
+    monkeypatch.setattr(tracking, "busy_cores", lambda: None)            # no /proc: the load average,
+    monkeypatch.setattr(tracking._SELF, "cpu_percent", lambda interval: 0.0)   # less this process's own share
     assert tracking.run_threads(1, cores=2) == 1
+    monkeypatch.setattr(tracking._SELF, "cpu_percent", lambda interval: 100.0)
+    assert tracking.run_threads(1, cores=2) == 2                          # 1.3 - 1.0 busy: 1.7 free, rounded
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc")
