@@ -60,7 +60,8 @@ def compare(tracking_uri: str, suite: str, profile: str | None = None, baseline:
             speed = _speed(group)
             gpu = group["metric.gpu_util_pct_mean"].mean() if "metric.gpu_util_pct_mean" in group else math.nan
             rows.append({"model": model, "method": label, "seeds": n, metric: _pm(mean, half),
-                         f"vs {baseline}": "baseline" if (group["method"] == baseline).all() else _pm(diff, diff_half),
+                         f"vs {baseline}": "baseline" if set(group["variant"]) <= set(base["variant"])
+                         else _pm(diff, diff_half),
                          "samples/s": f"{speed:.0f}" if math.isfinite(speed) else _no_speed(group),
                          f"speed vs {baseline}": f"{speed / base_speed:.2f}x"
                          if math.isfinite(speed) and math.isfinite(base_speed) and base_speed else "—",
@@ -102,7 +103,8 @@ def write_comparison(table: pd.DataFrame, out: Path, suite: str, profile: str) -
 def render(table: pd.DataFrame, suite: str, profile: str, metric: str, baseline: str,
            failed: pd.DataFrame | None = None) -> str:
     head = (f"Suite `{suite}` at `{profile}`: {metric} (mean ± 95% CI over seeds); difference to `{baseline}` "
-            f"with Welch's 95% CI; samples/s = training throughput, over the runs whose timing "
+            f"with Welch's 95% CI (where `{baseline}` ran in several configurations, the one run last is the baseline: "
+            f"its row says so); samples/s = training throughput, over the runs whose timing "
             f"was not disturbed (timing: a run whose slowest log interval ran over 2x the median's time per "
             f"step was slowed from outside).\n\n")
     text = head + markdown_table(table)

@@ -68,3 +68,12 @@ def test_compare_columns_worked_by_hand(monkeypatch):
     assert rows.loc["cDNI", "GPU util %"] == "35" and rows.loc["cDNI", "seeds"] == 2
     assert rows.loc["cDNI", "timing"] == "timing disturbed in 1 of 2 runs (throughput from the others)"
     assert rows.loc["cDNI", "final_test_error"].startswith("2.60 ± ")
+    # the baseline method in two configurations: the one run last is the baseline; the other is compared with it
+    other = [dict(run("bprop", s, e, 800.0, 0.0, 1.0, start=-5), variant="w", **{"param.microbatches": "4"})
+             for s, e in ((0, 3.0), (1, 3.4))]
+    runs = pd.concat([runs.assign(**{"param.microbatches": "1"}), pd.DataFrame(other)], ignore_index=True)
+    rows = cmp.compare("sqlite:///unused", "cmp")[0].set_index("method")
+    assert rows.loc["Bprop (microbatches=1)", "vs bprop"] == "baseline"
+    diff, half, _, _ = welch_ci([3.0, 3.4], [2.0, 2.2])
+    assert rows.loc["Bprop (microbatches=4)", "vs bprop"] == f"{diff:.2f} ± {half:.2f}"
+    assert rows.loc["Bprop (microbatches=4)", "speed vs bprop"] == "0.73x"                           # 800 / 1100
