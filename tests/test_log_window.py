@@ -73,3 +73,37 @@ def test_the_first_non_finite_step_of_a_window_is_named_whichever_metric():
     assert err.value.step == 3
     window.add(7, {"train_loss": torch.tensor(2.0)})         # the failed window was cleared
     assert window.close()[0] == {"train_loss": 2.0}
+
+
+def test_batches_are_every_example_once_per_epoch_in_a_seeded_order():
+    """Batches: each epoch a fresh permutation from the run's generator, taken batch by batch without replacement;
+    an epoch's leftover short of a batch is dropped (the next batch starts a new epoch)."""
+    from dnibench.loop import Batches
+
+    def draw(seed, n=10, batch=3, count=9):
+        batches = Batches(n, batch, torch.Generator().manual_seed(seed), torch.device("cpu"))
+        return [batches.next().tolist() for _ in range(count)]
+    got = draw(0)
+    for epoch in range(3):
+        seen = sum(got[3 * epoch:3 * epoch + 3], [])
+        assert len(seen) == 9 and len(set(seen)) == 9                      # 3 batches of 3, none repeated
+    assert got[:3] != got[3:6]                                              # reshuffled each epoch
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+    assert sum(got[:3], []) == order[:9]                                    # the generator's permutation, from 0
+    assert draw(0) == got and draw(1) != got                                # the seed names the order
+    exact = Batches(6, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    first = [exact.next().tolist() for _ in range(2)]
+    assert sorted(sum(first, [])) == list(range(6))                         # an epoch that divides: no batch lost
+    assert Batches(4, 8, torch.Generator(), torch.device("cpu")).next().numel() == 4    # batch capped at n
+
+
+def test_seed_everything_seeds_every_generator_a_variant_may_use():
+    import random
+
+    import numpy as np
+
+    from dnibench.loop import seed_everything
+    seed_everything(5)
+    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_everything(5)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first

@@ -32,6 +32,10 @@ def test_run_threads_never_oversubscribe(monkeypatch, cores, busy, jobs, want):
 def test_omp_num_threads_caps_the_choice(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert run_threads(1, cores=8, busy=0.0) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")                           # not a cap: torch would refuse 0 threads
+    assert run_threads(1, cores=8, busy=0.0) == 8
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert run_threads(cores=8, busy=0.0) == 8                            # one run unless told otherwise
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert run_threads(1, cores=8, busy=0.0) == 3
 
@@ -73,7 +77,7 @@ def test_run_threads_count_what_runs_now_not_the_load_average(monkeypatch):
     """A fresh clone's first run took 1 thread of 2 free ones: the 1-minute load average still held pip's install."""
     from dnibench import tracking
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(tracking.os, "getloadavg", lambda: (1.3, 1.0, 0.5))
+    monkeypatch.setattr(tracking.os, "getloadavg", lambda: (1.3, 0.0, 0.0))     # the 1-minute one is the first
     monkeypatch.setattr(tracking, "busy_cores", lambda: 0.0)
     assert tracking.run_threads(1, cores=2) == 2
     monkeypatch.setattr(tracking, "busy_cores", lambda: 1.0)
@@ -83,6 +87,10 @@ def test_run_threads_count_what_runs_now_not_the_load_average(monkeypatch):
     assert tracking.run_threads(1, cores=2) == 1
     monkeypatch.setattr(tracking._SELF, "cpu_percent", lambda interval: 100.0)
     assert tracking.run_threads(1, cores=2) == 2                          # 1.3 - 1.0 busy: 1.7 free, rounded
+    monkeypatch.setattr(tracking.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert tracking.run_threads(1, cores=2) == 2                          # 0.5 busy: 1.5 + 0.5 free, exactly 2
+    monkeypatch.setattr(tracking._SELF, "cpu_percent", lambda interval: 99.0)
+    assert tracking.run_threads(1, cores=2) == 1                          # 0.51 busy: just under 2
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc")
@@ -151,6 +159,54 @@ def test_only_the_first_window_is_warm_up_and_only_when_there_are_others():
     three = step_times([[0.050] * 4, [0.030] * 4, [0.010] * 4]).summary()   # the second window counts
     assert three["wall_step_worst_window"] == pytest.approx(0.030 / 0.020)
     assert three["wall_step_median_ms"] == pytest.approx(20.0)          # median of four 30 ms and four 10 ms steps
+
+
+def test_one_window_keeps_its_own_steps():
+    """With one window its steps are the per-step times (not the window's mean), and the worst window is 1."""
+    one = step_times([[0.010, 0.010, 0.010, 0.050]]).summary()
+    assert one["wall_step_median_ms"] == pytest.approx(10.0) and one["wall_step_p95_over_median"] == pytest.approx(5.0)
+    assert one["wall_step_worst_window"] == 1.0
+
+
+def test_p95_is_not_the_slowest_step():
+    steps = [0.010] * 94 + [0.020] * 5 + [0.100]        # the 95th percentile of 100 steps is the 96th slowest
+    s = step_times([[0.010] * 3, steps]).summary()
+    assert s["wall_step_p95_over_median"] == pytest.approx(2.0)
+    two = step_times([[0.010] * 3, [0.010, 0.030]]).summary()    # of two steps: the slower (index int(1.9) = 1)
+    assert two["wall_step_p95_over_median"] == pytest.approx(0.030 / 0.020)
+
+
+def test_windows_are_time_per_step_whatever_their_length():
+    """A window is its seconds over its steps: a short last window at the same pace is not a slow one; a window of
+    one step counts, one of none is ignored; on CUDA the windows are all there is."""
+    s = step_times([[0.010] * 3, [0.010] * 10, [0.010] * 5, [0.010]]).summary()
+    assert s["wall_step_worst_window"] == pytest.approx(1.0)
+    cuda = StepTimes(torch.device("cuda"))
+    for seconds, steps in ((9.0, 3), (0.20, 10), (0.10, 5), (0.03, 1), (5.0, 0)):
+        cuda.window(seconds, steps)
+    summary = cuda.summary()
+    assert summary["wall_step_median_ms"] == pytest.approx(20.0)           # windows 2-4: 20, 20, 30 ms per step
+    assert summary["wall_step_worst_window"] == pytest.approx(1.5)
+    assert StepTimes(torch.device("cuda")).summary() == {}                 # nothing timed: nothing said
+    steps_only = StepTimes(torch.device("cpu"))
+    steps_only.steps.extend([0.01, 0.02, 0.03])
+    assert steps_only.summary()["wall_step_worst_window"] == 1.0          # no log point reached: no window to blame
+
+
+def test_sampler_means_per_interval_and_over_the_run():
+    """``since(mark)``: each series' mean over the samples after the mark; ``summary``: each series' mean and 95th
+    percentile over the run."""
+    sampler = ResourceSampler(torch.device("cpu"))
+    sampler.samples = {"cpu_util_pct": [10.0, 20.0, 90.0, 30.0], "cpu_load_avg_1m": [1.0, 2.0]}
+    mark = {"cpu_util_pct": 2}                                             # a series missing from the mark: from 0
+    assert sampler.since(mark) == {"cpu_util_pct": pytest.approx(60.0), "cpu_load_avg_1m": pytest.approx(1.5)}
+    sampler.samples["gpu_util_pct"] = []
+    assert "gpu_util_pct" not in sampler.since(sampler.mark())            # no sample since: no mean
+    summary = sampler.summary()
+    assert summary["cpu_util_pct_mean"] == pytest.approx(37.5) and summary["cpu_util_pct_p95"] == 90.0
+    assert summary["cpu_load_avg_1m_p95"] == 2.0 and "gpu_util_pct_mean" not in summary
+    sampler.samples = {"cpu_util_pct": [float(v) for v in range(40)]}
+    assert sampler.summary()["cpu_util_pct_p95"] == 38.0                   # index int(0.95 x 40) = 38, not the max
 
 
 def test_a_few_slow_steps_raise_p95_not_the_window_verdict():
