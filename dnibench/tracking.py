@@ -98,7 +98,7 @@ def _running(proc: Path) -> tuple[int, int] | None:
         machine = next(int(line.split()[1]) for line in (proc / "stat").read_text().splitlines()
                        if line.startswith("procs_running"))
         own = 0
-        for task in (proc / "self" / "task").iterdir():
+        for task in sorted((proc / "self" / "task").iterdir()):
             try:
                 stat = (task / "stat").read_text()
             except OSError:                  # the thread ended between the listing and the read

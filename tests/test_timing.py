@@ -52,8 +52,9 @@ def fake_proc(root, running: int, states: list[str]):
     (root / "stat").write_text(f"cpu  1 2 3 4\nprocs_running {running}\nprocs_blocked 0\n")
     for i, state in enumerate(states):
         (root / "self" / "task" / str(i)).mkdir(parents=True)
-        # a command name with a parenthesis and a space in it: the state is read after the last ')'
-        (root / "self" / "task" / str(i) / "stat").write_text(f"{100 + i} (py (x) {state}) {state} 1 2 3\n")
+        # a command name with a parenthesis, a space and another state in it: the state is read after the last ')'
+        decoy = "S" if state == "R" else "R"
+        (root / "self" / "task" / str(i) / "stat").write_text(f"{100 + i} (py (x) {decoy}) {state} 1 2 3\n")
     return root
 
 
@@ -63,6 +64,9 @@ def test_busy_cores_are_the_machines_runnable_tasks_less_this_processs(tmp_path)
     assert busy_cores(samples=3, gap_s=0, proc=proc) == 3.0
     assert busy_cores(samples=1, gap_s=0, proc=fake_proc(tmp_path / "b", running=1, states=["R", "R"])) == 0.0
     assert busy_cores(proc=tmp_path / "none") is None                 # no /proc: the caller falls back
+    gone = fake_proc(tmp_path / "c", running=4, states=["R", "R", "R"])
+    (gone / "self" / "task" / "0" / "stat").unlink()                   # a thread that ended as it was listed
+    assert busy_cores(samples=1, gap_s=0, proc=gone) == 2.0            # the others still count
 
 
 def test_busy_cores_take_the_median_reading(tmp_path, monkeypatch):
