@@ -107,3 +107,27 @@ def test_seed_everything_seeds_every_generator_a_variant_may_use():
     first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     seed_everything(5)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+
+
+def test_a_window_is_timed_from_its_start_to_its_close():
+    import time
+    window = LogWindow(spec(), [], torch.device("cpu"))
+    window.start()
+    time.sleep(0.05)
+    window.add(1, {"train_loss": torch.tensor(1.0)})
+    _, steps, seconds = window.close()
+    assert steps == 1 and 0.05 <= seconds < 5.0
+    window.start()
+    assert 0.0 <= window.elapsed() < 0.05                                   # the clock restarted
+
+
+def test_devices_resolve_or_are_refused_in_one_line():
+    from dnibench.errors import DnibenchError
+    from dnibench.loop import resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cuda")
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(DnibenchError, match="--device cuda:1: CUDA is not available"):
+            resolve_device("cuda:1")
