@@ -136,6 +136,9 @@ def run_threads(jobs: int = 1, cores: int | None = None, busy: float | None = No
     the 1-minute load average less this process's own share since the last call). OMP_NUM_THREADS in the
     environment caps the result."""
     cores = cores or usable_cores()
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    if busy is None and cap == "1":
+        return 1                                        # nothing to measure: one thread whatever the load
     if busy is None:
         busy = busy_cores()
     if busy is None:
@@ -143,7 +146,6 @@ def run_threads(jobs: int = 1, cores: int | None = None, busy: float | None = No
         busy = max(0.0, os.getloadavg()[0] - own) if hasattr(os, "getloadavg") else 0.0
     free = max(1, int(cores - busy + 0.5))
     threads = max(1, min(cores, free) // max(1, jobs))
-    cap = os.environ.get("OMP_NUM_THREADS", "")
     if cap.isdigit() and int(cap) > 0:
         threads = min(threads, int(cap))
     return threads

@@ -32,6 +32,11 @@ def test_run_threads_never_oversubscribe(monkeypatch, cores, busy, jobs, want):
 def test_omp_num_threads_caps_the_choice(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert run_threads(1, cores=8, busy=0.0) == 1
+    import dnibench.tracking as tracking
+    measure = tracking.busy_cores
+    monkeypatch.setattr(tracking, "busy_cores", lambda: pytest.fail("measured the load for a capped answer"))
+    assert run_threads(1, cores=8) == 1                                  # capped at one: the load is not read
+    monkeypatch.setattr(tracking, "busy_cores", measure)
     monkeypatch.setenv("OMP_NUM_THREADS", "0")                           # not a cap: torch would refuse 0 threads
     assert run_threads(1, cores=8, busy=0.0) == 8
     monkeypatch.delenv("OMP_NUM_THREADS")
