@@ -95,6 +95,11 @@ def test_decoupled_run_logs_staleness_within_its_flow_control_bound(data):
     for k in (0, 1):
         assert 0 < summary[f"total_worker{k}/busy_frac"] <= 1
     assert summary["mean_samples_per_s"] > 0 and summary["final_test_error"] == evals[-1][1]["test_error"]
+    from test_timing import assert_throughput_is_steps_over_training_time
+    logged = {}
+    for step, row in rows:
+        logged.setdefault(step, {}).update(row)
+    assert_throughput_is_steps_over_training_time(logged, summary, batch=32, steps=STEPS, log_every=3)
 
 
 @pytest.mark.parametrize("method,schedule", [("unlock_cdni", "decoupled"), ("bprop", "locked"),

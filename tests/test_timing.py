@@ -246,7 +246,7 @@ def test_training_run_logs_threads_load_and_dispersion():
                      torch.rand(16, *shape, generator=g), torch.randint(0, 10, (16,), generator=g), 10, "random")
     spec = RunSpec(suite="t", profile="smoke", task="mnist", model="fcn3", method="cdni",
                    method_args=get_method("cdni").Settings().model_dump(),
-                   train=TrainSettings(steps=40, batch_size=8, lr=1e-3, lr_decay_at=[], eval_every=40, log_every=10),
+                   train=TrainSettings(steps=40, batch_size=8, lr=1e-3, lr_decay_at=[], eval_every=20, log_every=10),
                    seed=0, device="cpu")
     logged = {}
     before = torch.get_num_threads()
@@ -256,6 +256,22 @@ def test_training_run_logs_threads_load_and_dispersion():
     assert summary["cpu_load_avg_1m_mean"] >= 0 and "cpu_util_pct_mean" in summary   # an interval here is < 0.25 s
     assert summary["wall_step_dispersion"] >= 1.0 and summary["wall_step_p95_over_median"] >= 1.0
     assert 0 < summary["wall_step_median_ms"] < 1000 * summary["total_wall_s/train"]
+    assert_throughput_is_steps_over_training_time(logged, summary, batch=8, steps=40, log_every=10)
+
+
+def assert_throughput_is_steps_over_training_time(logged: dict, summary: dict, batch: int, steps: int, log_every: int):
+    """The recorded rates are the examples trained over the training clock: each log row's samples/s over its own
+    window (the growth of wall_s/train since the last row), the run's mean over its whole training time; the clock
+    only grows, and evaluation has a clock of its own."""
+    rows = [logged[step] for step in sorted(logged) if "samples_per_s" in logged[step]]
+    walls = [0.0] + [row["wall_s/train"] for row in rows]
+    assert len(rows) == steps // log_every and all(b > a for a, b in zip(walls, walls[1:]))
+    for row, before, after in zip(rows, walls, walls[1:]):
+        assert row["samples_per_s"] * (after - before) == pytest.approx(log_every * batch, rel=1e-6)
+    assert summary["total_wall_s/train"] == pytest.approx(walls[-1], abs=0.05)    # a parallel run adds its drain
+    assert summary["mean_samples_per_s"] * summary["total_wall_s/train"] == pytest.approx(steps * batch, rel=1e-6)
+    evals = [row["wall_s/eval"] for row in rows if "wall_s/eval" in row]
+    assert evals and all(b > a for a, b in zip(evals, evals[1:])) and summary["total_wall_s/eval"] == evals[-1]
 
 
 def runs_frame(dispersions, speeds, method="cdni"):
