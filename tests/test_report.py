@@ -276,6 +276,24 @@ def test_curve_labels_name_each_configuration_once():
     assert "CPU threads" not in same
 
 
+def test_wallclock_table_columns_are_each_configurations_means():
+    """Every column of the wall-clock table, per configuration: the model and device as named, the final error and
+    the sampled utilisation as means over its seeds, blank where its runs did not log one (a CPU run: no GPU)."""
+    from dnibench.report.curves import wallclock_table
+    runs = pd.DataFrame({"model": ["fcn4", "fcn4", "fcn4"], "label": ["DNI", "DNI", "Bprop"], "method": ["dni", "dni", "bprop"],
+                         "device": ["cuda", "cpu", "cpu"], "metric.mean_samples_per_s": [100.0, 300.0, 50.0],
+                         "metric.total_wall_s/train": [12.0, 14.0, 3.14159],
+                         "metric.final_test_error": [2.0, 3.0, 1.234],
+                         "metric.cpu_util_pct_mean": [40.0, 60.0, 99.6],
+                         "metric.gpu_util_pct_mean": [70.0, float("nan"), float("nan")],
+                         "metric.gpu_mem_mb_mean": [1000.4, float("nan"), float("nan")]})
+    table = wallclock_table(runs)
+    assert table.columns.tolist() == ["Model", "Method", "Seeds", "Device", "samples/s", "train s", "final test error %",
+                                      "CPU util %", "GPU util %", "GPU mem MB"]
+    assert table.values.tolist() == [["FCN-4", "DNI", 2, "cpu, cuda", "200", "13", "2.50", "50", "70", "1000"],
+                                     ["FCN-4", "Bprop", 1, "cpu", "50", "3.14", "1.23", "100", "", ""]]
+
+
 def test_curve_labels_of_parallel_runs_say_schedule_and_workers():
     """The parallel suite's runs are named as its own section names them, with K: GPipe and 1F1B at K = 2 were one
     line, 'Bprop (workers=2, schedule=pipelined, microbatches=4)', over 2 "seeds" of two configurations."""
