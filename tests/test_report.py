@@ -294,6 +294,16 @@ def test_wallclock_table_columns_are_each_configurations_means():
                                      ["FCN-4", "Bprop", 1, "cpu", "50", "3.14", "1.23", "100", "", ""]]
 
 
+def test_curve_labels_per_model_stop_at_the_first_param_that_tells_configurations_apart():
+    """A model whose names need nothing does not end the labelling of the next; once the configurations are told
+    apart no later param is added."""
+    from dnibench.report.curves import line_labels
+    runs = pd.DataFrame({"model": ["fcn3", "fcn5", "fcn5"], "method": ["dni", "dni", "dni"], "variant": ["a", "b", "c"],
+                         "param.seed": ["0", "0", "0"], "param.p_update": ["1.0", "1.0", "0.5"],
+                         "param.train.steps": ["100", "200", "300"]})
+    assert line_labels(runs).tolist() == ["DNI", "DNI (p_update=1.0)", "DNI (p_update=0.5)"]
+
+
 def test_curve_labels_of_parallel_runs_say_schedule_and_workers():
     """The parallel suite's runs are named as its own section names them, with K: GPipe and 1F1B at K = 2 were one
     line, 'Bprop (workers=2, schedule=pipelined, microbatches=4)', over 2 "seeds" of two configurations."""
@@ -301,13 +311,14 @@ def test_curve_labels_of_parallel_runs_say_schedule_and_workers():
     rows = [("bprop", "1", "locked", "", "", "1", "false"), ("bprop", "2", "pipelined", "4", "1f1b", "1", "false"),
             ("bprop", "2", "pipelined", "4", "gpipe", "1", "false"), ("cdni", "1", "decoupled", "", "", "2", "false"),
             ("cdni", "2", "decoupled", "", "", float("nan"), "true"), ("unlock_cdni", "2", "decoupled", "", "", "1", "false"),
-            ("unlock_dni", "2", "decoupled", "", "", "1", "false")]
+            ("unlock_dni", "2", "decoupled", "", "", "1", "false"),
+            ("bprop", "2", "pipelined", float("nan"), float("nan"), "1", "false")]        # no M logged
     runs = pd.DataFrame(rows, columns=["method", "param.workers", "param.schedule", "param.microbatches",
                                        "param.pipeline_schedule", "param.threads", "param.lockstep"])
     runs = runs.assign(model="fcn6", variant=[str(i) for i in range(len(rows))], **{"param.seed": "0"})
     assert line_labels(runs).tolist() == [
         "Bprop locked, K=1", "Bprop pipelined 1F1B M=4, K=2", "Bprop pipelined M=4, K=2", "cDNI, 2 threads, K=1",
-        "cDNI, K=2, lockstep", "cDNI, complete unlock, K=2", "DNI, complete unlock, K=2"]
+        "cDNI, K=2, lockstep", "cDNI, complete unlock, K=2", "DNI, complete unlock, K=2", "Bprop pipelined, K=2"]
     # one colour per method, whatever its variants; methods outside the paper's four each get their own
     assert _colour(runs, "unlock_cdni") != _colour(runs, "unlock_dni")
     assert _colour(runs, "unlock_cdni") not in {_colour(runs, m) for m in ("bprop", "cdni", "dni", "nobprop")}
