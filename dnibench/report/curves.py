@@ -31,7 +31,7 @@ def _model_key(model: str):
 
 def _text(value) -> str:
     """A param's value as a label shows it: "unset" where a run did not log it (older code, another kind of run)."""
-    return "unset" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    return "unset" if pd.isna(value) else str(value)
 
 
 def _run_name(run: pd.Series) -> str:
