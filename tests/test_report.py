@@ -319,6 +319,11 @@ def test_curve_labels_of_parallel_runs_say_schedule_and_workers():
     assert line_labels(runs).tolist() == [
         "Bprop locked, K=1", "Bprop pipelined 1F1B M=4, K=2", "Bprop pipelined M=4, K=2", "cDNI, 2 threads, K=1",
         "cDNI, K=2, lockstep", "cDNI, complete unlock, K=2", "DNI, complete unlock, K=2", "Bprop pipelined, K=2"]
+    # the parallel section (its non-lockstep runs) names them the same, K in its own column
+    from dnibench.report.parallel import SUITE, prepare
+    named = prepare(runs.assign(suite=SUITE))
+    assert (named["label"] + ", K=" + named["workers"].astype(str)).tolist() == [
+        label for label in line_labels(runs) if not label.endswith("lockstep")]
     # one colour per method, whatever its variants; methods outside the paper's four each get their own
     assert _colour(runs, "unlock_cdni") != _colour(runs, "unlock_dni")
     assert _colour(runs, "unlock_cdni") not in {_colour(runs, m) for m in ("bprop", "cdni", "dni", "nobprop")}

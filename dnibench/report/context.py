@@ -55,6 +55,18 @@ def parallel_label(method: str, schedule: str, microbatches: str, pipeline: str 
     return f"{name}, {threads} threads" if threads > 1 else name
 
 
+def parallel_run_label(run) -> str:
+    """``parallel_label`` of one run (a row of ``load_runs``) from its logged params; a param it did not log is
+    the default (one thread, no schedule named). The report's parallel section and every curve, table and
+    ``dnibench compare`` row name a parallel run through this one reading."""
+    def param(name: str) -> str:
+        value = run.get(f"param.{name}")
+        return "" if value is None or pd.isna(value) else str(value)
+    threads = pd.to_numeric(param("threads"), errors="coerce")
+    return parallel_label(run["method"], param("schedule"), param("microbatches"), param("pipeline_schedule"),
+                          1 if pd.isna(threads) else int(threads))
+
+
 def load_published(path: Path = PUBLISHED_PATH) -> dict:
     """The paper's numbers (the one data file that holds them), parsed."""
     try:

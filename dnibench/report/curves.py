@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from . import Section
-from .context import DISPLAY_NAMES, ReportContext, display_name, markdown_table, parallel_label
+from .context import DISPLAY_NAMES, ReportContext, display_name, markdown_table, parallel_run_label
 from ..suite import PROFILES
 
 COLOURS = {"nobprop": "#7f7f7f", "bprop": "#000000", "dni": "#1f77b4", "cdni": "#d62728"}
@@ -39,10 +39,7 @@ def _run_name(run: pd.Series) -> str:
     workers = _text(run.get("param.workers"))
     if workers == "unset":
         return display_name(run["method"])
-    threads = _text(run.get("param.threads"))
-    name = parallel_label(run["method"], _text(run.get("param.schedule")).replace("unset", ""),
-                          _text(run.get("param.microbatches")).replace("unset", ""),
-                          _text(run.get("param.pipeline_schedule")), int(threads) if threads.isdigit() else 1)
+    name = parallel_run_label(run)
     lockstep = _text(run.get("param.lockstep")).lower() == "true"
     return f"{name}, K={workers}" + (", lockstep" if lockstep else "")
 

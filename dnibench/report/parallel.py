@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
 from . import Section
-from .context import ReportContext, display_name, latest_variant, markdown_table, parallel_label
+from .context import ReportContext, display_name, latest_variant, markdown_table, parallel_run_label
 from .curves import timing_disturbed
 from ..suite import PROFILES
 
@@ -58,8 +58,7 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     runs["microbatches"] = _param(runs, "microbatches").fillna("").astype(str)
     runs["pipeline_schedule"] = _param(runs, "pipeline_schedule").fillna("").astype(str)
     runs["threads"] = pd.to_numeric(_param(runs, "threads"), errors="coerce").fillna(1).astype(int)
-    runs["label"] = [parallel_label(*row) for row in zip(runs["method"], runs["schedule"], runs["microbatches"],
-                                                 runs["pipeline_schedule"], runs["threads"])]
+    runs["label"] = [parallel_run_label(run) for _, run in runs.iterrows()]
     rate = _metric(runs, "mean_samples_per_s").fillna(_metric(runs, "samples_per_s"))
     runs["disturbed"] = timing_disturbed(runs)
     runs["samples_per_s"] = rate.where(~runs["disturbed"])
