@@ -46,6 +46,19 @@ def run(run_spec: RunSpec, data=DATA) -> tuple[dict, dict[int, dict]]:
     return summary, rows
 
 
+def assert_rates(rows: dict[int, dict], summary: dict, per_step: int) -> None:
+    """Each row's samples/s and steps/s over its own window (the growth of wall_s/train since the row before), the
+    run's mean over the whole training clock, which only grows and ends at the last row's."""
+    steps, walls = [0] + sorted(rows), [0.0] + [rows[s]["wall_s/train"] for s in sorted(rows)]
+    assert all(b > a for a, b in zip(walls, walls[1:]))
+    for before, step, (w0, w1) in zip(steps, steps[1:], zip(walls, walls[1:])):
+        assert rows[step]["samples_per_s"] * (w1 - w0) == pytest.approx((step - before) * per_step, rel=1e-6)
+        assert rows[step]["steps_per_s"] * (w1 - w0) == pytest.approx(step - before, rel=1e-6)
+        assert rows[step]["cpu_threads"] >= 1
+    assert summary["total_wall_s/train"] == pytest.approx(walls[-1], rel=1e-12)
+    assert summary["mean_samples_per_s"] * walls[-1] == pytest.approx(steps[-1] * per_step, rel=1e-6)
+
+
 class ScriptedBPC:
     """bits_per_char replaced: the validation BPCs in order, a fixed test BPC; each call's text length, streams
     and the LSTM's parameters as they were."""
@@ -89,9 +102,7 @@ def test_ptb_without_patience_runs_every_step_on_the_whole_texts(monkeypatch):
     assert all("train_bpc" in rows[s] and "samples_per_s" in rows[s] for s in rows)
     assert (summary["steps_done"], summary["best_step"], summary["best_valid_bpc"]) == (7.0, 4.0, 4.0)
     assert [c["chars"] for c in bpc.calls] == [50] * 4 + [40]
-    # throughput: characters (T x streams per step) over the training clock, which excludes the evaluations
-    assert summary["mean_samples_per_s"] == pytest.approx(7 * 3 * 2 / summary["total_wall_s/train"], rel=1e-9)
-    assert summary["total_wall_s/train"] == pytest.approx(rows[7]["wall_s/train"], rel=1e-12)
+    assert_rates(rows, summary, per_step=3 * 2)               # characters: T x streams per step
     for key in ("wall_step_median_ms", "wall_step_dispersion", "cpu_threads"):
         assert key in summary
 
@@ -142,3 +153,113 @@ def test_two_timescale_message_gradient_waited_for_synthetic_or_cut():
             assert rows[3][f"lr/{role}"] == pytest.approx(0.1 * rows[1][f"lr/{role}"], rel=1e-12)
     assert waited_rows[1]["lr/a"] == 1e-2 and waited_rows[3]["lr"] == pytest.approx(1e-3)
     assert 0 <= waited["final_b_error"] <= 100 and waited["final_b_error"] == waited_rows[4]["b_error"]
+
+
+class RecordedCopyLoss:
+    """copy_loss wrapped: each window's losses scaled by ``scale`` (1e-6: every curriculum check passes; 1e6: none
+    does) and their sum and the characters counted recorded, to work train_bpc out by hand."""
+
+    def __init__(self, monkeypatch, scale: float):
+        self.scale, self.windows, real = scale, [], loops.copy_loss
+
+        def copy_loss(y, mask):
+            inner = real(y, mask)
+
+            def loss_fn(logits):
+                losses = inner(logits) * scale
+                self.windows.append((losses.detach().sum().item(), mask.sum().item()))
+                return losses
+            return loss_fn
+        monkeypatch.setattr(loops, "copy_loss", copy_loss)
+
+
+def copy_spec(steps, log_every=100, **task_args):
+    return spec(task="copy", steps=steps, log_every=log_every, batch=3,
+                **{"bits": 2, "check_every": 2, "reset_state": True, **task_args})
+
+
+def test_copy_curriculum_lengthens_at_each_passed_check_and_logs_when(monkeypatch):
+    loss = RecordedCopyLoss(monkeypatch, 1e-6)
+    summary, rows = run(copy_spec(steps=7, log_every=5))
+    # checks at steps 2, 4, 6 all pass: N = 1, 2, 3 solved (lengths N + 3), then N = 4 is trained on
+    assert (summary["max_len_solved"], summary["final_len"], summary["steps_done"]) == (6.0, 7.0, 7.0)
+    assert sorted(rows) == [2, 4, 5, 6, 7]                  # each solved length, every 5th step, the last
+    assert [rows[s]["max_len_solved"] for s in (2, 4, 5, 6, 7)] == [4.0, 5.0, 5.0, 6.0, 6.0]
+    assert [rows[s]["current_len"] for s in (2, 4, 5, 6, 7)] == [5.0, 6.0, 6.0, 7.0, 7.0]
+    for step, length in ((2, 4), (4, 5), (6, 6)):
+        assert rows[step][f"samples_at_len/{length}"] == rows[step]["samples"]      # episodes seen by then
+        assert [s for s in rows if f"samples_at_len/{length}" in rows[s]] == [step]
+    episodes = [rows[s]["samples"] for s in sorted(rows)]
+    assert episodes == sorted(episodes) and episodes[-1] > 0
+    # train_bpc: the interval's summed losses over its characters, in bits
+    last = 0
+    for step in sorted(rows):
+        err = sum(e for e, _ in loss.windows[last:step])
+        chars = sum(c for _, c in loss.windows[last:step])
+        assert rows[step]["train_bpc"] == pytest.approx(err / chars / LN2, rel=1e-5), step
+        last = step
+    assert_rates(rows, summary, per_step=3 * 3)
+    assert all(rows[s]["lr"] == 1e-2 and rows[s]["lr/lstm"] == 1e-2 for s in rows)
+
+
+def test_copy_stops_once_max_n_is_solved_and_a_failed_check_keeps_the_length(monkeypatch):
+    RecordedCopyLoss(monkeypatch, 1e-6)
+    summary, rows = run(copy_spec(steps=9, max_n=2))
+    assert (summary["steps_done"], summary["max_len_solved"], summary["final_len"]) == (4.0, 5.0, 6.0)
+    assert sorted(rows) == [2, 4]
+    monkeypatch.undo()
+    RecordedCopyLoss(monkeypatch, 1e6)                       # far above the threshold: never solved
+    summary, rows = run(copy_spec(steps=5, max_n=2))
+    assert (summary["steps_done"], summary["max_len_solved"], summary["final_len"]) == (5.0, 0.0, 4.0)
+    assert sorted(rows) == [5] and rows[5]["max_len_solved"] == 0.0 and rows[5]["current_len"] == 4.0
+
+
+def test_repeat_copy_grows_n_and_r_in_turn_and_counts_length_as_asked(monkeypatch):
+    RecordedCopyLoss(monkeypatch, 1e-6)
+    made = []
+
+    class Streams(loops.EpisodeStreams):
+        def __init__(self, *args):
+            made.append(args)
+            super().__init__(*args)
+    monkeypatch.setattr(loops, "EpisodeStreams", Streams)
+    summary, rows = run(spec(task="repeat_copy", steps=6, batch=3, bits=2, check_every=2, repeat_norm=4.0))
+    assert (summary["max_len_solved"], summary["final_len"]) == (7.0, 9.0)      # (N, R) = (1,1) (2,1) (2,2) (3,2)
+    assert made[-1][0] == 3 and made[-1][1] == 2 and made[-1][2].repeat and made[-1][4] == 4.0
+    assert [s for s in rows if any(k.startswith("samples_at_len/") for k in rows[s])] == [2, 4, 6]
+    summary, _ = run(spec(task="copy", steps=4, batch=3, bits=2, check_every=2, length_counts="N"))
+    assert (summary["max_len_solved"], summary["final_len"]) == (2.0, 3.0)       # N alone: 1, 2 solved, 3 next
+
+
+def test_copy_loss_sums_the_channels_where_an_output_is_asked():
+    torch.manual_seed(0)
+    logits, y = torch.randn(4, 3, 5), torch.randint(0, 2, (4, 3, 5)).float()
+    mask = torch.tensor([[1.0, 0.0, 1.0]] * 4)
+    want = -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits)).sum(-1) * mask
+    torch.testing.assert_close(loops.copy_loss(y, mask)(logits), want)
+
+
+def test_a_feed_forward_method_is_refused_by_the_recurrent_loops():
+    with pytest.raises(TypeError, match="method 'bprop' is not a recurrent method"):
+        loops._build(spec(method="bprop"), 5, 5)
+
+
+def test_two_timescale_rows_are_the_means_of_their_windows():
+    """The same run (same seed) logged every step and every second step: a row's bits per character, error and
+    synthesizer loss are the means over its window's steps (every window has as many characters)."""
+    def logged(every):
+        s = spec(task="multiscale", steps=4, log_every=every, method="dni_bptt", batch=16, digits=4, message_dim=3,
+                 b_units=5)
+        return run(s, data=None)
+    summary, each = logged(1)
+    _, pairs = logged(2)
+    assert sorted(each) == [1, 2, 3, 4] and sorted(pairs) == [2, 4]
+    for step in (2, 4):
+        for key in ("train_bpc", "b_bpc", "b_error", "synth_loss"):
+            want = (each[step - 1][key] + each[step][key]) / 2
+            assert pairs[step][key] == pytest.approx(want, rel=1e-6), (step, key)
+    assert summary["final_b_error"] == each[4]["b_error"] and summary["final_b_bpc"] == each[4]["b_bpc"]
+    errors = [row["b_error"] for row in each.values()]
+    assert all(0 <= e <= 100 and (e * 16 / 100) == pytest.approx(round(e * 16 / 100)) for e in errors)
+    assert min(errors) < 100
+    assert_rates(each, summary, per_step=3 * 16)
