@@ -4,6 +4,7 @@ what the loop was given: Penn Treebank's validation and test on the characters a
 the log points, the evaluation clock and the throughput; bits per character worked by hand; the two-timescale
 system's message gradient (waited for, synthetic, or cut)."""
 import math
+import time
 
 import pytest
 import torch
@@ -25,9 +26,11 @@ def text(n: int, seed: int) -> torch.Tensor:
 DATA = TextData(train=text(300, 0), valid=text(50, 1), test=text(40, 2), vocab=VOCAB)
 
 
-def spec(task="ptb", steps=10, eval_every=1, log_every=100, method="bptt", batch=2, **task_args) -> RunSpec:
-    return RunSpec(suite="t", profile="smoke", task=task, model="lstm8", method=method, method_args={"T": 3},
-                   task_args=task_args, train=TrainSettings(steps=steps, batch_size=batch, lr=1e-2, lr_decay_at=[],
+def spec(task="ptb", steps=10, eval_every=1, log_every=100, method="bptt", batch=2, T=3, decay_at=(),
+         **task_args) -> RunSpec:
+    return RunSpec(suite="t", profile="smoke", task=task, model="lstm8", method=method, method_args={"T": T},
+                   task_args=task_args, train=TrainSettings(steps=steps, batch_size=batch, lr=1e-2,
+                                                            lr_decay_at=list(decay_at), lr_decay_factor=0.1,
                                                             eval_every=eval_every, log_every=log_every),
                    seed=0, device="cpu")
 
@@ -35,8 +38,11 @@ def spec(task="ptb", steps=10, eval_every=1, log_every=100, method="bptt", batch
 def run(run_spec: RunSpec, data=DATA) -> tuple[dict, dict[int, dict]]:
     """The registered task's loop, called as the runner calls it: (summary, the rows logged before it by step)."""
     logged, steps = [], []
+    start = time.perf_counter()
     summary = get_task(run_spec.task).train(run_spec, data, lambda metrics, step: logged.append((step, metrics)),
                                             steps.append)
+    took = time.perf_counter() - start                     # the clocks count parts of this, never more
+    assert 0 < summary["total_wall_s/train"] + summary.get("total_wall_s/eval", 0.0) < took
     assert steps == list(range(1, len(steps) + 1))
     assert logged[-1] == (len(steps), summary)             # the summary, logged last at the last step trained
     rows = {}
@@ -173,8 +179,8 @@ class RecordedCopyLoss:
         monkeypatch.setattr(loops, "copy_loss", copy_loss)
 
 
-def copy_spec(steps, log_every=100, **task_args):
-    return spec(task="copy", steps=steps, log_every=log_every, batch=3,
+def copy_spec(steps, log_every=100, T=3, **task_args):
+    return spec(task="copy", steps=steps, log_every=log_every, batch=4, T=T,
                 **{"bits": 2, "check_every": 2, "reset_state": True, **task_args})
 
 
@@ -198,7 +204,10 @@ def test_copy_curriculum_lengthens_at_each_passed_check_and_logs_when(monkeypatc
         chars = sum(c for _, c in loss.windows[last:step])
         assert rows[step]["train_bpc"] == pytest.approx(err / chars / LN2, rel=1e-5), step
         last = step
-    assert_rates(rows, summary, per_step=3 * 3)
+    assert_rates(rows, summary, per_step=3 * 4)                # time steps x streams (not x input channels: 3)
+    for key in ("wall_step_median_ms", "wall_step_dispersion"):
+        assert key in summary
+    assert summary["cpu_threads"] >= 1
     assert all(rows[s]["lr"] == 1e-2 and rows[s]["lr/lstm"] == 1e-2 for s in rows)
 
 
@@ -263,3 +272,30 @@ def test_two_timescale_rows_are_the_means_of_their_windows():
     assert all(0 <= e <= 100 and (e * 16 / 100) == pytest.approx(round(e * 16 / 100)) for e in errors)
     assert min(errors) < 100
     assert_rates(each, summary, per_step=3 * 16)
+
+
+def test_copy_check_passes_only_strictly_below_the_threshold_in_bits(monkeypatch):
+    """A loss of exactly 0.5 bits per counted character: solved at a threshold of 0.51, not at 0.5 (strictly below);
+    checks every step of one time step, so the first checks see no written character yet and solve nothing."""
+    def constant(y, mask):
+        return lambda logits: 0 * logits.sum(-1) + mask * 0.5 * LN2        # in nats, as copy_loss
+    monkeypatch.setattr(loops, "copy_loss", constant)
+    solved = {}
+    for threshold in (0.5, 0.51):
+        summary, rows = run(copy_spec(steps=12, T=1, check_every=1, threshold_bpc=threshold))
+        solved[threshold] = summary["max_len_solved"]
+        assert all(row["train_bpc"] == pytest.approx(0.5) for row in rows.values() if not math.isnan(row["train_bpc"]))
+    assert solved[0.5] == 0.0 and solved[0.51] > 0
+
+
+@pytest.mark.parametrize("task", ["ptb", "copy"])
+def test_dni_aux_logs_its_synthesizer_and_aux_losses_per_step_and_the_schedule(monkeypatch, task):
+    if task == "ptb":
+        ScriptedBPC(monkeypatch, [3.0, 2.0])
+    args = {"valid_chars": 20, "test_chars": 20} if task == "ptb" else {"bits": 2, "check_every": 2}
+    summary, rows = run(spec(task=task, steps=4, eval_every=2, log_every=2, method="dni_bptt_aux", decay_at=[3],
+                             **args))
+    assert sorted(rows) == [2, 4]
+    for row in rows.values():
+        assert row["synth_loss"] > 0 and row["aux_loss"] > 0
+    assert rows[2]["lr"] == 1e-2 and rows[4]["lr"] == pytest.approx(1e-3)

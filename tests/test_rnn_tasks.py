@@ -6,7 +6,8 @@ import yaml
 from dnibench.errors import SuiteError
 from dnibench.report.context import PUBLISHED_PATH
 from dnibench.report.rnn import curriculum_level
-from dnibench.rnn.tasks import CopySettings, Curriculum, EpisodeStreams, TextStreams, lstm_units
+from dnibench.rnn.tasks import (MAX_UNITS, CopySettings, Curriculum, EpisodeStreams, TextStreams, digit_window,
+                                lstm_units)
 from dnibench.suite import load_suite, plan
 
 
@@ -52,6 +53,56 @@ def test_episode_layout(repeat):
     assert current.sum() == current.numel() and streams.episodes >= 4
 
 
+def test_episodes_step_by_step_with_more_characters_than_bits():
+    """Every input and target of whole episodes, step by step, against the layout built by hand: idle zeros, the N
+    characters (bits only), the delimiter (stop, and R / repeat_norm, no bits), the N characters R times on the
+    targets, the end marker; N = 3 > bits = 2, the curriculum at (N, R) = (3, 2); characters are bits; every end
+    marker counts one episode; the same generator seed gives the same stream."""
+    n, r, bits, batch = 3, 2, 2, 6
+    cur = Curriculum(True, start_n=n)
+    cur.r = r
+    streams = EpisodeStreams(batch, bits, cur, torch.Generator().manual_seed(3), repeat_norm=4.0)
+    idle = (-streams.phase).tolist()
+    assert max(idle) > 0 and min(idle) >= 0 and max(idle) < n * (r + 1) + 2
+    steps = 40
+    x, y, mask, _ = streams.window(steps)
+    assert set(x[:, :, :bits].unique().tolist()) <= {0.0, 1.0}
+    assert int(y[:, :, bits].sum()) == streams.episodes > 0
+    for b in range(batch):
+        t = idle[b]
+        assert torch.all(x[:t, b] == 0) and torch.all(y[:t, b] == 0) and torch.all(mask[:t, b] == 0)
+        while t + 2 * n + n * r < steps:                       # each whole episode from its first step
+            chars = x[t:t + n, b, :bits]
+            want_x = torch.zeros(n * (r + 1) + 2, bits + 2)
+            want_x[:n, :bits] = chars
+            want_x[n, bits], want_x[n, bits + 1] = 1.0, r / 4.0
+            want_y = torch.zeros(n * (r + 1) + 2, bits + 1)
+            want_y[n + 1:n + 1 + n * r, :bits] = chars.repeat(r, 1)
+            want_y[n + 1 + n * r, bits] = 1.0
+            span = slice(t, t + n * (r + 1) + 2)
+            assert torch.equal(x[span, b], want_x) and torch.equal(y[span, b], want_y), (b, t)
+            want_mask = torch.zeros(n * (r + 1) + 2)
+            want_mask[n + 1:] = 1.0                            # the written characters (even all-zero ones), the end
+            assert torch.equal(mask[span, b], want_mask)
+            t += n * (r + 1) + 2
+    again = EpisodeStreams(batch, bits, cur, torch.Generator().manual_seed(3), repeat_norm=4.0).window(steps)
+    assert all(torch.equal(a, b) for a, b in zip(again, (x, y, mask)))
+
+
+def test_repeat_curriculum_grows_r_up_to_n_then_n():
+    cur = Curriculum(repeat=True)
+    pairs = [(cur.n, cur.r)]
+    for _ in range(5):
+        cur.advance(samples=0)
+        pairs.append((cur.n, cur.r))
+    assert pairs == [(1, 1), (2, 1), (2, 2), (3, 2), (3, 3), (4, 3)]
+
+
+def test_digit_windows_draw_every_digit():
+    d = digit_window(50, 8, 4, torch.Generator().manual_seed(0))
+    assert d.shape == (50, 8) and sorted(d.unique().tolist()) == [0, 1, 2, 3]
+
+
 def test_streams_take_the_new_length_at_their_next_episode():
     cur = Curriculum(False, start_n=1)
     streams = EpisodeStreams(2, 3, cur, torch.Generator().manual_seed(1))
@@ -67,10 +118,12 @@ def test_text_streams_predict_the_next_character():
     text = TextStreams(ids, batch=4)
     x, y = text.window(5)
     assert x.shape == (5, 4) and torch.equal(y, x + 1) and torch.equal(x[:, 1], torch.arange(25, 30))
-    for _ in range(4):                                            # 25 positions per stream: 5 windows
-        text.window(5)
+    starts = [int(text.window(5)[0][0, 0]) for _ in range(4)]    # 25 positions per stream: 5 windows
     x, _ = text.window(5)
-    assert x[0, 0] == 0                                           # wrapped round at the end
+    assert starts == [5, 10, 15, 20] and x[0, 0] == 0             # read on, then wrapped round at the end
+    TextStreams(torch.arange(9), batch=4)                         # 2 positions per stream: the fewest
+    with pytest.raises(SuiteError, match="^PTB: 8 characters cannot feed a batch of 4 streams$"):
+        TextStreams(torch.arange(8), batch=4)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -90,7 +143,9 @@ def test_out_of_range_settings_are_one_line_suite_errors(tmp_path, field, value,
 
 
 def test_model_names():
-    assert lstm_units("lstm256") == 256
+    assert lstm_units("lstm256") == 256 and lstm_units("lstm1") == 1 and lstm_units(f"lstm{MAX_UNITS}") == MAX_UNITS
+    with pytest.raises(SuiteError, match=f"lstm{MAX_UNITS + 1}"):
+        lstm_units(f"lstm{MAX_UNITS + 1}")
     for bad in ["lstm", "lstm0", "gru64", "fcn3"]:
         with pytest.raises(SuiteError, match="expected lstmN"):
             lstm_units(bad)
