@@ -299,3 +299,38 @@ def test_dni_aux_logs_its_synthesizer_and_aux_losses_per_step_and_the_schedule(m
     for row in rows.values():
         assert row["synth_loss"] > 0 and row["aux_loss"] > 0
     assert rows[2]["lr"] == 1e-2 and rows[4]["lr"] == pytest.approx(1e-3)
+
+
+def test_two_timescale_bptt_steps_match_the_system_written_out():
+    """Three steps of the two-timescale system with A waiting for B's true gradient, written out from the loop's
+    docstring (one backward of A's summed-over-time, batch-mean loss plus B's batch-mean loss, one Adam step each),
+    against the rows the loop logs: every row after the first depends on the updates before it."""
+    from dnibench.methods.base import adam
+    T, batch, digits, dim, units = 3, 4, 4, 3, 5
+    s = spec(task="multiscale", steps=3, log_every=1, method="bptt", batch=batch, T=T, digits=digits,
+             message_dim=dim, b_units=units)
+    _, rows = run(s, data=None)
+    _, core, _ = loops._build(s, digits, digits)               # the seed, then A's LSTM (and the method)
+    message = torch.nn.Linear(core.hidden, dim)
+    b_cell, b_head = torch.nn.LSTMCell(dim, units), torch.nn.Linear(units, T + 1)
+    a_opt = adam(list(core.parameters()) + list(message.parameters()), 1e-2)
+    b_opt = adam(list(b_cell.parameters()) + list(b_head.parameters()), 1e-2)
+    gen = torch.Generator().manual_seed(0)
+    a_state, b_state = torch.zeros(batch, 2 * core.hidden), (torch.zeros(batch, units), torch.zeros(batch, units))
+    for step in (1, 2, 3):
+        d = torch.randint(0, digits, (T, batch), generator=gen)
+        count = (d % 2).sum(0)
+        logits, a_out, outputs = core(F.one_hot(d, digits).float(), a_state)
+        a_losses = F.cross_entropy(logits.reshape(-1, digits), d.reshape(-1), reduction="none").view(T, batch)
+        h, c = b_cell(message(outputs[-1]), b_state)
+        b_logits = b_head(h)
+        b_losses = F.cross_entropy(b_logits, count, reduction="none")
+        (a_losses.sum(0).mean() + b_losses.mean()).backward()
+        for opt in (a_opt, b_opt):
+            opt.step()
+            opt.zero_grad()
+        a_state, b_state = a_out.detach(), (h.detach(), c.detach())
+        row = rows[step]
+        assert row["train_bpc"] == pytest.approx(a_losses.mean().item() / LN2, rel=1e-5), step
+        assert row["b_bpc"] == pytest.approx(b_losses.mean().item() / LN2, rel=1e-5), step
+        assert row["b_error"] == pytest.approx(100 * (b_logits.argmax(1) != count).float().mean().item()), step
