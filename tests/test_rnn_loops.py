@@ -272,20 +272,49 @@ def test_two_timescale_rows_are_the_means_of_their_windows():
     assert all(0 <= e <= 100 and (e * 16 / 100) == pytest.approx(round(e * 16 / 100)) for e in errors)
     assert min(errors) < 100
     assert_rates(each, summary, per_step=3 * 16)
+    assert summary["cpu_threads"] >= 1 and "wall_step_dispersion" in summary
 
 
 def test_copy_check_passes_only_strictly_below_the_threshold_in_bits(monkeypatch):
-    """A loss of exactly 0.5 bits per counted character: solved at a threshold of 0.51, not at 0.5 (strictly below);
-    checks every step of one time step, so the first checks see no written character yet and solve nothing."""
+    """A loss of exactly 0.5 nats per counted character (0.5 / ln 2 bits, exact in every sum): not solved at that
+    threshold (strictly below), solved just above it; the first check (two steps of one time step) sees no written
+    character yet and solves nothing."""
     def constant(y, mask):
-        return lambda logits: 0 * logits.sum(-1) + mask * 0.5 * LN2        # in nats, as copy_loss
+        return lambda logits: 0 * logits.sum(-1) + mask * 0.5
     monkeypatch.setattr(loops, "copy_loss", constant)
     solved = {}
-    for threshold in (0.5, 0.51):
-        summary, rows = run(copy_spec(steps=12, T=1, check_every=1, threshold_bpc=threshold))
+    for threshold in (0.5 / LN2, 0.5 / LN2 + 1e-9):
+        summary, rows = run(copy_spec(steps=12, T=1, check_every=2, threshold_bpc=threshold))
         solved[threshold] = summary["max_len_solved"]
-        assert all(row["train_bpc"] == pytest.approx(0.5) for row in rows.values() if not math.isnan(row["train_bpc"]))
-    assert solved[0.5] == 0.0 and solved[0.51] > 0
+        assert all(row["train_bpc"] == pytest.approx(0.5 / LN2) for row in rows.values() if row["train_bpc"] > 0)
+    assert list(solved.values())[0] == 0.0 and list(solved.values())[1] > 0
+
+
+def test_a_non_finite_loss_fails_the_run_at_its_step(monkeypatch):
+    """The first step whose loss is not finite is the one the failure names, in each recurrent loop."""
+    from dnibench.errors import Diverged
+
+    def poisoned(real, at):
+        calls = []
+
+        def make(*args):
+            inner = real(*args)
+
+            def loss_fn(logits):
+                calls.append(1)
+                losses = inner(logits)
+                return losses * float("nan") if len(calls) == at else losses
+            return loss_fn
+        return make
+    cases = [("copy_loss", copy_spec(steps=6, log_every=6)), ("ptb_loss", spec(steps=6, eval_every=6, log_every=6)),
+             ("ptb_loss", spec(task="multiscale", steps=6, log_every=6, batch=4, digits=4, message_dim=3, b_units=5))]
+    for name, run_spec in cases:
+        with monkeypatch.context() as patch:
+            patch.setattr(loops, name, poisoned(getattr(loops, name), at=4))
+            if run_spec.task == "ptb":
+                ScriptedBPC(patch, [1.0])
+            with pytest.raises(Diverged, match=r"^diverged at step 4 \(non-finite loss\)$"):
+                run(run_spec, data=None if run_spec.task == "multiscale" else DATA)
 
 
 @pytest.mark.parametrize("task", ["ptb", "copy"])
@@ -301,20 +330,24 @@ def test_dni_aux_logs_its_synthesizer_and_aux_losses_per_step_and_the_schedule(m
     assert rows[2]["lr"] == 1e-2 and rows[4]["lr"] == pytest.approx(1e-3)
 
 
-def test_two_timescale_bptt_steps_match_the_system_written_out():
-    """Three steps of the two-timescale system with A waiting for B's true gradient, written out from the loop's
-    docstring (one backward of A's summed-over-time, batch-mean loss plus B's batch-mean loss, one Adam step each),
-    against the rows the loop logs: every row after the first depends on the updates before it."""
+@pytest.mark.parametrize("method", ["bptt", "dni_bptt"])
+def test_two_timescale_steps_match_the_system_written_out(method):
+    """Three steps of the two-timescale system written out from the loop's docstring against the rows the loop
+    logs (every row after the first depends on the updates before it). BPTT: A waits, one backward of A's
+    summed-over-time, batch-mean loss plus B's batch-mean loss. DNI: A adds <m, synthetic gradient at m> to its
+    loss and updates at once, B trains on a cut copy of m, and B's true gradient at m regresses the synthesizer."""
     from dnibench.methods.base import adam
     T, batch, digits, dim, units = 3, 4, 4, 3, 5
-    s = spec(task="multiscale", steps=3, log_every=1, method="bptt", batch=batch, T=T, digits=digits,
+    s = spec(task="multiscale", steps=3, log_every=1, method=method, batch=batch, T=T, digits=digits,
              message_dim=dim, b_units=units)
     _, rows = run(s, data=None)
-    _, core, _ = loops._build(s, digits, digits)               # the seed, then A's LSTM (and the method)
+    _, core, built = loops._build(s, digits, digits)           # the seed, then A's LSTM and the method
     message = torch.nn.Linear(core.hidden, dim)
     b_cell, b_head = torch.nn.LSTMCell(dim, units), torch.nn.Linear(units, T + 1)
     a_opt = adam(list(core.parameters()) + list(message.parameters()), 1e-2)
     b_opt = adam(list(b_cell.parameters()) + list(b_head.parameters()), 1e-2)
+    interface = built.message_interface(dim)
+    assert (interface is None) == (method == "bptt")
     gen = torch.Generator().manual_seed(0)
     a_state, b_state = torch.zeros(batch, 2 * core.hidden), (torch.zeros(batch, units), torch.zeros(batch, units))
     for step in (1, 2, 3):
@@ -322,10 +355,17 @@ def test_two_timescale_bptt_steps_match_the_system_written_out():
         count = (d % 2).sum(0)
         logits, a_out, outputs = core(F.one_hot(d, digits).float(), a_state)
         a_losses = F.cross_entropy(logits.reshape(-1, digits), d.reshape(-1), reduction="none").view(T, batch)
-        h, c = b_cell(message(outputs[-1]), b_state)
+        m = message(outputs[-1])
+        b_in = m if interface is None else m.detach().requires_grad_(True)
+        h, c = b_cell(b_in, b_state)
         b_logits = b_head(h)
         b_losses = F.cross_entropy(b_logits, count, reduction="none")
-        (a_losses.sum(0).mean() + b_losses.mean()).backward()
+        if interface is None:
+            (a_losses.sum(0).mean() + b_losses.mean()).backward()
+        else:
+            (a_losses.sum(0).mean() + (m * interface.send(m)).sum()).backward()
+            b_losses.mean().backward()
+            synth_loss = interface.receive(b_in.grad).item()
         for opt in (a_opt, b_opt):
             opt.step()
             opt.zero_grad()
@@ -334,3 +374,5 @@ def test_two_timescale_bptt_steps_match_the_system_written_out():
         assert row["train_bpc"] == pytest.approx(a_losses.mean().item() / LN2, rel=1e-5), step
         assert row["b_bpc"] == pytest.approx(b_losses.mean().item() / LN2, rel=1e-5), step
         assert row["b_error"] == pytest.approx(100 * (b_logits.argmax(1) != count).float().mean().item()), step
+        if interface is not None:
+            assert row["synth_loss"] == pytest.approx(synth_loss, rel=1e-5), step

@@ -64,6 +64,8 @@ def test_episodes_step_by_step_with_more_characters_than_bits():
     streams = EpisodeStreams(batch, bits, cur, torch.Generator().manual_seed(3), repeat_norm=4.0)
     idle = (-streams.phase).tolist()
     assert max(idle) > 0 and min(idle) >= 0 and max(idle) < n * (r + 1) + 2
+    many = EpisodeStreams(200, bits, cur, torch.Generator().manual_seed(4))
+    assert sorted(set((-many.phase).tolist())) == list(range(n * (r + 1) + 2))   # from none to all but one episode
     steps = 40
     x, y, mask, _ = streams.window(steps)
     assert set(x[:, :, :bits].unique().tolist()) <= {0.0, 1.0}
