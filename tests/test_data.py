@@ -301,3 +301,35 @@ def test_real_ptb(tmp_path, monkeypatch):
     monkeypatch.undo()
     t = data.load_ptb(tmp_path)
     assert (len(t.train), len(t.valid), len(t.test), len(t.vocab)) == (5_017_482, 393_042, 442_423, 50)
+
+
+def test_check_mnist_cache_counts_the_training_set_and_names_a_missing_cache(fake_mnist_data_dir, tmp_path,
+                                                                               monkeypatch):
+    """What `dnibench data fetch mnist` runs after fetching: the verified cache's training examples, from the
+    folder given or, without one, from the default data folder; a folder without a cache is named."""
+    n = len(data.load_mnist(fake_mnist_data_dir, fetch=False).y_train)
+    assert n > 0 and data.check_mnist_cache(fake_mnist_data_dir) == n
+    monkeypatch.setenv("DNIBENCH_DATA", str(fake_mnist_data_dir))
+    assert data.check_mnist_cache() == n
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError) as err:
+        data.check_mnist_cache(empty)
+    assert _one_line(err) == f"{empty / 'mnist.npz'}: MNIST cache not found; run 'dnibench data fetch mnist'"
+
+
+def test_idx_header_bounds_and_messages(tmp_path):
+    """The shortest IDX file, its header alone (no labels), is read; a byte less is not an IDX file; every refusal
+    is the one line naming the file and what it holds."""
+    path = tmp_path / "labels"
+    path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 0]))
+    assert data._read_idx(path, 1).shape == (0,)
+    for ndim, blob in ((1, bytes([0, 0, 8, 1, 0, 0, 0])), (3, bytes([0, 0, 8, 3, 0, 0, 0, 0, 0, 0]))):
+        path.write_bytes(blob)
+        with pytest.raises(DataError) as err:
+            data._read_idx(path, ndim)
+        assert _one_line(err) == (f"{path}: not an IDX file of {ndim}-D unsigned bytes (magic {blob[:4].hex()}, "
+                                  f"expected 000008{ndim:02x})")
+    path.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(100))
+    with pytest.raises(DataError) as err:
+        data._read_idx(path, 3)
+    assert _one_line(err) == f"{path}: header says 2x28x28 but has 100 data bytes (expected N, or N x 28 x 28 images)"
