@@ -131,9 +131,14 @@ def test_bits_per_char_is_the_streams_cross_entropy_in_bits():
     assert math.isfinite(want) and want > 0
 
 
+def multiscale_spec(steps: int, log_every: int, method: str = "bptt", batch: int = 4, **over) -> RunSpec:
+    """The two-timescale system at its smallest: 4 digits, a 3-number message, a 5-unit B."""
+    return spec(task="multiscale", steps=steps, log_every=log_every, method=method, batch=batch,
+                **{"digits": 4, "message_dim": 3, "b_units": 5, **over})
+
+
 def multiscale(method: str, gradient: str) -> tuple[dict, dict[int, dict]]:
-    s = spec(task="multiscale", steps=4, log_every=1, method=method, batch=4, digits=4, message_dim=3, b_units=5,
-             message_gradient=gradient)
+    s = multiscale_spec(4, 1, method, message_gradient=gradient)
     s = s.model_copy(update={"train": s.train.model_copy(update={"lr_decay_at": [2], "lr_decay_factor": 0.1})})
     return run(s, data=None)
 
@@ -257,8 +262,7 @@ def test_two_timescale_rows_are_the_means_of_their_windows():
     """The same run (same seed) logged every step and every second step: a row's bits per character, error and
     synthesizer loss are the means over its window's steps (every window has as many characters)."""
     def logged(every):
-        s = spec(task="multiscale", steps=4, log_every=every, method="dni_bptt", batch=16, digits=4, message_dim=3,
-                 b_units=5)
+        s = multiscale_spec(4, every, "dni_bptt", batch=16)
         return run(s, data=None)
     summary, each = logged(1)
     _, pairs = logged(2)
@@ -307,7 +311,7 @@ def test_a_non_finite_loss_fails_the_run_at_its_step(monkeypatch):
             return loss_fn
         return make
     cases = [("copy_loss", copy_spec(steps=6, log_every=6)), ("ptb_loss", spec(steps=6, eval_every=6, log_every=6)),
-             ("ptb_loss", spec(task="multiscale", steps=6, log_every=6, batch=4, digits=4, message_dim=3, b_units=5))]
+             ("ptb_loss", multiscale_spec(6, 6))]
     for name, run_spec in cases:
         with monkeypatch.context() as patch:
             patch.setattr(loops, name, poisoned(getattr(loops, name), at=4))
@@ -338,8 +342,7 @@ def test_two_timescale_steps_match_the_system_written_out(method):
     loss and updates at once, B trains on a cut copy of m, and B's true gradient at m regresses the synthesizer."""
     from dnibench.methods.base import adam
     T, batch, digits, dim, units = 3, 4, 4, 3, 5
-    s = spec(task="multiscale", steps=3, log_every=1, method=method, batch=batch, T=T, digits=digits,
-             message_dim=dim, b_units=units)
+    s = multiscale_spec(3, 1, method, batch=batch, T=T, digits=digits, message_dim=dim, b_units=units)
     _, rows = run(s, data=None)
     _, core, built = loops._build(s, digits, digits)           # the seed, then A's LSTM and the method
     message = torch.nn.Linear(core.hidden, dim)

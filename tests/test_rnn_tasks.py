@@ -70,6 +70,7 @@ def test_episodes_step_by_step_with_more_characters_than_bits():
     x, y, mask, _ = streams.window(steps)
     assert set(x[:, :, :bits].unique().tolist()) <= {0.0, 1.0}
     assert int(y[:, :, bits].sum()) == streams.episodes > 0
+    episodes_checked = 0
     for b in range(batch):
         t = idle[b]
         assert torch.all(x[:t, b] == 0) and torch.all(y[:t, b] == 0) and torch.all(mask[:t, b] == 0)
@@ -87,6 +88,8 @@ def test_episodes_step_by_step_with_more_characters_than_bits():
             want_mask[n + 1:] = 1.0                            # the written characters (even all-zero ones), the end
             assert torch.equal(mask[span, b], want_mask)
             t += n * (r + 1) + 2
+            episodes_checked += 1
+    assert episodes_checked >= 2 * batch                        # the loop above compared whole episodes
     again = EpisodeStreams(batch, bits, cur, torch.Generator().manual_seed(3), repeat_norm=4.0).window(steps)
     assert all(torch.equal(a, b) for a, b in zip(again, (x, y, mask)))
 
