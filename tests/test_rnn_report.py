@@ -1,10 +1,15 @@
 """The RNN table's verdicts at the paper profile, against the published cells (no training)."""
+import math
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 
+from dnibench.report import rnn as rnn_report
 from dnibench.report.context import load_published
-from dnibench.report.rnn import cells, paper_layout, ptb_paired
+from dnibench.report.rnn import cells, curriculum_level, paper_layout, ptb_paired
+from dnibench.rnn.tasks import Curriculum
+from dnibench.suite import load_suite
 
 
 def fake_runs(rows):
@@ -76,3 +81,81 @@ def test_ptb_paired_claim_dni_lower_than_bptt():
     assert paired.at["DNI+Aux lower than BPTT at T=2", "verdict"] == "no runs"
     quick = ptb_paired(ctx, runs.assign(profile="quick"), "quick").set_index("claim")
     assert quick.at["DNI lower than BPTT at T=3", "verdict"] == "not comparable at this profile (measured: holds)"
+
+
+def test_curriculum_level_counts_the_tasks_own_steps():
+    # Repeat Copy's (N, R): (1,1) (2,1) (2,2) (3,2) (3,3) ... as lengths N*R + 3, written out
+    assert [curriculum_level("repeat_copy", L) for L in (4, 5, 7, 9, 12, 15, 19)] == [1, 2, 3, 4, 5, 6, 7]
+    assert curriculum_level("repeat_copy", 67) == 15                    # (8, 8): the paper's longest
+    assert [curriculum_level("copy", L) for L in (4, 5, 16)] == [1, 2, 13]
+    for task in ("copy", "repeat_copy"):                               # nothing solved, or below the first step
+        assert curriculum_level(task, 0) == 0 and curriculum_level(task, 3) == 0
+    assert curriculum_level("repeat_copy", 6) == 2 and curriculum_level("repeat_copy", 8) == 3    # the step below
+    curriculum = Curriculum(repeat=True)                               # the same steps the task trains through
+    for step in range(1, 30):
+        assert curriculum_level("repeat_copy", curriculum.length) == step
+        curriculum.advance(0)
+
+
+def dni_row(task, method, discount=None, scale=None, **extra):
+    row = {"task": task, "method": method, **extra}
+    if discount is not None:
+        row["param.method_args.target_discount"] = discount
+    if scale is not None:
+        row["param.method_args.synth_scale"] = scale
+    return row
+
+
+def test_target_discount_per_run_with_the_older_runs_reading():
+    runs = pd.DataFrame([dni_row("copy", "bptt", scale="0.1"),               # BPTT: no discount, whatever it logged
+                         dni_row("copy", "dni_bptt", "0.5", "0.1"),          # the discount logged
+                         dni_row("copy", "dni_bptt_aux", None, "0.1"),       # logged before the setting: the scale
+                         dni_row("copy", "dni_bptt", "1.0"),
+                         dni_row("copy", "dni_bptt"),                        # neither
+                         dni_row("copy", "dni_bptt", "oops", "0.3")])        # unreadable: the scale, not an error
+    out = rnn_report.target_discount(runs)
+    assert out.index.equals(runs.index)
+    assert math.isnan(out[0]) and out[1] == 0.5 and out[2] == 0.1 and out[3] == 1.0 and math.isnan(out[4])
+    assert out[5] == 0.3
+    only_scale = rnn_report.target_discount(runs.drop(columns="param.method_args.target_discount"))
+    assert only_scale[1] == 0.1 and math.isnan(only_scale[3]) and math.isnan(only_scale[0])
+    assert rnn_report.target_discount(runs[["task", "method"]]).isna().all()
+    assert rnn_report.default_discount() == 1.0                            # the paper's undiscounted equation
+
+
+def test_main_reading_keeps_bptt_and_each_tasks_main_discount():
+    runs = pd.DataFrame([dni_row("copy", "bptt"), dni_row("copy", "dni_bptt", "1.0"), dni_row("copy", "dni_bptt", "0.1"),
+                         dni_row("ptb", "bptt"), dni_row("ptb", "dni_bptt", "1.0"), dni_row("ptb", "dni_bptt_aux", "0.1"),
+                         dni_row("ptb", "dni_bptt_aux", None, "0.1")])
+    kept = rnn_report.main_reading(runs)                                   # default: the paper's discount everywhere
+    assert list(kept.index) == [0, 1, 3, 4]
+    kept = rnn_report.main_reading(runs, {"ptb": 0.1})                     # PTB's suite runs 0.1; Copy keeps the default
+    assert list(kept.index) == [0, 1, 3, 5, 6]
+    lengths = pd.DataFrame([dni_row("copy", "bptt", **{"param.task_args.length_counts": counts}) for counts in ("N", None)])
+    assert list(rnn_report.main_reading(lengths).index) == [1]             # the Copy length's default (not logged) only
+
+
+def suite_file(tmp_path, discounts, name="rnn_copy", dni=True):
+    entries = ["  - {model: lstm64, method: bptt, sweep: {T: [2]}}"]
+    if dni:
+        entries.append(f"  - {{model: lstm64, method: [dni_bptt, dni_bptt_aux], sweep: {{T: [2], target_discount: {discounts}}}, "
+                       "profiles: [quick]}")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ntask: copy\ntrain: {{steps: 10, batch_size: 8, lr: 1.0e-3}}\n"
+                    "profiles: {smoke: {}, quick: {}, paper: {}}\nentries:\n" + "\n".join(entries) + "\n")
+    return load_suite(path)
+
+
+def test_suite_discount_is_the_default_where_planned_else_the_largest_planned(tmp_path):
+    def discount(suite, profile="quick", task="copy"):
+        return rnn_report.suite_discount(SimpleNamespace(suites={} if suite is None else {suite.name: suite}), task, profile)
+
+    assert discount(None) == 1.0                                           # no suite file: the paper's
+    assert discount(suite_file(tmp_path, [0.1, 0.5])) == 0.5               # not the first, not the smallest
+    assert discount(suite_file(tmp_path, [0.5, 0.1])) == 0.5
+    assert discount(suite_file(tmp_path, [0.1, 1.0, 0.5])) == 1.0          # the default planned: the default
+    assert discount(suite_file(tmp_path, [0.1]), profile="smoke") == 1.0   # no DNI planned at smoke
+    assert discount(suite_file(tmp_path, [0.1], dni=False)) == 1.0
+    assert discount(suite_file(tmp_path, [0.1]), profile="nonesuch") == 1.0    # a profile the suite refuses
+    assert discount(suite_file(tmp_path, [0.1]), task="ptb") == 1.0        # another task's suite is not read
+    assert discount(suite_file(tmp_path, [0.1], name="rnn_ptb"), task="ptb") == 0.1

@@ -24,6 +24,7 @@ from . import Section, conventions
 from .context import PUBLISHED_PATH, ReportContext, latest_variant, markdown_table
 from .verdict import NO_RUNS, NOT_COMPARABLE, lower_than, mean_ci, single_seed_note, verdict, welch_ci
 from ..errors import DnibenchError
+from ..rnn.tasks import Curriculum
 from ..suite import PROFILES, plan, skipped_entries
 
 TASKS = {"copy": ("Copy", "rnn_copy"), "repeat_copy": ("Repeat Copy", "rnn_repeat_copy"), "ptb": ("PTB", "rnn_ptb")}
@@ -40,14 +41,15 @@ MULTISCALE = {"bptt": "A waits for B's gradient (BPTT)", "dni_bptt": "DNI on the
 
 
 def curriculum_level(task: str, length: float) -> float:
-    """A length as its curriculum step: Copy N = L - 3; Repeat Copy counts (1,1), (2,1), (2,2), ..."""
-    if task == "copy":
-        return length - 3
-    lengths, n, r = [], 1, 1
-    while n * r + 3 <= max(length, 4):
-        lengths.append(n * r + 3)
-        n, r = (n, r + 1) if r < n else (n + 1, r)
-    return float(np.interp(length, lengths, range(1, len(lengths) + 1))) if length >= 4 else 0.0
+    """A length as its curriculum step, counted by the tasks' own Curriculum: Copy N = L - 3; Repeat Copy
+    (1,1), (2,1), (2,2), (3,2), ... from 1; 0 for a run that solved nothing (length 0), as for a length
+    below the first step. A length between two steps counts as the step below it (a run's longest
+    length solved is always a step)."""
+    steps, curriculum = 0, Curriculum(repeat=task != "copy")
+    while curriculum.length <= length:
+        steps += 1
+        curriculum.advance(0)
+    return float(steps)
 
 
 DISCOUNT_KEY = "param.method_args.target_discount"
