@@ -2,9 +2,10 @@
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
+import pytest
 
+from dnibench.errors import DnibenchError
 from dnibench.report import rnn as rnn_report
 from dnibench.report.context import load_published
 from dnibench.report.rnn import cells, curriculum_level, paper_layout, ptb_paired
@@ -159,3 +160,76 @@ def test_suite_discount_is_the_default_where_planned_else_the_largest_planned(tm
     assert discount(suite_file(tmp_path, [0.1]), profile="nonesuch") == 1.0    # a profile the suite refuses
     assert discount(suite_file(tmp_path, [0.1]), task="ptb") == 1.0        # another task's suite is not read
     assert discount(suite_file(tmp_path, [0.1], name="rnn_ptb"), task="ptb") == 0.1
+
+
+def reading_run(task, method, T, value, discount=None, scale=None, profile="quick", variant="v", start=0):
+    key = "metric.test_bpc" if task == "ptb" else "metric.max_len_solved"
+    return {"task": task, "method": method, "profile": profile, "param.method_args.T": str(T), key: value,
+            "variant": variant, "start_time": start, **dni_row(task, method, discount, scale)}
+
+
+def test_discount_note_tables_every_reading_run_at_the_profile():
+    runs = pd.DataFrame([
+        reading_run("copy", "bptt", 2, 6),                                              # BPTT: no reading of its own
+        reading_run("copy", "dni_bptt", 2, 11, "1.0"), reading_run("copy", "dni_bptt", 2, 9, "1.0"),
+        reading_run("copy", "dni_bptt", 2, 30, "1.0", variant="old", start=-1),          # an older configuration: left out
+        reading_run("copy", "dni_bptt", 2, 7, "0.1"), reading_run("copy", "dni_bptt", 2, 8, "0.5"),
+        reading_run("copy", "dni_bptt", 10, 5, "1.0"),
+        reading_run("repeat_copy", "dni_bptt_aux", 3, 12, None, "0.1"),                  # logged before the split
+        reading_run("copy", "dni_bptt", 3, 30, "0.3", profile="paper"),                  # another profile
+        reading_run("ptb", "dni_bptt", 2, 2.4567, "0.1"), reading_run("ptb", "dni_bptt", 2, 2.5, "1.0")])
+    def note(frame, discounts=None, profile="quick"):
+        return "\n".join(rnn_report.discount_note(frame, profile, discounts)).split("\n")   # tables as their lines
+
+    lines = note(runs, {"ptb": 0.1, "copy": 1.0})
+    assert lines[0].startswith("DNI and DNI+Aux numbers use the bootstrapped target with discount 1 (the paper's")
+    assert lines[1] == ("Except PTB at `quick`: discount 0.1 (the undiscounted target diverged there; the suite's "
+                        "departures give the numbers).")
+    assert lines[2].startswith("Longest length solved under each reading of the bootstrapped target (discount 0.1, 0.5:")
+    copy = lines[lines.index("| task | method | T | discount 1 | discount 0.1 | discount 0.5 |"):]
+    assert copy[2:5] == ["| Copy | DNI | 2 | 10 (2 seeds) | 7 (1 seed) | 8 (1 seed) |",
+                         "| Copy | DNI | 10 | 5 (1 seed) | · | · |",
+                         "| Repeat Copy | DNI+Aux | 3 | · | 12 (1 seed) | · |"]
+    assert "PTB test BPC under each reading of the bootstrapped target run at this profile:" in lines
+    ptb = lines[lines.index("| task | method | T | discount 0.1 | discount 1 |"):]     # PTB's main reading first
+    assert ptb[2] == "| PTB | DNI | 2 | 2.457 (1 seed) | 2.500 (1 seed) |"
+    assert not any("0.3" in line for line in lines)
+
+    alone = note(runs[runs["task"] == "ptb"])       # PTB at the default: 1 first
+    assert "| PTB | DNI | 2 | 2.500 (1 seed) | 2.457 (1 seed) |" in alone and not any(l.startswith("Except") for l in alone)
+    one = note(runs[(runs["task"] == "copy") & (runs["profile"] == "quick")
+                    & (runs["param.method_args.target_discount"] == "1.0")], {"copy": 0.1})
+    assert one[1:] == ["Except Copy at `quick`: discount 0.1 (the undiscounted target diverged there; the suite's "
+                       "departures give the numbers).",
+                       "The other reading (discount = the injection scale) was not run at this profile.", ""]
+    assert note(runs[runs["task"] == "copy"], {"copy": 0.1}, "smoke")[1:] == [""]     # no DNI at smoke: nothing moved
+
+
+def test_episode_note_names_the_layout_or_the_mix():
+    def note(*resets):
+        return rnn_report.episode_note(pd.DataFrame([{"task": "copy", RESET: r} for r in resets]
+                                                    + [{"task": "ptb", RESET: "True"}]))
+    RESET = "param.task_args.reset_state"
+    assert note(None, None) == ["Copy / Repeat Copy episodes: the LSTM state runs on from one episode into the next "
+                                "(task_args.reset_state false).", ""]
+    assert note("True", "true") == ["Copy / Repeat Copy episodes: the LSTM state is zeroed at each episode start "
+                                    "(task_args.reset_state true: independent episodes).", ""]
+    assert note("True", None, "False")[0] == ("Copy / Repeat Copy episodes: both layouts among these runs (1 of 3 runs "
+                                              "with the state zeroed at each episode start, the others running on); "
+                                              "the table does not separate them.")
+    assert rnn_report.episode_note(pd.DataFrame([{"task": "copy"}])) == note(None)           # never logged: ran on
+    assert rnn_report.episode_note(pd.DataFrame([{"task": "ptb", RESET: "True"}])) == []      # PTB has no episodes
+
+
+def test_published_cell_and_tolerance_read_the_published_yaml():
+    ctx = SimpleNamespace(published=load_published())
+    assert rnn_report.published_cell(ctx, "repeat_copy", "dni_bptt_aux", 4) == 67
+    assert rnn_report.published_cell(ctx, "ptb", "dni_bptt_aux", 3) == 1.35        # "about 1.34-1.36": the middle
+    assert rnn_report.published_cell(ctx, "copy", "bptt", 8) is None               # the paper's table leaves it empty
+    assert rnn_report.published_cell(ctx, "copy", "dni_bptt", 8) is None           # not in the paper's grid
+    for partial in ({}, {"rnn": {}}, {"rnn": {"copy": {}}}):                        # a published file without the cell
+        assert rnn_report.published_cell(SimpleNamespace(published=partial), "copy", "dni_bptt", 2) is None
+    assert rnn_report.tolerance(ctx, "copy", "dni_bptt") == 1 and rnn_report.tolerance(ctx, "ptb", "bptt") == 0.005
+    assert math.isclose(rnn_report.tolerance(ctx, "ptb", "dni_bptt_aux"), 0.015)   # widened by half the range
+    with pytest.raises(DnibenchError, match=r"jaderberg2016.yaml: rnn\.ptb\.tolerance_bpc is missing \(the tolerance of its cells\)$"):
+        rnn_report.tolerance(SimpleNamespace(published={"rnn": {"ptb": {"tolerance_steps": 1}}}), "ptb", "bptt")

@@ -117,7 +117,8 @@ def _readings_table(at: pd.DataFrame, tasks: tuple[str, ...], first: float) -> t
                 row[f"discount {d:g}"] = f"{_fmt(task, mean)} ({n} seed{'s' if n != 1 else ''})" if n else "·"
             rows.append(row)
     table = pd.DataFrame(rows)
-    return (table.sort_values(["task", "method", "T"], key=lambda c: c.map(str)) if rows else table), others
+    order = lambda c: c.astype(float) if c.name == "T" else c.map(str)    # noqa: E731  (T numerically: 2 before 10)
+    return (table.sort_values(["task", "method", "T"], key=order) if rows else table), others
 
 
 def discount_note(runs: pd.DataFrame, profile: str, discounts: dict[str, float] | None = None) -> list[str]:
