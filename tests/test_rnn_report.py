@@ -2,6 +2,7 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -11,6 +12,7 @@ from dnibench.report.context import load_published
 from dnibench.report.rnn import cells, curriculum_level, paper_layout, ptb_paired
 from dnibench.rnn.tasks import Curriculum
 from dnibench.suite import load_suite
+from report_fixtures import report_context
 
 
 def fake_runs(rows):
@@ -233,3 +235,53 @@ def test_published_cell_and_tolerance_read_the_published_yaml():
     assert math.isclose(rnn_report.tolerance(ctx, "ptb", "dni_bptt_aux"), 0.015)   # widened by half the range
     with pytest.raises(DnibenchError, match=r"jaderberg2016.yaml: rnn\.ptb\.tolerance_bpc is missing \(the tolerance of its cells\)$"):
         rnn_report.tolerance(SimpleNamespace(published={"rnn": {"ptb": {"tolerance_steps": 1}}}), "ptb", "bptt")
+
+
+def with_histories(ctx, histories):
+    """Give a report context metric histories without a store: {(run_id, key): [(step, value), ...]}."""
+    for key, points in histories.items():
+        ctx._histories[key] = pd.DataFrame([(s, v, 0) for s, v in points], columns=["step", "value", "timestamp"])
+    return ctx
+
+
+def test_history_frame_averages_runs_step_by_step_with_their_clock(tmp_path):
+    ctx = with_histories(report_context(tmp_path, [{"task": "ptb"}, {"task": "ptb"}]), {
+        ("r0", "valid_bpc"): [(5, 2.0), (7, 1.95), (10, 1.8), (10, 1.7)],    # step 10 logged twice: the last counts
+        ("r0", "wall_s/train"): [(5, 1.0), (10, 2.0)],                       # step 7 has no clock: left out
+        ("r1", "valid_bpc"): [(5, 2.2), (10, 2.0), (15, 1.9)],
+        ("r1", "wall_s/train"): [(5, 1.5), (10, 3.0), (15, 4.5)]})
+    frame = rnn_report._history_frame(ctx, ["r0", "r1"], "valid_bpc")
+    assert list(frame["step"]) == [5, 10, 15]
+    assert np.allclose(frame["value"], [2.1, 1.85, 1.9]) and np.allclose(frame["wall_s"], [1.25, 2.5, 4.5])
+
+
+def test_data_efficiency_figure_plots_the_mean_samples_per_length_solved():
+    def run(method, T, samples, profile="quick"):
+        return {"task": "copy", "profile": profile, "model": "lstm64", "method": method, "param.method_args.T": str(T),
+                **{f"metric.samples_at_len/{L}": s for L, s in samples.items()}}
+    runs = pd.DataFrame([run("bptt", 2, {4: 100, 5: 300}), run("bptt", 2, {4: 200}),    # the second never reached 5
+                         run("dni_bptt", 2, {4: 50, 5: 70, 10: 90}),
+                         run("dni_bptt_aux", 3, {}), run("bptt", 2, {4: 1}, profile="smoke")])
+    fig = rnn_report._efficiency_figure(runs, "quick")
+    (ax,) = fig.axes
+    lines = {line.get_label(): line.get_xydata().tolist() for line in ax.lines}
+    assert set(lines) == {"BPTT T=2", "DNI T=2"}                          # no length solved: no line
+    assert lines["BPTT T=2"] == [[150, 4], [300, 5]]                      # the mean over the seeds that reached it
+    assert lines["DNI T=2"] == [[50, 4], [70, 5], [90, 10]]               # lengths in numeric order
+    assert ax.get_title() == "Copy (quick, lstm64)"
+    assert rnn_report._efficiency_figure(runs, "paper") is None
+
+
+def test_two_timescale_summary_is_the_mean_final_error_per_way_a_learns(tmp_path):
+    def run(method, error, gradient="method"):
+        return {"task": "multiscale", "suite": "rnn_multiscale", "profile": "smoke", "model": "lstm64", "method": method,
+                "param.task_args.message_gradient": gradient, "metric.final_b_error": error}
+    ctx = report_context(tmp_path, [run("bptt", 10.0), run("bptt", 20.0), run("dni_bptt", 12.0),
+                                     run("dni_bptt", 40.0, "none")])     # the message cut: its own curve whatever the method
+    with_histories(ctx, {key: [(1, 50.0), (2, 30.0)] for r in range(4) for key in ((f"r{r}", "b_error"), (f"r{r}", "wall_s/train"))})
+    body = rnn_report.render(ctx).body
+    assert "### Two-timescale system at `smoke`" in body
+    assert "| A waits for B's gradient (BPTT) | 15.0 | 2 |" in body
+    assert "| DNI on the A->B message | 12.0 | 1 |" in body
+    assert "| A gets no gradient from B | 40.0 | 1 |" in body
+    assert (tmp_path / "rnn_multiscale_smoke.png").stat().st_size > 0 and not (tmp_path / "rnn_multiscale_quick.png").exists()
