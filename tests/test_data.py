@@ -529,6 +529,8 @@ def test_cifar_layout_and_pixel_order(fake_cifar_dir, use_parent):
     assert d.x_train.shape == (15, 3, 32, 32) and d.x_test.shape == (2, 3, 32, 32)
     assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64 and 0 <= d.x_train.min() <= d.x_train.max() <= 1
     assert d.y_train.tolist() == sum((arrays[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
+    assert d.y_test.tolist() == arrays["test_batch"][b"labels"] and d.num_classes == 10
+    assert d.source == f"CIFAR-10 python batches in {(parent / 'cifar-10-batches-py').resolve()}"
     raw = arrays["data_batch_2"][b"data"]  # rows 3..5 of x_train
     for n, c, h, w in [(0, 0, 0, 0), (1, 0, 0, 31), (2, 0, 31, 0), (0, 1, 5, 7), (1, 2, 31, 31), (2, 2, 17, 3)]:
         # the R plane is bytes 0..1023, then G, then B; each plane is 32 rows of 32
@@ -546,19 +548,47 @@ def test_cifar_missing_dir_and_file(tmp_path, fake_cifar_dir):
     _one_line(err)
 
 
-@pytest.mark.parametrize("batch", [{b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]},
-                                   {b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]},
-                                   {b"labels": [0, 1]},
-                                   {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]},
-                                   {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]},
-                                   [1, 2, 3]])
-def test_cifar_malformed_batch_names_the_file(fake_cifar_dir, batch):
+LABELS_0_9 = "b'labels' must be 2 integers in 0..9"
+DATA_3072 = "expected a dict with b'data' uint8 [n, 3072], got"
+
+
+@pytest.mark.parametrize("batch, says", [
+    ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, f"{DATA_3072} uint8 [2, 3000]"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, f"{DATA_3072} float32 [2, 3072]"),
+    ({b"labels": [0, 1]}, f"{DATA_3072} NoneType"),
+    ({b"data": [[0] * 3072] * 2, b"labels": [0, 1]}, f"{DATA_3072} list"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, LABELS_0_9),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, LABELS_0_9),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, LABELS_0_9),
+    ({b"data": np.zeros((2, 3072), np.uint8)}, LABELS_0_9),
+    ([1, 2, 3], f"{DATA_3072} NoneType"),
+    (b"garbage", "not a valid pickle of numpy arrays (UnpicklingError: pickle data was truncated)")],
+    ids=["3000-bytes", "float32", "no-data", "list-data", "1-label", "label-10", "label-minus-1", "no-labels", "a-list",
+         "no-pickle"])
+def test_cifar_malformed_batch_names_the_file(fake_cifar_dir, batch, says):
     parent, _ = fake_cifar_dir
     bad = parent / "cifar-10-batches-py" / "data_batch_3"
-    bad.write_bytes(pickle.dumps(batch))
+    bad.write_bytes(batch if isinstance(batch, bytes) else pickle.dumps(batch))
     with pytest.raises(DataError) as err:
         data.load_cifar10(parent)
-    assert str(bad) in _one_line(err)
+    assert _one_line(err) == f"{bad}: {says}"
+
+
+def test_cifar_python2_batches_and_label_arrays(fake_cifar_dir):
+    """The real batches are Python 2 pickles (str keys and array bytes read back as bytes); labels may also be an
+    integer array of any width, and run from 0 to 9: all are read, as int64."""
+    parent, arrays = fake_cifar_dir
+    folder = parent / "cifar-10-batches-py"
+    for name, batch in arrays.items():
+        batch[b"labels"] = [0, 9, 0][:len(batch[b"labels"])]
+        if name == "test_batch":
+            batch[b"labels"] = np.array(batch[b"labels"], np.uint8)
+        (folder / name).write_bytes(_py2_pickle(batch))
+    d = data.load_cifar10(parent)
+    assert d.y_train.tolist() == [0, 9, 0] * 5 and d.y_test.tolist() == [0, 9]
+    assert d.y_train.dtype == d.y_test.dtype == torch.int64
+    assert torch.equal((d.x_test * 255).round().to(torch.uint8).reshape(2, 3072),
+                       torch.from_numpy(arrays["test_batch"][b"data"]))
 
 
 # ---- Penn Treebank -------------------------------------------------------------------------------
