@@ -321,11 +321,12 @@ def load_cifar10(cifar_dir: Path | str) -> ImageData:
         if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
             got = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
             raise DataError(f"{path}: expected a dict with b'data' uint8 [n, 3072], got {got}")
-        labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
-        if labels.shape != (len(data),) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        # Checked before any cast: int64 would truncate a label 0.7 to 0 and read the text '1' as 1.
+        labels = np.asarray(labels if labels is not None else [], dtype=object)
+        if labels.shape != (len(data),) or not all(isinstance(v, (int, np.integer)) and 0 <= v <= 9 for v in labels):
             raise DataError(f"{path}: b'labels' must be {len(data)} integers in 0..9")
         # Each row is the R plane, then G, then B, each 32x32 row-major: exactly [3, 32, 32] in C order.
-        return data.reshape(-1, 3, 32, 32), labels
+        return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
     train = [batch(f"data_batch_{i}") for i in range(1, 6)]
     xte, yte = batch("test_batch")

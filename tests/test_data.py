@@ -561,9 +561,14 @@ DATA_3072 = "expected a dict with b'data' uint8 [n, 3072], got"
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, LABELS_0_9),
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, LABELS_0_9),
     ({b"data": np.zeros((2, 3072), np.uint8)}, LABELS_0_9),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.7, 1.2]}, LABELS_0_9),   # not truncated to 0, 1
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["1", "2"]}, LABELS_0_9),   # text is not a label
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [b"cat", b"dog"]}, LABELS_0_9),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 2]]}, LABELS_0_9),
     ([1, 2, 3], f"{DATA_3072} NoneType"),
     (b"garbage", "not a valid pickle of numpy arrays (UnpicklingError: pickle data was truncated)")],
-    ids=["3000-bytes", "float32", "no-data", "list-data", "1-label", "label-10", "label-minus-1", "no-labels", "a-list",
+    ids=["3000-bytes", "float32", "no-data", "list-data", "1-label", "label-10", "label-minus-1", "no-labels", "float-labels",
+         "text-labels", "bytes-labels", "ragged-labels", "a-list",
          "no-pickle"])
 def test_cifar_malformed_batch_names_the_file(fake_cifar_dir, batch, says):
     parent, _ = fake_cifar_dir
