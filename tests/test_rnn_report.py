@@ -115,11 +115,12 @@ def test_target_discount_per_run_with_the_older_runs_reading():
                          dni_row("copy", "dni_bptt_aux", None, "0.1"),       # logged before the setting: the scale
                          dni_row("copy", "dni_bptt", "1.0"),
                          dni_row("copy", "dni_bptt"),                        # neither
-                         dni_row("copy", "dni_bptt", "oops", "0.3")])        # unreadable: the scale, not an error
+                         dni_row("copy", "dni_bptt", "oops", "0.3"),         # unreadable: the scale, not an error
+                         dni_row("copy", "dni_bptt", None, "oops")])         # nothing readable: NaN, not an error
     out = rnn_report.target_discount(runs)
     assert out.index.equals(runs.index)
     assert math.isnan(out[0]) and out[1] == 0.5 and out[2] == 0.1 and out[3] == 1.0 and math.isnan(out[4])
-    assert out[5] == 0.3
+    assert out[5] == 0.3 and math.isnan(out[6])
     only_scale = rnn_report.target_discount(runs.drop(columns="param.method_args.target_discount"))
     assert only_scale[1] == 0.1 and math.isnan(only_scale[3]) and math.isnan(only_scale[0])
     assert rnn_report.target_discount(runs[["task", "method"]]).isna().all()
@@ -235,6 +236,9 @@ def test_published_cell_and_tolerance_read_the_published_yaml():
     assert math.isclose(rnn_report.tolerance(ctx, "ptb", "dni_bptt_aux"), 0.015)   # widened by half the range
     with pytest.raises(DnibenchError, match=r"jaderberg2016.yaml: rnn\.ptb\.tolerance_bpc is missing \(the tolerance of its cells\)$"):
         rnn_report.tolerance(SimpleNamespace(published={"rnn": {"ptb": {"tolerance_steps": 1}}}), "ptb", "bptt")
+    with pytest.raises(DnibenchError, match=r"rnn\.copy\.tolerance_steps is missing"):
+        rnn_report.tolerance(SimpleNamespace(published={"rnn": {}}), "copy", "bptt")
+    assert rnn_report.tolerance(SimpleNamespace(published={"rnn": {"copy": {"tolerance_steps": 2}}}), "copy", "dni_bptt") == 2
 
 
 def with_histories(ctx, histories):
@@ -285,3 +289,56 @@ def test_two_timescale_summary_is_the_mean_final_error_per_way_a_learns(tmp_path
     assert "| DNI on the A->B message | 12.0 | 1 |" in body
     assert "| A gets no gradient from B | 40.0 | 1 |" in body
     assert (tmp_path / "rnn_multiscale_smoke.png").stat().st_size > 0 and not (tmp_path / "rnn_multiscale_quick.png").exists()
+
+
+def single_seed_suites(tmp_path):
+    """rnn_copy and rnn_ptb whose paper profile opts in to one seed (report: a point, not '1 seed: inconclusive')."""
+    suites = {}
+    for name, task in (("rnn_copy", "copy"), ("rnn_ptb", "ptb")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\ntask: {task}\ntrain: {{steps: 10, batch_size: 8, lr: 1.0e-3}}\n"
+                        "profiles: {smoke: {}, quick: {}, paper: {single_seed: true, single_seed_reason: costly}}\n"
+                        "entries:\n  - {model: lstm64, method: bptt, sweep: {T: [2]}}\n")
+        suites[name] = load_suite(path)
+    return suites
+
+
+def test_a_single_seed_profile_judges_its_one_run_as_a_point(tmp_path):
+    runs = fake_runs([*seeds("copy", "dni_bptt", 2, [16]), *seeds("ptb", "bptt", 8, [1.35]),
+                      *seeds("ptb", "bptt", 3, [1.40]), *seeds("ptb", "dni_bptt", 3, [1.36])])
+    plain = SimpleNamespace(published=load_published(), suites={})
+    opted = SimpleNamespace(published=load_published(), suites=single_seed_suites(tmp_path))
+    before = cells(plain, runs, "paper").set_index(["task", "method", "T"])["verdict"]
+    after = cells(opted, runs, "paper").set_index(["task", "method", "T"])["verdict"]
+    assert before[("Copy", "DNI", 2)] == before[("PTB", "BPTT", 8)] == "1 seed: inconclusive"
+    assert after[("Copy", "DNI", 2)] == after[("PTB", "BPTT", 8)] == "within tolerance"
+    claim = "DNI lower than BPTT at T=3"
+    assert ptb_paired(plain, runs, "paper").set_index("claim").at[claim, "verdict"] == "1 seed: inconclusive"
+    paired = ptb_paired(opted, runs, "paper").set_index("claim")
+    assert paired.at[claim, "verdict"] == "holds" and paired.at[claim, "measured difference (BPC)"] == "-0.040"
+    assert paired.at[claim, "seeds"] == "1 vs 1"                   # no CI to print for one seed each
+
+
+def test_cells_and_paired_rows_leave_blank_what_was_not_measured():
+    ctx = SimpleNamespace(published=load_published())
+    runs = fake_runs([*seeds("copy", "bptt", 2, [7, 8]), *seeds("copy", "bptt", 3, [8]),
+                      *seeds("ptb", "dni_bptt", 2, [1.36, 1.37]), *seeds("ptb", "bptt", 3, [1.38]),
+                      {**seeds("ptb", "bptt", 3, [1.39])[0], "model": "lstm128"},                 # a cell of two models
+                      {**seeds("copy", "bptt", 2, [9])[0], "model": "lstm64", "profile": "quick"}])   # another profile
+    table = cells(ctx, runs, "paper").set_index(["task", "method", "T"])
+    assert table.loc[("Copy", "BPTT", 2)].to_dict() == {"model": "lstm256", "measured": "7.5", "ci95": "6.4", "seeds": 2,
+                                                       "published": "7", "verdict": table.loc[("Copy", "BPTT", 2), "verdict"]}
+    assert table.loc[("Copy", "BPTT", 3), ["measured", "ci95", "seeds"]].tolist() == ["8", "", 1]    # one seed: no CI
+    assert table.loc[("Copy", "DNI", 2), ["model", "measured", "ci95", "seeds", "verdict"]].tolist() == ["", "", "", 0, "no runs"]
+    assert table.loc[("PTB", "DNI", 2), ["measured", "ci95", "published"]].tolist() == ["1.365", "0.064", "1.370"]
+    wide = paper_layout(table.reset_index())
+    assert wide.loc[0, "model"] == "lstm256" and wide.loc[0, "BPTT T=2"] == "7.5 (7)" and wide.loc[0, "DNI T=2"] == "· (16)"
+    assert table.loc[("PTB", "BPTT", 3), "model"] == "lstm128, lstm256" and wide.loc[2, "model"] == "lstm128, lstm256"
+    assert wide.loc[2, "DNI+Aux T=5"] == "· (1.350)"
+    paired = ptb_paired(ctx, runs, "paper").set_index("claim")
+    assert paired.at["DNI lower than BPTT at T=2", "measured difference (BPC)"] == ""            # no BPTT at T=2
+    assert paired.at["DNI lower than BPTT at T=2", "seeds"] == "2 vs 0"
+    assert paired.at["DNI+Aux lower than BPTT at T=3", "published difference"] == "-0.030"      # the range's middle
+    assert ptb_paired(ctx, runs[runs["task"] == "copy"], "paper").empty
+    quick_ptb = {**seeds("ptb", "bptt", 2, [1.5])[0], "profile": "quick"}
+    assert ptb_paired(ctx, fake_runs([*seeds("copy", "bptt", 2, [7]), quick_ptb]), "paper").empty   # PTB at paper only

@@ -266,7 +266,8 @@ def paper_layout(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for task in dict.fromkeys(table["task"]):
         at = table[table["task"] == task]
-        row = {"task": task, "model": ", ".join(m for m in dict.fromkeys(at["model"]) if m)}
+        models = (m for cell in at["model"] for m in cell.split(", ") if m)       # a cell may hold several
+        row = {"task": task, "model": ", ".join(dict.fromkeys(models))}
         for r in at.itertuples():
             row[f"{r.method} T={r.T}"] = f"{r.measured or '·'} ({r.published})"
         out.append(row)
