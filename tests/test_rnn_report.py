@@ -197,6 +197,10 @@ def test_discount_note_tables_every_reading_run_at_the_profile():
     ptb = lines[lines.index("| task | method | T | discount 0.1 | discount 1 |"):]     # PTB's main reading first
     assert ptb[2] == "| PTB | DNI | 2 | 2.457 (1 seed) | 2.500 (1 seed) |"
     assert not any("0.3" in line for line in lines)
+    both = note(runs, {"ptb": 0.1, "copy": 0.5})
+    assert both[1] == ("Except PTB at `quick`: discount 0.1 (the undiscounted target diverged there; the suite's departures "
+                       "give the numbers); Copy at `quick`: discount 0.5 (the undiscounted target diverged there; the "
+                       "suite's departures give the numbers).")
 
     alone = note(runs[runs["task"] == "ptb"])       # PTB at the default: 1 first
     assert "| PTB | DNI | 2 | 2.500 (1 seed) | 2.457 (1 seed) |" in alone and not any(l.startswith("Except") for l in alone)
@@ -264,16 +268,23 @@ def test_data_efficiency_figure_plots_the_mean_samples_per_length_solved():
         return {"task": "copy", "profile": profile, "model": "lstm64", "method": method, "param.method_args.T": str(T),
                 **{f"metric.samples_at_len/{L}": s for L, s in samples.items()}}
     runs = pd.DataFrame([run("bptt", 2, {4: 100, 5: 300}), run("bptt", 2, {4: 200}),    # the second never reached 5
+                         run("bptt", 3, {}),                                             # no length solved: no line
                          run("dni_bptt", 2, {4: 50, 5: 70, 10: 90}),
-                         run("dni_bptt_aux", 3, {}), run("bptt", 2, {4: 1}, profile="smoke")])
+                         run("bptt", 2, {4: 1}, profile="smoke")])
     fig = rnn_report._efficiency_figure(runs, "quick")
     (ax,) = fig.axes
-    lines = {line.get_label(): line.get_xydata().tolist() for line in ax.lines}
-    assert set(lines) == {"BPTT T=2", "DNI T=2"}                          # no length solved: no line
-    assert lines["BPTT T=2"] == [[150, 4], [300, 5]]                      # the mean over the seeds that reached it
-    assert lines["DNI T=2"] == [[50, 4], [70, 5], [90, 10]]               # lengths in numeric order
+    lines = {line.get_label(): line for line in ax.lines}
+    assert set(lines) == {"BPTT T=2", "DNI T=2"}
+    assert lines["BPTT T=2"].get_xydata().tolist() == [[150, 4], [300, 5]]      # the mean over the seeds that reached it
+    assert lines["DNI T=2"].get_xydata().tolist() == [[50, 4], [70, 5], [90, 10]]     # lengths in numeric order
+    assert [(l.get_color(), l.get_linestyle(), l.get_marker()) for l in (lines["BPTT T=2"], lines["DNI T=2"])] == \
+        [("#000000", "--", "o"), ("#1f77b4", "-", "o")]                  # BPTT dashed; a colour per method, a marker per T
     assert ax.get_title() == "Copy (quick, lstm64)"
     assert rnn_report._efficiency_figure(runs, "paper") is None
+    both = rnn_report._efficiency_figure(pd.concat([runs, pd.DataFrame([{**run("dni_bptt_aux", 3, {4: 10}), "task": "repeat_copy"}])]),
+                                         "quick")
+    assert [ax.get_title() for ax in both.axes] == ["Copy (quick, lstm64)", "Repeat Copy (quick, lstm64)"]
+    assert [(l.get_label(), l.get_color(), l.get_marker()) for l in both.axes[1].lines] == [("DNI+Aux T=3", "#2ca02c", "s")]
 
 
 def test_two_timescale_summary_is_the_mean_final_error_per_way_a_learns(tmp_path):
@@ -342,3 +353,44 @@ def test_cells_and_paired_rows_leave_blank_what_was_not_measured():
     assert ptb_paired(ctx, runs[runs["task"] == "copy"], "paper").empty
     quick_ptb = {**seeds("ptb", "bptt", 2, [1.5])[0], "profile": "quick"}
     assert ptb_paired(ctx, fake_runs([*seeds("copy", "bptt", 2, [7]), quick_ptb]), "paper").empty   # PTB at paper only
+
+
+def test_ptb_figure_plots_each_methods_mean_validation_curve_per_t(tmp_path):
+    rows = [{"task": "ptb", "method": m, "param.method_args.T": T} for m, T in
+            (("bptt", "3"), ("bptt", "3"), ("dni_bptt", "3"), ("bptt", "10"))]
+    ctx = with_histories(report_context(tmp_path, rows), {
+        ("r0", "valid_bpc"): [(5, 2.0), (10, 1.8)], ("r0", "wall_s/train"): [(5, 1.0), (10, 2.0)],
+        ("r1", "valid_bpc"): [(5, 2.2), (10, 2.0)], ("r1", "wall_s/train"): [(5, 3.0), (10, 4.0)],
+        ("r2", "valid_bpc"): [(5, 1.9)], ("r2", "wall_s/train"): [(5, 7.0)],
+        ("r3", "valid_bpc"): [(5, 2.5)], ("r3", "wall_s/train"): [(5, 0.5)]})
+    fig = rnn_report._ptb_figure(ctx, ctx.runs)
+    top, bottom = fig.axes[:2], fig.axes[2:]
+    assert [ax.get_title() for ax in top] == ["T = 3", "T = 10"]              # T in numeric order
+    by_label = {line.get_label(): line for line in top[0].lines}
+    assert by_label["BPTT"].get_xydata().tolist() == [[5, 2.1], [10, 1.9]]   # iterations: the mean of both seeds
+    assert by_label["DNI"].get_xydata().tolist() == [[5, 1.9]] and by_label["DNI"].get_color() == "#1f77b4"
+    walls = {line.get_label(): line.get_xydata().tolist() for line in bottom[0].lines}
+    assert walls["BPTT"] == [[2.0, 2.1], [3.0, 1.9]]                          # against the mean training clock
+    assert [line.get_xydata().tolist() for line in top[1].lines] == [[[5, 2.5]]]
+    assert (top[0].get_xlabel(), bottom[0].get_xlabel(), top[0].get_ylabel(), bottom[0].get_ylabel()) == \
+        ("iterations", "training wall-clock (s)", "validation BPC", "validation BPC")
+    assert rnn_report._ptb_figure(ctx, ctx.runs.iloc[:0]) is None
+
+
+def test_multiscale_figure_plots_b_error_per_way_a_learns(tmp_path):
+    rows = [{"task": "multiscale", "method": m, "curve": c} for m, c in (("bptt", "bptt"), ("bptt", "bptt"),
+                                                                          ("dni_bptt", "none"))]
+    ctx = with_histories(report_context(tmp_path, rows), {
+        ("r0", "b_error"): [(1, 50.0), (2, 30.0)], ("r0", "wall_s/train"): [(1, 1.0), (2, 2.0)],
+        ("r1", "b_error"): [(1, 40.0), (2, 20.0)], ("r1", "wall_s/train"): [(1, 3.0), (2, 4.0)],
+        ("r2", "b_error"): [(1, 60.0)], ("r2", "wall_s/train"): [(1, 0.5)]})
+    steps, walls = rnn_report._multiscale_figure(ctx, ctx.runs).axes
+    lines = {line.get_label(): line for line in steps.lines}
+    waits = "A waits for B's gradient (BPTT) (2 seed(s))"
+    assert set(lines) == {waits, "A gets no gradient from B (1 seed(s))"}
+    assert lines[waits].get_xydata().tolist() == [[1, 45.0], [2, 25.0]] and lines[waits].get_color() == "#000000"
+    assert lines["A gets no gradient from B (1 seed(s))"].get_color() == "#7f7f7f"     # the cut message in grey
+    assert {l.get_label(): l.get_xydata().tolist() for l in walls.lines}[waits] == [[2.0, 45.0], [3.0, 25.0]]
+    assert (steps.get_xlabel(), walls.get_xlabel(), steps.get_ylabel()) == \
+        ("iterations (windows of T steps)", "training wall-clock (s)", "B's error (%)")
+    assert rnn_report._multiscale_figure(ctx, ctx.runs.iloc[:0]) is None

@@ -137,11 +137,11 @@ def discount_note(runs: pd.DataFrame, profile: str, discounts: dict[str, float] 
                                            "diverged there; the suite's departures give the numbers)"
                                            for task, d in moved.items()) + ".")
     out = []
-    if "ptb" in moved or (dni["task"] == "ptb").any():
+    if (dni["task"] == "ptb").any():
         table, others = _readings_table(dni, ("ptb",), moved.get("ptb", default))
         if others:
-            out += ["PTB test BPC under each reading of the bootstrapped target run at this profile:", "",
-                    markdown_table(table), ""]
+            out = ["PTB test BPC under each reading of the bootstrapped target run at this profile:", "",
+                   markdown_table(table), ""]
     at = dni[dni["task"].isin(["copy", "repeat_copy"])]
     if at.empty:
         return lines + [""] + out
