@@ -129,3 +129,66 @@ def test_unlock_report_judges_level_and_speed_from_the_runs(tmp_path):
     assert "4.50% ± 0.25 (3 seeds),does not hold," in lines[2]                        # 4.5 is not about 2
     assert lines[2].endswith(",did not reach the target (3 of 3 seeds)")              # never reached 3%: not "slower"
     assert (tmp_path / "unlock_curves_paper.png").stat().st_size > 10_000
+
+
+def test_unlock_claims_judge_the_level_and_the_first_reach_per_seed(tmp_path):
+    """Each column of the claim, from made-up runs evaluated at iterations 100, 150, 300 (uneven: the
+    tolerance of "slower" is the smallest interval, 50)."""
+    import pandas as pd
+    from report_fixtures import report_context
+
+    from dnibench.report import unlock as unlock_report
+    finals = {"bprop": [1.0, 1.2, 1.4], "dni": [2.0], "unlock_dni": [2.0, 2.1, 2.2], "unlock_cdni": [2.5, 2.6]}
+    early = {"bprop": [[5, 2.0]] * 3, "dni": [[4, 3.0]], "unlock_dni": [[6, 3.0]] * 3, "unlock_cdni": [[6, 5]] * 2}
+    rows = [{"suite": "mnist_unlock", "profile": "paper", "method": m, "model": "fcn4", "seed": s, "variant": m,
+             "param.train.steps": "300", "metric.final_test_error": f} for m, fs in finals.items() for s, f in enumerate(fs)]
+
+    def claims(early, profile="paper", drop=()):
+        ctx = report_context(tmp_path, rows)
+        for run, (method, seed) in zip(ctx.runs["run_id"], zip(ctx.runs["method"], ctx.runs["seed"])):
+            values = early[method][seed] + [finals[method][seed]]
+            ctx._histories[(run, "test_error")] = pd.DataFrame({"step": [100, 150, 300], "value": values, "timestamp": 0})
+        runs = ctx.runs[~ctx.runs["method"].isin(drop)]
+        curves = {m: unlock_report.mean_curve(ctx, runs[runs["method"] == m]) for m in unlock_report.METHODS
+                  if m in set(runs["method"])}
+        return unlock_report.claims(ctx, runs, curves, profile).set_index("Method")
+
+    table = claims(early)                                   # Bprop's final 1.2: the target is 2.4
+    dni, cdni = table.loc["DNI, complete unlock"], table.loc["cDNI, complete unlock"]
+    assert dni["Final test error"] == "2.10% ± 0.25 (3 seeds)" and dni["At most about 2% (+0.3)"] == "holds"
+    assert dni["Reaches 2.40% (2x Bprop's final error)"] == "iteration 300; Bprop iteration 150 (mean curves); DNI iteration 300"
+    assert dni["More slowly than Bprop"] == "holds"         # every seed at 300 against every Bprop seed at 150
+    assert cdni["Reaches 2.40% (2x Bprop's final error)"] == "never; Bprop iteration 150 (mean curves)"   # no locked cDNI run
+    assert cdni["More slowly than Bprop"] == "did not reach the target (2 of 2 seeds)"
+    assert cdni["At most about 2% (+0.3)"].startswith("inconclusive (CI ±0.635 > tolerance 0.3")
+    mixed = claims({**early, "unlock_dni": [[6, 2.0], [6, 3.0], [6, 3.0]]})   # one seed as fast as Bprop
+    assert mixed.loc["DNI, complete unlock", "More slowly than Bprop"].startswith("inconclusive (CI ±215 > tolerance 50;")
+    quick = claims(early, "quick")
+    assert quick.loc["DNI, complete unlock", "More slowly than Bprop"] == "not comparable at this profile (measured: holds)"
+    assert quick.loc["DNI, complete unlock", "At most about 2% (+0.3)"] == "not comparable at this profile (measured: holds)"
+    alone = claims(early, drop=("bprop",))
+    assert list(alone["More slowly than Bprop"]) == ["no runs", "no runs"]
+    assert alone.loc["DNI, complete unlock", "Reaches 2x Bprop's final error"] == "no runs to compare"
+    none = claims(early, drop=("unlock_cdni",)).loc["cDNI, complete unlock"]
+    assert (none["Final test error"], none["At most about 2% (+0.3)"]) == ("no run", "no runs")
+
+
+def test_unlock_mean_curve_first_reach_and_p_update_column():
+    import math
+
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from dnibench.report import unlock as unlock_report
+    histories = {"a": pd.DataFrame({"step": [10, 20], "value": [4.0, 2.0]}),
+                 "b": pd.DataFrame({"step": [10, 20, 30], "value": [6.0, 3.0, 1.0]})}
+    ctx = SimpleNamespace(history=lambda run, key: histories[run] if key == "test_error" else None)
+    curve = unlock_report.mean_curve(ctx, pd.DataFrame({"run_id": ["a", "b"]}))
+    assert curve.to_dict() == {10: 5.0, 20: 2.5, 30: 1.0}
+    assert unlock_report.mean_curve(ctx, pd.DataFrame({"run_id": []})).empty
+    assert unlock_report.first_reach(curve, 2.5) == 20 and unlock_report.first_reach(curve, 2.4) == 30   # at or below
+    assert math.isinf(unlock_report.first_reach(curve, 0.5))
+    runs = pd.DataFrame({"param.method_args.p_update": ["0.2", None]})
+    assert unlock_report.with_p_update(runs)["p_update"].tolist() == [0.2, 1.0]      # not logged: every step
+    assert unlock_report.with_p_update(pd.DataFrame({"method": ["dni"]}))["p_update"].tolist() == [1.0]
+    assert "p_update" not in runs                                                    # the caller's frame is kept
