@@ -179,3 +179,54 @@ def test_async_report_judges_the_two_claims_from_the_runs(tmp_path):
     for stem in ("async_p_update", "async_curves", "async_updates"):
         assert (tmp_path / f"{stem}_paper.png").stat().st_size > 10_000
     assert "Profile `quick`" in section.body and "Departures" in section.body
+
+
+def test_async_claims_each_column_and_the_runs_they_read(tmp_path):
+    from dnibench.report import async_updates
+    rows = [async_row("paper", "dni", 0.2, f, seed=s) for s, f in enumerate([2.0, 2.1, 2.2])]
+    rows += [async_row("paper", "cdni", 0.05, f, seed=s) for s, f in enumerate([2.2, 2.4])]
+    rows += [async_row("paper", "cdni", 1.0, f, seed=s) for s, f in enumerate([2.0, 2.0])]
+    rows += [{**async_row("paper", "cdni", 1.0, 9.0, seed=5), "variant": "old"},          # an older configuration
+             {**async_row("paper", "dni", 0.2, 9.0), "suite": "mnist_unlock"},              # another suite's run
+             {**async_row("paper", "unlock_dni", 0.2, 9.0)}]                                # not one of its methods
+    ctx = fake_report_context(tmp_path, rows)
+    ctx.runs["start_time"] = [1] * 7 + [0, 1, 1]                       # "old" ran first
+    runs = async_updates._runs(ctx)
+    assert len(runs) == 7 and set(runs["method"]) == {"dni", "cdni"} and runs["steps"].tolist() == [500_000] * 7
+    table = async_updates.claims(ctx, runs[runs["profile"] == "paper"], "paper").set_index("Claim (as published)")
+    one = table.loc["DNI still reaches about 2% test error at p_update = 0.2"]
+    assert one["Measured (final test error)"] == "2.10% ± 0.25 (3 seeds)" and one["Verdict"] == "holds"
+    assert one["Rule"] == "final test error at most 2% + 0.3 points (one-sided; inconclusive when the CI half-width exceeds 0.3)"
+    two = table.loc['cDNI trains "perfectly" at p_update = 0.05']
+    assert two["Measured (final test error)"] == "2.30% ± 1.27 (2 seeds) at p_update=0.05; 2.00% ± 0.00 (2 seeds) at p_update=1"
+    assert two["Verdict"].startswith("inconclusive (CI ±1.27 > tolerance 0.5")        # 0.3 above, but 2 seeds are wide
+    tight = [{**r, "metric.final_test_error": f} for r, f in zip(rows[3:5], [2.39, 2.41])]
+    close = fake_report_context(tmp_path, rows[:3] + tight + rows[5:7])
+    state = async_updates.claims(close, async_updates._runs(close), "quick").set_index("Claim (as published)")["Verdict"]
+    assert state.iloc[1] == "not comparable at this profile (the rule would say: holds)"   # 0.4 ± 0.127 <= 0.5
+    no_ref = async_updates.claims(ctx, runs[runs["p_update"] < 1], "paper")["Verdict"].tolist()
+    assert no_ref == ["holds", "no runs"]                              # cDNI's own p_update = 1 runs are missing
+    empty = async_updates.claims(ctx, runs.iloc[:0], "paper")
+    assert empty["Measured (final test error)"].tolist() == ["no run", "no run at p_update=0.05; no run at p_update=1"]
+    assert empty["Verdict"].tolist() == ["no runs", "no runs"]
+
+
+def test_async_updates_figure_plots_each_layers_rate_and_the_expected_one(tmp_path):
+    import numpy as np
+
+    from dnibench.report import async_updates
+    rows = [async_row("quick", m, p, 2.0, steps=1000) for m in ("bprop", "dni") for p in (0.5, 0.2)]
+    ctx = fake_report_context(tmp_path, rows)
+    figures = []
+    ctx.save_figure = lambda fig, stem: figures.append((fig, stem)) or []
+    async_updates.updates_figure(ctx, async_updates._runs(ctx), "quick")
+    (fig, stem), = figures
+    bprop, dni = fig.axes
+    assert stem == "async_updates_quick" and bprop.get_title() == "Bprop: p^(N-i+1) expected"
+    for ax, rate in ((bprop, lambda p, i: p ** (5 - i)), (dni, lambda p, i: p)):
+        measured = {l.get_label(): l.get_xydata() for l in ax.lines if l.get_label().startswith("layer")}
+        assert sorted(measured) == ["layer 1", "layer 2", "layer 3", "layer 4"]
+        for i in range(1, 5):               # updates / iterations at each p_update, in p_update order
+            assert np.allclose(measured[f"layer {i}"], [[0.2, rate(0.2, i)], [0.5, rate(0.5, i)]])
+        expected = [l.get_xydata() for l in ax.lines if l.get_linestyle() == "--"]
+        assert len(expected) == 4 and all(np.allclose(e[:, 1], rate(e[:, 0], i)) for i, e in enumerate(expected, 1))
