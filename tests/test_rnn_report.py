@@ -1,4 +1,5 @@
 """The RNN table's verdicts at the paper profile, against the published cells (no training)."""
+import copy
 import math
 from types import SimpleNamespace
 
@@ -120,7 +121,7 @@ def test_target_discount_per_run_with_the_older_runs_reading():
     out = rnn_report.target_discount(runs)
     assert out.index.equals(runs.index)
     assert math.isnan(out[0]) and out[1] == 0.5 and out[2] == 0.1 and out[3] == 1.0 and math.isnan(out[4])
-    assert out[5] == 0.3 and math.isnan(out[6])
+    assert out[5] == 0.3 and math.isnan(out[6]) and out.dtype == float
     only_scale = rnn_report.target_discount(runs.drop(columns="param.method_args.target_discount"))
     assert only_scale[1] == 0.1 and math.isnan(only_scale[3]) and math.isnan(only_scale[0])
     assert rnn_report.target_discount(runs[["task", "method"]]).isna().all()
@@ -240,8 +241,9 @@ def test_published_cell_and_tolerance_read_the_published_yaml():
     assert math.isclose(rnn_report.tolerance(ctx, "ptb", "dni_bptt_aux"), 0.015)   # widened by half the range
     with pytest.raises(DnibenchError, match=r"jaderberg2016.yaml: rnn\.ptb\.tolerance_bpc is missing \(the tolerance of its cells\)$"):
         rnn_report.tolerance(SimpleNamespace(published={"rnn": {"ptb": {"tolerance_steps": 1}}}), "ptb", "bptt")
-    with pytest.raises(DnibenchError, match=r"rnn\.copy\.tolerance_steps is missing"):
-        rnn_report.tolerance(SimpleNamespace(published={"rnn": {}}), "copy", "bptt")
+    for partial in ({}, {"rnn": {}}):
+        with pytest.raises(DnibenchError, match=r"rnn\.copy\.tolerance_steps is missing"):
+            rnn_report.tolerance(SimpleNamespace(published=partial), "copy", "bptt")
     assert rnn_report.tolerance(SimpleNamespace(published={"rnn": {"copy": {"tolerance_steps": 2}}}), "copy", "dni_bptt") == 2
 
 
@@ -351,6 +353,12 @@ def test_cells_and_paired_rows_leave_blank_what_was_not_measured():
     assert paired.at["DNI lower than BPTT at T=2", "seeds"] == "2 vs 0"
     assert paired.at["DNI+Aux lower than BPTT at T=3", "published difference"] == "-0.030"      # the range's middle
     assert ptb_paired(ctx, runs[runs["task"] == "copy"], "paper").empty
+    unlogged = ptb_paired(ctx, runs[runs["task"] == "ptb"].drop(columns="metric.test_bpc"), "paper")   # no BPC logged
+    assert set(unlogged["verdict"]) == {"no runs"} and set(unlogged["seeds"]) == {"0 vs 0"}
+    published = copy.deepcopy(load_published())
+    del published["rnn"]["ptb"]["dni"][2]
+    gap = ptb_paired(SimpleNamespace(published=published), runs, "paper").set_index("claim")["published difference"]
+    assert gap["DNI lower than BPTT at T=2"] == "–" and gap["DNI lower than BPTT at T=3"] == "-0.020"
     quick_ptb = {**seeds("ptb", "bptt", 2, [1.5])[0], "profile": "quick"}
     assert ptb_paired(ctx, fake_runs([*seeds("copy", "bptt", 2, [7]), quick_ptb]), "paper").empty   # PTB at paper only
 
