@@ -212,6 +212,7 @@ def test_async_claims_each_column_and_the_runs_they_read(tmp_path):
 
 
 def test_async_updates_figure_plots_each_layers_rate_and_the_expected_one(tmp_path):
+    import matplotlib.pyplot as plt
     import numpy as np
 
     from dnibench.report import async_updates
@@ -230,3 +231,4 @@ def test_async_updates_figure_plots_each_layers_rate_and_the_expected_one(tmp_pa
             assert np.allclose(measured[f"layer {i}"], [[0.2, rate(0.2, i)], [0.5, rate(0.5, i)]])
         expected = [l.get_xydata() for l in ax.lines if l.get_linestyle() == "--"]
         assert len(expected) == 4 and all(np.allclose(e[:, 1], rate(e[:, 0], i)) for i, e in enumerate(expected, 1))
+    plt.close(fig)

@@ -95,6 +95,7 @@ def test_delay_report_tabulates_final_error_against_delay(tmp_path):
 
 
 def test_delay_summary_and_figure_mean_over_seeds_with_their_ci(tmp_path):
+    import matplotlib.pyplot as plt
     import numpy as np
     from test_async import fake_report_context
 
@@ -123,3 +124,4 @@ def test_delay_summary_and_figure_mean_over_seeds_with_their_ci(tmp_path):
     assert np.allclose(bars[0].get_segments()[0][:, 1], [3.2 - 0.4968, 3.2 + 0.4968], atol=1e-3)
     assert np.allclose(bars[0].get_segments()[1][:, 1], [4.0, 4.0])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
+    plt.close(figures[0])
