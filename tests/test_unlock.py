@@ -171,6 +171,57 @@ def test_unlock_claims_judge_the_level_and_the_first_reach_per_seed(tmp_path):
     assert alone.loc["DNI, complete unlock", "Reaches 2x Bprop's final error"] == "no runs to compare"
     none = claims(early, drop=("unlock_cdni",)).loc["cDNI, complete unlock"]
     assert (none["Final test error"], none["At most about 2% (+0.3)"]) == ("no run", "no runs")
+    slow_bprop = {**finals, "bprop": [1.0, 1.0, 5.0]}                  # target 4.67: Bprop's third seed never gets there
+    rows[:3] = [{**r, "metric.final_test_error": f} for r, f in zip(rows[:3], slow_bprop["bprop"])]
+    finals.update(slow_bprop)
+    early = {**early, "bprop": [[5, 2.0], [5, 2.0], [6, 5.5]]}
+    assert claims(early).loc["DNI, complete unlock", "More slowly than Bprop"] == \
+        "Bprop did not reach the target (1 of 3 seeds): no comparison"
+
+
+def test_unlock_claims_of_a_single_seed_profile(tmp_path):
+    """One seed each, evaluated once: a point verdict where the profile opts in to one seed, '(1 seed)'."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from report_fixtures import report_context
+
+    from dnibench.report import unlock as unlock_report
+    rows = [{"suite": "mnist_unlock", "profile": "paper", "method": m, "model": "fcn4", "seed": 0,
+             "param.train.steps": "300", "metric.final_test_error": f} for m, f in (("bprop", 1.0), ("unlock_dni", 1.9))]
+    ctx = report_context(tmp_path, rows)
+    for run, final in zip(ctx.runs["run_id"], (1.0, 1.9)):
+        ctx._histories[(run, "test_error")] = pd.DataFrame({"step": [300], "value": [final], "timestamp": 0})
+    curves = {m: unlock_report.mean_curve(ctx, ctx.runs[ctx.runs["method"] == m]) for m in ("bprop", "unlock_dni")}
+    plain = unlock_report.claims(ctx, ctx.runs, curves, "paper").set_index("Method").loc["DNI, complete unlock"]
+    assert plain["Final test error"] == "1.90% (1 seed)"
+    assert plain["At most about 2% (+0.3)"] == plain["More slowly than Bprop"] == "1 seed: inconclusive"
+    profile = SimpleNamespace(single_seed=True, single_seed_reason="costly")
+    ctx.suites = {"mnist_unlock": SimpleNamespace(name="mnist_unlock", profiles={"paper": profile})}
+    opted = unlock_report.claims(ctx, ctx.runs, curves, "paper").set_index("Method").loc["DNI, complete unlock"]
+    assert opted["At most about 2% (+0.3)"] == "holds"                   # 1.9 <= 2.3 as a point
+    assert opted["More slowly than Bprop"] == "does not hold"            # both at 300, the one evaluation: not slower
+
+
+def test_unlock_report_reads_its_suite_only_and_tables_any_p_update_sweep(tmp_path):
+    import pandas as pd
+    from test_async import fake_report_context
+
+    from dnibench.report import unlock as unlock_report
+    rows = [{"suite": "mnist_unlock", "profile": "quick", "method": m, "model": "fcn4", "seed": 0, "variant": f"{m}{p}",
+             "param.method_args.p_update": str(p), "param.train.steps": "1000", "metric.final_test_error": e}
+            for m, p, e in (("bprop", 1.0, 1.5), ("unlock_dni", 1.0, 2.346), ("unlock_dni", 0.5, 3.0))]
+    rows += [{**rows[0], "suite": "mnist_async", "method": "dni", "variant": "async"}]      # another suite's DNI run
+    ctx = fake_report_context(tmp_path, rows)
+    section = unlock_report.render(ctx)
+    assert "### Profile `quick` (2 runs, 1000 iterations)" in section.body              # the p_update = 1 runs of its suite
+    table = pd.read_csv(tmp_path / "unlock_p_update_quick.csv")                          # two p_update values: a sweep
+    assert table.columns.tolist() == ["p_update", "Bprop", "DNI, complete unlock"]
+    assert table["p_update"].tolist() == [0.5, 1.0] and table["DNI, complete unlock"].tolist() == [3.0, 2.35]   # 2 decimals
+    assert table["Bprop"].isna().tolist() == [True, False] and table.at[1, "Bprop"] == 1.5
+    names = {p.name for p in section.files}
+    assert {"unlock_p_update_quick.png", "unlock_p_update_quick.pdf", "unlock_p_update_quick.csv",
+            "unlock_curves_quick.png", "unlock_claims_quick.csv"} <= names
 
 
 def test_unlock_mean_curve_first_reach_and_p_update_column():
