@@ -211,17 +211,21 @@ def test_unlock_report_reads_its_suite_only_and_tables_any_p_update_sweep(tmp_pa
     rows = [{"suite": "mnist_unlock", "profile": "quick", "method": m, "model": "fcn4", "seed": 0, "variant": f"{m}{p}",
              "param.method_args.p_update": str(p), "param.train.steps": "1000", "metric.final_test_error": e}
             for m, p, e in (("bprop", 1.0, 1.5), ("unlock_dni", 1.0, 2.346), ("unlock_dni", 0.5, 3.0))]
-    rows += [{**rows[0], "suite": "mnist_async", "method": "dni", "variant": "async"}]      # another suite's DNI run
+    rows += [{**rows[0], "suite": "mnist_async", "method": "dni", "variant": "async"},     # another suite's DNI run
+             {**rows[0], "profile": "smoke", "param.train.steps": "20", "variant": "smoke"}]
     ctx = fake_report_context(tmp_path, rows)
     section = unlock_report.render(ctx)
+    assert section.body.startswith("FCN-4 on MNIST. *Complete unlock*")
+    assert "### Profile `smoke` (1 runs, 20 iterations)" in section.body
     assert "### Profile `quick` (2 runs, 1000 iterations)" in section.body              # the p_update = 1 runs of its suite
+    assert "| Bprop | 1.5 | 1 |\n| DNI, complete unlock | 2.35 | 1 |" in section.body  # final error (2 decimals), seeds
     table = pd.read_csv(tmp_path / "unlock_p_update_quick.csv")                          # two p_update values: a sweep
     assert table.columns.tolist() == ["p_update", "Bprop", "DNI, complete unlock"]
     assert table["p_update"].tolist() == [0.5, 1.0] and table["DNI, complete unlock"].tolist() == [3.0, 2.35]   # 2 decimals
     assert table["Bprop"].isna().tolist() == [True, False] and table.at[1, "Bprop"] == 1.5
     names = {p.name for p in section.files}
     assert {"unlock_p_update_quick.png", "unlock_p_update_quick.pdf", "unlock_p_update_quick.csv",
-            "unlock_curves_quick.png", "unlock_claims_quick.csv"} <= names
+            "unlock_curves_quick.png", "unlock_claims_quick.csv", "unlock_curves_smoke.png", "unlock_claims_smoke.csv"} <= names
 
 
 def test_unlock_mean_curve_first_reach_and_p_update_column():
