@@ -151,8 +151,9 @@ def test_two_timescale_message_gradient_waited_for_synthetic_or_cut():
     synthetic, synthetic_rows = multiscale("dni_bptt", "method")
     cut_bptt, _ = multiscale("bptt", "none")
     cut_dni, cut_rows = multiscale("dni_bptt", "none")
-    # A's LSTM is built first, from the seed, in both (B and the message are drawn after the method's own models)
+    # A's LSTM is built first, from the seed, and the message and B from a stream of their own: the same in both
     assert cut_bptt["final_train_bpc"] == cut_dni["final_train_bpc"]
+    assert [r["b_bpc"] for r in cut_rows.values()] == [r["b_bpc"] for r in multiscale("bptt", "none")[1].values()]
     assert cut_bptt["final_train_bpc"] != waited["final_train_bpc"]         # A got B's gradient, or not
     assert synthetic["final_train_bpc"] not in (waited["final_train_bpc"], cut_bptt["final_train_bpc"])
     assert all(row["synth_loss"] > 0 for row in synthetic_rows.values())
@@ -345,8 +346,10 @@ def test_two_timescale_steps_match_the_system_written_out(method):
     s = multiscale_spec(3, 1, method, batch=batch, T=T, digits=digits, message_dim=dim, b_units=units)
     _, rows = run(s, data=None)
     _, core, built = loops._build(s, digits, digits)           # the seed, then A's LSTM and the method
-    message = torch.nn.Linear(core.hidden, dim)
-    b_cell, b_head = torch.nn.LSTMCell(dim, units), torch.nn.Linear(units, T + 1)
+    with torch.random.fork_rng(devices=[]):                     # the message and B: their own stream
+        torch.manual_seed(0 + loops.PAIRED_INIT_OFFSET)
+        message = torch.nn.Linear(core.hidden, dim)
+        b_cell, b_head = torch.nn.LSTMCell(dim, units), torch.nn.Linear(units, T + 1)
     a_opt = adam(list(core.parameters()) + list(message.parameters()), 1e-2)
     b_opt = adam(list(b_cell.parameters()) + list(b_head.parameters()), 1e-2)
     interface = built.message_interface(dim)
@@ -379,3 +382,16 @@ def test_two_timescale_steps_match_the_system_written_out(method):
         assert row["b_error"] == pytest.approx(100 * (b_logits.argmax(1) != count).float().mean().item()), step
         if interface is not None:
             assert row["synth_loss"] == pytest.approx(synth_loss, rel=1e-5), step
+
+
+def test_two_timescale_methods_start_from_the_same_weights_at_one_seed():
+    """paired_init (the default): at one seed BPTT and DNI start A, the message and B from the same weights, so
+    their first rows' losses agree (the same forward); paired_init false draws B after the method's own models,
+    as runs logged before the setting did, and DNI's B starts elsewhere."""
+    def first_row(method, paired):
+        _, rows = run(multiscale_spec(1, 1, method, paired_init=paired), data=None)
+        return rows[1]["train_bpc"], rows[1]["b_bpc"], rows[1]["b_error"]
+    assert first_row("bptt", True) == first_row("dni_bptt", True)
+    assert first_row("bptt", False)[0] == first_row("dni_bptt", False)[0]     # A's LSTM: drawn first either way
+    assert first_row("bptt", False)[1] != first_row("dni_bptt", False)[1]
+    assert first_row("bptt", False)[1] != first_row("bptt", True)[1]

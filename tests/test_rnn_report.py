@@ -293,9 +293,10 @@ def test_two_timescale_summary_is_the_mean_final_error_per_way_a_learns(tmp_path
     def run(method, error, gradient="method"):
         return {"task": "multiscale", "suite": "rnn_multiscale", "profile": "smoke", "model": "lstm64", "method": method,
                 "param.task_args.message_gradient": gradient, "metric.final_b_error": error}
-    ctx = report_context(tmp_path, [run("bptt", 10.0), run("bptt", 20.0), run("dni_bptt", 12.0),
+    ctx = report_context(tmp_path, [{**run("bptt", 90.0), "variant": "before"},            # an older configuration
+                                     *[{**run("bptt", e), "variant": "paired"} for e in (10.0, 20.0)], run("dni_bptt", 12.0),
                                      run("dni_bptt", 40.0, "none")])     # the message cut: its own curve whatever the method
-    with_histories(ctx, {key: [(1, 50.0), (2, 30.0)] for r in range(4) for key in ((f"r{r}", "b_error"), (f"r{r}", "wall_s/train"))})
+    with_histories(ctx, {key: [(1, 50.0), (2, 30.0)] for r in range(5) for key in ((f"r{r}", "b_error"), (f"r{r}", "wall_s/train"))})
     body = rnn_report.render(ctx).body
     assert "### Two-timescale system at `smoke`" in body
     assert "| A waits for B's gradient (BPTT) | 15.0 | 2 |" in body

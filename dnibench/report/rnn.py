@@ -432,6 +432,7 @@ def render(ctx: ReportContext) -> Section | None:
     if not ms.empty:
         cut = ms.get("param.task_args.message_gradient", pd.Series("method", index=ms.index)) == "none"
         ms["curve"] = np.where(cut, "none", ms["method"])
+        ms, _ = latest_variant(ms, ["profile", "curve"])       # a since-edited suite: each curve's latest configuration
         for profile in PROFILES:
             here = ms[ms["profile"] == profile]
             fig = _multiscale_figure(ctx, here)
@@ -445,7 +446,8 @@ def render(ctx: ReportContext) -> Section | None:
             body += [f"### Two-timescale system at `{profile}`", "",
                      "Our concrete task (the paper leaves it unspecified here; see suites/rnn_multiscale.yaml): B reads "
                      "A's message every T steps and counts the odd digits of the last T. In this single-process run "
-                     "'waiting' costs A no iterations; the wall-clock panel shows what each way costs to compute.", "",
+                     "'waiting' costs A no iterations; the wall-clock panel shows what each way costs to compute. At one seed "
+                     "every way starts A, its message and B from the same weights (task_args.paired_init).", "",
                      markdown_table(summary), "", f"![two-timescale curves]({paths[0].name})", ""]
     return Section("Recurrent DNI: Copy, Repeat Copy, Penn Treebank, two-timescale system (paper §3.2)",
                    "\n".join(body), files)

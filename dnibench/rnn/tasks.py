@@ -211,6 +211,11 @@ class MultiscaleSettings(BaseModel):
     # "method": the method decides (bptt: A waits for B's true gradient; dni_bptt: synthetic gradient);
     # "none": the message is cut, A gets no gradient from B (the floor).
     message_gradient: Literal["method", "none"] = "method"
+    # true: the message read-out and B are drawn from the seed alone (their own stream), so at one seed every
+    # method and message_gradient starts A, the message and B from the same weights: a paired comparison.
+    # false: drawn after the method's own models, as every run logged before this setting existed (a DNI run
+    # then started B from other weights than the BPTT run of its seed).
+    paired_init: StrictBool = True
 
 
 def digit_window(T: int, batch: int, digits: int, generator: torch.Generator) -> torch.Tensor:

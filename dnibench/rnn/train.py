@@ -244,6 +244,23 @@ def train_ptb(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
 
 # ---- the two-timescale system ------------------------------------------------------------------------
 
+PAIRED_INIT_OFFSET = 7919            # the message and B's stream: another seed than A's LSTM and the method's
+
+
+def _multiscale_parts(seed: int, hidden: int, args: MultiscaleSettings, T: int, device):
+    """A's message read-out, B's cell and B's head. With ``paired_init`` they are drawn from a stream of their
+    own (seed + PAIRED_INIT_OFFSET, the global generator restored after), the same whatever the method built."""
+    def build():
+        return (torch.nn.Linear(hidden, args.message_dim).to(device),
+                torch.nn.LSTMCell(args.message_dim, args.b_units).to(device),
+                torch.nn.Linear(args.b_units, T + 1).to(device))
+    if not args.paired_init:
+        return build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + PAIRED_INIT_OFFSET)
+        return build()
+
+
 def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) -> dict:
     """A (the LSTM of the run's model, own task: the current digit) ticks every step; B (an LSTM cell)
     ticks at the last step of every window of T steps on A's message m = W h_A and must output the
@@ -255,9 +272,7 @@ def train_multiscale(spec: RunSpec, data, log: LogFn, on_step=lambda n: None) ->
     args = MultiscaleSettings.model_validate(spec.task_args)
     device, core, method = _build(spec, args.digits, args.digits)
     T, cfg = method.settings.T, spec.train
-    message = torch.nn.Linear(core.hidden, args.message_dim).to(device)
-    b_cell = torch.nn.LSTMCell(args.message_dim, args.b_units).to(device)
-    b_head = torch.nn.Linear(args.b_units, T + 1).to(device)
+    message, b_cell, b_head = _multiscale_parts(spec.seed, core.hidden, args, T, device)
     # A's LSTM and message read-out train together; the method contributes only its message interface.
     a_opt = adam(list(core.parameters()) + list(message.parameters()), cfg.lr)
     b_opt = adam(list(b_cell.parameters()) + list(b_head.parameters()), cfg.lr)
