@@ -232,3 +232,22 @@ def test_async_updates_figure_plots_each_layers_rate_and_the_expected_one(tmp_pa
         expected = [l.get_xydata() for l in ax.lines if l.get_linestyle() == "--"]
         assert len(expected) == 4 and all(np.allclose(e[:, 1], rate(e[:, 0], i)) for i, e in enumerate(expected, 1))
     plt.close(fig)
+
+
+def test_async_claims_with_one_seed_and_without_the_suites_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from dnibench.report import async_updates
+    rows = [async_row("paper", "dni", 0.2, 1.9), async_row("paper", "cdni", 0.05, 2.3),
+            *[async_row("paper", "cdni", 1.0, f, seed=s) for s, f in enumerate([2.0, 2.2])]]
+    ctx = fake_report_context(tmp_path, rows)
+    table = async_updates.claims(ctx, async_updates._runs(ctx), "paper")
+    assert table["Verdict"].tolist() == ["1 seed: inconclusive", "1 seed: inconclusive"]   # not "no runs"
+    assert table["Rule"].iloc[1] == ("final error at p_update=0.05 ≤ final error at p_update=1 + 0.5 points (one-sided, "
+                                     "on the Welch CI of the difference; inconclusive when it is wider than ±0.5)")
+    profile = SimpleNamespace(single_seed=True, single_seed_reason="costly")
+    ctx.suites = {"mnist_async": SimpleNamespace(name="mnist_async", profiles={"paper": profile})}
+    single = async_updates.claims(ctx, async_updates._runs(ctx)[lambda r: r["seed"] == 0], "paper")
+    assert single["Verdict"].tolist() == ["holds", "holds"]          # points: 1.9 <= 2.3, and 2.3 - 2.0 <= 0.5
+    ctx.runs = ctx.runs.drop(columns="param.method_args.p_update")   # no run of this suite logged a p_update
+    assert async_updates._runs(ctx).empty and async_updates.render(ctx) is None
