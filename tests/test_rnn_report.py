@@ -403,3 +403,27 @@ def test_multiscale_figure_plots_b_error_per_way_a_learns(tmp_path):
     assert (steps.get_xlabel(), walls.get_xlabel(), steps.get_ylabel()) == \
         ("iterations (windows of T steps)", "training wall-clock (s)", "B's error (%)")
     assert rnn_report._multiscale_figure(ctx, ctx.runs.iloc[:0]) is None
+
+
+def test_render_writes_each_profiles_tables_and_judges_at_paper_only(tmp_path):
+    def run(task, method, T, value, profile, discount=None):
+        suite, metric = {"ptb": ("rnn_ptb", "metric.test_bpc"), "copy": ("rnn_copy", "metric.max_len_solved")}[task]
+        extra = {} if discount is None else {"param.method_args.synth_scale": "0.1",
+                                             "param.method_args.target_discount": discount}
+        return {"task": task, "suite": suite, "profile": profile, "model": "lstm128", "method": method, "seed": 0,
+                "param.method_args.T": str(T), metric: value, **extra}
+    rows = [run("ptb", "bptt", 3, 2.34, "quick"), run("ptb", "dni_bptt", 3, 2.30, "quick", "0.1"),   # the suite's quick discount
+            run("copy", "bptt", 3, 8, "paper"), run("copy", "dni_bptt", 3, 14, "paper", "1.0"),
+            run("ptb", "bptt", 3, 1.38, "paper"), run("ptb", "dni_bptt", 3, 1.36, "paper", "1.0")]
+    section = rnn_report.render(report_context(tmp_path, rows))
+    names = {p.name for p in section.files}
+    for profile in ("quick", "paper"):
+        assert {f"rnn_table_{profile}.md", f"rnn_table_{profile}.csv", f"rnn_table_{profile}_cells.csv",
+                f"rnn_ptb_paired_{profile}.csv", f"rnn_ptb_curves_{profile}.png"} <= names, profile
+        assert f"### RNN table at `{profile}`" in section.body
+    quick = pd.read_csv(tmp_path / "rnn_ptb_paired_quick.csv").set_index("claim")
+    assert quick.at["DNI lower than BPTT at T=3", "measured difference (BPC)"] == -0.04           # DNI at discount 0.1
+    assert section.body.count("Verdict per cell") == 1                                            # the paper profile's
+    paper = section.body.split("### RNN table at `paper`")[1]
+    assert "Verdict per cell" in paper and "0.005 BPC for PTB" in paper
+    assert "| Copy | lstm128 | DNI | 3 | 14 |  | 1 | 14 | 1 seed: inconclusive |" in paper          # no CI for one seed
