@@ -251,3 +251,25 @@ def test_async_claims_with_one_seed_and_without_the_suites_runs(tmp_path):
     assert single["Verdict"].tolist() == ["holds", "holds"]          # points: 1.9 <= 2.3, and 2.3 - 2.0 <= 0.5
     ctx.runs = ctx.runs.drop(columns="param.method_args.p_update")   # no run of this suite logged a p_update
     assert async_updates._runs(ctx).empty and async_updates.render(ctx) is None
+
+
+def test_async_report_lists_every_profiles_files_and_the_suites_departures(tmp_path):
+    import pandas as pd
+
+    from dnibench.report import async_updates
+    from dnibench.suite import load_suite
+    rows = [async_row(profile, m, p, f, steps) for profile, steps in (("quick", 3000), ("paper", 500_000))
+            for m, p, f in (("dni", 0.2, 2.123), ("dni", 1.0, 1.8), ("cdni", 0.05, 2.5))]
+    section = async_updates.render(fake_report_context(tmp_path, rows))
+    names = {p.name for p in section.files}
+    for profile in ("quick", "paper"):
+        assert {f"async_{stem}_{profile}.{ext}" for stem in ("p_update", "curves", "updates") for ext in ("png", "pdf")} | \
+            {f"async_claims_{profile}.csv", f"async_final_error_{profile}.csv"} <= names, profile
+    table = pd.read_csv(tmp_path / "async_final_error_quick.csv")
+    assert table.columns.tolist() == ["p_update", "DNI", "cDNI"] and table["p_update"].tolist() == [0.05, 0.2, 1.0]
+    assert table["DNI"].tolist()[1:] == [2.12, 1.8] and table["cDNI"].tolist()[0] == 2.5     # means at 2 decimals
+    assert table["DNI"].isna().tolist() == [True, False, False]
+    quick, paper = section.body.split("### Profile `paper`")
+    departure = load_suite("suites/mnist_async.yaml").profiles["quick"].departures[0]
+    assert "Not the paper's schedule" in quick and f"- {departure}" in quick
+    assert "Not the paper's schedule" not in paper and "(3 runs, 500000 iterations)" in paper
