@@ -161,6 +161,7 @@ def test_unlock_claims_judge_the_level_and_the_first_reach_per_seed(tmp_path):
     assert cdni["Reaches 2.40% (2x Bprop's final error)"] == "never; Bprop iteration 150 (mean curves)"   # no locked cDNI run
     assert cdni["More slowly than Bprop"] == "did not reach the target (2 of 2 seeds)"
     assert cdni["At most about 2% (+0.3)"].startswith("inconclusive (CI ±0.635 > tolerance 0.3")
+    assert cdni["Final test error"] == "2.55% ± 0.64 (2 seeds)"
     mixed = claims({**early, "unlock_dni": [[6, 2.0], [6, 3.0], [6, 3.0]]})   # one seed as fast as Bprop
     assert mixed.loc["DNI, complete unlock", "More slowly than Bprop"].startswith("inconclusive (CI ±215 > tolerance 50;")
     quick = claims(early, "quick")
@@ -219,6 +220,10 @@ def test_unlock_report_reads_its_suite_only_and_tables_any_p_update_sweep(tmp_pa
     assert "### Profile `smoke` (1 runs, 20 iterations)" in section.body
     assert "### Profile `quick` (2 runs, 1000 iterations)" in section.body              # the p_update = 1 runs of its suite
     assert "| Bprop | 1.5 | 1 |\n| DNI, complete unlock | 2.35 | 1 |" in section.body  # final error (2 decimals), seeds
+    from dnibench.suite import load_suite
+    departure = load_suite("suites/mnist_unlock.yaml").profiles["quick"].departures[0]
+    quick = section.body.split("### Profile `quick`")[1]
+    assert "Not the paper's schedule, so the claim is *not comparable*" in quick and f"- {departure}" in quick
     table = pd.read_csv(tmp_path / "unlock_p_update_quick.csv")                          # two p_update values: a sweep
     assert table.columns.tolist() == ["p_update", "Bprop", "DNI, complete unlock"]
     assert table["p_update"].tolist() == [0.5, 1.0] and table["DNI, complete unlock"].tolist() == [3.0, 2.35]   # 2 decimals
