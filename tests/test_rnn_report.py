@@ -257,7 +257,7 @@ def with_histories(ctx, histories):
 def test_history_frame_averages_runs_step_by_step_with_their_clock(tmp_path):
     ctx = with_histories(report_context(tmp_path, [{"task": "ptb"}, {"task": "ptb"}]), {
         ("r0", "valid_bpc"): [(5, 2.0), (7, 1.95), (10, 1.8), (10, 1.7)],    # step 10 logged twice: the last counts
-        ("r0", "wall_s/train"): [(5, 1.0), (10, 2.0)],                       # step 7 has no clock: left out
+        ("r0", "wall_s/train"): [(5, 1.0), (10, 9.0), (10, 2.0)],            # step 7 has no clock: left out
         ("r1", "valid_bpc"): [(5, 2.2), (10, 2.0), (15, 1.9)],
         ("r1", "wall_s/train"): [(5, 1.5), (10, 3.0), (15, 4.5)]})
     frame = rnn_report._history_frame(ctx, ["r0", "r1"], "valid_bpc")
