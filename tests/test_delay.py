@@ -87,11 +87,13 @@ def test_delay_report_tabulates_final_error_against_delay(tmp_path):
     from dnibench.report import delay as delay_report
     rows = [{"suite": "mnist_delay", "profile": "quick", "method": m, "model": "fcn4", "seed": 0,
              "param.method_args.delay": str(k), "param.train.steps": "3000", "metric.final_test_error": err}
-            for m, k, err in [("dni", 0, 3.0), ("dni", 30, 4.0), ("cdni", 0, 2.5), ("cdni", 30, 2.75)]]
+            for m, k, err in [("dni", 0, 3.0), ("dni", 30, 4.0), ("cdni", 0, 2.5), ("cdni", 30, 2.754)]]
     section = delay_report.render(fake_report_context(tmp_path, rows))
     assert (tmp_path / "delay_quick.csv").read_text().splitlines() == [
-        "delay,DNI final test error (%),cDNI final test error (%)", "0,3.0,2.5", "30,4.0,2.75"]
+        "delay,DNI final test error (%),cDNI final test error (%)", "0,3.0,2.5", "30,4.0,2.75"]     # 2 decimals
     assert (tmp_path / "delay_quick.png").stat().st_size > 10_000 and "delay_quick.png" in section.body
+    assert section.body.startswith("FCN-4 on MNIST with DNI and cDNI") and "### Profile `quick` (4 runs, 3000 iterations)" in section.body
+    assert {"delay_quick.png", "delay_quick.pdf", "delay_quick.csv", "delay_quick.md"} <= {p.name for p in section.files}
 
 
 def test_delay_summary_and_figure_mean_over_seeds_with_their_ci(tmp_path):

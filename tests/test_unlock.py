@@ -123,12 +123,16 @@ def test_unlock_report_judges_level_and_speed_from_the_runs(tmp_path):
     ctx = fake_report_context(tmp_path, rows)
     for run_id in ("r0", "r1"):                                  # Bprop reaches 3% (2x its final) half-way,
         ctx._histories[(run_id, "test_error")]["value"] = [2.5, 1.5]   # unlock_dni (9.x then 2.x) only at the end
-    unlock_report.render(ctx)
+    section = unlock_report.render(ctx)
     lines = (tmp_path / "unlock_claims_paper.csv").read_text().splitlines()
     assert "2.20% ± 0.12 (3 seeds),holds," in lines[1] and lines[1].endswith(",holds")  # at most 2 + 0.3; slower
     assert "4.50% ± 0.25 (3 seeds),does not hold," in lines[2]                        # 4.5 is not about 2
     assert lines[2].endswith(",did not reach the target (3 of 3 seeds)")              # never reached 3%: not "slower"
+    assert lines[1].split(",")[-2] == "iteration 500000; Bprop iteration 250000 (mean curves); DNI iteration 500000"
     assert (tmp_path / "unlock_curves_paper.png").stat().st_size > 10_000
+    table = section.body.split("| Method | Final test error (%) | Seeds |")[1]
+    assert [line.split(" | ")[0] for line in table.strip().splitlines()[1:6]] == \
+        ["| Bprop", "| DNI", "| cDNI", "| DNI, complete unlock", "| cDNI, complete unlock"]    # the paper's order
 
 
 def test_unlock_claims_judge_the_level_and_the_first_reach_per_seed(tmp_path):
