@@ -297,12 +297,26 @@ def test_two_timescale_summary_is_the_mean_final_error_per_way_a_learns(tmp_path
                                      *[{**run("bptt", e), "variant": "paired"} for e in (10.0, 20.0)], run("dni_bptt", 12.0),
                                      run("dni_bptt", 40.0, "none")])     # the message cut: its own curve whatever the method
     with_histories(ctx, {key: [(1, 50.0), (2, 30.0)] for r in range(5) for key in ((f"r{r}", "b_error"), (f"r{r}", "wall_s/train"))})
-    body = rnn_report.render(ctx).body
+    section = rnn_report.render(ctx)
+    body = section.body
     assert "### Two-timescale system at `smoke`" in body
     assert "| A waits for B's gradient (BPTT) | 15.0 | 2 |" in body
     assert "| DNI on the A->B message | 12.0 | 1 |" in body
     assert "| A gets no gradient from B | 40.0 | 1 |" in body
     assert (tmp_path / "rnn_multiscale_smoke.png").stat().st_size > 0 and not (tmp_path / "rnn_multiscale_quick.png").exists()
+    later = report_context(tmp_path, [{**run("bptt", 30.0), "profile": "quick"}, {**run("dni_bptt", 20.0), "profile": "paper"},
+                                      {**run("bptt", 9.0), "task": "copy", "suite": "rnn_copy", "profile": "quick",
+                                       "param.method_args.T": "3", "metric.max_len_solved": 5.0}])
+    with_histories(later, {key: [(1, 50.0)] for r in range(3) for key in ((f"r{r}", "b_error"), (f"r{r}", "wall_s/train"))})
+    section = rnn_report.render(later)                           # no smoke runs: quick and paper still drawn
+    assert "### Two-timescale system at `quick`" in section.body and "### Two-timescale system at `paper`" in section.body
+    assert "### RNN table at `quick`" in section.body            # the tables before the two-timescale part are kept
+    assert {"rnn_multiscale_quick.png", "rnn_multiscale_paper.png", "rnn_table_quick.csv"} <= {p.name for p in section.files}
+    unlabelled = report_context(tmp_path, [{k: v for k, v in run(m, 10.0).items() if k != "param.task_args.message_gradient"}
+                                           for m in ("bptt", "dni_bptt")])      # logged before message_gradient existed
+    with_histories(unlabelled, {key: [(1, 50.0)] for r in range(2) for key in ((f"r{r}", "b_error"), (f"r{r}", "wall_s/train"))})
+    body = rnn_report.render(unlabelled).body
+    assert "| A waits for B's gradient (BPTT) | 10.0 | 1 |" in body and "| DNI on the A->B message | 10.0 | 1 |" in body
 
 
 def single_seed_suites(tmp_path):
@@ -413,6 +427,7 @@ def test_render_writes_each_profiles_tables_and_judges_at_paper_only(tmp_path):
         return {"task": task, "suite": suite, "profile": profile, "model": "lstm128", "method": method, "seed": 0,
                 "param.method_args.T": str(T), metric: value, **extra}
     rows = [run("ptb", "bptt", 3, 2.34, "quick"), run("ptb", "dni_bptt", 3, 2.30, "quick", "0.1"),   # the suite's quick discount
+            {**run("copy", "bptt", 3, 5, "quick"), "metric.samples_at_len/4": 640.0},
             run("copy", "bptt", 3, 8, "paper"), run("copy", "dni_bptt", 3, 14, "paper", "1.0"),
             run("ptb", "bptt", 3, 1.38, "paper"), run("ptb", "dni_bptt", 3, 1.36, "paper", "1.0")]
     section = rnn_report.render(report_context(tmp_path, rows))
@@ -421,9 +436,23 @@ def test_render_writes_each_profiles_tables_and_judges_at_paper_only(tmp_path):
         assert {f"rnn_table_{profile}.md", f"rnn_table_{profile}.csv", f"rnn_table_{profile}_cells.csv",
                 f"rnn_ptb_paired_{profile}.csv", f"rnn_ptb_curves_{profile}.png"} <= names, profile
         assert f"### RNN table at `{profile}`" in section.body
+        assert f"PTB, the paper's paired claim at `{profile}`" in section.body
+    assert "rnn_data_efficiency_quick.png" in names and "![data efficiency](rnn_data_efficiency_quick.png)" in section.body
+    quick_body = section.body.split("### RNN table at `paper`")[0]
+    assert "the opt-in suites `suites/rnn_copy_lstm256.yaml`, `suites/rnn_repeat_copy_lstm256.yaml`, not run in this store." \
+        in quick_body
+    assert "- PTB at `quick` departs from the paper: LSTM-128 instead of 1024" in quick_body
+    assert "- PTB: entries left out at `quick`: the paper's LSTM-1024 at batch 256" in quick_body
+    assert "- Copy: entries left out at `quick`: the paper's LSTM-256 at batch 256" in quick_body
     quick = pd.read_csv(tmp_path / "rnn_ptb_paired_quick.csv").set_index("claim")
     assert quick.at["DNI lower than BPTT at T=3", "measured difference (BPC)"] == -0.04           # DNI at discount 0.1
     assert section.body.count("Verdict per cell") == 1                                            # the paper profile's
     paper = section.body.split("### RNN table at `paper`")[1]
     assert "Verdict per cell" in paper and "0.005 BPC for PTB" in paper
+    verdicts = paper.split("Verdict per cell")[1].split("\n\n")[1].splitlines()
+    assert len(verdicts) == 2 + 4                                       # the cells with runs only, under a header
+    assert "opt-in suites" not in paper and "- Copy: entries left out at `paper`: the paper profile runs" in paper
+    opted = report_context(tmp_path, rows)
+    opted.suites = {**opted.suites, **single_seed_suites(tmp_path)}
+    assert "- Single-seed profile (`rnn_copy` at `paper`)" in rnn_report.render(opted).body
     assert "| Copy | lstm128 | DNI | 3 | 14 |  | 1 | 14 | 1 seed: inconclusive |" in paper          # no CI for one seed
