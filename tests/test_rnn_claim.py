@@ -84,3 +84,19 @@ def test_claim_suites_from_the_cli_as_the_readme_says(tmp_path, one_thread):
     table = pd.read_csv(out / "rnn_claim_smoke.csv")
     assert sorted(zip(table["task"], table["T"])) == [(t, T) for t in ("Copy", "Repeat Copy") for T in (3, 4, 5)]
     assert (table["seeds"] == "1 vs 1").all() and (out / "rnn_claim_data_efficiency_smoke.png").stat().st_size > 0
+
+
+def test_claim_table_wall_clock_blanks_and_suites_without_runs(tmp_path):
+    rows = [{**_row("rnn_repeat_copy_lstm256", "repeat_copy", m, 3, L, seed=s), "variant": m, **wall}
+            for m, L, s, wall in (("bptt", 5, 0, {"metric.total_wall_s/train": 200.0}),
+                                  ("bptt", 7, 1, {"metric.total_wall_s/train": 220.0}),
+                                  ("dni_bptt", 7, 0, {"metric.total_wall_s/train": float("nan")}))]   # DNI's not logged
+    rows.append({**_row("rnn_repeat_copy_lstm256", "repeat_copy", "bptt", 4, 7), "variant": "t4"})   # DNI never ran at T=4
+    ctx = report_context(tmp_path, rows)
+    table = rnn_claim.claim_table(ctx, ctx.runs, "quick").set_index("T")     # rnn_copy_lstm256 has no runs: skipped
+    assert list(table.index) == [3, 4] and set(table["task"]) == {"Repeat Copy"}
+    assert table.at[3, "train s (BPTT / DNI)"] == "210 / ·"                  # the mean over seeds, not its CI
+    assert table.at[3, "BPTT"] == "5, 7" and table.at[3, "seeds"] == "2 vs 1"
+    assert table.at[4, "DNI"] == "·" and table.at[4, "DNI − BPTT (curriculum steps)"] == ""
+    assert table.at[4, "verdict (DNI longer than BPTT)"] == "no runs"
+    assert table.at[3, "published BPTT / DNI (100k steps)"] == "5 / 33"
