@@ -393,3 +393,37 @@ def test_table1_lists_every_profiles_files(tmp_path):
     names = {p.name for p in render(_ctx(tmp_path, rows, {})).files}
     for profile in ("smoke", "quick"):
         assert {f"table1_{profile}.md", f"table1_{profile}.csv", f"table1_{profile}_cells.csv"} <= names, profile
+
+
+def test_table1_cells_each_state_and_note(tmp_path):
+    """Table 1's cells from made-up runs: a verdict only at the paper profile, one seed's text, a model the paper
+    does not have, entries the suite leaves out, CIFAR-10 without data, MNIST without runs, and the notes."""
+    from types import SimpleNamespace
+
+    from dnibench.report import table1
+    from dnibench.report.context import load_published, load_suites
+
+    def run(model, method, error, profile="quick", seed=0):
+        return {"task": "mnist", "suite": "mnist_ff", "profile": profile, "model": model, "method": method, "seed": seed,
+                "variant": f"{model}{method}", "start_time": seed, "metric.final_test_error": error}
+    runs = pd.DataFrame([run("fcn3", "bprop", 2.5), run("fcn3", "bprop", 2.7, seed=1), run("fcn3", "dni", 2.25),
+                         run("fcn7", "bprop", 3.0)])
+    ctx = SimpleNamespace(published=load_published(), suites=load_suites("suites"))
+    rows, notes = table1.cells(ctx, runs, "quick")
+    cell = rows.set_index(["dataset", "model", "method"]).sort_index()
+    assert cell.loc[("mnist", "fcn3", "bprop"), "measured"] == "2.60 ± 1.27 (2 seeds)"
+    assert cell.loc[("mnist", "fcn3", "dni"), "measured"] == "2.25 (1 seed)"
+    assert cell.loc[("mnist", "fcn3", "bprop"), "verdict"] == "not comparable at this profile"
+    assert cell.loc[("mnist", "fcn3", "nobprop"), "verdict"] == cell.loc[("mnist", "fcn3", "nobprop"), "measured"] == "no runs"
+    assert cell.loc[("mnist", "cnn4", "dni"), "verdict"] == "left out at this profile"
+    assert set(cell.loc["cifar10", "verdict"]) == {"data not provided"}
+    assert list(rows[rows["dataset"] == "mnist"]["model"].unique()) == ["fcn3", "fcn4", "fcn5", "fcn6", "cnn3", "cnn4", "fcn7"]
+    assert math.isnan(cell.loc[("mnist", "fcn7", "bprop"), "published"])    # not in the paper's table: after its models
+    left_out = [n for n in notes if n.startswith("MNIST") and "left out" in n]   # one note per reason, naming its models
+    assert len(left_out) == 1 and left_out[0].startswith("MNIST CNN-3, CNN-4 left out at `quick`: CNN steps cost")
+    assert sum(n.startswith("CIFAR-10 CNN-") for n in notes) == 2             # two reasons there
+    paper, _ = table1.cells(ctx, runs.assign(profile="paper"), "paper")
+    judged = paper.set_index(["dataset", "model", "method"]).sort_index()["verdict"]
+    assert judged[("mnist", "fcn3", "bprop")].startswith("inconclusive (CI ±1.27 > tolerance 0.3")   # judged at paper
+    assert judged[("mnist", "fcn3", "dni")] == "1 seed: inconclusive"
+    assert table1._fmt(None) == table1._fmt(math.nan) == "" and table1._fmt(1.234, 1) == "1.2"
