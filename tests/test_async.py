@@ -269,7 +269,12 @@ def test_async_report_lists_every_profiles_files_and_the_suites_departures(tmp_p
     assert table.columns.tolist() == ["p_update", "DNI", "cDNI"] and table["p_update"].tolist() == [0.05, 0.2, 1.0]
     assert table["DNI"].tolist()[1:] == [2.12, 1.8] and table["cDNI"].tolist()[0] == 2.5     # means at 2 decimals
     assert table["DNI"].isna().tolist() == [True, False, False]
+    assert section.title == "Sporadic updates: test error against p_update"
+    assert "### Profile `quick` (3 runs, 3000 iterations)" in section.body.splitlines()
     quick, paper = section.body.split("### Profile `paper`")
     departure = load_suite("suites/mnist_async.yaml").profiles["quick"].departures[0]
     assert "Not the paper's schedule" in quick and f"- {departure}" in quick
     assert "Not the paper's schedule" not in paper and "(3 runs, 500000 iterations)" in paper
+    ctx = fake_report_context(tmp_path, rows)
+    ctx.suites = {}                                                    # a suite file since renamed: no departures
+    assert "Not the paper's schedule" in async_updates.render(ctx).body

@@ -88,7 +88,11 @@ def test_delay_report_tabulates_final_error_against_delay(tmp_path):
     rows = [{"suite": "mnist_delay", "profile": "quick", "method": m, "model": "fcn4", "seed": 0,
              "param.method_args.delay": str(k), "param.train.steps": "3000", "metric.final_test_error": err}
             for m, k, err in [("dni", 0, 3.0), ("dni", 30, 4.0), ("cdni", 0, 2.5), ("cdni", 30, 2.754)]]
+    rows.append({**rows[0], "profile": "smoke", "param.train.steps": "20"})
     section = delay_report.render(fake_report_context(tmp_path, rows))
+    assert section.title == "Stale synthesizers: test error against update delay"
+    assert "### Profile `smoke` (1 runs, 20 iterations)" in section.body.splitlines()
+    assert {"delay_smoke.png", "delay_smoke.csv"} <= {p.name for p in section.files}
     assert (tmp_path / "delay_quick.csv").read_text().splitlines() == [
         "delay,DNI final test error (%),cDNI final test error (%)", "0,3.0,2.5", "30,4.0,2.75"]     # 2 decimals
     assert (tmp_path / "delay_quick.png").stat().st_size > 10_000 and "delay_quick.png" in section.body

@@ -220,8 +220,9 @@ def test_unlock_report_reads_its_suite_only_and_tables_any_p_update_sweep(tmp_pa
              {**rows[0], "profile": "smoke", "param.train.steps": "20", "variant": "smoke"}]
     ctx = fake_report_context(tmp_path, rows)
     section = unlock_report.render(ctx)
+    assert section.title == "Complete unlock: synthetic inputs and synthetic gradients"
     assert section.body.startswith("FCN-4 on MNIST. *Complete unlock*")
-    assert "### Profile `smoke` (1 runs, 20 iterations)" in section.body
+    assert "### Profile `smoke` (1 runs, 20 iterations)" in section.body.splitlines()
     assert "### Profile `quick` (2 runs, 1000 iterations)" in section.body              # the p_update = 1 runs of its suite
     assert "| Bprop | 1.5 | 1 |\n| DNI, complete unlock | 2.35 | 1 |" in section.body  # final error (2 decimals), seeds
     from dnibench.suite import load_suite
@@ -232,6 +233,8 @@ def test_unlock_report_reads_its_suite_only_and_tables_any_p_update_sweep(tmp_pa
     assert table.columns.tolist() == ["p_update", "Bprop", "DNI, complete unlock"]
     assert table["p_update"].tolist() == [0.5, 1.0] and table["DNI, complete unlock"].tolist() == [3.0, 2.35]   # 2 decimals
     assert table["Bprop"].isna().tolist() == [True, False] and table.at[1, "Bprop"] == 1.5
+    ctx.suites = {}                                                    # a suite file since renamed: no departures
+    assert "Not the paper's schedule, so the claim is *not comparable*" in unlock_report.render(ctx).body
     names = {p.name for p in section.files}
     assert {"unlock_p_update_quick.png", "unlock_p_update_quick.pdf", "unlock_p_update_quick.csv",
             "unlock_curves_quick.png", "unlock_claims_quick.csv", "unlock_curves_smoke.png", "unlock_claims_smoke.csv"} <= names
