@@ -100,3 +100,20 @@ def test_claim_table_wall_clock_blanks_and_suites_without_runs(tmp_path):
     assert table.at[4, "DNI"] == "·" and table.at[4, "DNI − BPTT (curriculum steps)"] == ""
     assert table.at[4, "verdict (DNI longer than BPTT)"] == "no runs"
     assert table.at[3, "published BPTT / DNI (100k steps)"] == "5 / 33"
+
+
+def test_claim_section_per_profile_with_notes_files_and_figure(tmp_path):
+    rows = [{**_row("rnn_copy_lstm256", "copy", m, 3, L, profile=p), "metric.samples_at_len/4": 64.0, "variant": m + p}
+            for p in ("smoke", "quick") for m, L in (("bptt", 4), ("dni_bptt", 5))]
+    rows.append({**_row("rnn_copy", "copy", "bptt", 3, 4), "model": "lstm64"})      # a main suite's run: not here
+    section = rnn_claim.render(report_context(tmp_path, rows))
+    assert section.title == "The RNN claim at the paper's LSTM-256 (Copy, Repeat Copy; opt-in suites)"
+    lines = section.body.splitlines()
+    assert "### At `smoke`" in lines and "### At `quick`" in lines
+    quick = section.body.split("### At `quick`")[1]
+    assert "- Single-seed profile (`rnn_copy_lstm256` at `quick`)" in quick and "rnn_repeat_copy_lstm256" not in quick
+    assert "- `rnn_copy_lstm256` at `quick` departs from the paper: " in quick
+    assert {f"rnn_claim_{p}.csv" for p in ("smoke", "quick")} | {f"rnn_claim_data_efficiency_{p}.png" for p in ("smoke", "quick")} \
+        <= {p.name for p in section.files}
+    assert "![data efficiency at LSTM-256](rnn_claim_data_efficiency_quick.png)" in quick
+    assert rnn_claim.render(report_context(tmp_path, rows[-1:])) is None             # no claim-suite runs: no section
