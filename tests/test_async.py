@@ -278,3 +278,29 @@ def test_async_report_lists_every_profiles_files_and_the_suites_departures(tmp_p
     ctx = fake_report_context(tmp_path, rows)
     ctx.suites = {}                                                    # a suite file since renamed: no departures
     assert "Not the paper's schedule" in async_updates.render(ctx).body
+
+
+def test_async_p_update_and_curve_figures_draw_every_evaluation(tmp_path):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from dnibench.report import async_updates
+    rows = [async_row("quick", "dni", p, f, steps=1000, seed=s) for p, f, s in ((0.2, 3.0, 0), (0.2, 3.4, 1), (0.3, 4.0, 0))]
+    ctx = fake_report_context(tmp_path, rows)                # each run: final + 5 at step 500, final at step 1000
+    figures = []
+    ctx.save_figure = lambda fig, stem: figures.append((stem, fig)) or []
+    runs = async_updates._runs(ctx)
+    async_updates.p_update_figure(ctx, runs, "quick")
+    async_updates.curves_figure(ctx, runs, "quick")
+    (p_stem, p_fig), (c_stem, c_fig) = figures
+    ax = p_fig.axes[0]
+    points = [c.get_offsets().tolist() for c in ax.collections]
+    assert points == [[[0.2, 8.0], [0.2, 3.0]], [[0.2, 3.0]], [[0.2, 8.4], [0.2, 3.4]], [[0.2, 3.4]],
+                      [[0.3, 9.0], [0.3, 4.0]], [[0.3, 4.0]]]              # every evaluation, then the final ringed
+    assert np.allclose(ax.collections[0].get_array(), [500, 1000])          # coloured by iteration
+    assert ax.get_title() == "DNI" and p_stem == "async_p_update_quick"
+    ax = c_fig.axes[0]                                                     # curves at the CURVE_P values only (not 0.3)
+    assert [l.get_xydata().tolist() for l in ax.lines] == [[[500, 8.0], [1000, 3.0]], [[500, 8.4], [1000, 3.4]]]
+    assert [l.get_label() for l in ax.lines if not l.get_label().startswith("_")] == ["p_update=0.2"]   # one per p_update
+    assert c_stem == "async_curves_quick"
+    plt.close("all")
