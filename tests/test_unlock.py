@@ -259,3 +259,30 @@ def test_unlock_mean_curve_first_reach_and_p_update_column():
     assert unlock_report.with_p_update(runs)["p_update"].tolist() == [0.2, 1.0]      # not logged: every step
     assert unlock_report.with_p_update(pd.DataFrame({"method": ["dni"]}))["p_update"].tolist() == [1.0]
     assert "p_update" not in runs                                                    # the caller's frame is kept
+
+
+def test_unlock_figures_draw_the_mean_curves_and_the_p_update_finals(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from test_async import fake_report_context
+
+    from dnibench.report import unlock as unlock_report
+    rows = [{"suite": "mnist_unlock", "profile": "quick", "method": m, "model": "fcn4", "seed": s, "variant": f"{m}{p}",
+             "param.method_args.p_update": str(p), "param.train.steps": "1000", "metric.final_test_error": e + s}
+            for m, p, e in (("bprop", 1.0, 1.0), ("unlock_dni", 1.0, 2.0), ("unlock_dni", 0.5, 3.0), ("dni", 0.5, 2.5))
+            for s in (0, 1)]
+    ctx = fake_report_context(tmp_path, rows)                # each run: final + 5 at step 500, final at step 1000
+    figures = []
+    ctx.save_figure = lambda fig, stem: figures.append((stem, fig)) or []
+    unlock_report.render(ctx)
+    (_, curves), (_, sweep) = figures
+    lines = {l.get_label(): l for l in curves.axes[0].lines}
+    assert lines["Bprop"].get_xydata().tolist() == [[500, 6.5], [1000, 1.5]]               # the mean over both seeds
+    assert lines["DNI, complete unlock"].get_xydata().tolist() == [[500, 7.5], [1000, 2.5]]
+    assert (lines["Bprop"].get_color(), lines["DNI, complete unlock"].get_linestyle()) == ("k", "--")
+    panel = sweep.axes[0]                                                                  # one panel: DNI's kind
+    finals = {l.get_label(): l.get_xydata().tolist() for l in panel.lines}
+    assert finals == {"DNI, complete unlock: final (mean)": [[0.5, 3.5], [1.0, 2.5]], "DNI: final (mean)": [[0.5, 3.0]],
+                      "Bprop: final (mean)": [[1.0, 1.5]]}
+    assert len(sweep.axes) == 2 and panel.get_title() == "DNI, complete unlock"           # (the second axis: the colour bar)
+    plt.close("all")
