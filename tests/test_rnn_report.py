@@ -95,6 +95,7 @@ def test_curriculum_level_counts_the_tasks_own_steps():
     for task in ("copy", "repeat_copy"):                               # nothing solved, or below the first step
         assert curriculum_level(task, 0) == 0 and curriculum_level(task, 3) == 0
     assert curriculum_level("repeat_copy", 6) == 2 and curriculum_level("repeat_copy", 8) == 3    # the step below
+    assert math.isnan(curriculum_level("copy", math.inf)) and math.isnan(curriculum_level("repeat_copy", math.nan))
     curriculum = Curriculum(repeat=True)                               # the same steps the task trains through
     for step in range(1, 30):
         assert curriculum_level("repeat_copy", curriculum.length) == step

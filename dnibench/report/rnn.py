@@ -44,7 +44,9 @@ def curriculum_level(task: str, length: float) -> float:
     """A length as its curriculum step, counted by the tasks' own Curriculum: Copy N = L - 3; Repeat Copy
     (1,1), (2,1), (2,2), (3,2), ... from 1; 0 for a run that solved nothing (length 0), as for a length
     below the first step. A length between two steps counts as the step below it (a run's longest
-    length solved is always a step)."""
+    length solved is always a step); NaN for a length that is not a number or not finite."""
+    if not math.isfinite(length):
+        return math.nan
     steps, curriculum = 0, Curriculum(repeat=task != "copy")
     while curriculum.length <= length:
         steps += 1
