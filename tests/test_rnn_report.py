@@ -431,7 +431,13 @@ def test_render_writes_each_profiles_tables_and_judges_at_paper_only(tmp_path):
             {**run("copy", "bptt", 3, 5, "quick"), "metric.samples_at_len/4": 640.0},
             run("copy", "bptt", 3, 8, "paper"), run("copy", "dni_bptt", 3, 14, "paper", "1.0"),
             run("ptb", "bptt", 3, 1.38, "paper"), run("ptb", "dni_bptt", 3, 1.36, "paper", "1.0")]
-    section = rnn_report.render(report_context(tmp_path, rows))
+    ctx = report_context(tmp_path, rows)
+    drawn, save = {}, ctx.save_figure
+    ctx.save_figure = lambda fig, stem: (drawn.__setitem__(stem, [l.get_label() for ax in fig.axes for l in ax.lines]),
+                                         save(fig, stem))[1]
+    section = rnn_report.render(ctx)
+    assert set(drawn["rnn_ptb_curves_quick"]) == {"BPTT", "DNI"}          # DNI at the suite's quick discount, drawn
+    assert set(drawn["rnn_data_efficiency_quick"]) == {"BPTT T=3"}
     names = {p.name for p in section.files}
     for profile in ("quick", "paper"):
         assert {f"rnn_table_{profile}.md", f"rnn_table_{profile}.csv", f"rnn_table_{profile}_cells.csv",
