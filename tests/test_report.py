@@ -427,3 +427,7 @@ def test_table1_cells_each_state_and_note(tmp_path):
     assert judged[("mnist", "fcn3", "bprop")].startswith("inconclusive (CI ±1.27 > tolerance 0.3")   # judged at paper
     assert judged[("mnist", "fcn3", "dni")] == "1 seed: inconclusive"
     assert table1._fmt(None) == table1._fmt(math.nan) == "" and table1._fmt(1.234, 1) == "1.2"
+    cifar_only, _ = table1.cells(ctx, runs.assign(task="cifar10", suite="cifar10_ff"), "quick")
+    states = cifar_only.set_index(["dataset", "model", "method"]).sort_index()["verdict"]
+    assert set(states.loc["mnist"]) == {"no runs", "left out at this profile"}       # MNIST data is fetched, not supplied
+    assert states[("cifar10", "fcn4", "bprop")] == "no runs"                          # CIFAR-10 supplied: its unrun cells
