@@ -256,8 +256,8 @@ def _multiscale_parts(seed: int, hidden: int, args: MultiscaleSettings, T: int, 
                 torch.nn.Linear(args.b_units, T + 1).to(device))
     if not args.paired_init:
         return build()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + PAIRED_INIT_OFFSET)
+    with torch.random.fork_rng(devices=[]):            # the CPU generator, where the modules are initialised
+        torch.default_generator.manual_seed(seed + PAIRED_INIT_OFFSET)    # (torch.manual_seed would reseed CUDA too)
         return build()
 
 
