@@ -431,3 +431,31 @@ def test_table1_cells_each_state_and_note(tmp_path):
     states = cifar_only.set_index(["dataset", "model", "method"]).sort_index()["verdict"]
     assert set(states.loc["mnist"]) == {"no runs", "left out at this profile"}       # MNIST data is fetched, not supplied
     assert states[("cifar10", "fcn4", "bprop")] == "no runs"                          # CIFAR-10 supplied: its unrun cells
+
+
+def test_context_helpers_manifest_names_tables_and_published_file(tmp_path):
+    from dnibench.errors import DnibenchError
+    from dnibench.report.context import (latest_variant, load_published, markdown_table, parallel_run_label,
+                                         record_generated, safe_file_name)
+    out = tmp_path / "reports"
+    (out / "sub").mkdir(parents=True)
+    manifest = record_generated(out, [out / "a.png", tmp_path / "elsewhere.csv", out / "sub" / "b c.md"])
+    assert manifest.read_text() == "a.png\nsub/b c.md\n"             # a path outside out is skipped, not the end
+    record_generated(out, [out / "d.pdf"])
+    assert manifest.read_text() == "a.png\nd.pdf\nsub/b c.md\n"      # the earlier report's files are kept
+    assert safe_file_name("../x y") == "_._x_y" and safe_file_name("") == "_" and len(safe_file_name("a" * 200)) == 150
+    table = markdown_table(pd.DataFrame({"a": [None, 1.5], "b": [math.nan, "x|y"]}))
+    assert table.splitlines()[2:] == ["|  |  |", "| 1.5 | x\\|y |"]                # None and NaN are blank cells
+    empty = pd.DataFrame(columns=["model", "variant", "start_time"])
+    assert latest_variant(empty, ["model"])[1] == 0
+    tied = pd.DataFrame({"model": ["m"] * 3, "variant": ["old", "new", "new"], "start_time": [5, 5, 5]})
+    assert latest_variant(tied, ["model"])[0]["variant"].tolist() == ["new", "new"]   # equal times: the order logged
+    run = pd.Series({"method": "cdni", "param.schedule": "", "param.threads": "?"})
+    assert parallel_run_label(run) == "cDNI"                          # an unreadable thread count: one thread
+    bad = tmp_path / "published.yaml"
+    bad.write_text("tolerance_points: 0.3\n")
+    with pytest.raises(DnibenchError, match=r"published.yaml: expected a mapping with 'status' and 'tolerance_points'$"):
+        load_published(bad)
+    bad.write_text("[unclosed")
+    with pytest.raises(DnibenchError, match=r"published.yaml: cannot read the published numbers: "):
+        load_published(bad)
