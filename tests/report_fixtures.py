@@ -25,3 +25,15 @@ def parallel_row(method: str, schedule: str, k: int, metrics: dict, *, model: st
               **({"param.threads": threads} if threads is not None else {})}
     return {"suite": "parallel", "method": method, "model": model, "task": "mnist", "run_id": run_id, **params,
             **{f"metric.{key}": value for key, value in metrics.items()}}
+
+
+def capture_figures(ctx: ReportContext, save: bool = False) -> dict:
+    """Keep each figure the report hands to ``save_figure``, by stem, for a test to read its data; with ``save``
+    the files are written too (else nothing is, and the figure stays open until the test closes it)."""
+    figures, write = {}, ctx.save_figure
+
+    def keep(fig, stem):
+        figures[stem] = fig
+        return write(fig, stem) if save else []
+    ctx.save_figure = keep
+    return figures

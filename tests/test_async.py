@@ -216,14 +216,14 @@ def test_async_updates_figure_plots_each_layers_rate_and_the_expected_one(tmp_pa
     import numpy as np
 
     from dnibench.report import async_updates
+    from report_fixtures import capture_figures
     rows = [async_row("quick", m, p, 2.0, steps=1000) for m in ("bprop", "dni") for p in (0.5, 0.2)]
     ctx = fake_report_context(tmp_path, rows)
-    figures = []
-    ctx.save_figure = lambda fig, stem: figures.append((fig, stem)) or []
+    figures = capture_figures(ctx)
     async_updates.updates_figure(ctx, async_updates._runs(ctx), "quick")
-    (fig, stem), = figures
+    fig = figures["async_updates_quick"]
     bprop, dni = fig.axes
-    assert stem == "async_updates_quick" and bprop.get_title() == "Bprop: p^(N-i+1) expected"
+    assert list(figures) == ["async_updates_quick"] and bprop.get_title() == "Bprop: p^(N-i+1) expected"
     for ax, rate in ((bprop, lambda p, i: p ** (5 - i)), (dni, lambda p, i: p)):
         measured = {l.get_label(): l.get_xydata() for l in ax.lines if l.get_label().startswith("layer")}
         assert sorted(measured) == ["layer 1", "layer 2", "layer 3", "layer 4"]
@@ -285,22 +285,21 @@ def test_async_p_update_and_curve_figures_draw_every_evaluation(tmp_path):
     import numpy as np
 
     from dnibench.report import async_updates
+    from report_fixtures import capture_figures
     rows = [async_row("quick", "dni", p, f, steps=1000, seed=s) for p, f, s in ((0.2, 3.0, 0), (0.2, 3.4, 1), (0.3, 4.0, 0))]
     ctx = fake_report_context(tmp_path, rows)                # each run: final + 5 at step 500, final at step 1000
-    figures = []
-    ctx.save_figure = lambda fig, stem: figures.append((stem, fig)) or []
+    figures = capture_figures(ctx)
     runs = async_updates._runs(ctx)
     async_updates.p_update_figure(ctx, runs, "quick")
     async_updates.curves_figure(ctx, runs, "quick")
-    (p_stem, p_fig), (c_stem, c_fig) = figures
+    p_fig, c_fig = figures["async_p_update_quick"], figures["async_curves_quick"]
     ax = p_fig.axes[0]
     points = [c.get_offsets().tolist() for c in ax.collections]
     assert points == [[[0.2, 8.0], [0.2, 3.0]], [[0.2, 3.0]], [[0.2, 8.4], [0.2, 3.4]], [[0.2, 3.4]],
                       [[0.3, 9.0], [0.3, 4.0]], [[0.3, 4.0]]]              # every evaluation, then the final ringed
     assert np.allclose(ax.collections[0].get_array(), [500, 1000])          # coloured by iteration
-    assert ax.get_title() == "DNI" and p_stem == "async_p_update_quick"
+    assert ax.get_title() == "DNI"
     ax = c_fig.axes[0]                                                     # curves at the CURVE_P values only (not 0.3)
     assert [l.get_xydata().tolist() for l in ax.lines] == [[[500, 8.0], [1000, 3.0]], [[500, 8.4], [1000, 3.4]]]
     assert [l.get_label() for l in ax.lines if not l.get_label().startswith("_")] == ["p_update=0.2"]   # one per p_update
-    assert c_stem == "async_curves_quick"
     plt.close("all")

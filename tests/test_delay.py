@@ -103,6 +103,7 @@ def test_delay_report_tabulates_final_error_against_delay(tmp_path):
 def test_delay_summary_and_figure_mean_over_seeds_with_their_ci(tmp_path):
     import matplotlib.pyplot as plt
     import numpy as np
+    from report_fixtures import capture_figures
     from test_async import fake_report_context
 
     from dnibench.report import delay as delay_report
@@ -116,18 +117,17 @@ def test_delay_summary_and_figure_mean_over_seeds_with_their_ci(tmp_path):
             row("bprop", 10, 9.0), row("dni", 10, 9.0, suite="mnist_async")]                  # neither is a delay run
     ctx = fake_report_context(tmp_path, rows)
     ctx.runs["start_time"] = [1, 1, 1, 1, 1, 0, 1, 1]
-    figures = []
-    ctx.save_figure = lambda fig, stem: figures.append(fig) or []
+    figures = capture_figures(ctx)
     delay_report.render(ctx)
     table = delay_report.summary(ctx.runs[ctx.runs["suite"] == "mnist_delay"].assign(
         delay=lambda r: r["param.method_args.delay"].astype(int)).iloc[:5])
     dni0 = table[(table["method"] == "dni") & (table["delay"] == 0)].iloc[0]
     assert (dni0["seeds"], round(dni0["mean"], 6), round(dni0["ci95"], 3)) == (3, 3.2, 0.497)   # t(2) * 0.2 / sqrt(3)
-    (ax,) = figures[0].axes
+    (ax,) = figures["delay_quick"].axes
     lines = {c.get_label(): np.round(c.lines[0].get_xydata(), 6).tolist() for c in ax.containers}   # an errorbar per method
     assert lines == {"DNI": [[0, 3.2], [10, 4.0]], "cDNI": [[10, 2.0]]}                  # the old run and others left out
     bars = [c for c in ax.collections]                                                     # error bars: the CI, 0 for one seed
     assert np.allclose(bars[0].get_segments()[0][:, 1], [3.2 - 0.4968, 3.2 + 0.4968], atol=1e-3)
     assert np.allclose(bars[0].get_segments()[1][:, 1], [4.0, 4.0])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
-    plt.close(figures[0])
+    plt.close("all")

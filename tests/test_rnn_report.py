@@ -13,7 +13,7 @@ from dnibench.report.context import load_published
 from dnibench.report.rnn import cells, curriculum_level, paper_layout, ptb_paired
 from dnibench.rnn.tasks import Curriculum
 from dnibench.suite import load_suite
-from report_fixtures import report_context
+from report_fixtures import capture_figures, report_context
 
 
 def fake_runs(rows):
@@ -432,10 +432,9 @@ def test_render_writes_each_profiles_tables_and_judges_at_paper_only(tmp_path):
             run("copy", "bptt", 3, 8, "paper"), run("copy", "dni_bptt", 3, 14, "paper", "1.0"),
             run("ptb", "bptt", 3, 1.38, "paper"), run("ptb", "dni_bptt", 3, 1.36, "paper", "1.0")]
     ctx = report_context(tmp_path, rows)
-    drawn, save = {}, ctx.save_figure
-    ctx.save_figure = lambda fig, stem: (drawn.__setitem__(stem, [l.get_label() for ax in fig.axes for l in ax.lines]),
-                                         save(fig, stem))[1]
+    figures = capture_figures(ctx, save=True)
     section = rnn_report.render(ctx)
+    drawn = {stem: [l.get_label() for ax in fig.axes for l in ax.lines] for stem, fig in figures.items()}
     assert set(drawn["rnn_ptb_curves_quick"]) == {"BPTT", "DNI"}          # DNI at the suite's quick discount, drawn
     assert set(drawn["rnn_data_efficiency_quick"]) == {"BPTT T=3"}
     names = {p.name for p in section.files}

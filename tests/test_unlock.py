@@ -264,6 +264,7 @@ def test_unlock_mean_curve_first_reach_and_p_update_column():
 def test_unlock_figures_draw_the_mean_curves_and_the_p_update_finals(tmp_path):
     import matplotlib.pyplot as plt
     import pandas as pd
+    from report_fixtures import capture_figures
     from test_async import fake_report_context
 
     from dnibench.report import unlock as unlock_report
@@ -272,10 +273,9 @@ def test_unlock_figures_draw_the_mean_curves_and_the_p_update_finals(tmp_path):
             for m, p, e in (("bprop", 1.0, 1.0), ("unlock_dni", 1.0, 2.0), ("unlock_dni", 0.5, 3.0), ("dni", 0.5, 2.5))
             for s in (0, 1)]
     ctx = fake_report_context(tmp_path, rows)                # each run: final + 5 at step 500, final at step 1000
-    figures = []
-    ctx.save_figure = lambda fig, stem: figures.append((stem, fig)) or []
+    figures = capture_figures(ctx)
     unlock_report.render(ctx)
-    (_, curves), (_, sweep) = figures
+    curves, sweep = figures["unlock_curves_quick"], figures["unlock_p_update_quick"]
     lines = {l.get_label(): l for l in curves.axes[0].lines}
     assert lines["Bprop"].get_xydata().tolist() == [[500, 6.5], [1000, 1.5]]               # the mean over both seeds
     assert lines["DNI, complete unlock"].get_xydata().tolist() == [[500, 7.5], [1000, 2.5]]
