@@ -25,8 +25,11 @@ def install() -> dict:
 
 
 def restore(previous: dict) -> None:
+    """Put back the handlers ``install`` replaced and forget the signals it recorded: they stopped that
+    invocation, not a later one in the same process (``run_suites`` called again, e.g. by a test)."""
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+    _received.clear()
 
 
 def check() -> None:

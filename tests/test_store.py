@@ -176,3 +176,4 @@ def test_a_signal_is_recorded_and_raised_only_at_a_safe_point():
     finally:
         interrupt.restore(previous)
     assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]
+    interrupt.check()                       # the signal stopped that invocation, not the next one in this process
