@@ -40,6 +40,14 @@ def _check_run_input(args) -> None:
     _check_dir_flag("--cifar-dir", args.cifar_dir)
     from .suite import check_suite_files
     check_suite_files(args.suites)
+    _check_store(args.tracking_uri, write=True)
+
+
+def _check_store(tracking_uri: str, write: bool) -> None:
+    """The store's checks (dnibench/store.py needs neither torch nor MLflow): a bad --tracking-uri or a
+    damaged store is answered in a fraction of a second instead of after seconds of imports."""
+    from .store import check_uri
+    check_uri(tracking_uri, write=write)
 
 
 def _check_dir_flag(flag: str, path: Path | None, must_exist: bool = False) -> None:
@@ -86,6 +94,7 @@ def _cmd_report(args) -> int:
     suites_dir = Path(args.suites_dir or "suites")
     if args.suites_dir is not None and not suites_dir.is_dir():
         raise DnibenchError(f"--suites-dir {args.suites_dir}: not a directory")
+    _check_store(args.tracking_uri, write=False)
     from .report.context import load_suites
     load_suites(suites_dir)                 # a bad suite file is one line before anything is written
     from .report import write_report
@@ -96,6 +105,7 @@ def _cmd_report(args) -> int:
 
 def _cmd_compare(args) -> int:
     _check_out_dir(args.out)
+    _check_store(args.tracking_uri, write=False)
     from .compare import compare, failed_runs, render, write_comparison
     table, metric, profile = compare(args.tracking_uri, args.suite, args.profile, args.baseline, args.metric)
     print(render(table, args.suite, profile, metric, args.baseline,
