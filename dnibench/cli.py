@@ -50,6 +50,18 @@ def _check_store(tracking_uri: str, write: bool) -> None:
     check_uri(tracking_uri, write=write)
 
 
+def _check_plans(paths: list[str], profile: str, seeds: int | None) -> None:
+    """The runner's plan-time checks in its order (every suite at the profile asked, then at every profile)
+    before MLflow is imported: the method files need torch, MLflow's import costs seconds more, so a bad
+    method, task, model or setting is answered sooner. The runner plans again (cheap once imported)."""
+    from .suite import check_all_profiles, load_suite, plan
+    suites = [load_suite(path) for path in paths]
+    for suite in suites:
+        plan(suite, profile, seeds)
+    for suite in suites:
+        check_all_profiles(suite, seeds)
+
+
 def _check_dir_flag(flag: str, path: Path | None, must_exist: bool = False) -> None:
     if path is None:
         return
@@ -69,6 +81,7 @@ def _cmd_run(args) -> int:
     outcome = None if args.force else nothing_left(args.suites, args.profile, args.device, args.seeds,
                                                    args.tracking_uri, args.data_dir, args.cifar_dir, shard)
     if outcome is None:
+        _check_plans(args.suites, args.profile, args.seeds)
         from .runner import run_suites
         outcome = run_suites(args.suites, args.profile, args.device, args.seeds, args.tracking_uri, args.force,
                              args.data_dir, args.cifar_dir, progress=not args.no_progress, shard=shard,

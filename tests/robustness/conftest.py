@@ -37,6 +37,26 @@ def run_cli(*args, cwd, env=None, timeout=60) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+# Each call's exit status and whether torch, MLflow and pandas had been imported by then: in one fresh interpreter.
+_IMPORTS_DRIVER = """
+import sys
+from dnibench.cli import main
+for argv in map(str.split, sys.argv[1:]):
+    code = main(argv)
+    print(code, *("torch" in sys.modules, "mlflow" in sys.modules, "pandas" in sys.modules))
+"""
+
+
+def imports_after(cwd: Path, env: dict, calls: list[str]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Run CLI calls (space-separated argument strings) one after another in one fresh interpreter:
+    ([(exit status, torch imported, mlflow imported, pandas imported) per call], its stderr lines)."""
+    full = {**os.environ, **env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_DRIVER, *calls], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [tuple(line.split()) for line in proc.stdout.splitlines()], proc.stderr.splitlines()
+
+
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file under root: relative path -> (size, mtime_ns)."""
     out = {}
@@ -193,6 +213,6 @@ def contract():
     """The helpers above for test modules (``import conftest`` by name is ambiguous: tests/ has one too)."""
     import types
     return types.SimpleNamespace(Case=Case, Outcome=Outcome, run_cases=run_cases, make_sandbox=make_sandbox,
-                                 snapshot=snapshot,
+                                 snapshot=snapshot, imports_after=imports_after,
                                  assert_one_line_error=assert_one_line_error, assert_no_writes=assert_no_writes,
                                  assert_no_running_runs=assert_no_running_runs)

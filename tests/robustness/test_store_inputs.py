@@ -69,24 +69,10 @@ def test_damaged_store_is_named_and_kept(sandbox, command, how):
     assert not (sandbox.cwd / "reports").exists()
 
 
-# Each call's exit status and whether torch or MLflow had been imported by then: in one fresh interpreter.
-NO_HEAVY_IMPORTS = """
-import sys
-from dnibench.cli import main
-for argv in map(str.split, sys.argv[1:]):
-    code = main(argv)
-    print(code, "torch" in sys.modules, "mlflow" in sys.modules, "pandas" in sys.modules)
-"""
 
-
-def test_a_bad_store_is_answered_before_torch_or_mlflow_is_imported(sandbox):
+def test_a_bad_store_is_answered_before_torch_or_mlflow_is_imported(sandbox, contract):
     """A typo in --tracking-uri or a damaged store costs the user a fraction of a second, not the seconds
     of importing torch and MLflow: `run`, `report` and `compare` check the store first."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    env = {**os.environ, **sandbox.env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     suite = sandbox.write("tiny.yaml", SUITE)
     damage(sandbox.store, "random bytes")
     calls = [f"run {suite} --profile smoke --tracking-uri garbage",
@@ -95,11 +81,8 @@ def test_a_bad_store_is_answered_before_torch_or_mlflow_is_imported(sandbox):
              f"report --out {sandbox.cwd / 'reports'} --tracking-uri sqlite:///{sandbox.store}",
              f"compare tiny --out {sandbox.cwd / 'reports'} --tracking-uri foo://x",
              f"compare tiny --out {sandbox.cwd / 'reports'} --tracking-uri sqlite:///{sandbox.store}"]
-    proc = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, *calls], capture_output=True, text=True,
-                          cwd=sandbox.cwd, env=env, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == ["2 False False False"] * len(calls), proc.stdout
-    errors = proc.stderr.splitlines()
+    results, errors = contract.imports_after(sandbox.cwd, sandbox.env, calls)
+    assert results == [("2", "False", "False", "False")] * len(calls), results
     assert len(errors) == len(calls) and all(line.startswith("dnibench: error: --tracking-uri") or
                                              "is damaged" in line for line in errors), errors
     assert not (sandbox.cwd / "reports").exists()

@@ -5,6 +5,7 @@ Most cases fail while the suite file and the flags are checked, before torch or 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -175,8 +176,11 @@ LATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case_id,text,env,match", LATE_CASES, ids=[c[0] for c in LATE_CASES])
-def test_bad_input_found_at_plan_time(outcomes, case_id, text, env, match):
+LAUNCHER_CASES = [case for case in LATE_CASES if case[2]]
+
+
+@pytest.mark.parametrize("case_id,text,env,match", LAUNCHER_CASES, ids=[c[0] for c in LAUNCHER_CASES])
+def test_bad_launcher_environment_found_at_plan_time(outcomes, case_id, text, env, match):
     outcomes[f"late-{case_id}"].check(match)
 
 
@@ -191,7 +195,24 @@ def outcomes(tmp_path_factory, contract):
               for i, a, e, m in FLAG_CASES]
     cli_files = {"adir": None, "afile.txt": "a user's file\n", "good.yaml": MINIMAL, "sdir/bad.yaml": "name: bad\n"}
     cases += [Case(f"cli-{i}", a, m, files=cli_files) for i, a, m in CLI_CASES]
-    cases += [Case(f"late-{i}", run, m, files={"suite.yaml": t}, env=e) for i, t, e, m in LATE_CASES]
+    cases += [Case(f"late-{i}", run, m, files={"suite.yaml": t}, env=e) for i, t, e, m in LATE_CASES if e]
     # The slow ones (torch imported) first, so the pool is not left waiting on one at the end.
     cases.sort(key=lambda c: not c.id.startswith(("late-", "cli-")))
     return contract.run_cases(tmp_path_factory.mktemp("cases"), cases)
+
+
+def test_bad_input_found_at_plan_time_before_mlflow_is_imported(sandbox, contract):
+    """The plan-time cases without a launcher environment, each through `dnibench run`'s main() in one
+    interpreter (one process each would cost seconds of imports apiece): one error line each, exit 2, nothing
+    written. A bad method, task or setting needs the method files (torch), not MLflow: `run` plans every
+    suite before it imports the runner, so such a typo is answered seconds sooner, with the runner's line."""
+    cases = [(case_id, text, match) for case_id, text, env, match in LATE_CASES if not env]
+    calls = [f"run {sandbox.write(f'{case_id}.yaml', text)} --profile smoke --no-progress" for case_id, text, _ in cases]
+    before = contract.snapshot(sandbox.cwd)
+    results, errors = contract.imports_after(sandbox.cwd, sandbox.env, calls)
+    contract.assert_no_writes(sandbox.cwd, before, ())
+    assert len(cases) >= 9 and results == [("2", "True", "False", "False")] * len(calls), results
+    assert len(errors) == len(cases)
+    for line, (case_id, _, match) in zip(errors, cases):
+        assert line.startswith("dnibench: error: ") and re.search(match, line), (case_id, line)
+    assert not sandbox.store.exists()
