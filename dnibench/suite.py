@@ -16,6 +16,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
                       model_validator)
 
+from .fields import Real
 from .errors import DnibenchError, SuiteError
 
 PROFILES = ("smoke", "quick", "paper")
@@ -41,9 +42,9 @@ class TrainSettings(Strict):
     # StrictInt: `steps: true` is not 1 step, and `steps: 5.5` is not 5.
     steps: StrictInt = Field(500_000, ge=1, le=MAX_STEPS)
     batch_size: StrictInt = Field(256, ge=1, le=MAX_BATCH)  # also at most the training set (runner)
-    lr: float = Field(3e-5, gt=0)
+    lr: Real = Field(3e-5, gt=0)
     lr_decay_at: list[StrictInt] = Field(default_factory=lambda: [300_000, 400_000], max_length=100)
-    lr_decay_factor: float = Field(0.1, gt=0, le=1)
+    lr_decay_factor: Real = Field(0.1, gt=0, le=1)
     eval_every: StrictInt = Field(5_000, ge=1, le=MAX_STEPS)
     log_every: StrictInt = Field(100, ge=1, le=MAX_STEPS)
     train_subset: StrictInt | None = Field(None, ge=1, le=MAX_EXAMPLES)  # first N training examples only (smoke runs)
@@ -121,7 +122,7 @@ class Profile(Strict):
     task_args: dict[str, Any] = Field(default_factory=dict)
     # A profile that deliberately runs one seed (e.g. too costly for more) opts in here, with its
     # reason; only then does the report judge a single run as a point instead of "1 seed: inconclusive".
-    single_seed: bool = False
+    single_seed: StrictBool = False
     single_seed_reason: str = ""
     # Replaces these fields of every entry's ``parallel`` block at this profile (entries without one stay
     # one process), e.g. {workers: [1, 2, 4]} where there are more cores.
@@ -139,7 +140,7 @@ class Profile(Strict):
 class UniformSweep(Strict):
     """``samples`` values drawn uniformly from [low, high] with a fixed seed (the paper samples
     p_update uniformly), rounded to 4 decimals so they read cleanly as run parameters."""
-    uniform: tuple[float, float]
+    uniform: tuple[Real, Real]
     samples: StrictInt = Field(ge=1, le=10_000)
     seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
 

@@ -206,3 +206,45 @@ def test_every_setting_changes_the_first_steps_or_is_rejected(name, field):
 def test_the_table_has_no_stale_entries():
     fields = {f for _, cls in all_methods() for f in cls.Settings.model_fields}
     assert set(NON_DEFAULT) <= fields, sorted(set(NON_DEFAULT) - fields)
+
+
+# ---- 3. a number is a number: true/false is refused wherever a float is read from a suite ----------------
+
+def _float_fields(model) -> list[str]:
+    """The fields of a pydantic model whose values are floats (float, or float | None)."""
+    import typing
+    out = []
+    for name, info in model.model_fields.items():
+        kinds = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+                 for a in (typing.get_args(info.annotation) or (info.annotation,))]
+        if float in kinds or info.annotation is float:
+            out.append(name)
+    return out
+
+
+def settings_models():
+    from dnibench.suite import Profile, TrainSettings
+    from dnibench.tasks import TASKS
+    models = {f"method {name}": cls.Settings for name, cls in all_methods()}
+    models.update({f"task {name}": task.Settings for name, task in TASKS.items() if getattr(task, "Settings", None)})
+    models.update(train=TrainSettings, profile=Profile)
+    return models
+
+
+def test_every_float_setting_refuses_true_and_reads_yamls_exponent_text():
+    """pydantic's lax mode read `p_update: true` as 1.0 and ran; YAML 1.1 reads `1e-4` (no dot) as text,
+    which must still be the number. Every float field of every settings model, found by its annotation."""
+    checked = []
+    for label, model in settings_models().items():
+        for field in _float_fields(model):
+            with pytest.raises(ValidationError, match=r"expected a number; got True"):
+                model.model_validate({field: True}, strict=False)
+            checked.append(f"{label}.{field}")
+    assert {"method dni.synth_lr", "method dni_bptt_aux.aux_weight", "method unlock_cdni.input_lr", "train.lr",
+            "train.lr_decay_factor", "method bprop.p_update"} <= set(checked), checked
+    assert any(c.startswith("task copy.") for c in checked) and any(c.startswith("method bptt.clip") for c in checked)
+    from dnibench.suite import TrainSettings, UniformSweep
+    assert TrainSettings(lr="1e-4").lr == 1e-4 and TrainSettings(lr=3).lr == 3.0
+    with pytest.raises(ValidationError, match=r"expected a number; got False"):
+        UniformSweep(uniform=[False, 0.5], samples=2)                # a sweep's bounds too
+    assert UniformSweep(uniform=[0, "5e-1"], samples=1).uniform == (0.0, 0.5)

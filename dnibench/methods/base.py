@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from ..fields import Real
+
 
 class MethodSettings(BaseModel):
     """Hyperparameters common to every method; a method extends this with its own."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan in a suite: one-line error
     # Sporadic updates (paper §3.2): each stage does its backward pass and update with this probability.
-    p_update: float = Field(1.0, gt=0.0, le=1.0)
+    p_update: Real = Field(1.0, gt=0.0, le=1.0)
 
 
 def adam_impl(device: torch.device | str) -> str:

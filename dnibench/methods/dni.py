@@ -25,6 +25,7 @@ import torch
 from pydantic import Field, StrictInt, model_validator
 from torch import nn
 
+from ..fields import Real
 from ..dni import BackwardInterface, Synthesizer, one_hot
 from . import register
 from .base import Method, MethodSettings, require_hidden_layers_for_width
@@ -35,9 +36,9 @@ class DNISettings(MethodSettings):
     synth_hidden_layers: StrictInt = Field(2, ge=0, le=2)  # paper: FCN DNI 2x1024 hidden, cDNI linear
     synth_width: StrictInt = Field(1024, ge=1, le=16_384)   # fully connected synthesizers only: conv ones keep
                                                              # the stage's channels (the paper's CNN synthesizers)
-    synth_loss_weight: float = Field(1.0, gt=0)          # task : synthesizer loss weighted 1:1
+    synth_loss_weight: Real = Field(1.0, gt=0)           # task : synthesizer loss weighted 1:1
     synth_reduction: Literal["mean", "sum"] = "mean"     # over the batch; features are always summed
-    synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
+    synth_lr: Real | None = Field(None, gt=0)            # default: the run's lr
     delay: StrictInt = Field(0, ge=0, le=10_000)       # k: stages use synthesizer parameters k steps old
 
     @model_validator(mode="after")

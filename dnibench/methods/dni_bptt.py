@@ -14,6 +14,7 @@ import torch
 from pydantic import Field, StrictInt, model_validator
 from torch import nn
 
+from ..fields import Real
 from ..dni import BackwardInterface, Synthesizer
 from ..rnn.core import RecurrentMethod, RNNSettings, StateSynthesizer
 from . import register
@@ -25,14 +26,14 @@ class DNIBPTTSettings(RNNSettings):
     synth_width: StrictInt = Field(256, ge=1, le=16_384)  # hidden width when synth_hidden_layers > 0
     # Multiplier on the synthetic gradient injected into the LSTM's update; 0.1 as reimplementations
     # report (a hyperparameter). It does not enter the bootstrapped target: see target_discount.
-    synth_scale: float = Field(0.1, gt=0, le=10)
+    synth_scale: Real = Field(0.1, gt=0, le=10)
     # Multiplier on the next synthetic gradient inside the bootstrapped target. 1.0 is the paper's
     # equation (§3.2: the true gradient in the window plus delta_hat(s_out) ds_out/ds_in, undiscounted);
     # target_discount = synth_scale is the other reading (one backward pass for both; a gradient from k
     # windows ahead shrinks by synth_scale^k), run beside it in the Copy and Repeat Copy suites and instead of
     # it in rnn_ptb's smoke and quick profiles (the undiscounted target diverged there: the suite's departures).
-    target_discount: float = Field(1.0, ge=0, le=1)
-    synth_lr: float | None = Field(None, gt=0)           # default: the run's lr
+    target_discount: Real = Field(1.0, ge=0, le=1)
+    synth_lr: Real | None = Field(None, gt=0)            # default: the run's lr
 
     @model_validator(mode="after")
     def _width_needs_hidden_layers(self):
@@ -68,7 +69,7 @@ class DNIBPTT(RecurrentMethod):
 
 
 class DNIBPTTAuxSettings(DNIBPTTSettings):
-    aux_weight: float = Field(1.0, gt=0, le=100)         # weight of the auxiliary L2 loss (our choice: 1:1)
+    aux_weight: Real = Field(1.0, gt=0, le=100)          # weight of the auxiliary L2 loss (our choice: 1:1)
 
 
 @register

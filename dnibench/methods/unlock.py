@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field, StrictInt, model_validator
 
+from ..fields import Real
 from ..dni import ForwardInterface, SyntheticInputModel
 from . import register
 from .base import require_hidden_layers_for_width, task_loss
@@ -33,8 +34,8 @@ class UnlockSettings(DNISettings):
     # (2 hidden layers of 1024, Linear-BN-ReLU) and can be changed per suite.
     input_hidden_layers: StrictInt = Field(2, ge=0, le=2)
     input_width: StrictInt = Field(1024, ge=1, le=16_384)
-    input_loss_weight: float = Field(1.0, gt=0)
-    input_lr: float | None = Field(None, gt=0)           # default: the run's lr
+    input_loss_weight: Real = Field(1.0, gt=0)
+    input_lr: Real | None = Field(None, gt=0)            # default: the run's lr
 
     @model_validator(mode="after")
     def _input_width_needs_hidden_layers(self):

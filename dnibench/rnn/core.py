@@ -34,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 
+from ..fields import Real
 from ..dni import BackwardInterface, Synthesizer, synthetic_gradient_loss
 
 LN2 = math.log(2.0)
@@ -169,7 +170,7 @@ class RNNSettings(BaseModel):
     """Settings every recurrent method has: the truncation T (paper §3.2: T = 2, 3, 4, 5, 8)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf / .nan in a suite: one-line error
     T: StrictInt = Field(5, ge=1, le=1000)
-    clip_norm: float | None = Field(None, gt=0)          # gradient-norm clipping of the LSTM (None: off)
+    clip_norm: Real | None = Field(None, gt=0)           # gradient-norm clipping of the LSTM (None: off)
 
 
 class RecurrentMethod:

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from ..fields import Real
 from ..conventions import ConventionSettings
 from ..errors import SuiteError
 from ..tasks import Task, register_task
@@ -55,7 +56,7 @@ class CopySettings(ConventionSettings):                       # extra fields, .i
     # Training is the same either way; the reading decides which published cell a run is held against.
     length_counts: Literal["N+3", "N"] = "N+3"
     bits: StrictInt = Field(8, ge=1, le=64)                  # a character: random binary vector (NTM: 8 bits)
-    threshold_bpc: float = Field(0.15, gt=0, le=64)          # lengthen once the error is below this
+    threshold_bpc: Real = Field(0.15, gt=0, le=64)           # lengthen once the error is below this
     check_every: StrictInt = Field(100, ge=1, le=1_000_000)  # steps between curriculum checks
     start_n: StrictInt = Field(1, ge=1, le=10_000)           # N of the first episodes
     max_n: StrictInt | None = Field(None, ge=1, le=10_000)   # stop once this N is solved (None: the step budget)
@@ -79,7 +80,7 @@ class CopySettings(ConventionSettings):                       # extra fields, .i
 
 
 class RepeatCopySettings(CopySettings):
-    repeat_norm: float = Field(10.0, gt=0)                   # R is presented as R / repeat_norm
+    repeat_norm: Real = Field(10.0, gt=0)                    # R is presented as R / repeat_norm
     length_counts: Literal["N*R+3", "N*R"] = "N*R+3"         # as Copy's: T_task, or the characters written
 
 
