@@ -458,10 +458,40 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                                          method=method.name, method_args=settings, task_args=task_args,
                                          train=train, seed=seed, device=device, method_file=method_file,
                                          parallel=parallel))
+        _check_args_keys(where, f"entries[{e_index}].args", entry.args, _method_names(suite, [entry]))
+    _check_args_keys(where, f"profiles.{profile}.method_args", prof.method_args,
+                     _method_names(suite, suite.entries, strict=False))
     hashes = [s.config_hash for s in specs]
     if len(set(hashes)) != len(hashes):
         raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")
     return specs
+
+
+def _method_names(suite: Suite, entries: list[Entry], strict: bool = True) -> set[str]:
+    """The names the entries' methods take settings under: as written, and a method file's registered name.
+    ``strict=False``: a file that cannot be loaded is skipped (its entry reports it where it is planned)."""
+    from .methods import find_method_file, load_method_file
+    names = set()
+    for entry in entries:
+        for _, name in entry.grid():
+            names.add(name)
+            if name.endswith(".py"):
+                try:
+                    names.add(load_method_file(find_method_file(name, Path(suite.path).parent if suite.path
+                                                                else None))[0].name)
+                except DnibenchError:
+                    if strict:
+                        raise
+    return names
+
+
+def _check_args_keys(where: Path, field: str, args: dict[str, Any], methods: set[str]) -> None:
+    """Settings under a name that is none of the methods they could reach would be ignored: refused."""
+    whose = "this entry" if field.startswith("entries") else "any entry"
+    for key in args:
+        if key not in methods:
+            raise SuiteError(f"{where}: {field}: {key!r} is not a method of {whose} ({', '.join(sorted(methods))}); "
+                             "its settings would be ignored")
 
 
 def _parallel_settings(where: Path, e_index: int, entry: Entry, prof: Profile, model: str, method, method_name: str,
