@@ -461,6 +461,9 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
         _check_args_keys(where, f"entries[{e_index}].args", entry.args, _method_names(suite, [entry]))
     _check_args_keys(where, f"profiles.{profile}.method_args", prof.method_args,
                      _method_names(suite, suite.entries, strict=False))
+    if prof.parallel and all(entry.parallel is None for entry in suite.entries):
+        raise SuiteError(f"{where}: profiles.{profile}.parallel: no entry has a parallel block for it to change "
+                         "(entries without one run in one process); it would be ignored")
     hashes = [s.config_hash for s in specs]
     if len(set(hashes)) != len(hashes):
         raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")

@@ -170,6 +170,8 @@ LATE_CASES = [
      r"entries\[0\]\.args: 'dnii' is not a method of this entry \(bprop, dni\); its settings would be ignored"),
     ("profile-args-for-no-method", swap("quick: {}", "quick: {method_args: {cdni: {synth_width: 3}}}"), {},
      r"profiles\.quick\.method_args: 'cdni' is not a method of any entry \(bprop, dni\).*\(at profile quick\)"),
+    ("profile-parallel-for-no-entry", swap("quick: {}", "quick: {parallel: {workers: [1, 2]}}"), {},
+     r"profiles\.quick\.parallel: no entry has a parallel block.*it would be ignored"),
     ("p-update-true", swap("synth_width: 8", "synth_width: 8, p_update: true"), {}, r"p_update.*expected a number; got True"),
     ("synth-lr-on", swap("synth_width: 8", "synth_width: 8, synth_lr: on"), {}, r"synth_lr.*expected a number"),
     ("quick-only-bad-setting", swap("quick: {}", "quick: {method_args: {dni: {synth_hidden_layers: 7}}}"), {},
