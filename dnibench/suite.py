@@ -57,6 +57,21 @@ class TrainSettings(Strict):
             raise ValueError(f"batch_size {self.batch_size} is larger than train_subset {self.train_subset}")
         return self
 
+    @model_validator(mode="after")
+    def _decay_points_within_the_run(self):
+        """A decay point given (at any level of the suite) past the last step would never apply: e.g. a
+        profile that shortens ``steps`` and keeps the paper's decay points. The paper's defaults, when no
+        level names ``lr_decay_at``, are left alone: they describe the paper's schedule, not this run."""
+        if "lr_decay_at" in self.model_fields_set:
+            for point in self.lr_decay_at:
+                if point > self.steps:
+                    raise ValueError(f"lr_decay_at {point} is after the run's last step ({self.steps}): the decay "
+                                     "would never apply (set lr_decay_at for this profile, or [] for none)")
+                if point < 1:
+                    raise ValueError(f"lr_decay_at {point}: steps count from 1 (a decay from the first step is a "
+                                     "smaller lr: set lr instead)")
+        return self
+
 
 MAX_WORKERS = 64
 MAX_MICROBATCHES = 4096
