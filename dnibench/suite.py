@@ -447,6 +447,9 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                 else:
                     method = get_method(method_name)
                 train = TrainSettings.model_validate({**suite.train, **prof.train, **entry.train})
+                unused = [name for name in task.unused_train if name in train.model_fields_set]
+                if unused:
+                    raise SuiteError(f"train.{unused[0]}: task {task.name!r} does not use it; it would be ignored")
                 # A file's settings may be given under its path as written or its registered name.
                 args = {**entry.args.get(method.name, {}), **entry.args.get(method_name, {}),
                         **prof.method_args.get(method.name, {}), **prof.method_args.get(method_name, {}), **point}

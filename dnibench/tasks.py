@@ -46,6 +46,8 @@ class Task:
     train: Callable[..., dict] = _train_ff          # (spec, data, log, on_step) -> summary metrics
     Settings: type[BaseModel] = NoTaskSettings
     check_args: Callable[[str, dict], None] = _no_arg_check   # (model, task_args): a setting the model cannot use
+    # Training settings this task's loop never reads: a suite that names one is refused (it would be ignored).
+    unused_train: tuple[str, ...] = ()
 
     def load(self, data_dir: Path | None, cifar_dir: Path | None = None):
         return self.loader(data_dir, cifar_dir)

@@ -241,7 +241,13 @@ def _train(kind: str):
     return train
 
 
-register_task(Task("copy", "rnn", _generated, lstm_units, _train("copy"), CopySettings))
-register_task(Task("repeat_copy", "rnn", _generated, lstm_units, _train("copy"), RepeatCopySettings))
-register_task(Task("ptb", "rnn", _ptb, lstm_units, _train("ptb"), PTBSettings))
-register_task(Task("multiscale", "rnn", _generated, lstm_units, _train("multiscale"), MultiscaleSettings))
+# The image tasks' data and model settings; the generated tasks also have no evaluation schedule (Copy checks
+# its curriculum every check_every steps, a task setting; the two-timescale system logs its training loss).
+IMAGE_ONLY = ("train_subset", "test_subset", "cnn_filters")
+GENERATED_UNUSED = (*IMAGE_ONLY, "eval_every")
+register_task(Task("copy", "rnn", _generated, lstm_units, _train("copy"), CopySettings, unused_train=GENERATED_UNUSED))
+register_task(Task("repeat_copy", "rnn", _generated, lstm_units, _train("copy"), RepeatCopySettings,
+                   unused_train=GENERATED_UNUSED))
+register_task(Task("ptb", "rnn", _ptb, lstm_units, _train("ptb"), PTBSettings, unused_train=IMAGE_ONLY))
+register_task(Task("multiscale", "rnn", _generated, lstm_units, _train("multiscale"), MultiscaleSettings,
+                   unused_train=GENERATED_UNUSED))

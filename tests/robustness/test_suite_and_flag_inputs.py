@@ -160,6 +160,16 @@ def test_unreadable_suite(sandbox):
         path.chmod(0o644)
 
 
+COPY = """\
+name: tiny
+task: copy
+train: {steps: 2, batch_size: 4, lr_decay_at: []}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: lstm64
+    method: bptt
+"""
+
 # These need the method registry, the task code or the launcher environment (torch is imported):
 # seconds each, so only the cases that cannot fail earlier.
 LATE_CASES = [
@@ -175,6 +185,10 @@ LATE_CASES = [
      r"profiles\.quick\.method_args: 'cdni' is not a method of any entry \(bprop, dni\).*\(at profile quick\)"),
     ("profile-parallel-for-no-entry", swap("quick: {}", "quick: {parallel: {workers: [1, 2]}}"), {},
      r"profiles\.quick\.parallel: no entry has a parallel block.*it would be ignored"),
+    ("copy-eval-every", COPY.replace("steps: 2,", "steps: 2, eval_every: 1,"), {},
+     r"entries\[0\]: train\.eval_every: task 'copy' does not use it; it would be ignored"),
+    ("copy-train-subset", COPY.replace("quick: {}", "quick: {train: {train_subset: 100}}"), {},
+     r"train\.train_subset: task 'copy' does not use it.*\(at profile quick\)"),
     ("p-update-true", swap("synth_width: 8", "synth_width: 8, p_update: true"), {}, r"p_update.*expected a number; got True"),
     ("synth-lr-on", swap("synth_width: 8", "synth_width: 8, synth_lr: on"), {}, r"synth_lr.*expected a number"),
     ("quick-only-bad-setting", swap("quick: {}", "quick: {method_args: {dni: {synth_hidden_layers: 7}}}"), {},
