@@ -479,6 +479,8 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
         _check_args_keys(where, f"entries[{e_index}].args", entry.args, _method_names(suite, [entry]))
     _check_args_keys(where, f"profiles.{profile}.method_args", prof.method_args,
                      _method_names(suite, suite.entries, strict=False))
+    if task.family == "ff":
+        _check_cnn_filters(where, suite, prof, profile)
     if prof.parallel and all(entry.parallel is None for entry in suite.entries):
         raise SuiteError(f"{where}: profiles.{profile}.parallel: no entry has a parallel block for it to change "
                          "(entries without one run in one process); it would be ignored")
@@ -486,6 +488,22 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
     if len(set(hashes)) != len(hashes):
         raise SuiteError(f"{where}: the same run appears twice at profile {profile!r} (duplicate entries)")
     return specs
+
+
+def _check_cnn_filters(where: Path, suite: Suite, prof: Profile, profile: str) -> None:
+    """``cnn_filters`` where no model it could reach is a CNN would be ignored: refused for an entry whose
+    models are all FCNs, and for the suite or a profile when no entry has a CNN (a suite-wide value may
+    serve the suite's CNN entries while its FCN entries ignore it, as parallel.yaml's smoke profile does)."""
+    def has_cnn(entries) -> bool:
+        return any(model.startswith("cnn") for entry in entries for model, _ in entry.grid())
+
+    for e_index, entry in enumerate(suite.entries):
+        if "cnn_filters" in entry.train and not has_cnn([entry]):
+            raise SuiteError(f"{where}: entries[{e_index}].train.cnn_filters: no model of this entry is a CNN; "
+                             "it would be ignored")
+    for field, train in (("train", suite.train), (f"profiles.{profile}.train", prof.train)):
+        if "cnn_filters" in train and not has_cnn(suite.entries):
+            raise SuiteError(f"{where}: {field}.cnn_filters: no entry has a CNN; it would be ignored")
 
 
 def _method_names(suite: Suite, entries: list[Entry], strict: bool = True) -> set[str]:

@@ -93,3 +93,19 @@ def test_wrong_type_in_train_settings_names_the_field(tmp_path):
     path = write(tmp_path, MINIMAL.replace("steps: 4", "steps: four"))
     with pytest.raises(SuiteError, match=r"field 'steps'.*integer.*'four'"):
         plan(load_suite(path), "smoke")
+
+
+def test_cnn_filters_is_refused_only_where_no_model_it_reaches_is_a_cnn(tmp_path):
+    """A suite-wide cnn_filters may serve the CNN entries while the FCN entries ignore it; an entry's own,
+    or a suite's without any CNN, would only be ignored."""
+    mixed = MINIMAL.replace("steps: 4,", "steps: 4, cnn_filters: 8,") + "  - model: cnn3\n    method: bprop\n"
+    specs = plan(load_suite(write(tmp_path, mixed)), "smoke")
+    assert {s.model: s.train.cnn_filters for s in specs} == {"fcn3": 8, "cnn3": 8}
+    per_entry = MINIMAL + "    train: {cnn_filters: 8}\n  - model: cnn3\n    method: bprop\n"
+    with pytest.raises(SuiteError, match=r"entries\[0\]\.train\.cnn_filters: no model of this entry is a CNN"):
+        plan(load_suite(write(tmp_path, per_entry)), "smoke")
+    on_cnn = MINIMAL + "  - model: cnn3\n    method: bprop\n    train: {cnn_filters: 8}\n"
+    assert {s.train.cnn_filters for s in plan(load_suite(write(tmp_path, on_cnn)), "smoke") if s.model == "cnn3"} == {8}
+    profile_only = MINIMAL.replace("smoke: {}", "smoke: {train: {cnn_filters: 8}}")
+    with pytest.raises(SuiteError, match=r"profiles\.smoke\.train\.cnn_filters: no entry has a CNN"):
+        plan(load_suite(write(tmp_path, profile_only)), "smoke")
