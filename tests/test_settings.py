@@ -42,7 +42,7 @@ def test_schedule_scales_each_base_rate_without_compounding():
 SCHEDULE_SUITE = """
 name: tiny_lr
 task: {task}
-train: {{steps: 6, batch_size: 8, lr: 1.0e-3, lr_decay_at: [3], lr_decay_factor: 0.1, eval_every: 6, log_every: 2}}
+train: {{steps: 6, batch_size: 8, lr: 1.0e-3, lr_decay_at: [3], lr_decay_factor: 0.1, log_every: 2{evaluate}}}
 task_args: {task_args}
 profiles: {{smoke: {{}}, quick: {{}}, paper: {{}}}}
 entries:
@@ -57,8 +57,9 @@ def train_logged(tmp_path, fake_data_dir, task="mnist", model="fcn3", method="dn
                  task_args="{}"):
     """Train every run of a tiny suite; per run, its logged metrics as {key: {step: value}}."""
     path = tmp_path / "lr.yaml"
+    evaluate = ", eval_every: 6" if get_task(task).family == "ff" else ""     # Copy has no evaluation schedule
     path.write_text(SCHEDULE_SUITE.format(task=task, model=model, method=method, sweep=sweep, args=args,
-                                          task_args=task_args))
+                                          task_args=task_args, evaluate=evaluate))
     t = get_task(task)
     data = t.load(fake_data_dir)
     out = []
