@@ -16,8 +16,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
                       model_validator)
 
-from .fields import Real
 from .errors import DnibenchError, SuiteError
+from .fields import Real
 
 PROFILES = ("smoke", "quick", "paper")
 

@@ -25,8 +25,8 @@ import torch
 from pydantic import Field, StrictInt, model_validator
 from torch import nn
 
-from ..fields import Real
 from ..dni import BackwardInterface, Synthesizer, one_hot
+from ..fields import Real
 from . import register
 from .base import Method, MethodSettings, require_hidden_layers_for_width
 from .units import StageGroup

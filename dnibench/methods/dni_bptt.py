@@ -14,8 +14,8 @@ import torch
 from pydantic import Field, StrictInt, model_validator
 from torch import nn
 
-from ..fields import Real
 from ..dni import BackwardInterface, Synthesizer
+from ..fields import Real
 from ..rnn.core import RecurrentMethod, RNNSettings, StateSynthesizer
 from . import register
 from .base import adam, require_hidden_layers_for_width

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field, StrictInt, model_validator
 
-from ..fields import Real
 from ..dni import ForwardInterface, SyntheticInputModel
+from ..fields import Real
 from . import register
 from .base import require_hidden_layers_for_width, task_loss
 from .dni import DNI, DNISettings

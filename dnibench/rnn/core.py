@@ -34,8 +34,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 
-from ..fields import Real
 from ..dni import BackwardInterface, Synthesizer, synthetic_gradient_loss
+from ..fields import Real
 
 LN2 = math.log(2.0)
 LossFn = Callable[[torch.Tensor], torch.Tensor]          # logits [T, B, O] -> per-position loss [T, B] (nats)

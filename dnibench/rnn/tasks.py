@@ -32,9 +32,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from ..fields import Real
 from ..conventions import ConventionSettings
 from ..errors import SuiteError
+from ..fields import Real
 from ..tasks import Task, register_task
 
 MAX_UNITS = 16384
