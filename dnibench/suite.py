@@ -437,6 +437,7 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
     for e_index, entry in enumerate(suite.entries):
         if entry.profiles is not None and profile not in entry.profiles:
             continue
+        names = set()                       # the entry's methods as written and as registered (a file's)
         for (model, method_name), point in itertools.product(entry.grid(), entry.sweep_points()):
             try:
                 method_file = None
@@ -446,6 +447,7 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                     method_file = MethodFile(path=str(path), sha256=digest)
                 else:
                     method = get_method(method_name)
+                names.update((method_name, method.name))
                 train = TrainSettings.model_validate({**suite.train, **prof.train, **entry.train})
                 unused = [name for name in task.unused_train if name in train.model_fields_set]
                 if unused:
@@ -476,11 +478,9 @@ def plan(suite: Suite, profile: str, seeds: int | None = None, device: str = "cp
                                          method=method.name, method_args=settings, task_args=task_args,
                                          train=train, seed=seed, device=device, method_file=method_file,
                                          parallel=parallel))
-        _check_args_keys(where, f"entries[{e_index}].args", entry.args, _method_names(suite, [entry]))
-    _check_args_keys(where, f"profiles.{profile}.method_args", prof.method_args,
-                     _method_names(suite, suite.entries, strict=False))
-    if task.family == "ff":
-        _check_cnn_filters(where, suite, prof, profile)
+        _check_args_keys(where, f"entries[{e_index}].args", entry.args, names)
+    _check_args_keys(where, f"profiles.{profile}.method_args", prof.method_args, _method_names(suite))
+    _check_cnn_filters(where, suite, prof, profile)
     if prof.parallel and all(entry.parallel is None for entry in suite.entries):
         raise SuiteError(f"{where}: profiles.{profile}.parallel: no entry has a parallel block for it to change "
                          "(entries without one run in one process); it would be ignored")
@@ -506,12 +506,12 @@ def _check_cnn_filters(where: Path, suite: Suite, prof: Profile, profile: str) -
             raise SuiteError(f"{where}: {field}.cnn_filters: no entry has a CNN; it would be ignored")
 
 
-def _method_names(suite: Suite, entries: list[Entry], strict: bool = True) -> set[str]:
-    """The names the entries' methods take settings under: as written, and a method file's registered name.
-    ``strict=False``: a file that cannot be loaded is skipped (its entry reports it where it is planned)."""
+def _method_names(suite: Suite) -> set[str]:
+    """The names every entry's methods take settings under, at any profile: as written, and a method file's
+    registered name (a file that cannot be loaded is skipped: its entry reports it where it is planned)."""
     from .methods import find_method_file, load_method_file
     names = set()
-    for entry in entries:
+    for entry in suite.entries:
         for _, name in entry.grid():
             names.add(name)
             if name.endswith(".py"):
@@ -519,8 +519,7 @@ def _method_names(suite: Suite, entries: list[Entry], strict: bool = True) -> se
                     names.add(load_method_file(find_method_file(name, Path(suite.path).parent if suite.path
                                                                 else None))[0].name)
                 except DnibenchError:
-                    if strict:
-                        raise
+                    pass
     return names
 
 

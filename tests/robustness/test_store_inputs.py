@@ -69,7 +69,6 @@ def test_damaged_store_is_named_and_kept(sandbox, command, how):
     assert not (sandbox.cwd / "reports").exists()
 
 
-
 def test_a_bad_store_is_answered_before_torch_or_mlflow_is_imported(sandbox, contract):
     """A typo in --tracking-uri or a damaged store costs the user a fraction of a second, not the seconds
     of importing torch and MLflow: `run`, `report` and `compare` check the store first."""
