@@ -13,7 +13,7 @@ inputs are measured here: per-stage compute in this process with one thread
 
 Single runs on a shared 2-core machine move by 10-20 % between runs, so the two targets are also measured over
 repeats: ``test_cdni_efficiency_interleaved`` (cDNI's efficiency in one-process / K = 2 pairs, each split into
-balance x work x executor, report.parallel.efficiency_parts) and ``test_cost_model_interleaved`` (the report's
+balance x contention x split x executor, report.parallel.efficiency_parts) and ``test_cost_model_interleaved`` (the report's
 prediction of every K = 2 case of the suite over rounds, with the measured rate's spread beside the error).
 
 CPU only (the executor's transport here is gloo); on a shared machine the load average is printed with
@@ -258,17 +258,20 @@ def test_cdni_efficiency_interleaved(benchmark, record):
             summary = train_parallel(spec, data, lambda row, step: None)
             two = summary["mean_samples_per_s"]
             steps = cost.worker_steps_from_metrics(summary, 2)
-            parts = report.efficiency_parts(two, one, steps, BATCH) if steps else {}
+            parts = (report.efficiency_parts(two, one, steps, BATCH, cost.worker_whole_steps_from_metrics(summary, 2))
+                     if steps else {})
             pairs.append((one, two, two / (2 * one), _load(), parts))
     benchmark.pedantic(measure, rounds=1, iterations=1)
     effs = sorted(p[2] for p in pairs)
     benchmark.extra_info.update(efficiencies=[round(e, 3) for e in effs])
 
-    def parts(p):       # where the efficiency went (report.parallel.efficiency_parts): balance x work x executor
-        return "/".join(f"{p[4][key]:.3f}" for key in ("balance", "work", "executor")) if p[4] else "-"
+    def parts(p):       # where the efficiency went (report.parallel.efficiency_parts): balance x work x executor,
+        # work = contention x split (the machine's share: the one-process step timed on both workers at once)
+        keys = ("balance", "contention", "split", "executor")
+        return "/".join(f"{p[4][key]:.3f}" for key in keys) if p[4] else "-"
     record(case=f"cdni K=2 efficiency, {PAIRS} interleaved pairs", samples_per_s=statistics.median(p[1] for p in pairs),
            load=pairs[-1][3], efficiency_vs_1thread=statistics.median(effs),
-           note="pairs (1 thread, K=2, efficiency, balance/work/executor, load): " + "; ".join(
+           note="pairs (1 thread, K=2, efficiency, balance/contention/split/executor, load): " + "; ".join(
                f"{p[0]:.0f}, {p[1]:.0f}, {p[2]:.3f}, {parts(p)}, {p[3]}" for p in pairs)
            + f"; range {effs[0]:.3f}-{effs[-1]:.3f}")
 

@@ -115,15 +115,57 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     assert parts["balance"] == pytest.approx(14 / 16) and parts["work"] == pytest.approx(10 / 14)
     assert parts["executor"] == pytest.approx(0.8) and parts["efficiency"] == pytest.approx(0.5)
     assert parts["bound"] == pytest.approx(10 / 16)        # one step over K x the slowest: a free executor's
+    assert parts["contention"] != parts["contention"] and parts["split"] != parts["split"]   # NaN: not timed
+    # with the one-process step timed on the workers at once (11 and 13 ms: 12 on average): work = contention x split
+    parts = report.efficiency_parts(rate=1e4, one_rate=1e4, steps=[6e-3, 8e-3], batch=100, whole=[11e-3, 13e-3])
+    assert parts["contention"] == pytest.approx(10 / 12) and parts["split"] == pytest.approx(12 / 14)
+    assert parts["work"] == pytest.approx(10 / 14) and parts["bound"] == pytest.approx(10 / 16)
     # from the runs: one row for cDNI at K = 2, whose factors multiply to its efficiency
     table = report.efficiency_table(report.prepare(pd.DataFrame([_row("cdni", "decoupled", k, summary)
                                                                  for k, summary in summaries.items()])))
     assert list(table["K"]) == [2] and list(table["runs"]) == [1]
-    got = {key: float(table.iloc[0][key]) for key in ("efficiency", "balance", "work", "executor")}
+    got = {key: float(table.iloc[0][key]) for key in ("efficiency", "balance", "work", "executor", "contention", "split")}
     expected = summaries[2]["mean_samples_per_s"] / (2 * summaries[1]["mean_samples_per_s"])
     assert got["efficiency"] == pytest.approx(expected, abs=0.005)
     assert got["balance"] * got["work"] * got["executor"] == pytest.approx(got["efficiency"], abs=0.02)
     assert 0.5 <= got["balance"] <= 1.0
+    assert got["contention"] * got["split"] == pytest.approx(got["work"], abs=0.02)
+
+
+def test_a_decoupled_run_times_the_whole_step_on_every_worker(summaries):
+    # K = 2: the one-process step, timed on both workers at once before the run; K = 1 has nothing to compare it to
+    whole = cost.worker_whole_steps_from_metrics(summaries[2], 2)
+    assert whole is not None and all(t > 0 for t in whole)
+    assert cost.worker_whole_steps_from_metrics(summaries[1], 1) is None
+
+
+def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatch):
+    """Worker.time_whole_step times the method's own fused step over every stage, at the run's batch, on a copy: the
+    run's stages are left as they were."""
+    import types
+
+    from dnibench.methods import Setup
+    from dnibench.methods.dni import DNI
+    from dnibench.models import build_stages, stage_output_shapes
+    from dnibench.parallel import worker
+
+    torch.manual_seed(0)
+    stages = build_stages("fcn4", (1, 8, 8), 10)
+    setup = Setup(10, (1, 8, 8), stage_output_shapes(stages, (1, 8, 8)), 1e-2, torch.device("cpu"), fused_step=False)
+    run_method = get_method("cdni")(stages, get_method("cdni").Settings(), setup)
+    before = [p.detach().clone() for p in stages.parameters()]
+    seen, step = [], DNI.step
+
+    def spy(self, x, y):
+        seen.append((self is run_method, self.fused, len(self.stages), tuple(x.shape), tuple(y.shape)))
+        return step(self, x, y)
+    monkeypatch.setattr(DNI, "step", spy)
+    monkeypatch.setattr(cost, "median_seconds", lambda fn, *a, **k: (fn(), 0.5)[1])
+    me = types.SimpleNamespace(setup=setup, method=run_method, stages=stages, batch=BATCH, in_shape=(1, 8, 8),
+                               device=torch.device("cpu"))
+    assert worker.Worker.time_whole_step(me, seconds=0.0) == 0.5
+    assert seen == [(False, True, 4, (BATCH, 1, 8, 8), (BATCH,))]
+    assert all(torch.equal(a, b) for a, b in zip(before, stages.parameters()))
 
 
 def test_locked_workers_that_block_pay_the_blocked_message():

@@ -27,7 +27,9 @@ RUNS = [
     ("cdni", "decoupled", "", 2, 1, 10.0, 2.3, [10.0, 3.0, 2.4], [50.0, 100.0, 150.0], {"lockstep": True}),
     ("dni", "decoupled", "", 1, 0, 820.0, 4.0, [9.0, 5.0, 4.0], [12.0, 24.0, 36.0], {}),
     # each worker's step timed before the run (cost/worker{k}/step_s): the efficiency's split
-    ("dni", "decoupled", "", 2, 0, 1600.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {"steps": [0.15, 0.16]}),
+    # and the one-process step timed on both workers at once (cost/worker{k}/whole_step_s): work's contention and split
+    ("dni", "decoupled", "", 2, 0, 1600.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {"steps": [0.15, 0.16],
+                                                                                      "whole": [0.32, 0.34]}),
     # a disturbed run: its throughput is not the method's cost
     ("dni", "decoupled", "", 2, 1, 99999.0, 4.0, [9.0, 5.0, 4.0], [6.0, 12.0, 18.0], {"disturbed": True}),
 ]
@@ -65,6 +67,7 @@ def _store(root) -> str:
         if extra.get("cost"):
             finals.update(cost.cost_metrics(STAGES, LINK))
         finals.update({f"cost/worker{i}/step_s": t for i, t in enumerate(extra.get("steps", []))})
+        finals.update({f"cost/worker{i}/whole_step_s": t for i, t in enumerate(extra.get("whole", []))})
         metrics += [Metric(key, value, 0, 300) for key, value in finals.items()]
         client.log_batch(run.info.run_id, metrics=metrics, params=[Param(key, str(v)) for key, v in params.items()])
         client.set_terminated(run.info.run_id, "FINISHED")
@@ -166,8 +169,11 @@ def test_efficiency_split_table(report):
     dni = rows[("DNI", "2")]
     assert (dni["runs"], dni["efficiency"], dni["balance"], dni["work"], dni["executor"]) == ("1", "0.98", "0.97", "1.01", "1.00")
     assert dni["bound"] == "0.98"                            # 0.312 / (2 x 0.16)
+    # work = contention x split: the one-process step alone 0.312 s, timed on both workers at once 0.33 s (their
+    # mean): contention 0.312/0.33; split 0.33/0.31
+    assert (dni["contention"], dni["split"]) == ("0.95", "1.06")
     readme = (report / "README.md").read_text()
-    assert "efficiency = balance x work x executor" in readme
+    assert "efficiency = balance x work x executor" in readme and "work = contention x split" in readme
     # cDNI: 1500 samples/s at K = 2 against 800 in one process: 0.94; its runs timed no worker steps: no bound
     assert ("Target (issue 10): cDNI at K = 2 with one thread per worker, parallel efficiency >= 0.85 (throughput >= "
             "1.70x one process at one thread): 0.94, met.\n") in readme
@@ -185,6 +191,14 @@ def test_efficiency_target_not_met_says_what_the_split_allows():
                     "steps timed before the run, an executor that cost nothing would reach 0.90 (balance 0.95 x work "
                     "0.95); the executor kept 0.83 of it.")
     assert parallel.efficiency_target(runs[runs["workers"] == 1], parts) == ""       # no K = 2 run: nothing said
+    # where the run timed the one-process step on every worker at once: what the machine took, and the split
+    parts = parts.assign(contention="0.97", split="0.98")
+    assert parallel.efficiency_target(runs, parts).endswith(
+        "the executor kept 0.83 of it. Work 0.95 = contention 0.97 x split 0.98: timed on every worker at once, the "
+        "one-process step ran at 0.97 of its speed alone (what the machine takes when every worker computes, before "
+        "any split or message), and cutting it into 2 pieces kept 0.98 of that.")
+    parts = parts.assign(contention="", split="")          # a run that did not time it: the sentence stops before
+    assert parallel.efficiency_target(runs, parts).endswith("the executor kept 0.83 of it.")
 
 
 def test_dnibench_run_then_report_states_the_efficiency_target(tmp_path, fake_mnist_data_dir):
@@ -211,6 +225,8 @@ entries:
     rows = _rows((out / "parallel_fcn3_smoke_efficiency.md").read_text())
     cdni = rows[("cDNI", "2")]
     assert float(cdni["bound"]) == pytest.approx(float(cdni["balance"]) * float(cdni["work"]), abs=0.011)
+    # the K = 2 run timed the one-process step on both workers at once: work's two factors
+    assert float(cdni["work"]) == pytest.approx(float(cdni["contention"]) * float(cdni["split"]), abs=0.011)
     speedup = _rows((out / "parallel_fcn3_smoke_speedup.md").read_text())[("cDNI", "2")]
     sentence = re.search(r"Target \(issue 10\): cDNI at K = 2 with one thread per worker, parallel efficiency >= 0\.85 "
                          r"\(throughput >= 1\.70x one process at one thread\): (\d\.\d\d), (met|not met)\. With this "

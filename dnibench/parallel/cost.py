@@ -701,6 +701,12 @@ def worker_steps_from_metrics(metrics: dict, k: int) -> list[float] | None:
     return _per_worker(metrics, k, "step_s")
 
 
+def worker_whole_steps_from_metrics(metrics: dict, k: int) -> list[float] | None:
+    """``cost/worker{i}/whole_step_s`` for the ``k`` workers: the method's one-process step timed on every worker
+    of a decoupled run at once before the run (worker.py ``time_whole_step``), else None (K = 1, older runs)."""
+    return _per_worker(metrics, k, "whole_step_s")
+
+
 def worker_chunks_from_metrics(metrics: dict, k: int) -> tuple[list[float], list[float]] | None:
     """``cost/worker{i}/chunk_forward_s`` and ``chunk_backward_s`` for the ``k`` workers: each pipelined worker's
     forward and backward of one micro-batch through its stages, timed before the run (worker.py

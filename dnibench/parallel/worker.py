@@ -415,8 +415,15 @@ class Worker:
                 out["cost/link_busy_s"] = cost.relay_rounds([t.tolist() for t in table], self.par.microbatches,
                                                             bursts=BURSTS)
         if self.par.schedule == "decoupled" and not self.par.lockstep:
-            # and this worker's whole step, as the decoupled loop runs it, next to its busy peers
-            step_s, = self.timed_at_once(lambda: (self.time_decoupled_step(seconds=STEP_TIMING_S),))
+            # and this worker's whole step, as the decoupled loop runs it, next to its busy peers; with K > 1 then the
+            # method's one-process step on every worker at once: what the machine leaves of that step's speed alone
+            # when every worker computes (the efficiency's contention, report.parallel.efficiency_parts)
+            if self.world > 1:
+                step_s, whole_s = self.timed_at_once(lambda: (self.time_decoupled_step(seconds=STEP_TIMING_S),
+                                                              self.time_whole_step(seconds=STEP_TIMING_S)))
+                out.update({f"cost/worker{k}/whole_step_s": t for k, t in enumerate(whole_s)})
+            else:
+                step_s, = self.timed_at_once(lambda: (self.time_decoupled_step(seconds=STEP_TIMING_S),))
             out.update({f"cost/worker{k}/step_s": t for k, t in enumerate(step_s)})
         if self.par.schedule == "pipelined":
             # and each worker's forward and backward of one micro-batch through its stages: the pipeline's chunks
@@ -540,6 +547,23 @@ class Worker:
                 group.regress(target, metrics, h=out, context=context)
 
         return cost.median_seconds(step, self.device, repeats=least, seconds=seconds, warmup=warmup)
+
+    def time_whole_step(self, seconds: float, warmup: int = 5, least: int = 5) -> float:
+        """Seconds of the method's one-process step over the whole network (fused where the method has a fused step,
+        as a K = 1 run trains it) on a copy, with this worker's threads, at the run's batch: the median of the steps
+        run in ``seconds`` (at least ``least``) after ``warmup``. Every worker times it at once (``timed_at_once``), so
+        against the K = 1 run's step it measures what the neighbours cost a step (shared cache, memory bandwidth,
+        shared cores), apart from what splitting the step costs."""
+        import copy
+        import dataclasses
+
+        setup = dataclasses.replace(self.setup, fused_step=True, generator=torch.Generator().manual_seed(1))
+        method = type(self.method)(copy.deepcopy(self.stages), self.method.settings, setup)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.rand(self.batch, *self.in_shape, generator=gen).to(self.device)
+        y = torch.randint(0, self.setup.num_classes, (self.batch,), generator=gen).to(self.device)
+        return cost.median_seconds(lambda: method.step(x, y), self.device, repeats=least, seconds=seconds,
+                                   warmup=warmup)
 
     def worker_metrics(self, train_s: float) -> dict[str, float]:
         k, s = self.rank, self.clock.seconds

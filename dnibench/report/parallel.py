@@ -239,16 +239,26 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: int) -> dict[str, float]:
+def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: int,
+                     whole: list[float] | None = None) -> dict[str, float]:
     """A decoupled run's parallel efficiency as the product of three measured factors (``steps``: each worker's
     step timed before the run, cost/worker{k}/step_s; ``one_rate``: the same method's K = 1 samples/s):
     ``balance`` = sum of the steps / (K x the slowest), what the split of the stages leaves; ``work`` = the one
     process's step / the sum of the workers' steps, what splitting a step costs (each worker's own step overhead,
     the boundary synthesizer's second prediction, the neighbour on the other core); ``executor`` = the run's
     samples/s over the slowest worker's compute-bound rate, what the messages and the waiting cost. ``bound`` =
-    balance x work, the efficiency an executor that cost nothing would reach with this split and these steps."""
+    balance x work, the efficiency an executor that cost nothing would reach with this split and these steps.
+
+    With ``whole`` (cost/worker{k}/whole_step_s: the one-process step timed on every worker at once before the run)
+    work is itself two measured factors: ``contention`` = the one process's step alone / that step timed next to
+    the busy neighbours (their mean), what the machine takes when every worker computes (shared cache and memory
+    bandwidth; shared cores past one worker a core), and ``split`` = contention's step / the workers' steps added
+    up, what cutting the step into K pieces costs beyond that. Without, both are NaN."""
     k, slowest, total = len(steps), max(steps), sum(steps)
-    parts = {"balance": total / (k * slowest), "work": (batch / one_rate) / total, "executor": rate * slowest / batch}
+    one_step = batch / one_rate
+    parts = {"balance": total / (k * slowest), "work": one_step / total, "executor": rate * slowest / batch}
+    contended = sum(whole) / len(whole) if whole else float("nan")
+    parts["contention"], parts["split"] = one_step / contended, contended / total
     parts["efficiency"] = rate / (k * one_rate)     # = balance x work x executor
     parts["bound"] = parts["balance"] * parts["work"]
     return parts
@@ -266,11 +276,13 @@ def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
         for row in group.to_dict("records"):
             steps = cost.worker_steps_from_metrics(row, int(k))
             if steps and row["samples_per_s"] == row["samples_per_s"] and one == one:
-                parts.append(efficiency_parts(row["samples_per_s"], one, steps, _batch(row)))
+                parts.append(efficiency_parts(row["samples_per_s"], one, steps, _batch(row),
+                                              cost.worker_whole_steps_from_metrics(row, int(k))))
         if parts:
-            mean = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
+            mean = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}   # NaN unless every run has it
             rows.append({"method": name, "K": int(k), "runs": len(parts),
-                         **{key: f"{mean[key]:.2f}" for key in ("efficiency", "balance", "work", "executor", "bound")}})
+                         **{key: f"{mean[key]:.2f}" if mean[key] == mean[key] else ""
+                            for key in ("efficiency", "balance", "work", "contention", "split", "executor", "bound")}})
     return pd.DataFrame(rows)
 
 
@@ -460,6 +472,11 @@ def efficiency_target(runs: pd.DataFrame, parts: pd.DataFrame, k: int = 2, metho
         text += (f" With this split and its workers' steps timed before the run, an executor that cost nothing would "
                  f"reach {row['bound']} (balance {row['balance']} x work {row['work']}); the executor kept "
                  f"{row['executor']} of it.")
+        if row.get("contention"):
+            text += (f" Work {row['work']} = contention {row['contention']} x split {row['split']}: timed on every "
+                     f"worker at once, the one-process step ran at {row['contention']} of its speed alone (what the "
+                     f"machine takes when every worker computes, before any split or message), and cutting it into "
+                     f"{k} pieces kept {row['split']} of that.")
     return text
 
 
@@ -533,7 +550,10 @@ def render(ctx: ReportContext) -> Section | None:
                          "step (its K = 1 run) over the workers' steps added up (what splitting a step costs: each "
                          "worker's own overhead, the boundary synthesizer's second prediction, the neighbour on the "
                          "other core; with more workers than cores they share cores and each step is timed the "
-                         "longer for it, about cores/K). Executor: the run's samples/s over the slowest worker's rate from its step "
+                         "longer for it, about cores/K). Where the run also timed the one-process step on every worker "
+                         "at once, work = contention x split: contention, the K = 1 run's step over that step timed next "
+                         "to the busy neighbours (what the machine takes, before any split or message); split, that step "
+                         "over the workers' steps added up (what cutting the step costs). Executor: the run's samples/s over the slowest worker's rate from its step "
                          "alone (what messages and waiting cost). Bound: balance x work, what an executor that cost "
                          "nothing would reach with this split.", "", markdown_table(parts), ""]
             scale = modelled_scaling(at)
