@@ -70,7 +70,7 @@ class Chaos:
 
     def start(self, db: Path, *extra) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK")}
-        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DNIBENCH_DATA=str(self.root / "default-data"))
         return subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(self.suite), "--profile", "smoke",
                                  "--seeds", str(SEEDS), "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
                                  "--data-dir", str(self.data), "--no-progress", *extra],

@@ -79,6 +79,9 @@ def main(names_file: str, results_file: str, modules: list[str]) -> None:
     if os.environ.get("FAST_FIGURES"):
         fast_figures()
     tests = collect(modules, os.environ.get("TESTS_MATCH", ""))
+    # the tests run here without conftest's no_user_data_cache: a mutant that ignores data_dir must not reach the
+    # user's data cache (one once left a fake 12-image MNIST in ~/.cache/dnibench)
+    os.environ["DNIBENCH_DATA"] = tempfile.mkdtemp(prefix="sweep-default-data-")
     os.environ["MUTANT_UNDER_TEST"] = "none"
     for _, fn in tests:                                       # every test passes unmutated, or the sweep is void
         call(fn)
