@@ -235,7 +235,7 @@ def test_cli_runs_a_variant_file_and_compare_and_report_show_it(tmp_path, fake_m
         assert f"| {model} | frozen_first | 2 |" in readme
     assert "frozen_first" in section
     # and, first, what the runs trained on (their data tags): the fixture's fake 12-image MNIST, not the full set
-    assert readme.index("## Data") < readme.index("## Table 1")
+    assert [line for line in readme.splitlines() if line.startswith("## ")][0] == "## Data"
     assert f"| mnist | IDX files in {(tmp_path / 'idx').resolve()} | 12 | 5 | no | 12 |" in readme
     assert "**12 run(s) trained on data other than the full set**" in readme
     generic = pd.read_csv(tmp_path / "reports" / "compare_my_variant_smoke.csv")
