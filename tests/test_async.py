@@ -179,6 +179,11 @@ def test_async_report_judges_the_two_claims_from_the_runs(tmp_path):
     for stem in ("async_p_update", "async_curves", "async_updates"):
         assert (tmp_path / f"{stem}_paper.png").stat().st_size > 10_000
     assert "Profile `quick`" in section.body and "Departures" in section.body
+    # a paper run on a 12-image cache (its data tags): the claims stand aside, the rule's answer shown
+    rows[0] = {**rows[0], "task": "mnist", "data.source": "IDX files in /x", "data.train": "12", "data.test": "5"}
+    async_updates.render(fake_report_context(tmp_path, rows))
+    paper = (tmp_path / "async_claims_paper.csv").read_text().splitlines()
+    assert paper[1].endswith("not comparable: trained on less than the full data set (the rule would say: holds)")
 
 
 def test_async_claims_each_column_and_the_runs_they_read(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 from dnibench.report import SECTIONS, write_report
 from dnibench.report.context import PUBLISHED_PATH, ReportContext, latest_variant, load_published, markdown_table
 from dnibench.report.table1 import LEFT_OUT, cells, pattern, wide
-from dnibench.report.verdict import NO_DATA, NO_RUNS, NOT_COMPARABLE, ONE_SEED, OUTSIDE, WITHIN
+from dnibench.report.verdict import NO_DATA, NO_RUNS, NOT_COMPARABLE, NOT_FULL_DATA, ONE_SEED, OUTSIDE, WITHIN, verdict
 from dnibench.runner import ROLE, run_suites
 from dnibench.suite import Suite
 
@@ -239,6 +239,34 @@ def test_paper_profile_cells_get_verdicts(tmp_path):
     assert table.iloc[1]["DNI"] == "2.20 ± 0.25 (3 seeds)" and table.iloc[1]["DNI paper"] == "2.2"
     assert table.iloc[1]["DNI verdict"] == WITHIN and table.iloc[1]["cDNI verdict"] == ONE_SEED
     assert "| FCN-4 |" in markdown_table(table)
+    # the same runs, one of DNI's seeds on a 12-image cache (its data tags say so): no verdict rests on that cell;
+    # the others are judged as before (runs that recorded no data count as the full set)
+    partial = {"data.source": "IDX files in /x", "data.train": "12", "data.test": "5"}
+    full = {"data.source": "wheel", "data.train": "60000", "data.test": "10000"}
+    ctx = _ctx(tmp_path / "partial", [{**run("dni", 2.1, 0), **partial}, {**run("dni", 2.2, 1), **full},
+                                      {**run("dni", 2.3, 2), **full}, run("bprop", 5.0, 0), run("bprop", 5.2, 1)])
+    rows = cells(ctx, ctx.runs, "paper")[0]
+    fcn4 = rows[(rows["dataset"] == "mnist") & (rows["model"] == "fcn4")].set_index("method")
+    assert fcn4.at["dni", "verdict"] == NOT_FULL_DATA and fcn4.at["bprop", "verdict"] == OUTSIDE
+
+
+def test_verdicts_stand_aside_for_runs_without_the_full_data_set():
+    from dnibench.report.data_used import comparable
+    from dnibench.report.verdict import at_most, lower_than, why_not_comparable
+
+    def runs(*sizes):
+        return pd.DataFrame([{"task": "mnist", "data.source": None if size is None else "src",
+                              "data.train": None if size is None else str(size[0]),
+                              "data.test": None if size is None else str(size[1])} for size in sizes])
+    assert comparable(runs((60000, 10000), None), "paper") is True       # full, or not recorded
+    assert comparable(runs((60000, 10000)), "quick") is False
+    assert comparable(runs((60000, 10000), (60000, 9000)), "paper") == NOT_FULL_DATA
+    assert comparable(runs((12, 5)).assign(task="copy"), "paper") is True  # a generated task has no full size
+    assert [why_not_comparable(c) for c in (True, False, NOT_FULL_DATA)] == [None, NOT_COMPARABLE, NOT_FULL_DATA]
+    assert verdict(2.0, 0.1, 3, 2.0, 0.3, comparable=NOT_FULL_DATA) == NOT_FULL_DATA
+    assert verdict(math.nan, 0.0, 0, 2.0, 0.3, comparable=NOT_FULL_DATA) == NO_RUNS
+    assert at_most(2.0, 0.1, 3, 2.0, 0.3, NOT_FULL_DATA) == NOT_FULL_DATA
+    assert lower_than([1.0, 1.1], [2.0, 2.1], 0.3, NOT_FULL_DATA) == NOT_FULL_DATA
 
 
 def test_pattern_check_says_far_only_at_least_halfway():

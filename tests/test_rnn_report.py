@@ -54,6 +54,11 @@ def test_paper_profile_verdicts():
     assert list(wide["task"]) == ["Copy", "Repeat Copy", "PTB"] and wide.loc[0, "DNI T=2"] == "16.4 (16)"
     assert cells(ctx, runs.assign(profile="quick"), "quick").set_index(["task", "method", "T"]).loc[
         ("Copy", "DNI", 2), "verdict"] == "not comparable at this profile"
+    # PTB runs on a shortened corpus (their data tags): no verdict on them; Copy generates its data and is judged
+    small = runs.assign(**{"data.source": "elsewhere", "data.train": "1000", "data.test": "100"})
+    table = cells(ctx, small, "paper").set_index(["task", "method", "T"])
+    assert table.loc[("PTB", "BPTT", 8), "verdict"] == "not comparable: trained on less than the full data set"
+    assert table.loc[("Copy", "DNI", 2), "verdict"] == "within tolerance"
 
 
 def test_ptb_tolerance_tells_the_published_columns_apart():
@@ -85,6 +90,9 @@ def test_ptb_paired_claim_dni_lower_than_bptt():
     assert paired.at["DNI+Aux lower than BPTT at T=2", "verdict"] == "no runs"
     quick = ptb_paired(ctx, runs.assign(profile="quick"), "quick").set_index("claim")
     assert quick.at["DNI lower than BPTT at T=3", "verdict"] == "not comparable at this profile (measured: holds)"
+    small = runs.assign(**{"data.source": "elsewhere", "data.train": "1000", "data.test": "100"})
+    assert ptb_paired(ctx, small, "paper").set_index("claim").at["DNI lower than BPTT at T=3", "verdict"] == (
+        "not comparable: trained on less than the full data set (measured: holds)")
 
 
 def test_curriculum_level_counts_the_tasks_own_steps():

@@ -23,7 +23,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 from . import Section
 from .context import ReportContext, display_name, latest_variant, markdown_table
-from .verdict import NO_RUNS, NOT_COMPARABLE, at_most, mean_ci, single_seed_note, welch_ci
+from .data_used import comparable
+from .verdict import NO_RUNS, at_most, mean_ci, single_seed_note, welch_ci, why_not_comparable
 from ..suite import PROFILES
 
 SUITE = "mnist_async"
@@ -154,7 +155,7 @@ def updates_figure(ctx: ReportContext, runs: pd.DataFrame, profile: str):
 def claims(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.DataFrame:
     published = ctx.published["p_update"]["claims"]
     tolerance = ctx.published["tolerance_points"]
-    comparable = profile == "paper"
+    reason = why_not_comparable(comparable(runs, profile))   # None: verdicts apply
     single_seed = single_seed_note(ctx.suites.get(SUITE), profile) is not None
     rows = []
     for claim in published:
@@ -164,8 +165,8 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.DataFrame
             about = float(claim["test_error_about"])
             measured = _fmt(mean, half, n)
             state = at_most(mean, half, n, about, tolerance, True, single_seed)
-            if not comparable and n:
-                state = f"{NOT_COMPARABLE} (the rule would say: {state})"
+            if reason and n:
+                state = f"{reason} (the rule would say: {state})"
             rule = (f"final test error at most {about:g}% + {tolerance} points (one-sided; inconclusive when "
                     f"the CI half-width exceeds {tolerance})")
         else:                                              # claim 2: "trains" at a small p_update
@@ -176,8 +177,8 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.DataFrame
             else:                                          # one-sided on the Welch CI of the difference
                 diff, diff_half, n_p, n_ref = welch_ci(_values(runs, method, p), _values(runs, method, 1.0))
                 state = at_most(diff, diff_half, min(n_p, n_ref), 0.0, TRAINS_MARGIN, True, single_seed)
-                if not comparable:
-                    state = f"{NOT_COMPARABLE} (the rule would say: {state})"
+                if reason:
+                    state = f"{reason} (the rule would say: {state})"
             rule = (f"final error at p_update={p:g} ≤ final error at p_update=1 + {TRAINS_MARGIN} points "
                     f"(one-sided, on the Welch CI of the difference; inconclusive when it is wider than ±{TRAINS_MARGIN})")
         rows.append({"Claim (as published)": claim["text"], "Measured (final test error)": measured,

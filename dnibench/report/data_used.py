@@ -10,10 +10,31 @@ import pandas as pd
 
 from . import Section
 from .context import DATA_TAGS, ReportContext, display_name
+from .verdict import NOT_FULL_DATA
 
 # The full data sets' sizes (shared/brief/DATA.md): MNIST examples, train + validation / test; PTB symbols.
 FULL = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "ptb": (5_017_482, 442_423)}
 UNRECORDED = "not recorded"
+
+
+def not_full(runs: pd.DataFrame) -> pd.Series:
+    """Per run: True where it recorded data of a task whose full size is known and that data was not the full set
+    (a run that recorded nothing, or of a task that generates its data, is False)."""
+    if "data.source" not in runs or "task" not in runs or runs.empty:
+        return pd.Series(False, index=runs.index)
+    full = runs["task"].map(lambda task: FULL.get(task, (None, None)))
+    recorded = runs["data.source"].notna() & runs["task"].isin(FULL)
+    sizes = runs["data.train"].astype(str) + "/" + runs["data.test"].astype(str)
+    return recorded & (sizes != full.map(lambda f: f"{f[0]}/{f[1]}"))
+
+
+def comparable(runs: pd.DataFrame, profile: str) -> bool | str:
+    """Whether verdicts against the published numbers apply to ``runs`` (one cell's, or one claim's) at ``profile``:
+    only at the paper's, and only where none of them trained on less than the full data set (NOT_FULL_DATA, the
+    state that stands in for the verdict then). For verdict.verdict, at_most, lower_than and slower_than."""
+    if profile != "paper":
+        return False
+    return NOT_FULL_DATA if bool(not_full(runs).any()) else True
 
 
 def data_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -44,7 +65,8 @@ def render(ctx: ReportContext) -> Section | None:
             "full data sets."]
     if partial:
         body.append(f"**{partial} run(s) trained on data other than the full set**: every table below includes them; "
-                    "their rows here say what they had.")
+                    "their rows here say what they had, and no verdict against the published numbers rests on them "
+                    f"(\"{NOT_FULL_DATA}\").")
     if unknown:
         body.append(f"{unknown} run(s) were logged before runs recorded their data.")
     return Section("Data", " ".join(body) + "\n\n" + files[0].read_text(), files)

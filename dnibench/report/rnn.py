@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 
 from . import Section, conventions
 from .context import PUBLISHED_PATH, ReportContext, latest_variant, markdown_table
-from .verdict import NO_RUNS, NOT_COMPARABLE, lower_than, mean_ci, single_seed_note, verdict, welch_ci
+from .data_used import comparable
+from .verdict import NO_RUNS, lower_than, mean_ci, single_seed_note, verdict, welch_ci, why_not_comparable
 from ..errors import DnibenchError
 from ..rnn.tasks import Curriculum
 from ..suite import PROFILES, plan, skipped_entries
@@ -220,12 +221,12 @@ def cells(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.DataFrame:
                 published = published_cell(ctx, task, method, T)
                 tol, single = tolerance(ctx, task, method), _single_seed(ctx, task, profile) is not None
                 if task == "ptb":
-                    v = verdict(mean, half, n, published, tol, profile == "paper", single)
+                    v = verdict(mean, half, n, published, tol, comparable(at, profile), single)
                 else:                                    # compare curriculum steps
                     level = [curriculum_level(task, x) for x in values]
                     lm, lh, _ = mean_ci(level)
                     v = verdict(lm, lh, n, None if published is None else curriculum_level(task, published),
-                                tol, profile == "paper", single)
+                                tol, comparable(at, profile), single)
                 rows.append({"task": label, "model": ", ".join(sorted(set(at["model"]))) or "", "method": method_label,
                              "T": T, "measured": _fmt(task, mean) if n else "", "ci95": _fmt(task, half) if n > 1 else "",
                              "seeds": n, "published": _fmt(task, published), "verdict": v if n else NO_RUNS})
@@ -252,8 +253,10 @@ def ptb_paired(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> pd.DataF
             mine, bptt = values(method, T), values("bptt", T)
             diff, half, n_mine, n_bptt = welch_ci(mine, bptt)
             state = lower_than(mine, bptt, tol, True, single)
-            if profile != "paper" and n_mine and n_bptt:
-                state = f"{NOT_COMPARABLE} (measured: {state})"
+            pair = here[(here["param.method_args.T"] == str(T)) & here["method"].isin([method, "bptt"])]
+            reason = why_not_comparable(comparable(pair, profile))
+            if reason and n_mine and n_bptt:
+                state = f"{reason} (measured: {state})"
             pub_mine, pub_bptt = published_cell(ctx, "ptb", method, T), published_cell(ctx, "ptb", "bptt", T)
             measured = "" if not (n_mine and n_bptt) else f"{diff:+.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
             rows.append({"claim": f"{label} lower than BPTT at T={T}", "measured difference (BPC)": measured,

@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import Section, conventions
 from .context import ReportContext, display_name, latest_variant, markdown_table
+from .data_used import comparable
 from .verdict import NO_DATA, NO_RUNS, mean_ci, single_seed_note, verdict
 from ..suite import PROFILES, skipped_entries
 
@@ -64,7 +65,7 @@ def cells(ctx: ReportContext, runs: pd.DataFrame, profile: str) -> tuple[pd.Data
                 mean, half, n = mean_ci(runs_cell[METRIC].tolist() if METRIC in runs_cell else [])
                 pub = published.get(model, {}).get(method, math.nan)
                 if n:
-                    state = verdict(mean, half, n, pub, tolerance, comparable=profile == "paper",
+                    state = verdict(mean, half, n, pub, tolerance, comparable=comparable(runs_cell, profile),
                                     single_seed=single_seed_note(suite, profile) is not None)
                 elif here.empty and dataset == "cifar10":
                     state = NO_DATA            # CIFAR-10 cannot be fetched here; the user supplies it

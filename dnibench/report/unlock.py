@@ -25,7 +25,8 @@ import pandas as pd
 from . import Section
 from .async_updates import error_axis, evaluation_points, iteration_norm
 from .context import ReportContext, display_name, latest_variant, markdown_table
-from .verdict import NO_RUNS, NOT_COMPARABLE, at_most, mean_ci, single_seed_note, slower_than
+from .data_used import comparable
+from .verdict import NO_RUNS, at_most, mean_ci, single_seed_note, slower_than, why_not_comparable
 from ..suite import PROFILES
 
 SUITE = "mnist_unlock"
@@ -67,7 +68,7 @@ def figure(ctx: ReportContext, curves: dict[str, pd.Series], profile: str):
 def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series], profile: str) -> pd.DataFrame:
     published = ctx.published["complete_unlock"]
     about, tolerance = float(published["test_error_about"]), ctx.published["tolerance_points"]
-    comparable = profile == "paper"
+    reason = why_not_comparable(comparable(runs, profile))   # None: verdicts apply
     single_seed = single_seed_note(ctx.suites.get(SUITE), profile) is not None
     bprop = runs[runs["method"] == "bprop"]["metric.final_test_error"].mean() if "bprop" in curves else math.nan
     target = SLOWER_FACTOR * bprop
@@ -83,8 +84,8 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series],
         at = runs[runs["method"] == method]
         mean, half, n = mean_ci(at["metric.final_test_error"].tolist())
         level = at_most(mean, half, n, about, tolerance, True, single_seed)
-        if n and not comparable:
-            level = f"{NOT_COMPARABLE} (measured: {level})"
+        if n and reason:
+            level = f"{reason} (measured: {level})"
         if n == 0 or not math.isfinite(target):
             slower_text, slower = "no runs to compare", NO_RUNS
         else:
@@ -94,7 +95,7 @@ def claims(ctx: ReportContext, runs: pd.DataFrame, curves: dict[str, pd.Series],
             if locked in curves:
                 slower_text += f"; {_name(locked)} {fmt(first_reach(curves[locked], target))}"
             outcome = slower_than(reach[method], reach["bprop"], interval, True, single_seed, reference="Bprop")
-            slower = outcome if comparable else f"{NOT_COMPARABLE} (measured: {outcome})"
+            slower = f"{reason} (measured: {outcome})" if reason else outcome
         measured = "no run" if n == 0 else f"{mean:.2f}%" + (f" ± {half:.2f} ({n} seeds)" if n > 1 else " (1 seed)")
         rows.append({"Method": _name(method), "Claim (as published)": published["text"],
                      "Final test error": measured, f"At most about {about:g}% (+{tolerance})": level,

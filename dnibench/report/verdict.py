@@ -50,6 +50,7 @@ HOLDS = "holds"
 FAILS = "does not hold"
 NOT_REACHED = "did not reach the target"
 NOT_COMPARABLE = "not comparable at this profile"
+NOT_FULL_DATA = "not comparable: trained on less than the full data set"   # report/data_used.comparable
 NO_RUNS = "no runs"
 NO_DATA = "data not provided"
 NO_PUBLISHED = "no published value"
@@ -107,21 +108,30 @@ def is_inconclusive(label: str) -> bool:
     return INCONCLUSIVE in label
 
 
-def _gate(mean: float, n: int, comparable: bool, single_seed: bool) -> str | None:
+def why_not_comparable(comparable: bool | str) -> str | None:
+    """None where verdicts apply (``comparable`` True), else the state that stands in for them: NOT_COMPARABLE for
+    False (not the paper's profile), or the reason a string gives (NOT_FULL_DATA: report/data_used.comparable)."""
+    if isinstance(comparable, str):
+        return comparable
+    return None if comparable else NOT_COMPARABLE
+
+
+def _gate(mean: float, n: int, comparable: bool | str, single_seed: bool) -> str | None:
     """The verdicts decided before looking at the numbers, or None."""
     if n == 0 or mean is None or not math.isfinite(mean):
         return NO_RUNS
-    if not comparable:
-        return NOT_COMPARABLE
+    reason = why_not_comparable(comparable)
+    if reason:
+        return reason
     if n == 1 and not single_seed:
         return ONE_SEED
     return None
 
 
 def verdict(mean: float, half: float, n: int, published: float | None, tolerance: float,
-            comparable: bool = True, single_seed: bool = False) -> str:
+            comparable: bool | str = True, single_seed: bool = False) -> str:
     """A table cell: 'within tolerance', 'outside', 'inconclusive (...)', '1 seed: inconclusive',
-    'not comparable at this profile', 'no runs' or 'no published value' (rule in the module docstring)."""
+    'not comparable at this profile', NOT_FULL_DATA, 'no runs' or 'no published value' (rule in the module docstring)."""
     early = _gate(mean, n, comparable, single_seed)
     if early:
         return early
@@ -136,13 +146,13 @@ def verdict(mean: float, half: float, n: int, published: float | None, tolerance
     return WITHIN if _le(distance, tolerance) else OUTSIDE
 
 
-def judge(values: Iterable[float], published: float | None, tolerance: float, comparable: bool = True,
+def judge(values: Iterable[float], published: float | None, tolerance: float, comparable: bool | str = True,
           single_seed: bool = False) -> str:
     """:func:`verdict` straight from the seeds' values."""
     return verdict(*mean_ci(values), published, tolerance, comparable, single_seed)
 
 
-def at_most(mean: float, half: float, n: int, value: float, tolerance: float, comparable: bool = True,
+def at_most(mean: float, half: float, n: int, value: float, tolerance: float, comparable: bool | str = True,
             single_seed: bool = False) -> str:
     """A one-sided claim "reaches about `value`" (lower is better): 'holds', 'does not hold' or
     'inconclusive (...)' against the bound value + tolerance (rule in the module docstring)."""
@@ -177,7 +187,7 @@ def welch_ci(a: Iterable[float], b: Iterable[float]) -> tuple[float, float, int,
     return diff, float(stats.t.ppf(0.975, df) * math.sqrt(se2)), len(a), len(b)
 
 
-def lower_than(a: Iterable[float], b: Iterable[float], tolerance: float, comparable: bool = True,
+def lower_than(a: Iterable[float], b: Iterable[float], tolerance: float, comparable: bool | str = True,
                single_seed: bool = False) -> str:
     """The paired claim "A is lower than B" from each side's seeds: 'holds', 'does not hold' or
     'inconclusive (...)' on the Welch CI of mean(A) - mean(B) (rule in the module docstring)."""
@@ -198,7 +208,7 @@ def lower_than(a: Iterable[float], b: Iterable[float], tolerance: float, compara
 
 
 def slower_than(steps: Iterable[float], reference_steps: Iterable[float], tolerance: float,
-                comparable: bool = True, single_seed: bool = False, reference: str = "the reference") -> str:
+                comparable: bool | str = True, single_seed: bool = False, reference: str = "the reference") -> str:
     """"Trains more slowly than the reference": each seed's first iteration at the target (inf: never).
     Every seed must reach the target, else 'did not reach the target (k of n seeds)'; then the claim
     is the reference reaching it earlier, :func:`lower_than` on the iterations with ``tolerance``
