@@ -75,6 +75,24 @@ class TextData:
     source: str = ""
 
 
+# The full data sets' sizes (shared/brief/DATA.md), per task: MNIST and CIFAR-10 examples (train, with MNIST's
+# validation set, / test), PTB symbols (train / test). A run on anything smaller gets no verdict in the report.
+FULL_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "ptb": (5_017_482, 442_423)}
+
+
+def describe(task: str, data) -> str | None:
+    """One line for the console on what ``task``'s runs train on (from ``data_tags``), saying so where it is not the
+    full data set; None for a task that generates its data."""
+    tags = data_tags(data)
+    if not tags:
+        return None
+    unit = "symbols" if isinstance(data, TextData) else "examples"
+    line = f"{task}: {tags['data.train']} train and {tags['data.test']} test {unit} from {tags['data.source']}"
+    if task in FULL_SIZES and (int(tags["data.train"]), int(tags["data.test"])) != FULL_SIZES[task]:
+        line += " (not the full data set: the report gives these runs no verdict)"
+    return line
+
+
 def data_tags(data) -> dict[str, str]:
     """What a run trained on, as tags the runner puts on every run: the data set's source (where the verified
     cache came from) and its sizes (examples; symbols for a text corpus), so a run on another copy of the data,

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from . import interrupt, resume, store
-from .data import data_tags
+from .data import data_tags, describe
 from .errors import DataNotProvided, DnibenchError, RunFailed
 from .metric_log import MetricBuffer
 from .pool import MAX_JOBS, WorkerPool
@@ -201,6 +201,9 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
         try:                        # a suite whose every run is an alias needs no data
             if any(s.identity not in shareable for s in todo) and suite.task not in datasets:
                 datasets[suite.task] = get_task(suite.task).load(data_dir, cifar_dir)
+                line = describe(suite.task, datasets[suite.task])
+                if line:
+                    print(f"dnibench: {line}", flush=True)
         except DataNotProvided as err:      # e.g. CIFAR-10 without --cifar-dir: skip, the report says so
             print(f"dnibench: skipping suite {suite.name}: data not provided ({err})", file=sys.stderr)
             not_provided[suite.name] = str(err)

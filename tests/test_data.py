@@ -786,6 +786,19 @@ def test_data_tags_say_where_the_data_came_from_and_its_sizes(fake_mnist_data_di
     assert data.data_tags(None) == {}                       # a task that generates its data
 
 
+def test_describe_says_what_the_runs_train_on_and_whether_it_is_the_full_set(fake_mnist_data_dir):
+    images = data.load_mnist(fake_mnist_data_dir, fetch=False)
+    assert data.describe("mnist", images) == (f"mnist: 12 train and 5 test examples from {images.source} (not the full "
+                                              "data set: the report gives these runs no verdict)")
+    full = data.ImageData(images.x_train, torch.zeros(60_000, dtype=torch.long), images.x_test,
+                          torch.zeros(10_000, dtype=torch.long), 10, "the wheel")
+    assert data.describe("mnist", full) == "mnist: 60000 train and 10000 test examples from the wheel"
+    text = data.TextData(torch.zeros(7, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                         torch.zeros(3, dtype=torch.long), ["a"], "somewhere")
+    assert data.describe("ptb", text).startswith("ptb: 7 train and 3 test symbols from somewhere (not the full")
+    assert data.describe("copy", None) is None              # generates its data: nothing to say
+
+
 def test_no_test_sees_the_users_data_cache(tmp_path_factory):
     """conftest's no_user_data_cache: the default data folder of every test is its own, under pytest's temporary
     root, whatever the user's environment says."""

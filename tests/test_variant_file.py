@@ -214,6 +214,9 @@ def test_cli_runs_a_variant_file_and_compare_and_report_show_it(tmp_path, fake_m
                   "--data-dir", str(fake_mnist_data_dir), "--no-progress", cwd=elsewhere)
     assert ran.returncode == 0, ran.stderr
     assert "12 run(s) done" in ran.stdout
+    # what the runs train on, said before they start: the fixture's 12 images are not the full MNIST
+    assert (f"dnibench: mnist: 12 train and 5 test examples from IDX files in {(tmp_path / 'idx').resolve()} (not the "
+            "full data set: the report gives these runs no verdict)\n") in ran.stdout
     assert executions(variant_dir / "frozen_first.py") == 1       # one process: planned and run from one load
 
     compared = run_cli("compare", "my_variant", "--tracking-uri", uri, "--out", str(tmp_path / "cmp"), cwd=elsewhere)

@@ -11,9 +11,8 @@ import pandas as pd
 from . import Section
 from .context import DATA_TAGS, ReportContext, display_name
 from .verdict import NOT_FULL_DATA
+from ..data import FULL_SIZES
 
-# The full data sets' sizes (shared/brief/DATA.md): MNIST examples, train + validation / test; PTB symbols.
-FULL = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "ptb": (5_017_482, 442_423)}
 UNRECORDED = "not recorded"
 
 
@@ -22,8 +21,8 @@ def not_full(runs: pd.DataFrame) -> pd.Series:
     (a run that recorded nothing, or of a task that generates its data, is False)."""
     if "data.source" not in runs or "task" not in runs or runs.empty:
         return pd.Series(False, index=runs.index)
-    full = runs["task"].map(lambda task: FULL.get(task, (None, None)))
-    recorded = runs["data.source"].notna() & runs["task"].isin(FULL)
+    full = runs["task"].map(lambda task: FULL_SIZES.get(task, (None, None)))
+    recorded = runs["data.source"].notna() & runs["task"].isin(FULL_SIZES)
     sizes = runs["data.train"].astype(str) + "/" + runs["data.test"].astype(str)
     return recorded & (sizes != full.map(lambda f: f"{f[0]}/{f[1]}"))
 
@@ -39,13 +38,13 @@ def comparable(runs: pd.DataFrame, profile: str) -> bool | str:
 
 def data_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per task and data (source, train, test): the finished runs, and whether that data is the full set."""
-    runs = runs[runs["task"].isin(FULL) | runs["data.source"].notna()] if "data.source" in runs else runs.iloc[:0]
+    runs = runs[runs["task"].isin(FULL_SIZES) | runs["data.source"].notna()] if "data.source" in runs else runs.iloc[:0]
     if runs.empty:
         return pd.DataFrame(columns=["task", "source", "train", "test", "full data set", "runs"])
     keys = runs[["task", *DATA_TAGS]].fillna(UNRECORDED).astype(str)
     rows = []
     for (task, source, train, test), group in keys.groupby(["task", *DATA_TAGS], sort=True):
-        full = FULL.get(task)
+        full = FULL_SIZES.get(task)
         known = source != UNRECORDED and full is not None
         rows.append({"task": display_name(task), "source": source, "train": train, "test": test,
                      "full data set": ("yes" if (train, test) == tuple(map(str, full)) else "no") if known else "",
