@@ -19,7 +19,7 @@ UNRECORDED = "not recorded"
 def not_full(runs: pd.DataFrame) -> pd.Series:
     """Per run: True where it recorded data of a task whose full size is known and that data was not the full set
     (a run that recorded nothing, or of a task that generates its data, is False)."""
-    if "data.source" not in runs or "task" not in runs or runs.empty:
+    if not set(DATA_TAGS + ["task"]) <= set(runs.columns) or runs.empty:
         return pd.Series(False, index=runs.index)
     full = runs["task"].map(lambda task: FULL_SIZES.get(task, (None, None)))
     recorded = runs["data.source"].notna() & runs["task"].isin(FULL_SIZES)
