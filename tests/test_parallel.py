@@ -3,6 +3,8 @@
 Lockstep K = 2 computes exactly the one-process learning rule (dni, cdni, unlock_cdni); a decoupled run finishes,
 logs target staleness within its flow-control bound, survives a slow worker, and a worker that dies
 ends the run FAILED with the reason and leaves no process behind; `dnibench run` drives it end to end."""
+import json
+import os
 import sqlite3
 
 import psutil
@@ -244,6 +246,23 @@ def test_combinations_the_executor_does_not_run_are_one_line(tmp_path, entry, me
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_each_worker_is_bound_to_cores_of_its_own_where_there_are_enough(data, tmp_path, monkeypatch):
+    from dnibench.parallel.worker import pinned_cores
+    assert pinned_cores(0, 2, 1, [0, 1]) == {0} and pinned_cores(1, 2, 1, [0, 1]) == {1}
+    assert pinned_cores(1, 2, 2, [3, 5, 6, 7, 9]) == {6, 7}  # the process's usable cores, in order, threads each
+    assert pinned_cores(0, 4, 1, [0, 1]) is None and pinned_cores(0, 1, 1, [0, 1]) is None   # shared, or alone
+    # in a run: each worker on its own core, every thread of it (compute, gloo's, the inboxes') with it
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one usable core: nothing to bind")
+    monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(tmp_path))
+    summary, _ = run(spec("cdni", 2, steps=4), data)
+    assert summary["cores_bound"] == 1.0
+    usable = sorted(os.sched_getaffinity(0))
+    for rank in (0, 1):
+        threads = json.loads((tmp_path / f"rank{rank}.cores.json").read_text())
+        assert len(threads) >= 3 and all(cores == [usable[rank]] for cores in threads), threads
+
+
 def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
     from dnibench.parallel.worker import spins
     from dnibench.tracking import usable_cores
@@ -252,6 +271,7 @@ def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
     assert not spins(1, 1, 2)                                # one worker receives nothing
     summary, _ = run(spec("bprop", 2, schedule="locked"), data)
     assert summary["wait_polls"] == float(spins(2, 1, usable_cores()))
+    assert summary["cores_bound"] == summary["wait_polls"]   # where each worker has its cores, bound to them
     assert summary["cost/link_blocked_s"] > 0                # what a message costs a receiver waiting blocked
     # a locked step's messages: round trips with the receiver waiting as the run's workers do (polling here, a
     # measurement of its own; where they block, the blocked one)
