@@ -793,6 +793,8 @@ def test_describe_says_what_the_runs_train_on_and_whether_it_is_the_full_set(fak
     full = data.ImageData(images.x_train, torch.zeros(60_000, dtype=torch.long), images.x_test,
                           torch.zeros(10_000, dtype=torch.long), 10, "the wheel")
     assert data.describe("mnist", full) == "mnist: 60000 train and 10000 test examples from the wheel"
+    short = data.ImageData(images.x_train, full.y_train, images.x_test, torch.zeros(9_000, dtype=torch.long), 10, "x")
+    assert data.describe("mnist", short).endswith("(not the full data set: the report gives these runs no verdict)")
     text = data.TextData(torch.zeros(7, dtype=torch.long), torch.zeros(2, dtype=torch.long),
                          torch.zeros(3, dtype=torch.long), ["a"], "somewhere")
     assert data.describe("ptb", text).startswith("ptb: 7 train and 3 test symbols from somewhere (not the full")

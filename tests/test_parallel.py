@@ -261,6 +261,8 @@ def test_each_worker_is_bound_to_cores_of_its_own_where_there_are_enough(data, t
     for rank in (0, 1):
         threads = json.loads((tmp_path / f"rank{rank}.cores.json").read_text())
         assert len(threads) >= 3 and all(cores == [usable[rank]] for cores in threads), threads
+    one, _ = run(spec("cdni", 1, steps=4), data)
+    assert one["cores_bound"] == 0.0                        # one worker is left where it is
 
 
 def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
