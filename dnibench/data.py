@@ -78,6 +78,14 @@ class TextData:
 # The full data sets' sizes (shared/brief/DATA.md), per task: MNIST and CIFAR-10 examples (train, with MNIST's
 # validation set, / test), PTB symbols (train / test). A run on anything smaller gets no verdict in the report.
 FULL_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "ptb": (5_017_482, 442_423)}
+DATA_TAGS = ["data.source", "data.train", "data.test"]   # the keys of data_tags
+
+
+def is_full(task: str, train, test) -> bool | None:
+    """Whether data of these sizes (numbers, or the tags' text) is ``task``'s full data set; None where the task's
+    full size is not known (a task that generates its data)."""
+    full = FULL_SIZES.get(task)
+    return None if full is None else (str(train), str(test)) == tuple(map(str, full))
 
 
 def describe(task: str, data) -> str | None:
@@ -88,7 +96,7 @@ def describe(task: str, data) -> str | None:
         return None
     unit = "symbols" if isinstance(data, TextData) else "examples"
     line = f"{task}: {tags['data.train']} train and {tags['data.test']} test {unit} from {tags['data.source']}"
-    if task in FULL_SIZES and (int(tags["data.train"]), int(tags["data.test"])) != FULL_SIZES[task]:
+    if is_full(task, tags["data.train"], tags["data.test"]) is False:
         line += " (not the full data set: the report gives these runs no verdict)"
     return line
 

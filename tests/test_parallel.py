@@ -204,6 +204,8 @@ def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake
             "staleness/h1_mean", "staleness/h1_max"} <= metrics
     # as the README says: how the workers waited, and each worker's step timed before the run (the cost model's)
     assert {"wait_polls", "cost/worker0/step_s", "cost/worker1/step_s"} <= metrics
+    # and whether each worker was bound to its cores, and the one-process step timed on every worker at once
+    assert {"cores_bound", "cost/worker0/whole_step_s", "cost/worker1/whole_step_s"} <= metrics
 
 
 def test_the_parallel_suite_plans_at_every_profile_and_one_process_runs_keep_their_hash():

@@ -21,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from .. import store
+from ..data import DATA_TAGS
 from ..errors import DnibenchError
 from ..suite import Suite, load_suite
 
@@ -28,7 +29,6 @@ PUBLISHED_PATH = Path(__file__).resolve().parent.parent / "published" / "jaderbe
 ROLE = "dnibench.role"                     # the runner's tag for parent/child runs
 TAG_COLUMNS = ["suite", "profile", "task", "model", "method", "seed", "device", "config_hash", "git_commit"]
 SHARED_FROM = "shared_from"                # the runner's tag on an alias: the run id that trained it
-DATA_TAGS = ["data.source", "data.train", "data.test"]   # what a run trained on (dnibench.data.data_tags)
 
 # How the report names things: the paper's column names and model names.
 DISPLAY_NAMES = {"nobprop": "No Bprop", "bprop": "Bprop", "dni": "DNI", "cdni": "cDNI",

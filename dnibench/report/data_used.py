@@ -9,9 +9,9 @@ from __future__ import annotations
 import pandas as pd
 
 from . import Section
-from .context import DATA_TAGS, ReportContext, display_name
+from .context import ReportContext, display_name
 from .verdict import NOT_FULL_DATA
-from ..data import FULL_SIZES
+from ..data import DATA_TAGS, FULL_SIZES, is_full
 
 UNRECORDED = "not recorded"
 
@@ -21,10 +21,8 @@ def not_full(runs: pd.DataFrame) -> pd.Series:
     (a run that recorded nothing, or of a task that generates its data, is False)."""
     if not set(DATA_TAGS + ["task"]) <= set(runs.columns) or runs.empty:
         return pd.Series(False, index=runs.index)
-    full = runs["task"].map(lambda task: FULL_SIZES.get(task, (None, None)))
-    recorded = runs["data.source"].notna() & runs["task"].isin(FULL_SIZES)
-    sizes = runs["data.train"].astype(str) + "/" + runs["data.test"].astype(str)
-    return recorded & (sizes != full.map(lambda f: f"{f[0]}/{f[1]}"))
+    return pd.Series([pd.notna(source) and is_full(task, train, test) is False for task, source, train, test
+                      in zip(runs["task"], *(runs[key] for key in DATA_TAGS))], index=runs.index, dtype=bool)
 
 
 def comparable(runs: pd.DataFrame, profile: str) -> bool | str:
@@ -44,11 +42,9 @@ def data_table(runs: pd.DataFrame) -> pd.DataFrame:
     keys = runs[["task", *DATA_TAGS]].fillna(UNRECORDED).astype(str)
     rows = []
     for (task, source, train, test), group in keys.groupby(["task", *DATA_TAGS], sort=True):
-        full = FULL_SIZES.get(task)
-        known = source != UNRECORDED and full is not None
+        full = None if source == UNRECORDED else is_full(task, train, test)
         rows.append({"task": display_name(task), "source": source, "train": train, "test": test,
-                     "full data set": ("yes" if (train, test) == tuple(map(str, full)) else "no") if known else "",
-                     "runs": len(group)})
+                     "full data set": "" if full is None else ("yes" if full else "no"), "runs": len(group)})
     return pd.DataFrame(rows)
 
 
