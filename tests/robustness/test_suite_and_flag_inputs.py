@@ -246,3 +246,27 @@ def test_bad_input_found_at_plan_time_before_mlflow_is_imported(sandbox, contrac
     for line, (case_id, _, match) in zip(errors, cases):
         assert line.startswith("dnibench: error: ") and re.search(match, line), (case_id, line)
     assert not sandbox.store.exists()
+
+
+def test_every_bad_suite_gets_its_line_from_main_in_this_process(tmp_path):
+    """The suite cases and the late ones without a launcher environment, through `dnibench run`'s main() called in
+    this interpreter: exit 2 and the same line as through a process (the tests above), nothing written. In one
+    process the planner's refusals are traced by a mutation tester (mutmut follows no subprocess), so a refusal
+    that stops refusing is a killed mutant, not only a failed CLI case."""
+    import contextlib
+    import io
+
+    from dnibench.cli import main
+
+    cases = [(i, t, m) for i, t, m in SUITE_CASES] + [(i, t, m) for i, t, e, m in LATE_CASES if not e]
+    store = tmp_path / "store.db"
+    for case_id, text, match in cases:
+        path = tmp_path / f"{case_id}.yaml"
+        path.write_bytes(b"name: \xff\xfe\x00tiny\n" if text is None else text.encode())
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["run", str(path), "--profile", "smoke", "--no-progress", "--tracking-uri", f"sqlite:///{store}"])
+        lines = err.getvalue().splitlines()
+        assert code == 2 and len(lines) == 1, (case_id, code, lines)
+        assert lines[0].startswith("dnibench: error: ") and re.search(match, lines[0]), (case_id, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{c[0]}.yaml" for c in cases)
