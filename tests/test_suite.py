@@ -109,3 +109,79 @@ def test_cnn_filters_is_refused_only_where_no_model_it_reaches_is_a_cnn(tmp_path
     profile_only = MINIMAL.replace("smoke: {}", "smoke: {train: {cnn_filters: 8}}")
     with pytest.raises(SuiteError, match=r"profiles\.smoke\.train\.cnn_filters: no entry has a CNN"):
         plan(load_suite(write(tmp_path, profile_only)), "smoke")
+
+
+def test_bad_value_message_parts(tmp_path):
+    """The one-line message a bad suite value gets (suite._format_validation): the field's dotted path, pydantic's
+    message, what was given (not for a mapping), how many more errors there are, each part cut to its length."""
+    from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+    from dnibench.suite import _format_validation, _short
+
+    assert _short("a  b\n c", 10) == "a b c"                            # whitespace made one line
+    assert _short("x" * 10, 10) == "x" * 10 and _short("x" * 11, 10) == "x" * 7 + "..."
+
+    class Inner(BaseModel):
+        n: int
+
+    class Outer(BaseModel):
+        inner: Inner
+        m: int = 0
+        k: int = 0
+
+    def message(value, path="suite.yaml") -> str:
+        with pytest.raises(ValidationError) as err:
+            Outer.model_validate(value)
+        return _format_validation(Path(path), err.value)
+
+    assert message({"inner": {"n": "x"}}) == ("suite.yaml: field 'inner.n': Input should be a valid integer, unable to "
+                                              "parse string as an integer; got 'x'")
+    assert message({"inner": {"n": "x"}, "m": "y", "k": "z"}).endswith("; got 'x' (and 2 more)")
+    assert message({"inner": {"n": "x"}, "m": "y"}).endswith("; got 'x' (and 1 more)")
+
+    class Closed(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    with pytest.raises(ValidationError) as err:
+        Closed.model_validate({"k" * 150: 1})
+    assert _format_validation(Path("s.yaml"), err.value) == f"s.yaml: field '{'k' * 97}...': Extra inputs are not permitted; got 1"
+    assert message({"inner": {}}) == "suite.yaml: field 'inner.n': Field required"   # the input was a mapping
+    assert message([1]) == "suite.yaml: field '(top level)': Input should be a valid dictionary or instance of Outer; got [1]"
+    long = message({"inner": {"n": "q" * 500}}, path="d/" * 100 + "s.yaml")
+    where, rest = long.split(": field ", 1)
+    assert where == _short("d/" * 100 + "s.yaml", 120) and len(where) == 120
+    assert rest.endswith("; got " + "'" + "q" * 116 + "...")           # repr cut to 120 characters
+
+    class Wordy(BaseModel):
+        n: int
+
+        @field_validator("n")
+        @classmethod
+        def _long(cls, value):
+            raise ValueError("w" * 300)
+
+    with pytest.raises(ValidationError) as err:
+        Wordy.model_validate({"n": 1})
+    assert _format_validation(Path("s.yaml"), err.value) == "s.yaml: field 'n': Value error, " + "w" * 144 + "...; got 1"
+
+
+def test_skipped_entries_name_each_left_out_pair_and_why(tmp_path):
+    suite = load_suite(write(tmp_path, MINIMAL.replace("entries:\n", "entries:\n  - model: fcn4\n    method: [bprop, dni]\n"
+                                                         "    profiles: [paper]\n    skip_reason: too slow here\n"
+                                                         "  - model: fcn5\n    method: dni\n    profiles: [paper]\n")))
+    left = skipped_entries(suite, "smoke")
+    assert left == [{"model": "fcn4", "method": "bprop", "reason": "too slow here"},
+                    {"model": "fcn4", "method": "dni", "reason": "too slow here"},
+                    {"model": "fcn5", "method": "dni", "reason": "not in this profile"}]
+    assert skipped_entries(suite, "paper") == []
+
+
+def test_uniform_sweep_values_are_seeded_sorted_and_rounded():
+    from dnibench.suite import UniformSweep
+
+    sweep = UniformSweep(uniform=(0.1, 0.9), samples=6, seed=7)
+    values = sweep.values()
+    assert values == UniformSweep(uniform=(0.1, 0.9), samples=6, seed=7).values() == sorted(values)
+    assert values != UniformSweep(uniform=(0.1, 0.9), samples=6, seed=8).values()
+    assert len(values) == 6 and all(0.1 <= v <= 0.9 and v == round(v, 4) for v in values)
+    assert any(v != round(v, 3) for v in values)                        # 4 decimals, not fewer
