@@ -11,6 +11,10 @@ from dnibench.report.context import (DATA_TAGS, ROLE, SHARED_FROM, TAG_COLUMNS, 
                                      load_failed_runs, load_runs)
 
 
+# load_runs' own columns, in order, before the params and metrics
+RUN_COLUMNS = ["run_id", "experiment", *TAG_COLUMNS, SHARED_FROM, *DATA_TAGS, "start_time", "variant"]
+
+
 class Store:
     def __init__(self, tmp_path):
         self.uri = f"sqlite:///{tmp_path}/runs.db"
@@ -70,7 +74,7 @@ def test_load_runs_columns_types_and_order(store):
     assert text("data.source") == [None, None, None, "wheel"] and runs["data.train"].iloc[3] == "60000"
     assert runs["data.test"].iloc[3] == "10000" and runs["git_commit"].tolist() == ["c0ffee"] * 4
     fixed = [c for c in runs.columns if not c.startswith(("param.", "metric."))]
-    assert fixed == ["run_id", "experiment", *TAG_COLUMNS, SHARED_FROM, *DATA_TAGS, "start_time", "variant"]
+    assert fixed == RUN_COLUMNS
 
 
 def test_load_runs_on_no_runs_has_the_columns_of_a_store_with_runs(store, tmp_path):
@@ -78,8 +82,7 @@ def test_load_runs_on_no_runs_has_the_columns_of_a_store_with_runs(store, tmp_pa
     assert missing.empty and not (tmp_path / "absent.db").exists()          # nothing created
     store.run(role="parent")                                                 # a store with no child run
     for empty in (missing, load_runs(store.uri)):
-        assert list(empty.columns) == ["run_id", "experiment", *TAG_COLUMNS, SHARED_FROM, *DATA_TAGS, "start_time",
-                                       "variant"]
+        assert list(empty.columns) == RUN_COLUMNS
 
 
 def test_variant_is_shared_by_the_seeds_of_one_configuration(store):
