@@ -36,7 +36,7 @@ def _fcn(depth: int, in_shape: tuple[int, ...], num_classes: int) -> list[nn.Mod
 
 
 def _cnn(depth: int, in_shape: tuple[int, ...], num_classes: int, filters: int,
-         pool_stride: int = 2) -> list[nn.Module]:
+         pool_stride: int) -> list[nn.Module]:
     channels, height, width = in_shape
     stages: list[nn.Module] = []
     for i in range(depth - 1):

@@ -82,3 +82,11 @@ def test_adam_factory_takes_parameter_groups_and_refuses_nothing_to_train():
     assert opt.defaults["fused"] is True and [g["lr"] for g in opt.param_groups] == [1e-3, 0.5]
     with pytest.raises(ValueError, match="empty parameter list"):
         adam([], 1e-3)
+
+
+def test_the_package_re_exports_the_protocol_and_names_what_it_lacks():
+    import dnibench.methods as methods
+    assert (methods.Method, methods.MethodSettings, methods.Setup) == (base.Method, base.MethodSettings, base.Setup)
+    with pytest.raises(AttributeError) as err:
+        methods.Stage
+    assert str(err.value) == "module 'dnibench.methods' has no attribute 'Stage'"

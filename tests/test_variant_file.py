@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dnibench.errors import SuiteError
-from dnibench.methods import REGISTRY, find_method_file, get_method, load_method_file
+from dnibench.methods import REGISTRY, file_sha256, find_method_file, get_method, load_method_file
 from dnibench.suite import load_suite, plan
 
 # A real (if small) variant: backprop whose lowest stage never learns. Each execution of the file
@@ -144,6 +144,9 @@ def test_relative_path_is_taken_from_the_suite_folder_then_the_working_directory
     assert find_method_file("methods/frozen_rel.py", suites) == next_to_suite.resolve()
     assert find_method_file("frozen_cwd_only.py", suites) == (cwd / "frozen_cwd_only.py").resolve()
     assert find_method_file(str(next_to_suite), None) == next_to_suite.resolve()
+    # no suite folder (get_method of a path given on its own): the working directory only
+    assert find_method_file("frozen_cwd_only.py", None) == (cwd / "frozen_cwd_only.py").resolve()
+    assert get_method("frozen_cwd_only.py").name == "frozen_cwd_only"
     with pytest.raises(SuiteError, match=r"method file nowhere\.py does not exist \(looked for .*suites/nowhere\.py, "
                                          r".*work/nowhere\.py\)"):
         find_method_file("nowhere.py", suites)
@@ -191,10 +194,83 @@ def test_bad_method_file_is_one_line_naming_the_file(tmp_path, registry, text, n
     message = str(err.value)
     assert "\n" not in message and str(path.resolve()) in message
     assert set(REGISTRY) == names and REGISTRY["dni"].__module__ == "dnibench.methods.dni"   # nothing left half-registered
+    assert not [m for m in sys.modules if m.startswith("dnibench_method_file_bad_variant_")]   # nor its module
     # Through a suite too: one line naming the suite, the entry and the file.
     suite = load_suite(write_suite(tmp_path, "bad_variant.py"))
     with pytest.raises(SuiteError, match=r"variant_suite\.yaml: entries\[0\]: method file .*bad_variant\.py: "):
         plan(suite, "smoke")
+
+
+def test_method_file_messages_in_full(tmp_path, registry):
+    missing = tmp_path / "missing.py"
+    with pytest.raises(SuiteError) as err:
+        load_method_file(missing)
+    assert str(err.value) == f"method file {missing.resolve()} does not exist"
+    empty = tmp_path / "empty.py"
+    empty.write_text(NO_METHOD)
+    with pytest.raises(SuiteError) as err:
+        load_method_file(empty)
+    assert str(err.value) == (f"method file {empty.resolve()}: must register exactly one method "
+                              "(a Method subclass decorated with @register), registered none")
+    variant = write_variant(tmp_path, "frozen_digest")
+    planned = file_sha256(variant)
+    variant.write_text(variant.read_text() + "# edited\n")
+    with pytest.raises(SuiteError) as err:
+        load_method_file(variant, planned)
+    assert str(err.value) == (f"method file {variant.resolve()} changed since the run was planned "
+                              f"(sha256 {file_sha256(variant)[:12]}, planned {planned[:12]}); plan the suite again")
+    with pytest.raises(SuiteError) as err:
+        get_method("no_such_method")
+    assert str(err.value) == f"unknown method 'no_such_method'; known: {', '.join(sorted(REGISTRY))}"
+    assert ", bprop, " not in str(err.value) and "known: bprop, bptt, cdni, dni, " in str(err.value)
+
+
+def test_a_broken_edit_keeps_the_version_that_worked(tmp_path, registry):
+    """A file edited into one that fails to load is refused; the method it registered before stays, and the
+    file edited back is that method again, not executed a third time."""
+    variant = write_variant(tmp_path, "frozen_kept")
+    first, _ = load_method_file(variant)
+    good = variant.read_text()
+    variant.write_text(RAISES)
+    with pytest.raises(SuiteError, match="the variant is broken"):
+        load_method_file(variant)
+    assert REGISTRY["frozen_kept"] is first
+    variant.write_text(good)
+    assert load_method_file(variant)[0] is first and executions(variant) == 1
+
+
+# A variant with settings of its own, its annotations postponed (pydantic resolves them in the file's module)
+WITH_SETTINGS = """
+from __future__ import annotations
+
+from pydantic import Field
+
+from dnibench.fields import Real
+from dnibench.methods import register
+from dnibench.methods.base import MethodSettings
+from dnibench.methods.bprop import Backprop
+
+
+class SlowSettings(MethodSettings):
+    slowdown: Real = Field(2.0, gt=0.0)
+
+
+@register
+class Slow(Backprop):
+    name = "slow_settings"
+    Settings = SlowSettings
+"""
+
+
+def test_a_method_files_own_settings_with_postponed_annotations(tmp_path, registry):
+    path = tmp_path / "slow.py"
+    path.write_text(WITH_SETTINGS)
+    cls, _ = load_method_file(path)
+    assert cls.Settings().slowdown == 2.0 and cls.Settings(slowdown=0.5).slowdown == 0.5
+    with pytest.raises(ValueError, match="greater than 0"):
+        cls.Settings(slowdown=0.0)
+    with pytest.raises(ValueError, match="is not a number"):   # fields.Real: true/false is not a number
+        cls.Settings(slowdown=True)
 
 
 def run_cli(*args, cwd):
