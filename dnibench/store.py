@@ -200,7 +200,9 @@ def owner_alive(tags: dict[str, str]) -> bool:
         proc = psutil.Process(int(tags[OWNER_PID]))
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return abs(proc.create_time() - float(tags.get(OWNER_START, "nan"))) < 1.0
+        if OWNER_START not in tags:         # a live pid, but no start time to tell the owner from a reuse
+            return True
+        return abs(proc.create_time() - float(tags[OWNER_START])) < 1.0
     except psutil.NoSuchProcess:
         return False
     except (psutil.Error, ValueError):

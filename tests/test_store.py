@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -165,6 +166,38 @@ def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "Child runs in the store by status: KILLED 2, RUNNING 3." in readme
     assert "2 run(s) FAILED or KILLED" in readme and f"| KILLED | {reason} |" in readme
+
+
+def test_owner_alive_decides_only_what_it_can_tell():
+    """Dead only when the owner ran on this host and its pid is gone, a zombie, or now another process's (its
+    start time differs by a second or more); alive for another host, no pid, or a start time it cannot read."""
+    me = store.owner_tags()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    start = float(me[store.OWNER_START])
+    assert store.owner_alive(me)
+    assert store.owner_alive({**me, store.OWNER_START: f"{start + 0.4:.3f}"})    # the tag keeps 3 decimals
+    assert not store.owner_alive({**me, store.OWNER_START: f"{start + 1.5:.3f}"})   # the pid was reused
+    assert not store.owner_alive({**me, store.OWNER_PID: str(gone.pid)})
+    assert store.owner_alive({**me, store.OWNER_HOST: "another-host", store.OWNER_PID: str(gone.pid)})
+    assert store.owner_alive({**me, store.OWNER_HOST: "another-host"})
+    assert store.owner_alive({store.OWNER_HOST: me[store.OWNER_HOST]})            # no pid: unknown
+    assert store.owner_alive({}) and store.owner_alive({store.OWNER_PID: str(gone.pid)})
+    no_start = {k: v for k, v in me.items() if k != store.OWNER_START}
+    assert store.owner_alive(no_start)                                            # live pid, no start: unknown
+    assert not store.owner_alive({**no_start, store.OWNER_PID: str(gone.pid)})    # but a gone pid is gone
+    assert store.owner_alive({**me, store.OWNER_START: "yesterday"})              # unreadable: never kill on a guess
+    assert store.owner_alive({**me, store.OWNER_PID: "not-a-pid"})
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])                      # exited, not yet waited for
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.02)
+        zombie_tags = {**me, store.OWNER_PID: str(zombie.pid),
+                       store.OWNER_START: f"{psutil.Process(zombie.pid).create_time():.3f}"}
+        assert not store.owner_alive(zombie_tags)
+    finally:
+        zombie.wait()
 
 
 def test_a_signal_is_recorded_and_raised_only_at_a_safe_point():
