@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dnibench import resume
+from dnibench import resume, store
 from dnibench.runner import run_suites
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,3 +106,85 @@ def test_the_shortcut_needs_a_sqlite_store_and_a_plan(tmp_path):
     assert resume.nothing_left([str(suite)], "smoke", "cpu", None, "http://localhost:1") is None
     assert resume.nothing_left([str(suite)], "smoke", "cpu", None, f"sqlite:///{tmp_path / 'none.db'}") is None
     assert resume.plans_file(f"sqlite:///{tmp_path / 'a.db'}") == tmp_path / ".a.db.plans.json"
+
+
+def test_the_plan_key_changes_with_everything_the_plan_is_made_from(tmp_path, monkeypatch):
+    from dnibench.suite import load_suite
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "ff.yaml"
+    path.write_text(MNIST.replace("[bprop, cdni]", "[bprop, variant.py]"))
+    variant = tmp_path / "variant.py"
+    variant.write_text("# a method file: only its bytes count here\n")
+    monkeypatch.chdir(tmp_path)
+
+    def key(profile="smoke", seeds=None, device="cpu", shard=None, data_dir="data", cifar_dir=None):
+        return resume.plan_key([load_suite(path)], profile, seeds, device, shard, data_dir, cifar_dir)
+
+    base = key()
+    assert key() == base and key(data_dir=tmp_path / "data") == base           # a data folder counts resolved
+    others = [key(profile="quick"), key(seeds=2), key(device="auto"), key(shard=(0, 2)), key(data_dir="other"),
+              key(data_dir=None), key(cifar_dir="cifar")]
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES"):   # torchrun's and the GPUs' say
+        monkeypatch.setenv(name, "1")
+        others.append(key())
+        monkeypatch.delenv(name)
+    variant.write_text("# edited\n")
+    others.append(key())
+    variant.write_text("# a method file: only its bytes count here\n")
+    path.write_text(path.read_text() + "# a comment\n")
+    others.append(key())
+    assert len(set(others)) == len(others) and base not in others
+    # What "auto" resolves to depends on the torch build: its version is in the key, not in a CPU run's
+    path.write_text(MNIST.replace("[bprop, cdni]", "[bprop, variant.py]"))
+    assert key() == base
+    auto, real_version = key(device="auto"), resume._version
+    monkeypatch.setattr(resume, "_version", lambda name: "9.9" if name == "torch" else real_version(name))
+    assert key(device="auto") != auto and key() == base
+
+
+def test_the_source_digest_reads_the_packages_code_and_data_files(tmp_path, monkeypatch):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = {package / "a.py": "x = 1\n", package / "sub" / "b.yaml": "k: 1\n", package / "notes.txt": "n\n"}
+    for path, text in files.items():
+        path.write_text(text)
+    monkeypatch.setattr(resume, "PACKAGE", package)
+    base = resume._source_digest()
+    (package / "notes.txt").write_text("other\n")
+    assert resume._source_digest() == base                     # neither code nor a settings file
+    for path in (package / "a.py", package / "sub" / "b.yaml"):
+        path.write_text(files[path] + "# edited\n")
+        assert resume._source_digest() != base, path.name
+        path.write_text(files[path])
+        assert resume._source_digest() == base
+    (package / "a.py").rename(package / "c.py")                # the same bytes under another name
+    assert resume._source_digest() != base
+
+
+def test_finished_and_running_read_only_the_runs_that_count():
+    """_finished: the config hashes of FINISHED, active child runs of one experiment name (None when the name
+    is ambiguous); _running_here: a RUNNING run owned by this host. On the tables' columns they read."""
+    import platform
+    conn = sqlite3.connect(":memory:")
+    conn.executescript("CREATE TABLE experiments (experiment_id INTEGER, name TEXT);"
+                       "CREATE TABLE runs (run_uuid TEXT, experiment_id INTEGER, status TEXT, lifecycle_stage TEXT);"
+                       "CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT);")
+    conn.executemany("INSERT INTO experiments VALUES (?, ?)", [(1, "a"), (2, "twice"), (3, "twice"), (4, "other")])
+    runs = [("done", 1, "FINISHED", "active", "child"), ("running", 1, "RUNNING", "active", "child"),
+            ("deleted", 1, "FINISHED", "deleted", "child"), ("parent", 1, "FINISHED", "active", "parent"),
+            ("failed", 1, "FAILED", "active", "child"), ("elsewhere", 4, "FINISHED", "active", "child")]
+    for uuid, exp, status, stage, role in runs:
+        conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?)", (uuid, exp, status, stage))
+        conn.executemany("INSERT INTO tags VALUES (?, ?, ?)", [("config_hash", f"h-{uuid}", uuid),
+                                                               ("dnibench.role", role, uuid)])
+    conn.execute("INSERT INTO runs VALUES ('norole', 1, 'FINISHED', 'active')")
+    conn.execute("INSERT INTO tags VALUES ('config_hash', 'h-norole', 'norole')")
+    assert resume._finished(conn, "a") == {"h-done"}
+    assert resume._finished(conn, "twice") is None and resume._finished(conn, "none") == set()
+    assert not resume._running_here(conn)                                  # RUNNING, but no owner here
+    conn.execute("INSERT INTO tags VALUES (?, 'another-host', 'running')", (store.OWNER_HOST,))
+    conn.execute("INSERT INTO tags VALUES (?, ?, 'done')", (store.OWNER_HOST, platform.node()))
+    assert not resume._running_here(conn)                                  # another host's; a FINISHED one here
+    conn.execute("UPDATE tags SET value = ? WHERE run_uuid = 'running' AND key = ?", (platform.node(), store.OWNER_HOST))
+    assert resume._running_here(conn)

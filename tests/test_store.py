@@ -59,6 +59,49 @@ def test_bad_tracking_uris_are_one_line_errors_and_create_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.db", "afile"]
 
 
+def test_a_server_is_asked_for_its_health_and_given_at_most_its_timeout(monkeypatch):
+    """`--tracking-uri http://...`: GET /health (a trailing slash or a path kept), any HTTP answer counts as
+    reachable (the client says what it refuses), no answer within SERVER_TIMEOUT_S is one line with the reason."""
+    import http.server
+    import socket
+    import threading
+    paths = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            paths.append(self.requestline.split()[1])     # as sent (self.path has "//" made "/")
+            self.send_response(200 if paths[-1] == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        for uri in (url, url + "/", url + "/mlflow"):
+            store.check_uri(uri, write=True)
+        assert paths == ["/health", "/health", "/mlflow/health"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    refused = one_line_error(lambda: store.check_uri(f"http://127.0.0.1:{closed_port()}", write=True))
+    assert "cannot reach the MLflow server (" in refused and "Connection refused" in refused
+    assert "urlopen error" not in refused                # the reason, not urllib's wrapper around it
+    monkeypatch.setattr(store, "SERVER_TIMEOUT_S", 1.0)
+    with socket.socket() as silent:                 # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        errors = []
+        check = threading.Thread(target=lambda: errors.append(one_line_error(
+            lambda: store.check_uri(f"http://127.0.0.1:{silent.getsockname()[1]}", write=True))), daemon=True)
+        started = time.monotonic()
+        check.start()
+        check.join(20)
+        assert not check.is_alive() and time.monotonic() - started < 10
+    assert "timed out" in errors[0] and errors[0].endswith("waited at most 1 s)")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes in any directory")
 def test_unwritable_directory_is_refused_at_once(tmp_path):
     locked = tmp_path / "locked"
