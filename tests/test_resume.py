@@ -85,6 +85,8 @@ def test_a_finished_rerun_skips_everything_without_torch_or_mlflow(finished):
     assert resume.nothing_left(paths, "smoke", "cpu", 2, uri, data_dir) is None        # another seed: runs left
     assert resume.nothing_left(paths, "smoke", "auto", None, uri, data_dir) is None    # another device flag
     assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir, shard=(0, 2)) is None
+    # CIFAR-10 given now: its suite has runs to do, not the "data not provided" the plan remembered
+    assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir, cifar_dir=data_dir) is None
     suites[0].write_text(MNIST.replace("lr: 1.0e-3", "lr: 2.0e-3"))     # the suite changed: another plan
     assert resume.nothing_left(paths, "smoke", "cpu", None, uri, data_dir) is None
     suites[0].write_text(MNIST)
@@ -106,6 +108,10 @@ def test_the_shortcut_needs_a_sqlite_store_and_a_plan(tmp_path):
     assert resume.nothing_left([str(suite)], "smoke", "cpu", None, "http://localhost:1") is None
     assert resume.nothing_left([str(suite)], "smoke", "cpu", None, f"sqlite:///{tmp_path / 'none.db'}") is None
     assert resume.plans_file(f"sqlite:///{tmp_path / 'a.db'}") == tmp_path / ".a.db.plans.json"
+    (tmp_path / "a.db").touch()
+    for text in ("{not json", '{"format": 99}', "[]"):      # a plans file it cannot read: the full path
+        resume.plans_file(f"sqlite:///{tmp_path / 'a.db'}").write_text(text)
+        assert resume.nothing_left([str(suite)], "smoke", "cpu", None, f"sqlite:///{tmp_path / 'a.db'}") is None
 
 
 def test_the_plan_key_changes_with_everything_the_plan_is_made_from(tmp_path, monkeypatch):
@@ -186,5 +192,58 @@ def test_finished_and_running_read_only_the_runs_that_count():
     conn.execute("INSERT INTO tags VALUES (?, 'another-host', 'running')", (store.OWNER_HOST,))
     conn.execute("INSERT INTO tags VALUES (?, ?, 'done')", (store.OWNER_HOST, platform.node()))
     assert not resume._running_here(conn)                                  # another host's; a FINISHED one here
-    conn.execute("UPDATE tags SET value = ? WHERE run_uuid = 'running' AND key = ?", (platform.node(), store.OWNER_HOST))
+    conn.execute("UPDATE tags SET value = ? WHERE run_uuid = 'running' AND key = ?",
+                 (platform.node(), store.OWNER_HOST))
     assert resume._running_here(conn)
+
+
+def test_remembered_plans_keep_the_newest_entries_of_this_format(tmp_path, monkeypatch):
+    import json
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = resume.plans_file(uri)
+    clock = iter([50.0, 10.0, 30.0, 40.0, 60.0])          # written out of key order
+    monkeypatch.setattr(resume.time, "time", lambda: next(clock))
+    monkeypatch.setattr(resume, "MAX_ENTRIES", 3)
+    for key in ("a", "b", "c"):
+        resume.remember(uri, key, [("suite", ["h1", "h2"], None)])
+    plans = json.loads(path.read_text())["plans"]
+    assert sorted(plans) == ["a", "b", "c"] and plans["a"]["suites"] == [{"name": "suite", "hashes": ["h1", "h2"],
+                                                                          "not_provided": None}]
+    assert oct(path.stat().st_mode & 0o777) == "0o644"       # a store may be shared
+    resume.remember(uri, "d", [("suite", [], "no --cifar-dir")])
+    assert sorted(json.loads(path.read_text())["plans"]) == ["a", "c", "d"]    # b, the oldest written, dropped
+    resume.remember(uri, "c", [("suite", ["h3"], None)])      # the same key again: replaced, none dropped
+    plans = json.loads(path.read_text())["plans"]
+    assert sorted(plans) == ["a", "c", "d"] and plans["c"]["suites"][0]["hashes"] == ["h3"]
+    assert not list(tmp_path.glob(f"{path.name}.*"))          # no temporary file left
+    # Another format (or not a mapping) is not read: remembering starts afresh
+    for text in ('{"format": 99, "plans": {"old": {}}}', "[1, 2]", "{not json"):
+        path.write_text(text)
+        assert resume._read(path) == {}
+        monkeypatch.setattr(resume.time, "time", lambda: 70.0)
+        resume.remember(uri, "e", [])
+        assert list(json.loads(path.read_text())["plans"]) == ["e"]
+
+
+def test_a_plan_is_written_next_to_the_store_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import json
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = resume.plans_file(uri)
+    resume.remember(uri, "a", [])
+    moved, real_replace = [], resume.os.replace
+
+    def replace(src, dst):
+        moved.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+    monkeypatch.setattr(resume.os, "replace", replace)
+    resume.remember(uri, "b", [])
+    (src, dst), = moved                     # written beside the store, under the plans file's name, then renamed
+    assert src.parent == path.parent and src.name.startswith(f"{path.name}.") and dst == path
+    before = path.read_text()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(resume.os, "replace", full_disk)
+    resume.remember(uri, "c", [])           # costs only the shortcut: no error, no temporary file, the old plans
+    assert path.read_text() == before and sorted(json.loads(before)["plans"]) == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
