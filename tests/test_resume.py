@@ -147,6 +147,13 @@ def test_the_plan_key_changes_with_everything_the_plan_is_made_from(tmp_path, mo
     auto, real_version = key(device="auto"), resume._version
     monkeypatch.setattr(resume, "_version", lambda name: "9.9" if name == "torch" else real_version(name))
     assert key(device="auto") != auto and key() == base
+    auto, real_exists = key(device="auto"), resume.os.path.exists      # and whether a driver is there, and the host
+    monkeypatch.setattr(resume.os.path, "exists",
+                        lambda p: (not real_exists(p)) if p == "/dev/nvidiactl" else real_exists(p))
+    assert key(device="auto") != auto and key() == base
+    auto = key(device="auto")
+    monkeypatch.setattr(resume.platform, "node", lambda: "another-host")
+    assert key(device="auto") != auto and key() == base
 
 
 def test_the_source_digest_reads_the_packages_code_and_data_files(tmp_path, monkeypatch):
