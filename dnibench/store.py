@@ -60,7 +60,7 @@ def check_uri(tracking_uri: str, write: bool) -> None:
 def _check_sqlite_path(uri: str, path: Path, write: bool) -> None:
     if path.is_dir():
         raise DnibenchError(f"--tracking-uri {uri}: {path} is a directory, not a database file")
-    ancestor = path.parent if str(path.parent) else Path(".")
+    ancestor = path.parent                  # Path("m.db").parent is Path(".")
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -176,8 +176,8 @@ def open_store(tracking_uri: str, write: bool, artifact_root: str | None = None,
             if not write:
                 return None
             create_sqlite_store(path, artifact_root)
-    client = MlflowClient(tracking_uri)
     try:
+        client = MlflowClient(tracking_uri)  # a sqlite store's schema is checked here
         client.search_experiments(max_results=1)
     except Exception as err:                # e.g. a store written by a newer MLflow (schema ahead of ours)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]

@@ -114,6 +114,95 @@ def test_unwritable_directory_is_refused_at_once(tmp_path):
         locked.chmod(0o700)
 
 
+def test_uri_messages_name_the_uri_and_what_this_user_may_not_do(tmp_path, monkeypatch, whole_store):
+    for uri in ("sqlite://", "sqlite:///:memory:"):
+        assert one_line_error(lambda: store.check_uri(uri, write=True)) == (
+            f"--tracking-uri {uri}: an in-memory store throws the results away; "
+            "use sqlite:///PATH, e.g. sqlite:///results/mlflow.db")
+    path = tmp_path / "m.db"
+    path.write_bytes(whole_store.read_bytes())
+    uri = f"sqlite:///{path}"
+    assert one_line_error(lambda: store.check_uri(f"sqlite:///{tmp_path}", write=False)) == (
+        f"--tracking-uri sqlite:///{tmp_path}: {tmp_path} is a directory, not a database file")
+    # os.access as a user without write permission sees it (root, which these tests may run as, sees none)
+    monkeypatch.setattr(store.os, "access", lambda p, mode: not mode & os.W_OK)
+    assert one_line_error(lambda: store.check_uri(uri, write=True)) == (
+        f"--tracking-uri {uri}: {path} is not writable by this user")
+    store.check_uri(uri, write=False)                         # reading needs only R_OK
+    monkeypatch.setattr(store.os, "access", lambda p, mode: False)
+    assert one_line_error(lambda: store.check_uri(uri, write=False)) == (
+        f"--tracking-uri {uri}: {path} is not readable by this user")
+
+
+def test_a_store_of_another_schema_is_one_line_naming_the_store(tmp_path, whole_store, capsys):
+    """A store written by a newer MLflow (its schema ahead of this one's): MLflow refuses it when the client is
+    made, which was outside the check and ended `dnibench report` in a traceback."""
+    from dnibench.cli import main
+    path = tmp_path / "m.db"
+    path.write_bytes(whole_store.read_bytes())
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+    uri = f"sqlite:///{path}"
+    with pytest.raises(DnibenchError) as info:
+        store.open_store(uri, write=False)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"--tracking-uri {uri}: cannot open the store: Detected out-of-date database schema "
+                           "(found version ffffffffffff")
+    assert len(text) - len(f"--tracking-uri {uri}: cannot open the store: ") == 300      # its first line, cut
+    assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot open the store: Detected out-of-date database schema" in err[0]
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_new_store_keeps_artifacts_where_it_is_told(tmp_path):
+    root = (tmp_path / "artifacts").as_uri()
+    client = store.open_store(f"sqlite:///{tmp_path / 'm.db'}", write=True, artifact_root=root)
+    assert client.get_experiment("0").artifact_location == f"{root}/0"      # MLflow adds the experiment's id
+
+
+def test_dead_runs_are_looked_for_on_every_page_of_every_experiment(monkeypatch):
+    """mark_dead_runs_killed asks for this host's RUNNING runs (its name without quotes, deleted experiments and
+    runs too) page by page until the last, and marks the dead owners' runs KILLED with the reason."""
+    from types import SimpleNamespace as NS
+
+    from mlflow.entities import ViewType
+    monkeypatch.setattr(store.platform, "node", lambda: "o'host")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = {store.OWNER_HOST: "o'host", store.OWNER_PID: str(gone.pid), store.OWNER_START: "1.000"}
+
+    def run(run_id, tags):
+        return NS(info=NS(run_id=run_id), data=NS(tags=tags))
+
+    class Page(list):
+        def __init__(self, runs, token):
+            super().__init__(runs)
+            self.token = token
+    pages = {None: Page([run("r1", dead), run("r2", {})], "p2"), "p2": Page([run("r3", dead)], "")}
+    calls, done = [], []
+
+    class Client:
+        def search_experiments(self, view_type):
+            assert view_type == ViewType.ALL
+            return [NS(experiment_id="1"), NS(experiment_id="2")]
+
+        def search_runs(self, experiments, filter_string, run_view_type, max_results, page_token):
+            calls.append((experiments, filter_string, run_view_type, max_results, page_token))
+            return pages[page_token]
+
+        def set_tag(self, run_id, key, value):
+            done.append((run_id, key, value))
+
+        def set_terminated(self, run_id, status):
+            done.append((run_id, status))
+    assert store.mark_dead_runs_killed(Client()) == ["r1", "r3"]
+    query = "attributes.status = 'RUNNING' and tags.`dnibench.owner.host` = 'ohost'"
+    assert calls == [(["1", "2"], query, ViewType.ALL, 1000, None), (["1", "2"], query, ViewType.ALL, 1000, "p2")]
+    why = f"owner process {gone.pid} on o'host died (found by a later invocation)"
+    assert done == [("r1", "failure", why), ("r1", "KILLED"), ("r3", "failure", why), ("r3", "KILLED")]
+
+
 def test_a_missing_store_is_not_created_by_readers(tmp_path):
     uri = f"sqlite:///{tmp_path}/none/m.db"
     assert store.open_store(uri, write=False) is None
