@@ -203,6 +203,25 @@ def test_dead_runs_are_looked_for_on_every_page_of_every_experiment(monkeypatch)
     assert done == [("r1", "failure", why), ("r1", "KILLED"), ("r3", "failure", why), ("r3", "KILLED")]
 
 
+def test_uri_forms_paths_and_schemes(tmp_path):
+    assert store.sqlite_path("sqlite:///results/m.db") == Path("results/m.db")
+    assert store.sqlite_path("sqlite:////abs/m.db?mode=ro") == Path("/abs/m.db")
+    assert store.sqlite_path("sqlite:///a b/m.db?x=1?y") == Path("a b/m.db")        # the first "?" ends the path
+    assert store.sqlite_path("http://host:5000") is None and store.sqlite_path("sqlite://") is None
+    assert one_line_error(lambda: store.check_uri("ftp://host/m.db", write=False)) == (
+        "--tracking-uri 'ftp://host/m.db': expected sqlite:///PATH (a local store, e.g. sqlite:///results/mlflow.db) "
+        "or http(s)://HOST:PORT (an MLflow server)")
+    for scheme in ("http", "https"):          # a server either way: asked, not refused as an unknown scheme
+        assert "cannot reach the MLflow server" in one_line_error(
+            lambda: store.check_uri(f"{scheme}://127.0.0.1:{closed_port()}", write=False))
+    client = store.open_store(f"sqlite:///{tmp_path}/a/b/c/m.db", write=True)    # missing folders are made
+    assert client is not None and (tmp_path / "a" / "b" / "c" / "m.db").is_file()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert one_line_error(lambda: store.check_damaged(empty)).startswith(
+        f"the MLflow store {empty} is damaged (empty file): move it aside")
+
+
 def test_a_missing_store_is_not_created_by_readers(tmp_path):
     uri = f"sqlite:///{tmp_path}/none/m.db"
     assert store.open_store(uri, write=False) is None
