@@ -222,7 +222,7 @@ def test_method_file_messages_in_full(tmp_path, registry):
     with pytest.raises(SuiteError) as err:
         get_method("no_such_method")
     assert str(err.value) == f"unknown method 'no_such_method'; known: {', '.join(sorted(REGISTRY))}"
-    assert ", bprop, " not in str(err.value) and "known: bprop, bptt, cdni, dni, " in str(err.value)
+    assert str(err.value).startswith("unknown method 'no_such_method'; known: bprop, bptt, cdni, ")   # sorted
 
 
 def test_a_broken_edit_keeps_the_version_that_worked(tmp_path, registry):
