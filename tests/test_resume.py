@@ -1,7 +1,9 @@
 """A rerun with every run FINISHED is answered from the plan remembered next to the store, without importing
 torch or MLflow (issue 9, §3: it took ~4 s), and gives way to the full path whenever the answer could differ:
 another suite file, a run left to do, a RUNNING run of this host. The store is read with sqlite3 directly."""
+import json
 import os
+import platform
 import sqlite3
 import subprocess
 import sys
@@ -116,12 +118,13 @@ def test_the_shortcut_needs_a_sqlite_store_and_a_plan(tmp_path):
 
 def test_the_plan_key_changes_with_everything_the_plan_is_made_from(tmp_path, monkeypatch):
     from dnibench.suite import load_suite
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES"):
+    launch_env = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES")    # torchrun's and the GPUs' say
+    for name in launch_env:
         monkeypatch.delenv(name, raising=False)
-    path = tmp_path / "ff.yaml"
-    path.write_text(MNIST.replace("[bprop, cdni]", "[bprop, variant.py]"))
-    variant = tmp_path / "variant.py"
-    variant.write_text("# a method file: only its bytes count here\n")
+    suite_text, variant_text = MNIST.replace("[bprop, cdni]", "[bprop, variant.py]"), "# only its bytes count here\n"
+    path, variant = tmp_path / "ff.yaml", tmp_path / "variant.py"
+    path.write_text(suite_text)
+    variant.write_text(variant_text)
     monkeypatch.chdir(tmp_path)
 
     def key(profile="smoke", seeds=None, device="cpu", shard=None, data_dir="data", cifar_dir=None):
@@ -131,18 +134,18 @@ def test_the_plan_key_changes_with_everything_the_plan_is_made_from(tmp_path, mo
     assert key() == base and key(data_dir=tmp_path / "data") == base           # a data folder counts resolved
     others = [key(profile="quick"), key(seeds=2), key(device="auto"), key(shard=(0, 2)), key(data_dir="other"),
               key(data_dir=None), key(cifar_dir="cifar")]
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CUDA_VISIBLE_DEVICES"):   # torchrun's and the GPUs' say
+    for name in launch_env:
         monkeypatch.setenv(name, "1")
         others.append(key())
         monkeypatch.delenv(name)
     variant.write_text("# edited\n")
     others.append(key())
-    variant.write_text("# a method file: only its bytes count here\n")
-    path.write_text(path.read_text() + "# a comment\n")
+    variant.write_text(variant_text)
+    path.write_text(suite_text + "# a comment\n")
     others.append(key())
     assert len(set(others)) == len(others) and base not in others
     # What "auto" resolves to depends on the torch build: its version is in the key, not in a CPU run's
-    path.write_text(MNIST.replace("[bprop, cdni]", "[bprop, variant.py]"))
+    path.write_text(suite_text)
     assert key() == base
     auto, real_version = key(device="auto"), resume._version
     monkeypatch.setattr(resume, "_version", lambda name: "9.9" if name == "torch" else real_version(name))
@@ -178,7 +181,6 @@ def test_the_source_digest_reads_the_packages_code_and_data_files(tmp_path, monk
 def test_finished_and_running_read_only_the_runs_that_count():
     """_finished: the config hashes of FINISHED, active child runs of one experiment name (None when the name
     is ambiguous); _running_here: a RUNNING run owned by this host. On the tables' columns they read."""
-    import platform
     conn = sqlite3.connect(":memory:")
     conn.executescript("CREATE TABLE experiments (experiment_id INTEGER, name TEXT);"
                        "CREATE TABLE runs (run_uuid TEXT, experiment_id INTEGER, status TEXT, lifecycle_stage TEXT);"
@@ -205,7 +207,6 @@ def test_finished_and_running_read_only_the_runs_that_count():
 
 
 def test_remembered_plans_keep_the_newest_entries_of_this_format(tmp_path, monkeypatch):
-    import json
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = resume.plans_file(uri)
     clock = iter([50.0, 10.0, 30.0, 40.0, 60.0])          # written out of key order
@@ -233,7 +234,6 @@ def test_remembered_plans_keep_the_newest_entries_of_this_format(tmp_path, monke
 
 
 def test_a_plan_is_written_next_to_the_store_and_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import json
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     path = resume.plans_file(uri)
     resume.remember(uri, "a", [])

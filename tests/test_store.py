@@ -36,6 +36,20 @@ def whole_store(tmp_path_factory) -> Path:
     return path
 
 
+def store_copy(whole_store: Path, folder: Path) -> Path:
+    """A whole store of one's own to change: the module's fresh store copied byte for byte."""
+    path = folder / "m.db"
+    path.write_bytes(whole_store.read_bytes())
+    return path
+
+
+def gone_pid() -> int:
+    """The pid of a process that has exited and been waited for."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def closed_port() -> int:
     import socket
     with socket.socket() as sock:          # a port nobody listens on once this socket is closed
@@ -119,8 +133,7 @@ def test_uri_messages_name_the_uri_and_what_this_user_may_not_do(tmp_path, monke
         assert one_line_error(lambda: store.check_uri(uri, write=True)) == (
             f"--tracking-uri {uri}: an in-memory store throws the results away; "
             "use sqlite:///PATH, e.g. sqlite:///results/mlflow.db")
-    path = tmp_path / "m.db"
-    path.write_bytes(whole_store.read_bytes())
+    path = store_copy(whole_store, tmp_path)
     uri = f"sqlite:///{path}"
     assert one_line_error(lambda: store.check_uri(f"sqlite:///{tmp_path}", write=False)) == (
         f"--tracking-uri sqlite:///{tmp_path}: {tmp_path} is a directory, not a database file")
@@ -138,17 +151,16 @@ def test_a_store_of_another_schema_is_one_line_naming_the_store(tmp_path, whole_
     """A store written by a newer MLflow (its schema ahead of this one's): MLflow refuses it when the client is
     made, which was outside the check and ended `dnibench report` in a traceback."""
     from dnibench.cli import main
-    path = tmp_path / "m.db"
-    path.write_bytes(whole_store.read_bytes())
+    path = store_copy(whole_store, tmp_path)
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
     uri = f"sqlite:///{path}"
     with pytest.raises(DnibenchError) as info:
         store.open_store(uri, write=False)
-    text = str(info.value)
-    assert "\n" not in text and text.startswith(f"--tracking-uri {uri}: cannot open the store: Detected out-of-date database schema "
-                           "(found version ffffffffffff")
-    assert len(text) - len(f"--tracking-uri {uri}: cannot open the store: ") == 300      # its first line, cut
+    text, prefix = str(info.value), f"--tracking-uri {uri}: cannot open the store: "
+    assert "\n" not in text
+    assert text.startswith(prefix + "Detected out-of-date database schema (found version ffffffffffff")
+    assert len(text) - len(prefix) == 300          # its first line, cut
     assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "reports")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot open the store: Detected out-of-date database schema" in err[0]
@@ -168,9 +180,8 @@ def test_dead_runs_are_looked_for_on_every_page_of_every_experiment(monkeypatch)
 
     from mlflow.entities import ViewType
     monkeypatch.setattr(store.platform, "node", lambda: "o'host")
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    dead = {store.OWNER_HOST: "o'host", store.OWNER_PID: str(gone.pid), store.OWNER_START: "1.000"}
+    gone = gone_pid()
+    dead = {store.OWNER_HOST: "o'host", store.OWNER_PID: str(gone), store.OWNER_START: "1.000"}
 
     def run(run_id, tags):
         return NS(info=NS(run_id=run_id), data=NS(tags=tags))
@@ -199,7 +210,7 @@ def test_dead_runs_are_looked_for_on_every_page_of_every_experiment(monkeypatch)
     assert store.mark_dead_runs_killed(Client()) == ["r1", "r3"]
     query = "attributes.status = 'RUNNING' and tags.`dnibench.owner.host` = 'ohost'"
     assert calls == [(["1", "2"], query, ViewType.ALL, 1000, None), (["1", "2"], query, ViewType.ALL, 1000, "p2")]
-    why = f"owner process {gone.pid} on o'host died (found by a later invocation)"
+    why = f"owner process {gone} on o'host died (found by a later invocation)"
     assert done == [("r1", "failure", why), ("r1", "KILLED"), ("r3", "failure", why), ("r3", "KILLED")]
 
 
@@ -284,18 +295,16 @@ def test_kill_9_during_creation_leaves_no_store_or_a_whole_one(tmp_path):
 
 
 def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
-    path = tmp_path / "m.db"
-    path.write_bytes(whole_store.read_bytes())
+    path = store_copy(whole_store, tmp_path)
     uri = f"sqlite:///{path}"
     client = store.open_store(uri, write=True)
     exp = client.create_experiment("tiny")
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = gone_pid()
     me = store.owner_tags()
-    owners = {"dead": {**me, store.OWNER_PID: str(gone.pid)},
+    owners = {"dead": {**me, store.OWNER_PID: str(gone)},
               "reused": {**me, store.OWNER_START: f"{float(me[store.OWNER_START]) - 100:.3f}"},  # pid now another process
               "alive": me,
-              "elsewhere": {**me, store.OWNER_HOST: "another-host", store.OWNER_PID: str(gone.pid)},
+              "elsewhere": {**me, store.OWNER_HOST: "another-host", store.OWNER_PID: str(gone)},
               "unknown": {}}
     ids = {}
     for name, owner in owners.items():
@@ -309,7 +318,7 @@ def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
         run = client.get_run(run_id)
         assert run.info.status == ("KILLED" if name in ("dead", "reused") else "RUNNING"), name
     reason = client.get_run(ids["dead"]).data.tags["failure"]
-    assert reason == f"owner process {gone.pid} on {me[store.OWNER_HOST]} died (found by a later invocation)"
+    assert reason == f"owner process {gone} on {me[store.OWNER_HOST]} died (found by a later invocation)"
     assert store.mark_dead_runs_killed(client) == []            # marked once
 
     from dnibench.report import write_report
@@ -323,20 +332,19 @@ def test_owner_alive_decides_only_what_it_can_tell():
     """Dead only when the owner ran on this host and its pid is gone, a zombie, or now another process's (its
     start time differs by a second or more); alive for another host, no pid, or a start time it cannot read."""
     me = store.owner_tags()
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = gone_pid()
     start = float(me[store.OWNER_START])
     assert store.owner_alive(me)
     assert store.owner_alive({**me, store.OWNER_START: f"{start + 0.4:.3f}"})    # the tag keeps 3 decimals
     assert not store.owner_alive({**me, store.OWNER_START: f"{start + 1.5:.3f}"})   # the pid was reused
-    assert not store.owner_alive({**me, store.OWNER_PID: str(gone.pid)})
-    assert store.owner_alive({**me, store.OWNER_HOST: "another-host", store.OWNER_PID: str(gone.pid)})
+    assert not store.owner_alive({**me, store.OWNER_PID: str(gone)})
+    assert store.owner_alive({**me, store.OWNER_HOST: "another-host", store.OWNER_PID: str(gone)})
     assert store.owner_alive({**me, store.OWNER_HOST: "another-host"})
     assert store.owner_alive({store.OWNER_HOST: me[store.OWNER_HOST]})            # no pid: unknown
-    assert store.owner_alive({}) and store.owner_alive({store.OWNER_PID: str(gone.pid)})
+    assert store.owner_alive({}) and store.owner_alive({store.OWNER_PID: str(gone)})
     no_start = {k: v for k, v in me.items() if k != store.OWNER_START}
     assert store.owner_alive(no_start)                                            # live pid, no start: unknown
-    assert not store.owner_alive({**no_start, store.OWNER_PID: str(gone.pid)})    # but a gone pid is gone
+    assert not store.owner_alive({**no_start, store.OWNER_PID: str(gone)})    # but a gone pid is gone
     assert store.owner_alive({**me, store.OWNER_START: "yesterday"})              # unreadable: never kill on a guess
     assert store.owner_alive({**me, store.OWNER_PID: "not-a-pid"})
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])                      # exited, not yet waited for
