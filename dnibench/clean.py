@@ -1,24 +1,27 @@
 """`dnibench clean`: delete what dnibench generated and nothing else.
 
-The files `dnibench report`/`compare` listed in <out>/.manifest, then a local sqlite store and the
+The files `dnibench report`/`compare` listed in <out>/.manifest, then a local sqlite store, the
 artifact folders its experiments recorded (read from the store itself, so another store's artifacts
-in the same folder are never touched). Each deleted path is printed.
+in the same folder are never touched), its remembered plans and its creation lock. Each deleted path
+is printed.
 """
 from __future__ import annotations
 
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from . import store
 from .errors import DnibenchError
 from .report.context import MANIFEST
 from .resume import plans_file
 
 
 def _artifact_dirs(db: Path) -> list[Path]:
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+    try:        # by its file URI: a "#", "%" or space in the path is the path, not URI syntax
+        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
             rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
     except sqlite3.DatabaseError as err:
         raise DnibenchError(f"{db}: not a readable MLflow store ({err}); the store and its artifacts "
@@ -56,23 +59,23 @@ def clean(out: Path, tracking_uri: str, log=print) -> list[Path]:
                 deleted.append(path)
         manifest.unlink()
         deleted.append(manifest)
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        if db.is_file():
-            for folder in _artifact_dirs(db):
-                # An experiment folder is deleted; its parent (e.g. results/mlflow-artifacts/) if then empty.
-                if folder.is_dir():
-                    shutil.rmtree(folder)
-                    deleted.append(folder)
-                    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
-                        folder.parent.rmdir()
-                        deleted.append(folder.parent)
-            db.unlink()
-            deleted.append(db)
-            plans = plans_file(tracking_uri)                    # the store's remembered plans (resume.py)
-            if plans.is_file():
-                plans.unlink()
-                deleted.append(plans)
+    db = store.sqlite_path(tracking_uri)             # the file, without the URI's query string
+    if db is not None and db.is_file():
+        for folder in _artifact_dirs(db):
+            # An experiment folder is deleted; its parent (e.g. results/mlflow-artifacts/) if then empty.
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                deleted.append(folder)
+                if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                    folder.parent.rmdir()
+                    deleted.append(folder.parent)
+        db.unlink()
+        deleted.append(db)
+        # the store's remembered plans (resume.py) and the lock it was created under (store.py)
+        for path in (plans_file(tracking_uri), store.creation_lock(db)):
+            if path.is_file():
+                path.unlink()
+                deleted.append(path)
     if not deleted:
         log("dnibench: nothing to delete")
     return list(deleted)

@@ -116,11 +116,16 @@ def check_damaged(path: Path) -> None:
         raise damaged("an SQLite file without MLflow's tables")
 
 
+def creation_lock(path: Path) -> Path:
+    """The lock file a new store at ``path`` is created under; empty, left next to the store."""
+    return path.parent / f"{path.name}.lock"
+
+
 def create_sqlite_store(path: Path, artifact_root: str | None) -> None:
     """Create and migrate a new store at ``path`` unless it exists: under ``<path>.lock``, in a
     temporary file next to it, renamed into place when whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
+    lock = FileLock(str(creation_lock(path)))
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout:
