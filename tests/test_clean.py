@@ -15,6 +15,13 @@ from dnibench.errors import DnibenchError
 from dnibench.resume import plans_file
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """A wrong clean deletes the working folder's files (a mutant did: an empty artifact location is "."):
+    here that is the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def cleaned(out: Path, uri: str) -> tuple[list[Path], list[str]]:
     said: list[str] = []
     return clean(out, uri, log=said.append), said
@@ -38,17 +45,18 @@ def folder_with_file(path: Path) -> Path:
 
 def test_only_the_manifests_files_inside_out_are_deleted_then_the_manifest(tmp_path):
     out, elsewhere = tmp_path / "reports", tmp_path / "elsewhere"
-    for name in ("a.png", "sub/b.csv", "NOTES.md", "dir/kept.txt"):
+    for name in ("a.png", "fig 2.pdf", "sub/b.csv", "NOTES.md", "dir/kept.txt"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(name)
     elsewhere.mkdir()
     outside = elsewhere / "outside.txt"
     outside.write_text("not dnibench's")
     (out / "link.txt").symlink_to(outside)                  # inside out by name, outside by target
-    (out / ".manifest").write_text("\n".join(["a.png", "", "sub/b.csv", "../elsewhere/outside.txt", str(outside),
-                                              "link.txt", "dir", "missing.md", "."]) + "\n")
+    lines = ["a.png", "fig 2.pdf", "", "sub/b.csv", "../elsewhere/outside.txt", str(outside), "link.txt", "dir",
+             "missing.md", "."]
+    (out / ".manifest").write_text("\n".join(lines) + "\n")
     deleted, said = cleaned(out, "http://127.0.0.1:1")      # a server's store is never touched (nor asked)
-    assert deleted == [out / "a.png", out / "sub" / "b.csv", out / ".manifest"]
+    assert deleted == [out / "a.png", out / "fig 2.pdf", out / "sub" / "b.csv", out / ".manifest"]
     assert said == [f"deleted {p}" for p in deleted]
     assert outside.read_text() == "not dnibench's" and (out / "link.txt").is_symlink()
     assert sorted(p.name for p in out.rglob("*")) == ["NOTES.md", "dir", "kept.txt", "link.txt", "sub"]
@@ -124,8 +132,7 @@ def test_nothing_there_is_said_and_nothing_is_made(tmp_path):
     assert deleted == [] and said == ["dnibench: nothing to delete"] and list(tmp_path.iterdir()) == []
 
 
-def test_the_cli_clean_command(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_the_cli_clean_command(tmp_path, capsys):
     db = bare_store(tmp_path / "results" / "mlflow.db", [])
     assert main(["clean", "--out", "reports", "--tracking-uri", "sqlite:///results/mlflow.db"]) == 0
     assert capsys.readouterr().out == "deleted results/mlflow.db\n" and not db.exists()
