@@ -45,10 +45,8 @@ def artifact_root(tracking_uri: str) -> str | None:
     results/mlflow-artifacts/, one folder per store (two stores in one folder once shared one
     artifacts/ folder, so deleting one store's deleted the other's). Only new experiments use it:
     MLflow keeps each experiment's artifact location, so older results stay readable where they are."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        return (db.parent.resolve() / f"{db.stem}-artifacts").as_uri()
-    return None
+    db = store.sqlite_path(tracking_uri)        # without the URI's query string
+    return None if db is None else (db.parent.resolve() / f"{db.stem}-artifacts").as_uri()
 
 
 def experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:

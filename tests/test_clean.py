@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from dnibench import store
 from dnibench.clean import clean
@@ -66,7 +65,7 @@ def test_the_store_its_experiments_artifacts_and_its_plans_go_and_nothing_of_ano
     root = tmp_path / "artifacts"
     db = tmp_path / "results" / "mlflow.db"
     uri = f"sqlite:///{db}"
-    client = MlflowClient(tracking_uri=uri) if store.open_store(uri, write=True, artifact_root=root.as_uri()) else None
+    client = store.open_store(uri, write=True, artifact_root=root.as_uri())
     spaced = client.create_experiment("spaced", artifact_location=(root / "with space").as_uri())
     elsewhere = client.create_experiment("remote", artifact_location="s3://bucket/x")
     run = client.create_run(spaced)

@@ -3,6 +3,8 @@ load_runs and load_failed_runs keep, the columns they give, the variant hash, an
 No training: every run here is a few tags, params and metrics, so each rule is checked on runs built to test it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -130,3 +132,16 @@ def test_an_alias_is_trained_by_its_original(tmp_path):
     without = ReportContext(runs=runs.drop(columns=[SHARED_FROM]), failed=runs.iloc[:0], published={}, suites={},
                             out=tmp_path, tracking_uri="")
     assert without.trained_by("alias") == "alias"
+
+
+def test_a_query_string_on_the_sqlite_uri_names_the_same_store(store, tmp_path):
+    """sqlite:///PATH?timeout=30 is PATH (MLflow passes the query to the driver): its runs are read, not taken
+    for a missing store's none, and its artifacts go where PATH's would."""
+    from dnibench.runner import artifact_root
+    finished = store.run(seed=0, config_hash="h0")
+    failed = store.run(seed=1, config_hash="h1", status="FAILED")
+    uri = store.uri + "?timeout=30"
+    assert list(load_runs(uri)["run_id"]) == [finished] and list(load_failed_runs(uri)["run_id"]) == [failed]
+    assert artifact_root(f"sqlite:///{tmp_path}/m.v2.db?timeout=30") == (tmp_path / "m.v2-artifacts").as_uri()
+    assert artifact_root("sqlite:///m.db") == (Path.cwd() / "m-artifacts").as_uri()
+    assert artifact_root("http://127.0.0.1:5000") is None

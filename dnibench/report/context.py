@@ -81,7 +81,8 @@ def load_published(path: Path = PUBLISHED_PATH) -> dict:
 
 def _store_missing(tracking_uri: str) -> bool:
     """A local sqlite store that does not exist has no runs; opening it would create an empty database."""
-    return tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists()
+    path = store.sqlite_path(tracking_uri)      # without the URI's query string
+    return path is not None and not path.exists()
 
 
 def open_client(tracking_uri: str) -> MlflowClient | None:
