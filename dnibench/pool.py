@@ -201,15 +201,10 @@ class WorkerPool:
         self.workers[self.workers.index(w)] = self._start()
 
     def _mark_killed(self, pid: int, reason: str) -> None:
-        """End as KILLED the runs the worker ``pid`` left RUNNING (none when it died between runs)."""
-        from mlflow.entities import ViewType
-
-        from .store import FAILURE_TAG, OWNER_PID
-        experiments = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
-        for run in self.client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
-                                           f"tags.`{OWNER_PID}` = '{pid}'", run_view_type=ViewType.ALL):
-            self.client.set_tag(run.info.run_id, FAILURE_TAG, reason)
-            self.client.set_terminated(run.info.run_id, "KILLED")
+        """End as KILLED the runs the worker ``pid`` of this host left RUNNING (none when it died between runs)."""
+        from .store import OWNER_PID, mark_killed, running_here
+        for run in list(running_here(self.client, f"tags.`{OWNER_PID}` = '{pid}'")):
+            mark_killed(self.client, run.info.run_id, reason)
 
     def close(self) -> None:
         """Stop every worker: busy ones get one SIGTERM (their run ends KILLED at the next step), idle

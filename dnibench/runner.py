@@ -299,7 +299,7 @@ def _log_parent_artifacts(client: MlflowClient, run_id: str, suite: Suite, devic
             client.log_artifact(run_id, str(tmp / name), artifact_path="environment")
 
 
-FAILURE_TAG = "failure"                     # why a child run is FAILED, e.g. "diverged at step 12"
+FAILURE_TAG = store.FAILURE_TAG             # why a child run is FAILED, e.g. "diverged at step 12"
 
 
 def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec, data, device,

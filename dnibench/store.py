@@ -28,7 +28,7 @@ SQLITE = "sqlite:///"
 SERVER_TIMEOUT_S = 5.0
 LOCK_TIMEOUT_S = 300.0           # creating a store takes ~1 s; a holder this slow is stuck
 OWNER_HOST, OWNER_PID, OWNER_START = "dnibench.owner.host", "dnibench.owner.pid", "dnibench.owner.start"
-FAILURE_TAG = "failure"
+FAILURE_TAG = "failure"                     # why a run is FAILED or KILLED (the runner, the pool, the dead-owner sweep)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -214,25 +214,37 @@ def owner_alive(tags: dict[str, str]) -> bool:
         return True                         # cannot tell: never kill a run on a guess
 
 
-def mark_dead_runs_killed(client) -> list[str]:
-    """Mark KILLED every RUNNING run of the store whose owner on this host died, with a ``failure`` tag
-    saying so. Returns their run ids."""
+def running_here(client, also: str = ""):
+    """Every RUNNING run of the store whose owner is on this host (``also``: more of the search's filter, e.g. a
+    pid), page by page. The host is part of the filter: another machine sharing the store can have a run whose
+    owner has the same pid."""
     from mlflow.entities import ViewType
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     host = platform.node().replace("'", "")
-    marked, token = [], None
+    token = None
     while experiments:
         page = client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
-                                  f"tags.`{OWNER_HOST}` = '{host}'", run_view_type=ViewType.ALL,
-                                  max_results=1000, page_token=token)
-        for run in page:
-            tags = run.data.tags
-            if not owner_alive(tags):
-                client.set_tag(run.info.run_id, FAILURE_TAG, f"owner process {tags[OWNER_PID]} on {tags[OWNER_HOST]} "
-                               "died (found by a later invocation)")
-                client.set_terminated(run.info.run_id, "KILLED")
-                marked.append(run.info.run_id)
+                                  f"tags.`{OWNER_HOST}` = '{host}'" + (f" and {also}" if also else ""),
+                                  run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+        yield from page
         token = page.token
         if not token:
             break
+
+
+def mark_killed(client, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, FAILURE_TAG, reason)
+    client.set_terminated(run_id, "KILLED")
+
+
+def mark_dead_runs_killed(client) -> list[str]:
+    """Mark KILLED every RUNNING run of the store whose owner on this host died, with a ``failure`` tag
+    saying so. Returns their run ids."""
+    marked = []
+    for run in list(running_here(client)):      # every page first: a token is an offset into what is still RUNNING
+        tags = run.data.tags
+        if not owner_alive(tags):
+            mark_killed(client, run.info.run_id, f"owner process {tags[OWNER_PID]} on {tags[OWNER_HOST]} died "
+                        "(found by a later invocation)")
+            marked.append(run.info.run_id)
     return marked

@@ -294,6 +294,57 @@ def test_kill_9_during_creation_leaves_no_store_or_a_whole_one(tmp_path):
     assert not list(tmp_path.glob(".m.db.creating-*"))
 
 
+def test_marking_runs_killed_reads_every_page_before_it_changes_one():
+    """MLflow's page token is an offset into the runs the filter matches now: a run marked KILLED leaves that set,
+    so marking page by page skipped as many runs as the first page held. All pages are read first."""
+    from types import SimpleNamespace as NS
+    gone = gone_pid()
+    runs = {f"r{i}": NS(info=NS(run_id=f"r{i}", status="RUNNING"), data=NS(tags={
+        store.OWNER_HOST: store.platform.node(), store.OWNER_PID: str(gone)})) for i in range(5)}
+
+    class Page(list):
+        token = None
+
+    class Client:                   # pages of 2 over the runs RUNNING at the time of asking
+        def search_experiments(self, view_type):
+            return [NS(experiment_id="1")]
+
+        def search_runs(self, experiments, filter_string, run_view_type, max_results, page_token):
+            running = [r for r in runs.values() if r.info.status == "RUNNING"]
+            start = int(page_token or 0)
+            page = Page(running[start:start + 2])
+            page.token = str(start + 2) if start + 2 < len(running) else ""
+            return page
+
+        def set_tag(self, run_id, key, value):
+            pass
+
+        def set_terminated(self, run_id, status):
+            runs[run_id].info.status = status
+    assert store.mark_dead_runs_killed(Client()) == list(runs)
+    assert {r.info.status for r in runs.values()} == {"KILLED"}
+
+
+def test_a_dead_workers_runs_are_the_ones_of_its_pid_on_this_host(tmp_path, whole_store):
+    """The pool (--jobs) marks KILLED the RUNNING runs its dead worker owned: its pid on this host, not a run
+    of another machine sharing the store whose owner has the same pid, nor a finished one."""
+    from dnibench.pool import WorkerPool
+    client = store.open_store(f"sqlite:///{store_copy(whole_store, tmp_path)}", write=True)
+    exp = client.create_experiment("jobs")
+    me = store.owner_tags()
+    owners = {"mine": me, "other host": {**me, store.OWNER_HOST: "another-host"},
+              "other pid": {**me, store.OWNER_PID: str(int(me[store.OWNER_PID]) + 1)}, "finished": me}
+    ids = {name: client.create_run(exp, tags=tags).info.run_id for name, tags in owners.items()}
+    client.set_terminated(ids["finished"], "FINISHED")
+    workers = WorkerPool.__new__(WorkerPool)             # no processes: only the marking
+    workers.client = client
+    workers._mark_killed(int(me[store.OWNER_PID]), "worker process died")
+    status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
+    assert status == {"mine": "KILLED", "other host": "RUNNING", "other pid": "RUNNING", "finished": "FINISHED"}
+    assert client.get_run(ids["mine"]).data.tags["failure"] == "worker process died"
+    assert "failure" not in client.get_run(ids["other host"]).data.tags
+
+
 def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
     path = store_copy(whole_store, tmp_path)
     uri = f"sqlite:///{path}"

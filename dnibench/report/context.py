@@ -142,7 +142,7 @@ def load_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataF
     return runs.sort_values(["suite", "profile", "model", "method", "seed"]).reset_index(drop=True)
 
 
-FAILURE_TAG = "failure"                    # the runner's tag on a FAILED child run: why it failed
+FAILURE_TAG = store.FAILURE_TAG            # the runner's tag on a FAILED child run: why it failed
 
 
 def load_failed_runs(tracking_uri: str, client: MlflowClient | None = None) -> pd.DataFrame:
