@@ -114,16 +114,14 @@ def flatten(prefix: str, value, out: dict) -> dict:
     return out
 
 
-def prepare_store(tracking_uri: str, experiments: list[str]) -> MlflowClient:
+def prepare_store(tracking_uri: str) -> MlflowClient:
     """Open the store (a missing sqlite store is created under a file lock, atomically: see
-    dnibench/store.py; that also serialises torchrun's ranks), mark the runs of dead owners KILLED,
-    and create the experiments."""
+    dnibench/store.py; that also serialises torchrun's ranks) and mark the runs of dead owners KILLED.
+    Each suite's experiment is made when its runs are about to start (``experiment_id``)."""
     client = store.open_store(tracking_uri, write=True, artifact_root=artifact_root(tracking_uri), checked=True)
     mlflow.set_tracking_uri(tracking_uri)
     for run_id in store.mark_dead_runs_killed(client):
         print(f"dnibench: run {run_id} was left RUNNING by a process that died: marked KILLED", file=sys.stderr)
-    for name in experiments:
-        experiment_id(client, name, tracking_uri)
     return client
 
 
@@ -180,7 +178,7 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     # A store that exists is asked first which runs are FINISHED, so a resume with nothing left loads no
     # data; a store not yet created is created only once the data has loaded and been checked.
     path = store.sqlite_path(tracking_uri)
-    client = prepare_store(tracking_uri, []) if path is None or path.exists() else None
+    client = prepare_store(tracking_uri) if path is None or path.exists() else None
     outcome = Outcome()
     # The store's FINISHED runs, once: what each suite has done, and what any suite computed (--force
     # trains everything again, so it looks at neither).
@@ -209,7 +207,7 @@ def run_suites(paths: list[str], profile: str, device: str = "auto", seeds: int 
     for suite, todo in left:        # all checked before a single run is created
         if suite.task in datasets:
             _check_batch_sizes(suite, todo, datasets[suite.task])
-    client = client or prepare_store(tracking_uri, [])
+    client = client or prepare_store(tracking_uri)
     if path is not None:            # a later invocation with nothing left answers from it without torch
         resume.remember(tracking_uri, resume.plan_key(suites, profile, seeds, *given, data_dir, cifar_dir),
                         [(s.name, [x.config_hash for x in specs], not_provided.get(s.name)) for s, specs in plans])

@@ -118,3 +118,93 @@ def test_two_shards_creating_one_experiment_both_get_it():
             return None
     with pytest.raises(mlflow.exceptions.MlflowException, match="already exists"):
         runner.experiment_id(Nobody(), "tiny", "http://127.0.0.1:5000")
+
+
+def test_prepare_store_creates_the_store_with_its_artifact_root_and_ends_dead_runs(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = runner.prepare_store(uri)
+    assert mlflow.get_tracking_uri() == uri
+    default = client.get_experiment("0")            # MLflow's own first experiment, made with the store
+    assert default.artifact_location == (tmp_path / "m-artifacts").as_uri() + "/0"
+    exp = client.create_experiment("tiny")
+    dead = client.create_run(exp, tags={**store.owner_tags(), store.OWNER_PID: "999999999"}).info.run_id
+    capsys.readouterr()                             # MLflow's own lines on creating the store
+    runner.prepare_store(uri)
+    assert capsys.readouterr().err == f"dnibench: run {dead} was left RUNNING by a process that died: marked KILLED\n"
+    assert client.get_run(dead).info.status == "KILLED"
+
+
+SUITE = """
+name: {name}
+task: mnist
+train: {{steps: 2, batch_size: 4, lr: 1.0e-3, lr_decay_at: [], eval_every: 2, log_every: 1}}
+profiles: {{smoke: {{}}, quick: {{}}, paper: {{}}}}
+entries:
+  - model: fcn3
+    method: dni
+"""
+
+
+def alias_setup(tmp_path, metrics: int = 3):
+    """A store with an original run of suite 'first' (its tags, params and ``metrics`` final values, as the
+    runner leaves them) and the spec of suite 'second' that computes the same."""
+    from dnibench.suite import load_suite, plan
+    specs = {}
+    for name in ("first", "second"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(SUITE.format(name=name))
+        specs[name] = plan(load_suite(path), "smoke")[0]
+    assert specs["first"].identity == specs["second"].identity
+    client = runner.prepare_store(f"sqlite:///{tmp_path}/m.db")
+    first, second = client.create_experiment("first"), client.create_experiment("second")
+    original = client.create_run(first, tags={**runner._child_tags(specs["first"], "p0", NS(type="cpu")),
+                                              "git_commit": "c0ffee", "cpu_model": "some cpu",
+                                              store.FAILURE_TAG: "an earlier note", **store.owner_tags(),
+                                              "mlflow.note.content": "the original's own"}).info.run_id
+    runner._log_params(client, original, {**runner._spec_params(specs["first"]), "extra": "kept"})
+    logged = [mlflow.entities.Metric(f"m{i}", float(i), 1, i % 7) for i in range(metrics)]
+    for start in range(0, len(logged), 1000):
+        client.log_batch(original, metrics=logged[start:start + 1000])
+    client.set_terminated(original, "FINISHED")
+    parent = client.create_run(second, tags={runner.ROLE: "parent"}).info.run_id
+    return client, second, parent, specs["second"], client.get_run(original)
+
+
+def test_an_alias_is_the_originals_result_under_this_suites_name(tmp_path):
+    import time
+    client, exp, parent, spec, original = alias_setup(tmp_path, metrics=1001)
+    before = int(time.time() * 1000)
+    alias = client.get_run(runner._alias_child(client, exp, parent, spec, original, NS(type="cpu")))
+    after = int(time.time() * 1000)
+    tags = alias.data.tags
+    assert alias.info.status == "FINISHED" and alias.info.run_name == spec.label == "second/fcn3/dni/seed0"
+    assert tags["mlflow.parentRunId"] == parent and tags["suite"] == "second" and tags[runner.ROLE] == "child"
+    assert tags[runner.SHARED_FROM] == original.info.run_id and tags[runner.SHARED_FROM_SUITE] == "first"
+    assert tags["git_commit"] == "c0ffee" and tags["cpu_model"] == "some cpu"      # how the original ran
+    assert store.FAILURE_TAG not in tags and "mlflow.note.content" not in tags
+    assert tags[store.OWNER_PID] == store.owner_tags()[store.OWNER_PID]
+    assert tags["config_hash"] == spec.config_hash != original.data.tags["config_hash"]
+    assert alias.data.params["extra"] == "kept" and alias.data.params["suite"] == "second"
+    assert alias.data.metrics == original.data.metrics and len(alias.data.metrics) == 1001
+    history = client.get_metric_history(alias.info.run_id, "m8")
+    assert [(m.value, m.step) for m in history] == [(8.0, 1)] and before <= history[0].timestamp <= after
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("store gone"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_an_alias_that_cannot_be_written_ends_failed_or_killed(tmp_path, monkeypatch, error, status):
+    client, exp, parent, spec, original = alias_setup(tmp_path)
+    made = []
+    create_run = client.create_run
+
+    def create(*args, **kwargs):
+        run = create_run(*args, **kwargs)
+        made.append(run.info.run_id)
+        return run
+
+    def log_batch(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(client, "create_run", create)
+    monkeypatch.setattr(client, "log_batch", log_batch)
+    with pytest.raises(type(error)):
+        runner._alias_child(client, exp, parent, spec, original, NS(type="cpu"))
+    assert client.get_run(made[0]).info.status == status
