@@ -1,0 +1,119 @@
+"""`dnibench run`'s flags and its summary through ``main()`` in this process: each refusal's line in full and its
+edge, the directory flags of run, report and data, and what run prints and returns for an outcome. The runner and
+the resume shortcut are replaced by recorders (what they are given is checked), so nothing trains. The same
+refusals in real processes: tests/robustness/test_suite_and_flag_inputs.py."""
+from pathlib import Path
+
+import pytest
+
+from dnibench import resume, runner
+from dnibench.cli import main
+from dnibench.runner import Outcome
+
+SUITE = """
+name: flags
+task: mnist
+train: {steps: 2, batch_size: 4, lr: 1.0e-3, lr_decay_at: [], eval_every: 2, log_every: 1}
+profiles: {smoke: {}, quick: {}, paper: {}}
+entries:
+  - model: fcn3
+    method: bprop
+"""
+
+
+@pytest.fixture
+def suite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "flags.yaml"
+    path.write_text(SUITE)
+    return path
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The shortcut answers ``calls["outcome"]`` (None: the runner runs, and returns the same outcome)."""
+    seen = {"outcome": Outcome(ran=1)}
+
+    def nothing_left(*args, **kwargs):
+        seen["nothing_left"] = args
+        return seen["outcome"] if seen.get("shortcut", True) else None
+
+    def run_suites(*args, **kwargs):
+        seen["run_suites"] = (args, kwargs)
+        return seen["outcome"]
+    monkeypatch.setattr(resume, "nothing_left", nothing_left)
+    monkeypatch.setattr(runner, "run_suites", run_suites)
+    return seen
+
+
+def refused(capsys, argv) -> str:
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.endswith("\n") and out.err.count("\n") == 1
+    return out.err.removeprefix("dnibench: error: ").rstrip("\n")
+
+
+def run(suite, *flags) -> list[str]:
+    return ["run", str(suite), "--tracking-uri", "sqlite:///results/m.db", *flags]
+
+
+def test_run_flag_refusals_in_full(suite, calls, capsys, tmp_path):
+    assert refused(capsys, run(suite, "--device", "g" * 50)) == (
+        f"--device '{'g' * 40}': expected auto, cpu, cuda or cuda:N")
+    for jobs in ("0", "257"):
+        assert refused(capsys, run(suite, "--jobs", jobs)) == f"--jobs {jobs}: expected 1..256"
+    for seeds in ("0", "1001"):
+        assert refused(capsys, run(suite, "--seeds", seeds)) == f"--seeds {seeds}: expected 1..1000"
+    (tmp_path / "afile").write_text("x")
+    for flag in ("--data-dir", "--cifar-dir"):
+        assert refused(capsys, run(suite, flag, "afile/sub")) == f"{flag} afile/sub: afile is not a directory"
+        assert refused(capsys, run(suite, flag, "afile")) == f"{flag} afile: afile is not a directory"
+    assert "nothing_left" not in calls and not (tmp_path / "results").exists()
+
+
+def test_run_flags_at_their_edges_are_taken_and_passed_on(suite, calls, capsys, tmp_path):
+    for flags in (["--jobs", "1"], ["--jobs", "256"], ["--seeds", "1"], ["--seeds", "1000"],
+                  ["--data-dir", "not/yet/made", "--cifar-dir", "cifar", "--device", "cuda:12"]):
+        assert main(run(suite, *flags)) == 0, capsys.readouterr().err
+    assert calls["nothing_left"] == ([str(suite)], "quick", "cuda:12", None, "sqlite:///results/m.db",
+                                     Path("not/yet/made"), Path("cifar"), None)
+    calls["shortcut"] = False
+    assert main(run(suite, "--profile", "smoke", "--seeds", "3", "--shard", " 1 / 2 ", "--jobs", "2", "--no-progress",
+                    "--device", "cpu")) == 0
+    assert calls["run_suites"] == (([str(suite)], "smoke", "cpu", 3, "sqlite:///results/m.db", False, None, None),
+                                   {"progress": False, "shard": (1, 2), "jobs": 2})
+    del calls["nothing_left"]
+    assert main(run(suite, "--force")) == 0                 # --force never asks the shortcut
+    assert "nothing_left" not in calls and calls["run_suites"][0][5] is True
+    assert calls["run_suites"][1] == {"progress": True, "shard": None, "jobs": 1}
+
+
+def test_run_says_what_it_did_and_exits_1_when_a_run_failed(suite, calls, capsys):
+    assert main(run(suite)) == 0
+    assert capsys.readouterr().out == "dnibench: 1 run(s) done, 0 already finished (skipped)\n"
+    calls["outcome"] = Outcome(ran=2, skipped=3, shared=4, failed=2,
+                               failures=[("flags/fcn3/bprop/seed0", "diverged at step 2"), ("x/y", "z")])
+    assert main(run(suite)) == 1
+    assert capsys.readouterr().out == ("dnibench: 2 run(s) done, 4 shared, 3 already finished (skipped), 2 FAILED\n"
+                                       "dnibench: FAILED flags/fcn3/bprop/seed0: diverged at step 2\n"
+                                       "dnibench: FAILED x/y: z\n")
+
+
+def test_a_setting_only_another_profile_uses_is_refused_before_the_runner(suite, calls, capsys):
+    suite.write_text(SUITE.replace("paper: {}", "paper: {train: {batch_size: 0}}"))
+    calls["shortcut"] = False
+    assert refused(capsys, run(suite, "--profile", "smoke", "--seeds", "2")) == (
+        f"{suite}: entries[0] at profile paper: field 'batch_size': Input should be greater than or equal to 1; got 0")
+    assert "run_suites" not in calls
+
+
+def test_report_and_data_directory_flags(suite, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert refused(capsys, ["report", "--out", "afile/rep"]) == "--out afile/rep: afile is not a directory"
+    assert refused(capsys, ["compare", "flags", "--out", "afile"]) == "--out afile: afile is not a directory"
+    assert refused(capsys, ["report", "--suites-dir", "nowhere"]) == "--suites-dir nowhere: not a directory"
+    fetch = ["data", "fetch", "mnist"]
+    assert refused(capsys, [*fetch, "--from-idx", "nowhere"]) == "--from-idx nowhere: no such directory"
+    assert refused(capsys, [*fetch, "--from-idx", "afile"]) == "--from-idx afile: afile is not a directory"
+    assert refused(capsys, [*fetch, "--data-dir", "afile/d"]) == "--data-dir afile/d: afile is not a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "flags.yaml"]
