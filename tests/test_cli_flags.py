@@ -84,7 +84,8 @@ def test_run_flags_at_their_edges_are_taken_and_passed_on(suite, calls, capsys, 
                                    {"progress": False, "shard": (1, 2), "jobs": 2})
     del calls["nothing_left"]
     assert main(run(suite, "--force")) == 0                 # --force never asks the shortcut
-    assert "nothing_left" not in calls and calls["run_suites"][0][5] is True
+    assert "nothing_left" not in calls                      # the defaults: quick, auto, every seed, no folders
+    assert calls["run_suites"][0] == ([str(suite)], "quick", "auto", None, "sqlite:///results/m.db", True, None, None)
     assert calls["run_suites"][1] == {"progress": True, "shard": None, "jobs": 1}
 
 
