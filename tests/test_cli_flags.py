@@ -79,9 +79,11 @@ def test_run_flags_at_their_edges_are_taken_and_passed_on(suite, calls, capsys, 
                                      Path("not/yet/made"), Path("cifar"), None)
     calls["shortcut"] = False
     assert main(run(suite, "--profile", "smoke", "--seeds", "3", "--shard", " 1 / 2 ", "--jobs", "2", "--no-progress",
-                    "--device", "cpu")) == 0
-    assert calls["run_suites"] == (([str(suite)], "smoke", "cpu", 3, "sqlite:///results/m.db", False, None, None),
-                                   {"progress": False, "shard": (1, 2), "jobs": 2})
+                    "--device", "cpu", "--data-dir", "d", "--cifar-dir", "c")) == 0
+    assert calls["nothing_left"] == ([str(suite)], "smoke", "cpu", 3, "sqlite:///results/m.db", Path("d"), Path("c"),
+                                     (1, 2))
+    assert calls["run_suites"] == (([str(suite)], "smoke", "cpu", 3, "sqlite:///results/m.db", False, Path("d"),
+                                    Path("c")), {"progress": False, "shard": (1, 2), "jobs": 2})
     del calls["nothing_left"]
     assert main(run(suite, "--force")) == 0                 # --force never asks the shortcut
     assert "nothing_left" not in calls                      # the defaults: quick, auto, every seed, no folders
@@ -118,3 +120,33 @@ def test_report_and_data_directory_flags(suite, capsys, tmp_path):
     assert refused(capsys, [*fetch, "--from-idx", "afile"]) == "--from-idx afile: afile is not a directory"
     assert refused(capsys, [*fetch, "--data-dir", "afile/d"]) == "--data-dir afile/d: afile is not a directory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "flags.yaml"]
+
+
+def test_shard_flag_forms_and_refusals(suite, calls, capsys):
+    calls["shortcut"] = False
+    for text, shard in (("0/1", (0, 1)), ("3/4", (3, 4)), (" 0 / 2 ", (0, 2))):
+        assert main(run(suite, "--shard", text)) == 0 and calls["run_suites"][1]["shard"] == shard
+    capsys.readouterr()
+    for text in ("1/1", "4/4", "0/0"):
+        index, count = text.split("/")
+        assert refused(capsys, run(suite, "--shard", text)) == f"--shard {index}/{count}: expected 0 <= I < N (N >= 1)"
+    for text in ("-1/2", "1/x", "z" * 50):
+        assert refused(capsys, run(suite, f"--shard={text}")) == (
+            f"--shard {text[:40]!r}: expected I/N with integers 0 <= I < N, e.g. 0/4")
+
+
+def test_data_fetch_fetches_and_verifies_where_it_is_told(monkeypatch, capsys, tmp_path):
+    from dnibench import data
+    seen = []
+    monkeypatch.setattr(data, "fetch_mnist", lambda d, idx_dir: seen.append(("fetch_mnist", d, idx_dir)) or "m/path")
+    monkeypatch.setattr(data, "check_mnist_cache", lambda d: seen.append(("check_mnist_cache", d)))
+    monkeypatch.setattr(data, "fetch_ptb", lambda d: seen.append(("fetch_ptb", d)) or "p/path")
+    monkeypatch.setattr(data, "load_ptb", lambda d, fetch: seen.append(("load_ptb", d, fetch)))
+    (tmp_path / "idx").mkdir()
+    assert main(["data", "fetch", "mnist", "--data-dir", str(tmp_path / "c"), "--from-idx", str(tmp_path / "idx")]) == 0
+    assert seen == [("fetch_mnist", tmp_path / "c", tmp_path / "idx"), ("check_mnist_cache", tmp_path / "c")]
+    assert capsys.readouterr().out == "dnibench: mnist verified at m/path\n"
+    seen.clear()
+    assert main(["data", "fetch", "ptb", "--data-dir", str(tmp_path / "c")]) == 0
+    assert seen == [("fetch_ptb", tmp_path / "c"), ("load_ptb", tmp_path / "c", False)]
+    assert capsys.readouterr().out == "dnibench: ptb verified at p/path\n"
