@@ -150,3 +150,37 @@ def test_data_fetch_fetches_and_verifies_where_it_is_told(monkeypatch, capsys, t
     assert main(["data", "fetch", "ptb", "--data-dir", str(tmp_path / "c")]) == 0
     assert seen == [("fetch_ptb", tmp_path / "c"), ("load_ptb", tmp_path / "c", False)]
     assert capsys.readouterr().out == "dnibench: ptb verified at p/path\n"
+
+
+def test_report_and_compare_hand_on_what_they_were_given(monkeypatch, capsys, tmp_path):
+    from dnibench import compare, report
+    from dnibench.report import context
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    monkeypatch.setattr(context, "load_suites", lambda d: seen.append(("load_suites", d)))
+    monkeypatch.setattr(report, "write_report",
+                        lambda uri, out, suites_dir: seen.append((uri, out, suites_dir)) or [1, 2])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["report", "--tracking-uri", uri, "--out", "rep"]) == 0     # no suites/ here: no departures, fine
+    assert seen == [("load_suites", Path("suites")), (uri, Path("rep"), Path("suites"))]
+    assert capsys.readouterr().out == "dnibench: report written to rep/ (2 files)\n"
+    (tmp_path / "mine").mkdir()
+    seen.clear()
+    assert main(["report", "--tracking-uri", uri, "--suites-dir", "mine"]) == 0
+    assert seen == [("load_suites", Path("mine")), (uri, Path("reports"), Path("mine"))]
+    capsys.readouterr()
+
+    monkeypatch.setattr(compare, "compare", lambda *args: seen.append(("compare", *args)) or ("T", "M", "P"))
+    monkeypatch.setattr(compare, "failed_runs", lambda *args: seen.append(("failed_runs", *args)) or "F")
+    monkeypatch.setattr(compare, "render", lambda *args, failed: f"render{args} failed={failed}")
+    monkeypatch.setattr(compare, "write_comparison", lambda *args: seen.append(("write", *args)) or "rep/cmp.csv")
+    seen.clear()
+    assert main(["compare", "s1", "--tracking-uri", uri, "--profile", "smoke", "--baseline", "dni",
+                 "--metric", "loss", "--out", "rep"]) == 0
+    assert seen == [("compare", uri, "s1", "smoke", "dni", "loss"), ("failed_runs", uri, "s1", "P"),
+                    ("write", "T", Path("rep"), "s1", "P")]
+    assert capsys.readouterr().out == ("render('T', 's1', 'P', 'M', 'dni') failed=F\n"
+                                       "\n(also written to rep/cmp.csv)\n")
+    seen.clear()
+    assert main(["compare", "s1", "--tracking-uri", uri]) == 0
+    assert seen[0] == ("compare", uri, "s1", None, "bprop", None)
