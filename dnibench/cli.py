@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":       # stop at the runner's next safe point (between steps or runs)
             previous = interrupt.install()
         else:                           # no training loop to reach: report/compare stop at once
-            signal.signal(signal.SIGTERM, _interrupt)
+            previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
     try:
         return args.func(args)
     except DnibenchError as err:

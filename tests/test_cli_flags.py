@@ -184,3 +184,58 @@ def test_report_and_compare_hand_on_what_they_were_given(monkeypatch, capsys, tm
     seen.clear()
     assert main(["compare", "s1", "--tracking-uri", uri]) == 0
     assert seen[0] == ("compare", uri, "s1", None, "bprop", None)
+
+
+def test_one_line_keeps_360_characters(capsys):
+    from dnibench.cli import _one_line
+    assert _one_line("a\n  b\tc ") == "a b c"
+    assert _one_line("x" * 360) == "x" * 360
+    assert _one_line("x" * 361) == "x" * 357 + "..."
+
+
+@pytest.mark.parametrize("error, line", [
+    (PermissionError(13, "Permission denied", "rep/fig.png"), "rep/fig.png: Permission denied"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+    (OSError("the disk went away"), "the disk went away"),
+])
+def test_an_os_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, error, line):
+    from dnibench import report
+    from dnibench.report import context
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(context, "load_suites", lambda d: None)
+
+    def write_report(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(report, "write_report", write_report)
+    assert refused(capsys, ["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == line
+
+
+def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, suite, calls):
+    """run records SIGTERM (the runner stops at its next step); report stops at once; either way the caller's
+    handlers are back when main returns. An interrupt ends the process at once with 130."""
+    import signal
+
+    from dnibench import cli, interrupt, report
+    from dnibench.report import context
+    handlers = []
+    monkeypatch.setattr(context, "load_suites", lambda d: None)
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: handlers.append(signal.getsignal(signal.SIGTERM)) or [])
+    monkeypatch.setattr(resume, "nothing_left",
+                        lambda *a: handlers.append(signal.getsignal(signal.SIGTERM)) or Outcome())
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    assert main(run(suite)) == 0
+    assert handlers == [cli._interrupt, interrupt._handler] and signal.getsignal(signal.SIGTERM) is before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def exit_now(code):
+        raise SystemExit(f"os._exit({code})")
+    monkeypatch.setattr(report, "write_report", interrupted)
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match=r"os\._exit\(130\)"):
+        main(["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert capsys.readouterr().err == "dnibench: interrupted; finished runs are kept, rerun to resume\n"
+    assert signal.getsignal(signal.SIGTERM) is before
