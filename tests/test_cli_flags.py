@@ -239,3 +239,20 @@ def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, su
         main(["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert capsys.readouterr().err == "dnibench: interrupted; finished runs are kept, rerun to resume\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_main_in_another_thread_touches_no_handler(monkeypatch, tmp_path):
+    """Signal handlers can be set from the main thread only: elsewhere main leaves them alone."""
+    import threading
+
+    from dnibench import report
+    from dnibench.report import context
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(context, "load_suites", lambda d: None)
+    monkeypatch.setattr(report, "write_report", lambda *a, **k: [])
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(main(["report", "--tracking-uri",
+                                                               f"sqlite:///{tmp_path}/m.db"])))
+    thread.start()
+    thread.join()
+    assert codes == [0]
