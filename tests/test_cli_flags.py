@@ -256,3 +256,23 @@ def test_main_in_another_thread_touches_no_handler(monkeypatch, tmp_path):
     thread.start()
     thread.join()
     assert codes == [0]
+
+
+def test_list_prints_every_method_task_and_suite(capsys, tmp_path):
+    from dnibench.methods import BUILTIN
+    for name in ("b.yaml", "a.yaml", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert main(["list", "--suites-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    methods = [f"  {name:14s} [{family}] {text}" for name, (_, family, text) in sorted(BUILTIN.items())]
+    assert lines == ["methods:", *methods, "tasks:   cifar10, copy, mnist, multiscale, ptb, repeat_copy",
+                     f"suites:  {tmp_path / 'a.yaml'}, {tmp_path / 'b.yaml'}"]
+    assert "  dni            [ff] synthetic gradients between every layer, bootstrapped targets" in lines
+
+
+def test_a_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["run", "x.yaml", "--jobs", "two"])
+    assert code.value.code == 2
+    assert capsys.readouterr().err == ("dnibench: error: argument --jobs: invalid int value: 'two' "
+                                       "(see 'dnibench run --help')\n")
