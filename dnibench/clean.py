@@ -20,8 +20,8 @@ from .resume import plans_file
 
 
 def _artifact_dirs(db: Path) -> list[Path]:
-    try:        # by its file URI: a "#", "%" or space in the path is the path, not URI syntax
-        with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+    try:
+        with closing(store.connect(db)) as con:
             rows = con.execute("SELECT artifact_location FROM experiments").fetchall()
     except sqlite3.DatabaseError as err:
         raise DnibenchError(f"{db}: not a readable MLflow store ({err}); the store and its artifacts "

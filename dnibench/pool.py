@@ -203,7 +203,7 @@ class WorkerPool:
     def _mark_killed(self, pid: int, reason: str) -> None:
         """End as KILLED the runs the worker ``pid`` of this host left RUNNING (none when it died between runs)."""
         from .store import OWNER_PID, mark_killed, running_here
-        for run in list(running_here(self.client, f"tags.`{OWNER_PID}` = '{pid}'")):
+        for run in running_here(self.client, f"tags.`{OWNER_PID}` = '{pid}'"):
             mark_killed(self.client, run.info.run_id, reason)
 
     def close(self) -> None:

@@ -158,7 +158,7 @@ def nothing_left(paths: list[str], profile: str, device: str, seeds: int | None,
         return None
     store.check_uri(tracking_uri, write=True)       # the full path's checks of the store, same errors
     try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        conn = store.connect(db)
         try:
             if _running_here(conn):
                 return None

@@ -28,7 +28,7 @@ SQLITE = "sqlite:///"
 SERVER_TIMEOUT_S = 5.0
 LOCK_TIMEOUT_S = 300.0           # creating a store takes ~1 s; a holder this slow is stuck
 OWNER_HOST, OWNER_PID, OWNER_START = "dnibench.owner.host", "dnibench.owner.pid", "dnibench.owner.start"
-FAILURE_TAG = "failure"                     # why a run is FAILED or KILLED (the runner, the pool, the dead-owner sweep)
+FAILURE_TAG = "failure"          # why a run is FAILED or KILLED (the runner, the pool, the dead-owner sweep)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -90,6 +90,12 @@ def _check_server(uri: str) -> None:
                             f"{SERVER_TIMEOUT_S:.0f} s)") from None
 
 
+def connect(path: Path, mode: str = "ro") -> sqlite3.Connection:
+    """sqlite3 on a store's file by its file URI (a "#", "%" or space in the path is the path, not URI
+    syntax), read-only unless ``mode`` says otherwise; waits up to a minute for a writer's lock."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=60)
+
+
 def check_damaged(path: Path) -> None:
     """Raise a one-line DnibenchError naming ``path`` when it is not a whole MLflow sqlite store."""
     def damaged(why: str) -> DnibenchError:
@@ -102,7 +108,7 @@ def check_damaged(path: Path) -> None:
     # Read-write when allowed: a kill -9 mid-transaction leaves a hot journal that only a writer rolls back.
     mode = "rw" if os.access(path, os.W_OK) else "ro"
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True, timeout=60)
+        conn = connect(path, mode)
         try:
             problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -214,22 +220,24 @@ def owner_alive(tags: dict[str, str]) -> bool:
         return True                         # cannot tell: never kill a run on a guess
 
 
-def running_here(client, also: str = ""):
+def running_here(client, also: str = "") -> list:
     """Every RUNNING run of the store whose owner is on this host (``also``: more of the search's filter, e.g. a
-    pid), page by page. The host is part of the filter: another machine sharing the store can have a run whose
-    owner has the same pid."""
+    pid), every page read before the caller changes one: a page token is an offset into the runs the filter
+    matches at the time of asking, and a run marked KILLED leaves them. The host is part of the filter: another
+    machine sharing the store can have a run whose owner has the same pid."""
     from mlflow.entities import ViewType
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
     host = platform.node().replace("'", "")
-    token = None
+    found, token = [], None
     while experiments:
         page = client.search_runs(experiments, filter_string=f"attributes.status = 'RUNNING' and "
                                   f"tags.`{OWNER_HOST}` = '{host}'" + (f" and {also}" if also else ""),
                                   run_view_type=ViewType.ALL, max_results=1000, page_token=token)
-        yield from page
+        found += page
         token = page.token
         if not token:
             break
+    return found
 
 
 def mark_killed(client, run_id: str, reason: str) -> None:
@@ -241,7 +249,7 @@ def mark_dead_runs_killed(client) -> list[str]:
     """Mark KILLED every RUNNING run of the store whose owner on this host died, with a ``failure`` tag
     saying so. Returns their run ids."""
     marked = []
-    for run in list(running_here(client)):      # every page first: a token is an offset into what is still RUNNING
+    for run in running_here(client):
         tags = run.data.tags
         if not owner_alive(tags):
             mark_killed(client, run.info.run_id, f"owner process {tags[OWNER_PID]} on {tags[OWNER_HOST]} died "

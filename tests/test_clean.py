@@ -132,9 +132,21 @@ def test_nothing_there_is_said_and_nothing_is_made(tmp_path):
 
 
 def test_the_cli_clean_command(tmp_path, capsys):
-    db = bare_store(tmp_path / "results" / "mlflow.db", [])
-    assert main(["clean", "--out", "reports", "--tracking-uri", "sqlite:///results/mlflow.db"]) == 0
-    assert capsys.readouterr().out == "deleted results/mlflow.db\n" and not db.exists()
+    """As `make clean-results` runs it (README: the store, its artifacts, its remembered plans and creation lock,
+    and the files the report listed)."""
+    uri = "sqlite:///results/mlflow.db"
+    client = store.open_store(uri, write=True, artifact_root=(tmp_path / "results" / "mlflow-artifacts").as_uri())
+    client.log_text(client.create_run("0").info.run_id, "x", "note.txt")
+    plans_file(uri).write_text("{}")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "README.md").write_text("a report")
+    (tmp_path / "reports" / ".manifest").write_text("README.md\n")
+    db = Path("results/mlflow.db")
+    assert main(["clean", "--out", "reports", "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out == "".join(f"deleted {p}\n" for p in [
+        Path("reports/README.md"), Path("reports/.manifest"), tmp_path / "results" / "mlflow-artifacts" / "0",
+        tmp_path / "results" / "mlflow-artifacts", db, plans_file(uri), store.creation_lock(db)])
+    assert list((tmp_path / "results").iterdir()) == [] and list((tmp_path / "reports").iterdir()) == []
     bare_store(db, []).write_bytes(b"garbage" * 100)
     assert main(["clean", "--out", "reports", "--tracking-uri", "sqlite:///results/mlflow.db"]) == 2
     assert capsys.readouterr().err == ("dnibench: error: results/mlflow.db: not a readable MLflow store (file is not "

@@ -57,6 +57,17 @@ def run(suite, *flags) -> list[str]:
     return ["run", str(suite), "--tracking-uri", "sqlite:///results/m.db", *flags]
 
 
+def report_in(monkeypatch, tmp_path, write_report) -> list[str]:
+    """``dnibench report`` on a store in ``tmp_path`` (run from there) with its suites' loading skipped and
+    ``write_report`` in place of the report's: the command line to give main."""
+    from dnibench import report
+    from dnibench.report import context
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(context, "load_suites", lambda d: None)
+    monkeypatch.setattr(report, "write_report", write_report)
+    return ["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+
+
 def test_run_flag_refusals_in_full(suite, calls, capsys, tmp_path):
     assert refused(capsys, run(suite, "--device", "g" * 50)) == (
         f"--device '{'g' * 40}': expected auto, cpu, cuda or cuda:N")
@@ -186,7 +197,7 @@ def test_report_and_compare_hand_on_what_they_were_given(monkeypatch, capsys, tm
     assert seen[0] == ("compare", uri, "s1", None, "bprop", None)
 
 
-def test_one_line_keeps_360_characters(capsys):
+def test_one_line_keeps_360_characters():
     from dnibench.cli import _one_line
     assert _one_line("a\n  b\tc ") == "a b c"
     assert _one_line("x" * 360) == "x" * 360
@@ -199,15 +210,9 @@ def test_one_line_keeps_360_characters(capsys):
     (OSError("the disk went away"), "the disk went away"),
 ])
 def test_an_os_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path, error, line):
-    from dnibench import report
-    from dnibench.report import context
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(context, "load_suites", lambda d: None)
-
     def write_report(*args, **kwargs):
         raise error
-    monkeypatch.setattr(report, "write_report", write_report)
-    assert refused(capsys, ["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == line
+    assert refused(capsys, report_in(monkeypatch, tmp_path, write_report)) == line
 
 
 def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, suite, calls):
@@ -216,14 +221,13 @@ def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, su
     import signal
 
     from dnibench import cli, interrupt, report
-    from dnibench.report import context
     handlers = []
-    monkeypatch.setattr(context, "load_suites", lambda d: None)
-    monkeypatch.setattr(report, "write_report", lambda *a, **k: handlers.append(signal.getsignal(signal.SIGTERM)) or [])
+    report_cmd = report_in(monkeypatch, tmp_path,
+                           lambda *a, **k: handlers.append(signal.getsignal(signal.SIGTERM)) or [])
     monkeypatch.setattr(resume, "nothing_left",
                         lambda *a: handlers.append(signal.getsignal(signal.SIGTERM)) or Outcome())
     before = signal.getsignal(signal.SIGTERM)
-    assert main(["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    assert main(report_cmd) == 0
     assert main(run(suite)) == 0
     assert handlers == [cli._interrupt, interrupt._handler] and signal.getsignal(signal.SIGTERM) is before
 
@@ -236,7 +240,7 @@ def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, su
     monkeypatch.setattr(cli.os, "_exit", exit_now)
     capsys.readouterr()
     with pytest.raises(SystemExit, match=r"os\._exit\(130\)"):
-        main(["report", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+        main(report_cmd)
     assert capsys.readouterr().err == "dnibench: interrupted; finished runs are kept, rerun to resume\n"
     assert signal.getsignal(signal.SIGTERM) is before
 
@@ -244,15 +248,9 @@ def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, su
 def test_main_in_another_thread_touches_no_handler(monkeypatch, tmp_path):
     """Signal handlers can be set from the main thread only: elsewhere main leaves them alone."""
     import threading
-
-    from dnibench import report
-    from dnibench.report import context
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(context, "load_suites", lambda d: None)
-    monkeypatch.setattr(report, "write_report", lambda *a, **k: [])
+    report_cmd = report_in(monkeypatch, tmp_path, lambda *a, **k: [])
     codes = []
-    thread = threading.Thread(target=lambda: codes.append(main(["report", "--tracking-uri",
-                                                               f"sqlite:///{tmp_path}/m.db"])))
+    thread = threading.Thread(target=lambda: codes.append(main(report_cmd)))
     thread.start()
     thread.join()
     assert codes == [0]
