@@ -162,6 +162,9 @@ class WorkerPool:
                         pass                    # it died: found below through its sentinel
             wait_any([w.conn for w in self.workers] + [w.proc.sentinel for w in self.workers], timeout=0.5)
             for w in list(self.workers):
+                # Alive or not, asked before its pipe is read: a worker that sends its last word ("error", "killed")
+                # and exits between the read and the question would be taken for one that died without a word.
+                alive = w.proc.is_alive()
                 while self._poll(w):
                     try:
                         kind, index, payload = w.conn.recv()
@@ -178,7 +181,7 @@ class WorkerPool:
                     else:
                         raise RuntimeError(f"{specs[index].label}: the run raised in worker process "
                                            f"{w.proc.pid}:\n{payload}")
-                if not w.proc.is_alive():
+                if not alive:
                     self._replace(w, exp_id, specs, on_result)
 
     @staticmethod

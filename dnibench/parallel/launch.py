@@ -119,6 +119,9 @@ def _relay(procs, conns, world: int, log, on_step, interrupt, timeout_s: float) 
         interrupt.check()                              # SIGTERM/SIGINT: KeyboardInterrupt, workers stopped by the caller
         live = [c for r, c in enumerate(conns) if r not in closed]
         wait_any(live + [p.sentinel for r, p in enumerate(procs) if r not in done], timeout=0.5)
+        # Exited or not, asked before the pipes are read: a worker's last word is in its pipe once it has exited,
+        # and one that sends it ("error") and exits between the read and the question is no silent death.
+        exited = [r for r, p in enumerate(procs) if not p.is_alive()]
         for rank, conn in enumerate(conns):
             while rank not in closed:
                 try:
@@ -146,9 +149,9 @@ def _relay(procs, conns, world: int, log, on_step, interrupt, timeout_s: float) 
                 else:
                     errors[rank] = f"worker {rank}: {message[2]}"
                     failed_at = failed_at or time.monotonic()
-        # exit code 0 before its "done" was read is not a death: its last message may still be in the pipe
-        died = {r: p for r, p in enumerate(procs) if r not in done and r not in errors and not p.is_alive()
-                and (p.exitcode != 0 or r in closed)}
+        # exit code 0 without a "done" is a death only once its pipe is closed (read to its end)
+        died = {r: procs[r] for r in exited if r not in done and r not in errors
+                and (procs[r].exitcode != 0 or r in closed)}
         for rank in died:
             closed.add(rank)
             failed_at = failed_at or time.monotonic()
