@@ -61,10 +61,10 @@ def folder(tmp_path, monkeypatch, fake_mnist_data_dir):
     REGISTRY.update(before)
 
 
-def run(folder, *names, **kwargs):
+def run(folder, *names, progress=False):
     uri = f"sqlite:///{folder / 'store' / 'mlflow.db'}"
     outcome = runner.run_suites([str(folder / f"{n}.yaml") for n in names], "smoke", device="cpu", tracking_uri=uri,
-                                data_dir=folder / "data", progress=False, **kwargs)
+                                data_dir=folder / "data", progress=progress)
     return uri, outcome
 
 
@@ -104,6 +104,8 @@ def test_a_suites_parent_run_is_named_tagged_and_keeps_its_environment_and_varia
     assert artifact_text(client, tiny.info.run_id, "method_files/frozen_first.py") == VARIANT
     assert client.list_artifacts(again.info.run_id, "method_files") == []     # no variant in that suite
     _, kids = runs_of(uri, "child")
+    labels = {s.method: s.label for s in plan(load_suite(folder / "tiny.yaml"), "smoke")}
+    assert {k.data.tags["method"]: k.info.run_name for k in kids if k.data.tags["suite"] == "tiny"} == labels
     parent_of = {(k.data.tags["suite"], k.data.tags["method"]): k.data.tags["mlflow.parentRunId"] for k in kids}
     assert parent_of == {("tiny", "bprop"): tiny.info.run_id, ("tiny", "frozen_first"): tiny.info.run_id,
                          ("again", "bprop"): again.info.run_id}
@@ -212,3 +214,31 @@ def test_a_suite_on_a_pool_hands_it_the_runs_it_does_not_alias(folder, error):
         original.info.run_id, parent.info.run_id)
     assert results == [("bprop", None, True)] + ([] if error else [("cdni", None, False)])
     assert (parent.info.status, pool.closed) == (("FAILED", 1) if error else ("FINISHED", 0))
+
+
+def test_a_run_that_fails_before_training_ends_failed_with_that_error(folder, monkeypatch):
+    """An error while its params are written (before anything is logged) is the run's failure and is raised as it
+    was, not replaced by one from closing a metric buffer that was never opened."""
+    def refused(client, run_id, params):
+        raise RuntimeError("params refused")
+    monkeypatch.setattr(runner, "_log_params", refused)
+    with pytest.raises(RuntimeError, match="^params refused$"):
+        run(folder, "tiny")
+    children, parents, _, _ = statuses(f"sqlite:///{folder / 'store' / 'mlflow.db'}")
+    assert children == {"bprop": ("FAILED", "error: RuntimeError: params refused")} and parents == ["FAILED"]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_each_run_has_a_progress_bar_of_its_steps_only_when_asked(folder, capsys, progress):
+    """--no-progress: nothing on stderr. Otherwise each run's bar counts its steps under its label (the suite's
+    bar above it counts runs). Its first frame is checked: later ones come at most every 0.5 s."""
+    (folder / "tiny.yaml").write_text(SUITE.replace("[bprop, frozen_first.py]", "bprop"))
+    run(folder, "tiny", progress=progress)
+    err = capsys.readouterr().err
+    label = plan(load_suite(folder / "tiny.yaml"), "smoke")[0].label
+    bars = [line for line in re.split(r"[\r\n]", err) if line.startswith(label)]
+    if progress:
+        assert bars[0].startswith(f"{label}:   0%|          | 0/2 [00:00<?, ?step/s]"), err[-2000:]
+        assert re.search(r"runs: 100%.* 1/1 ", err), err[-2000:]
+    else:
+        assert bars == [] and "runs:" not in err
