@@ -148,6 +148,8 @@ def test_a_diverged_run_ends_failed_with_its_reason_and_the_suite_goes_on(folder
 
 @pytest.mark.parametrize("error, child, parent, failure", [
     (RuntimeError("boom\nsecond line"), "FAILED", "FAILED", "error: RuntimeError: boom"),
+    (ValueError(), "FAILED", "FAILED", "error: ValueError: "),
+    (RuntimeError("x" * 600), "FAILED", "FAILED", ("error: RuntimeError: " + "x" * 600)[:500]),
     (KeyboardInterrupt(), "KILLED", "KILLED", None),
 ])
 def test_a_run_that_raises_stops_the_suite_and_every_run_ends(folder, variant_fails, error, child, parent, failure):
@@ -242,3 +244,54 @@ def test_each_run_has_a_progress_bar_of_its_steps_only_when_asked(folder, capsys
         assert re.search(r"runs: 100%.* 1/1 ", err), err[-2000:]
     else:
         assert bars == [] and "runs:" not in err
+
+
+def test_a_signal_stops_a_run_at_its_next_step(folder, monkeypatch):
+    """SIGTERM/SIGINT during training (interrupt.py records it) stops the run at its next step: KILLED, with the rows
+    it logged, and nothing after that step is trained or logged."""
+    import signal
+
+    import dnibench.train as train
+    from dnibench import interrupt
+    (folder / "tiny.yaml").write_text(SUITE.replace("[bprop, frozen_first.py]", "frozen_first.py"))
+    steps = []
+
+    def training(spec, data, log, on_step=lambda n: None):
+        for step in (1, 2):
+            log({"train_loss": float(step)}, step)
+            steps.append(step)
+            if step == 1:
+                interrupt._handler(signal.SIGTERM, None)   # as the signal does: recorded, raised at a safe point
+            on_step(step)
+        return {}
+    monkeypatch.setattr(train, "train_ff", training)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(folder, "tiny")
+    finally:
+        interrupt._received.clear()
+    children, parents, client, kids = statuses(f"sqlite:///{folder / 'store' / 'mlflow.db'}")
+    assert (children, parents, steps) == ({"frozen_first": ("KILLED", None)}, ["KILLED"], [1])
+    assert [m.step for m in client.get_metric_history(kids[0].info.run_id, "train_loss")] == [1]
+
+
+def test_a_parallel_runs_params_are_also_under_their_short_names():
+    spec = next(s for s in plan(load_suite("suites/parallel.yaml"), "smoke")
+                if s.parallel is not None and s.parallel.workers == 2 and s.method == "cdni")
+    params = runner._spec_params(spec)
+    assert {k: params[k] for k in ("workers", "schedule", "lockstep", "threads")} == {
+        "workers": "2", "schedule": "decoupled", "lockstep": "false", "threads": "1"}
+    assert params["parallel.workers"] == "2" and params["train.steps"] == str(spec.train.steps)
+    assert all(isinstance(v, str) for v in params.values())
+    one_process = plan(load_suite("suites/mnist_ff.yaml"), "smoke")[0]
+    assert one_process.parallel is None and not {"workers", "schedule"} & set(runner._spec_params(one_process))
+
+
+def test_params_are_written_in_batches_of_at_most_100_each_once():
+    """MLflow takes at most 100 params per call: 250 go in three calls, every one exactly once, in order."""
+    calls = []
+    client = NS(log_batch=lambda run_id, params: calls.append((run_id, [(p.key, p.value) for p in params])))
+    items = {f"p{i:03d}": str(i) for i in range(250)}
+    runner._log_params(client, "r1", items)
+    assert [len(batch) for _, batch in calls] == [100, 100, 50] and {run_id for run_id, _ in calls} == {"r1"}
+    assert [kv for _, batch in calls for kv in batch] == list(items.items())
