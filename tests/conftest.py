@@ -4,10 +4,18 @@
 import gzip
 import pickle
 import struct
+import threading
 
 import numpy as np
 import pytest
 import torch
+import tqdm
+
+# tqdm's default lock is a multiprocessing semaphore shared by every process forked from this one. mutmut forks each
+# mutant's tests from one parent: two of the runner's mutants hung there for ten minutes, each waiting on that
+# semaphore as it made a bar (gdb: SemLock.acquire under tqdm.__new__; session 19). One process's bars need only a
+# thread lock.
+tqdm.tqdm.set_lock(threading.RLock())
 
 
 @pytest.fixture(autouse=True, scope="session")
