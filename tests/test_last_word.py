@@ -43,7 +43,8 @@ class LastWord:
     def poll(self) -> bool:
         self.polls += 1
         if self.polls == 1:
-            self.writer.send(self.message)             # the last word, then the exit: after this read found nothing
+            if self.message is not None:               # the last word (None: none), then the exit: after this read
+                self.writer.send(self.message)
             self.writer.close()
             self.running.close()
             self.alive, self.exitcode = False, self.code
@@ -142,3 +143,43 @@ def test_a_parallel_worker_that_exits_without_a_word_died():
     with pytest.raises(WorkerFailed) as err:
         _relay([worker], [worker], 1, lambda row, step: None, lambda n: None, Interrupt, timeout_s=60)
     assert str(err.value) == f"parallel worker 0 (pid {PID}) died (exit code 0) after step 0 of the last worker"
+
+
+class Working(LastWord):
+    """A worker that says "ready" once started and "done" for each task it is sent; it never exits on its own."""
+
+    def __init__(self):
+        super().__init__(None, 0)
+        self.writer.send(("ready", None, None))
+
+    def poll(self) -> bool:
+        self.polls += 1
+        assert self.polls < 50, "the parent kept polling a worker with nothing more to say"   # a failure, not a hang
+        return self.reader.poll()
+
+    def send(self, message) -> None:
+        self.sent_to_worker.append(message)
+        if message is not None:
+            self.writer.send(("done", message[0], None))
+
+
+def test_the_pool_gives_a_ready_worker_each_run_in_turn_and_reports_each_finished():
+    worker = Working()
+    workers, results, specs = _pool_with(worker), [], [Spec(), Spec(), Spec()]
+    workers.workers[0].ready = workers.workers[0].started = False      # not ready until it says so
+    workers.run("7", "parent", specs, lambda spec, failure: results.append((spec, failure)))
+    assert worker.sent_to_worker == [(i, "7", "parent", specs[i]) for i in range(3)]
+    assert results == [(spec, None) for spec in specs]
+    assert workers.workers[0].task is None and workers.workers[0].ready and workers.workers[0].started
+    assert workers.killed == [] and workers.started == 0
+
+
+def test_a_worker_that_dies_without_a_word_costs_its_run_only():
+    """A worker killed mid-run (kill -9, out of memory): its run is marked KILLED with the reason and reported failed
+    with it, a new worker takes its place, and the pool goes on."""
+    worker = LastWord(None, -9)
+    workers, results = _pool_with(worker), []
+    workers.run("1", "parent", [Spec()], lambda spec, failure: results.append((spec.label, failure)))
+    reason = f"worker process {PID} died (signal SIGKILL) during the run; the other runs went on"
+    assert workers.killed == [(PID, reason)] and results == [("fcn3 dni seed 0", reason)]
+    assert workers.started == 1 and workers.workers[0].proc is not worker
