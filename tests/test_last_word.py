@@ -79,9 +79,10 @@ def _pool_with(worker: LastWord):
     def mark_killed(pid, reason):
         workers.killed.append((pid, reason))
 
-    def start():
+    def start():                                       # a replacement: alive, and ready once it says so
         workers.started += 1
-        return pool._Worker(LastWord(("ready", None, None), 0), LastWord(("ready", None, None), 0))
+        fresh = Working()
+        return pool._Worker(fresh, fresh)
     workers._mark_killed, workers._start = mark_killed, start
     return workers
 
@@ -138,8 +139,7 @@ def test_a_parallel_workers_summary_said_just_before_it_exited_is_its_summary():
 def test_a_parallel_worker_that_exits_without_a_word_died():
     """Exit code 0 and a closed pipe with no "done" in it: the worker died, and the run says so."""
     from dnibench.parallel.launch import _relay
-    worker = LastWord(None, 0)
-    worker.message = ("beat", 0)                       # alive between log points, then gone without its summary
+    worker = LastWord(("beat", 0), 0)                  # alive between log points, then gone without its summary
     with pytest.raises(WorkerFailed) as err:
         _relay([worker], [worker], 1, lambda row, step: None, lambda n: None, Interrupt, timeout_s=60)
     assert str(err.value) == f"parallel worker 0 (pid {PID}) died (exit code 0) after step 0 of the last worker"

@@ -6,7 +6,6 @@ import json
 import re
 from types import SimpleNamespace as NS
 
-import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -61,8 +60,12 @@ def folder(tmp_path, monkeypatch, fake_mnist_data_dir):
     REGISTRY.update(before)
 
 
+def uri_of(folder) -> str:
+    return f"sqlite:///{folder / 'store' / 'mlflow.db'}"
+
+
 def run(folder, *names, progress=False):
-    uri = f"sqlite:///{folder / 'store' / 'mlflow.db'}"
+    uri = uri_of(folder)
     outcome = runner.run_suites([str(folder / f"{n}.yaml") for n in names], "smoke", device="cpu", tracking_uri=uri,
                                 data_dir=folder / "data", progress=progress)
     return uri, outcome
@@ -158,7 +161,7 @@ def test_a_run_that_raises_stops_the_suite_and_every_run_ends(folder, variant_fa
     variant_fails.append(error)
     with pytest.raises(type(error)):
         run(folder, "tiny")
-    children, parents, client, kids = statuses(f"sqlite:///{folder / 'store' / 'mlflow.db'}")
+    children, parents, client, kids = statuses(uri_of(folder))
     assert children == {"bprop": ("FINISHED", None), "frozen_first": (child, failure)}
     assert parents == [parent]
     stopped = next(k for k in kids if k.data.tags["method"] == "frozen_first")
@@ -226,7 +229,7 @@ def test_a_run_that_fails_before_training_ends_failed_with_that_error(folder, mo
     monkeypatch.setattr(runner, "_log_params", refused)
     with pytest.raises(RuntimeError, match="^params refused$"):
         run(folder, "tiny")
-    children, parents, _, _ = statuses(f"sqlite:///{folder / 'store' / 'mlflow.db'}")
+    children, parents, _, _ = statuses(uri_of(folder))
     assert children == {"bprop": ("FAILED", "error: RuntimeError: params refused")} and parents == ["FAILED"]
 
 
@@ -270,7 +273,7 @@ def test_a_signal_stops_a_run_at_its_next_step(folder, monkeypatch):
             run(folder, "tiny")
     finally:
         interrupt._received.clear()
-    children, parents, client, kids = statuses(f"sqlite:///{folder / 'store' / 'mlflow.db'}")
+    children, parents, client, kids = statuses(uri_of(folder))
     assert (children, parents, steps) == ({"frozen_first": ("KILLED", None)}, ["KILLED"], [1])
     assert [m.step for m in client.get_metric_history(kids[0].info.run_id, "train_loss")] == [1]
 
