@@ -154,7 +154,8 @@ class WorkerPool:
         while pending or any(w.task is not None for w in self.workers):
             interrupt.check()
             for w in self.workers:
-                if pending and w.ready and w.task is None:
+                # a worker that exited since its last run gets none (replaced below), not one it never started
+                if pending and w.ready and w.task is None and w.proc.is_alive():
                     w.task = pending.pop(0)
                     try:
                         w.conn.send((w.task, exp_id, parent_id, specs[w.task]))

@@ -1,0 +1,209 @@
+"""The parents of a parallel run (parallel/launch._relay) and of `--jobs` (pool.WorkerPool) on every path a real
+worker takes: rows and progress, a summary, a divergence, errors from several workers, a death without a word, a
+silent hang, a worker that dies between runs or before it was ready. Everything runs in this process with fake
+workers over real pipes (tests/test_last_word.py), so each path is checked line by line, not only through the
+real processes of test_parallel and test_jobs.
+"""
+import time
+
+import pytest
+
+from dnibench import pool
+from dnibench.errors import Diverged, WorkerFailed
+from dnibench.parallel import launch
+from test_last_word import PID, Interrupt, LastWord, Spec, Working, _pool_with
+
+
+class Says(LastWord):
+    """A worker whose messages are all in its pipe from the start. ``exitcode`` None: it stays alive (its pipe
+    open); otherwise it exits with that code at the parent's first read of its pipe."""
+
+    def __init__(self, messages, exitcode=None, pid=PID):
+        super().__init__(None, exitcode)
+        for message in messages:
+            self.writer.send(message)
+        self.pid = pid
+
+    def poll(self) -> bool:
+        self.polls += 1
+        assert self.polls < 200, "the parent kept polling a worker with nothing more to say"
+        if self.alive and self.code is not None:
+            self.writer.close()
+            self.running.close()
+            self.alive, self.exitcode = False, self.code
+        return self.reader.poll()
+
+
+def relay(workers, *, timeout_s=60.0):
+    """_relay over ``workers``: returns (its result, the rows logged, the steps reported)."""
+    rows, steps = [], []
+    done = launch._relay(workers, workers, len(workers), lambda row, step: rows.append((row, step)), steps.append,
+                         Interrupt, timeout_s=timeout_s)
+    return done, rows, steps
+
+
+def test_relay_logs_every_workers_rows_and_counts_progress_by_the_last_worker():
+    first = Says([("row", 0, 4, {"synth_loss/0": 0.5}), ("row", 0, 8, {"synth_loss/0": 0.25}),
+                  ("done", 0, {"busy/0": 0.9})], exitcode=0)
+    last = Says([("beat", 1), ("row", 1, 3, {"loss": 2.0}), ("row", 1, 6, {"loss": 1.0}), ("beat", 1),
+                 ("row", 1, 6, {"test_error": 0.3}), ("done", 1, {"busy/1": 0.8})], exitcode=0)
+    done, rows, steps = relay([first, last])
+    assert done == {0: {"busy/0": 0.9}, 1: {"busy/1": 0.8}}
+    assert rows == [({"synth_loss/0": 0.5}, 4), ({"synth_loss/0": 0.25}, 8),
+                    ({"loss": 2.0}, 3), ({"loss": 1.0}, 6), ({"test_error": 0.3}, 6)]
+    assert steps == [1, 2, 3, 4, 5, 6]                 # each step once, and only the last worker's
+
+
+def test_relay_waits_for_a_worker_that_has_not_finished():
+    """A finished worker's summary is kept while the other is still at work; its rows keep coming."""
+    first = Says([("done", 0, {"a": 1.0})], exitcode=0)
+
+    class Later(Says):                                 # says "done" at the parent's fifth read only
+        def poll(self):
+            if self.polls == 4:
+                self.writer.send(("row", 1, 2, {"loss": 1.0}))
+                self.writer.send(("done", 1, {"b": 2.0}))
+            return super().poll()
+    done, rows, steps = relay([first, Later([("row", 1, 1, {"loss": 3.0})])])
+    assert done == {0: {"a": 1.0}, 1: {"b": 2.0}}
+    assert rows == [({"loss": 3.0}, 1), ({"loss": 1.0}, 2)] and steps == [1, 2]
+
+
+def test_relay_raises_a_divergence_as_diverged():
+    with pytest.raises(Diverged) as err:
+        relay([Says([("row", 0, 2, {"loss": 1.0}), ("diverged", 0, 3)])])
+    assert str(err.value) == "diverged at step 3 (non-finite loss)"
+
+
+def test_relay_names_the_first_workers_error_when_several_fail():
+    errors = [Says([("error", rank, f"RuntimeError: stop {rank}", "Traceback ...")], exitcode=1) for rank in (1, 2)]
+    with pytest.raises(WorkerFailed) as err:
+        relay([Says([("done", 0, {})], exitcode=0)] + errors)
+    assert str(err.value) == "worker 1: RuntimeError: stop 1"
+
+
+def test_relay_blames_a_worker_that_died_without_a_word_over_its_peers_errors():
+    """Its peers' errors only say the connection closed: the cause is the worker that died."""
+    peer = Says([("error", 0, "RuntimeError: Connection closed by peer", "Traceback ...")], exitcode=1)
+    dead = Says([("row", 1, 7, {"loss": 1.0})], exitcode=-9, pid=31337)
+    with pytest.raises(WorkerFailed) as err:
+        relay([peer, dead])
+    assert str(err.value) == "parallel worker 1 (pid 31337) died (signal SIGKILL) after step 7 of the last worker"
+
+
+def test_relay_gives_the_others_a_moment_to_say_why_they_stopped(monkeypatch):
+    """An error while another worker is still alive and silent: the run fails once REPORT_GRACE_S has passed."""
+    monkeypatch.setattr(launch, "REPORT_GRACE_S", 0.3)
+    start = time.monotonic()
+    with pytest.raises(WorkerFailed) as err:
+        relay([Says([("error", 0, "ValueError: boom", "Traceback ...")], exitcode=1), Says([])])
+    assert str(err.value) == "worker 0: ValueError: boom"
+    assert 0.3 <= time.monotonic() - start < 5
+
+
+def test_relay_fails_a_run_whose_workers_all_fall_silent():
+    start = time.monotonic()
+    with pytest.raises(WorkerFailed) as err:
+        relay([Says([("row", 0, 5, {"loss": 1.0})])], timeout_s=-59.7)      # silence allowed: timeout_s + 60 = 0.3 s
+    assert str(err.value) == "no word from any parallel worker in 0 s (after step 5)"
+    assert 0.3 <= time.monotonic() - start < 5
+
+
+def test_relay_hears_a_beat_as_a_sign_of_life():
+    """Beats between log points keep a run alive past the silence limit."""
+    class Beats(Says):                                 # a beat at every read for 0.8 s, then its summary
+        def poll(self):
+            if time.monotonic() - self.born > 0.8:
+                self.writer.send(("done", 0, {"ok": 1.0}))
+                self.code = 0
+            elif not self.reader.poll():
+                time.sleep(0.1)
+                self.writer.send(("beat", 0))
+            return super().poll()
+    worker = Beats([])
+    worker.born = time.monotonic()
+    assert relay([worker], timeout_s=-59.6)[0] == {0: {"ok": 1.0}}
+
+
+def test_a_worker_that_exits_cleanly_with_its_pipe_still_open_is_not_yet_dead():
+    """Exit code 0 with its pipe not yet read to its end: its summary may still be on the way."""
+    class Slow(Says):                                  # exited, its summary arriving at the parent's third read
+        def poll(self):
+            self.polls += 1
+            if self.polls == 3:
+                self.writer.send(("done", 0, {"late": 1.0}))
+                self.writer.close()
+            return self.reader.poll()
+    worker = Slow([])
+    worker.alive, worker.exitcode = False, 0
+    worker.running.close()
+    assert relay([worker])[0] == {0: {"late": 1.0}}
+
+
+# ---- the pool of `--jobs` ----------------------------------------------------------------------------------------
+
+def test_the_pool_reports_each_runs_failure_as_its_worker_gave_it():
+    class Fails(Working):
+        def send(self, message):
+            self.sent_to_worker.append(message)
+            self.writer.send(("done", message[0], f"diverged at step {message[0]}"))
+    worker = Fails()
+    workers, results, specs = _pool_with(worker), [], [Spec(), Spec()]
+    workers.run("1", "parent", specs, lambda spec, failure: results.append((spec, failure)))
+    assert results == [(specs[0], "diverged at step 0"), (specs[1], "diverged at step 1")]
+
+
+def test_the_pool_shares_the_runs_among_its_workers():
+    a, b = Working(), Working()
+    workers, results, specs = _pool_with(a), [], [Spec() for _ in range(4)]
+    workers.workers.append(pool._Worker(b, b))
+    workers.workers[1].ready = workers.workers[1].started = True
+    workers.run("1", "parent", specs, lambda spec, failure: results.append(spec))
+    assert [m[0] for m in a.sent_to_worker] == [0, 2] and [m[0] for m in b.sent_to_worker] == [1, 3]
+    assert sorted(map(id, results)) == sorted(map(id, specs))
+
+
+def test_a_worker_that_dies_between_runs_costs_nothing():
+    """Dead while idle (it exited right after its run): nothing to mark or report, it is given no run it would never
+    start; a new worker takes its place and gets the next run."""
+    class OneRun(Working):                             # exits as the parent reads its "done"
+        def poll(self):
+            if self.sent_to_worker and self.alive:
+                self.writer.close()
+                self.running.close()
+                self.alive, self.exitcode = False, -9
+            return self.reader.poll()
+    first = OneRun()
+    workers, results, specs = _pool_with(first), [], [Spec(), Spec()]
+    workers.run("1", "parent", specs, lambda spec, failure: results.append((spec, failure)))
+    assert results == [(specs[0], None), (specs[1], None)] and workers.killed == [] and workers.started == 1
+    fresh = workers.workers[0].proc
+    assert first.sent_to_worker == [(0, "1", "parent", specs[0])]
+    assert fresh is not first and fresh.sent_to_worker == [(1, "1", "parent", specs[1])]
+
+
+def test_a_worker_that_never_became_ready_stops_the_pool():
+    """A worker that exits before it was ever ready is a broken install: every worker would do the same."""
+    broken = Says([], exitcode=1)
+    workers = _pool_with(broken)
+    workers.workers[0].ready = workers.workers[0].started = False
+    with pytest.raises(RuntimeError) as err:
+        workers.run("1", "parent", [Spec()], lambda spec, failure: None)
+    assert str(err.value) == f"worker process {PID} exited with code 1 before it was ready (its error is above)"
+    assert workers.started == 0
+
+
+def test_a_run_sent_to_a_worker_that_just_died_is_reported_with_its_death():
+    class Gone(Says):
+        def send(self, message):
+            raise BrokenPipeError
+    workers, results = _pool_with(Gone([], exitcode=-9)), []
+    workers.run("1", "parent", [Spec()], lambda spec, failure: results.append(failure))
+    reason = f"worker process {PID} died (signal SIGKILL) during the run; the other runs went on"
+    assert results == [reason] and workers.killed == [(PID, reason)] and workers.started == 1
+
+
+@pytest.mark.parametrize("code, text", [(-9, "signal SIGKILL"), (-15, "signal SIGTERM"), (-200, "signal 200"),
+                                        (3, "exit code 3"), (0, "exit code 0"), (None, "exit code None")])
+def test_a_workers_exit_is_said_in_words(code, text):
+    assert pool._exit_text(code) == text and launch._exit_text(code) == text
