@@ -207,3 +207,93 @@ def test_a_run_sent_to_a_worker_that_just_died_is_reported_with_its_death():
                                         (3, "exit code 3"), (0, "exit code 0"), (None, "exit code None")])
 def test_a_workers_exit_is_said_in_words(code, text):
     assert pool._exit_text(code) == text and launch._exit_text(code) == text
+
+
+class Proc:
+    """A worker process for the stopping paths: ``stops`` says whether it exits when joined (a SIGTERM'd worker
+    ending its run at the next step) or stays until killed."""
+
+    def __init__(self, pid: int, alive: bool = True, stops: bool = True):
+        self.pid, self.alive, self.stops = pid, alive, stops
+        self.joins, self.killed = [], False
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def join(self, timeout=None) -> None:
+        self.joins.append(timeout)
+        if self.stops:
+            self.alive = False
+
+    def kill(self) -> None:
+        self.killed, self.alive = True, False
+
+
+class Conn:
+    def __init__(self):
+        self.sent, self.closed = [], False
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_closing_the_pool_stops_busy_workers_by_signal_and_idle_ones_by_word(monkeypatch):
+    """Busy workers (and one never ready) get one SIGTERM, every live one is told to exit; one still alive after
+    STOP_GRACE_S is killed and its run marked KILLED; every pipe is closed and the pool is empty."""
+    signals = []
+    monkeypatch.setattr(pool.os, "kill", lambda pid, sig: signals.append((pid, sig)))
+    monkeypatch.setattr(pool, "STOP_GRACE_S", 0.0)
+    workers = _pool_with(Working())
+    slots = []
+    for pid, alive, stops, task, started in [(11, True, True, 3, True), (12, True, True, None, True),
+                                             (13, True, True, None, False), (14, False, True, None, True),
+                                             (15, True, False, 5, True)]:
+        slot = pool._Worker(Proc(pid, alive, stops), Conn())
+        slot.task, slot.started = task, started
+        slots.append(slot)
+    workers.workers = list(slots)
+    workers.close()
+    assert signals == [(11, pool.signal.SIGTERM), (13, pool.signal.SIGTERM), (15, pool.signal.SIGTERM)]
+    assert [s.conn.sent for s in slots] == [[None], [None], [None], [], [None]]
+    assert [s.proc.killed for s in slots] == [False, False, False, False, True]
+    assert workers.killed == [(15, "worker process 15 did not stop within 0 s of the stop: killed")]
+    assert all(s.conn.closed for s in slots) and workers.workers == []
+    assert all(s.proc.joins and s.proc.joins[0] == 0.0 for s in slots)
+
+
+def test_closing_the_pool_forgives_a_worker_gone_before_its_signal(monkeypatch):
+    def gone(pid, sig):
+        raise ProcessLookupError
+    monkeypatch.setattr(pool.os, "kill", gone)
+    workers = _pool_with(Working())
+    slot = pool._Worker(Proc(21), Conn())
+    slot.task, slot.started = 0, True
+    workers.workers = [slot]
+    workers.close()
+    assert slot.conn.sent == [None] and slot.conn.closed and not slot.proc.killed and workers.killed == []
+
+
+def test_a_parallel_runs_workers_are_stopped_and_each_waited_for():
+    """Finished workers get the grace to leave gloo; any still alive then is killed; each is joined at the end."""
+    done, stuck = Proc(1), Proc(2, stops=False)
+    launch._stop([done, stuck], grace_s=0.2)
+    assert not done.killed and stuck.killed
+    assert 0.0 < done.joins[0] <= 0.2 and 0.0 <= stuck.joins[0] <= 0.2 and done.joins[-1] == stuck.joins[-1] == 30
+    now = Proc(3, stops=False)
+    launch._stop([now])                                # a failure: no grace
+    assert now.killed and now.joins == [0.0, 30]
+
+
+def test_the_test_hooks_are_read_from_the_environment(monkeypatch):
+    for name in ("DNIBENCH_TEST_WORKER_DELAY", "DNIBENCH_TEST_WORKER_EXIT", "DNIBENCH_TEST_PARALLEL_DUMP"):
+        monkeypatch.delenv(name, raising=False)
+    assert launch._hooks() == {}
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:0.25")
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_EXIT", "0:7")
+    monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", "/some/dir")
+    hooks = launch._hooks()
+    assert hooks == {"delay": {1: 0.25}, "exit": {0: 7}, "dump": "/some/dir"}
+    assert type(hooks["exit"][0]) is int and type(hooks["delay"][1]) is float
