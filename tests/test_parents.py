@@ -4,9 +4,11 @@ silent hang, a worker that dies between runs or before it was ready. Everything 
 workers over real pipes (tests/test_last_word.py), so each path is checked line by line, not only through the
 real processes of test_parallel and test_jobs.
 """
+import multiprocessing
 import time
 
 import pytest
+import torch
 
 from dnibench import pool
 from dnibench.errors import Diverged, WorkerFailed
@@ -297,3 +299,116 @@ def test_the_test_hooks_are_read_from_the_environment(monkeypatch):
     hooks = launch._hooks()
     assert hooks == {"delay": {1: 0.25}, "exit": {0: 7}, "dump": "/some/dir"}
     assert type(hooks["exit"][0]) is int and type(hooks["delay"][1]) is float
+
+
+class Started:
+    """A worker process of a parallel run, started by ``Context`` below: at ``start`` it reads what the parent gave
+    it (its arguments, the data file) and says ``messages(rank)`` on its pipe, then has exited with ``exitcode``."""
+
+    def __init__(self, ctx, target, name, daemon, args):
+        self.ctx, self.target, self.name, self.daemon, self.args = ctx, target, name, daemon, args
+        self.pid, self.exitcode, self.killed, self.joins = 5000 + args[0], None, False, []
+        self._exited, self._gone = multiprocessing.Pipe(duplex=False)
+
+    def start(self) -> None:
+        rank, spec_json, data_path, rendezvous, conn, hooks, timeout_s = self.args
+        self.ctx.seen.append({"rank": rank, "name": self.name, "daemon": self.daemon, "target": self.target,
+                              "spec": spec_json, "data": torch.load(data_path), "data_path": data_path,
+                              "rendezvous": rendezvous, "hooks": hooks, "timeout_s": timeout_s})
+        for message in self.ctx.messages(rank):
+            conn.send(message)
+        conn.close()
+        self._gone.close()
+        self.exitcode = self.ctx.exitcode
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    @property
+    def sentinel(self) -> int:
+        return self._exited.fileno()
+
+    def join(self, timeout=None) -> None:
+        self.joins.append(timeout)
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class Context:
+    def __init__(self, messages, exitcode=0):
+        self.messages, self.exitcode, self.seen, self.procs = messages, exitcode, [], []
+
+    def Pipe(self, duplex=True):
+        return multiprocessing.Pipe(duplex=duplex)
+
+    def Process(self, target, name, daemon, args):
+        self.procs.append(Started(self, target, name, daemon, args))
+        return self.procs[-1]
+
+
+@pytest.fixture
+def two_workers():
+    from test_parallel import spec
+    from dnibench.data import ImageData
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g),
+                     torch.rand(20, 1, 8, 8, generator=g), torch.randint(0, 10, (20,), generator=g), 10, "fake")
+    run_spec = spec("cdni", 2)
+    run_spec.train.train_subset, run_spec.train.test_subset = 40, 500          # a test subset past the data: all of it
+    return run_spec, data
+
+
+def test_a_parallel_run_hands_each_worker_its_part_and_merges_what_they_say(two_workers, monkeypatch):
+    """Each worker gets its rank, the spec, the data subset in one file, the rendezvous, the hooks and gloo's
+    timeout; the run logs every row, counts the last worker's steps, and logs and returns the workers' summaries
+    merged (the last worker's word last), the sampler's, the threads and the machine's load."""
+    run_spec, data = two_workers
+    monkeypatch.setenv("DNIBENCH_GLOO_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:0.5")
+
+    def messages(rank):
+        return [("row", rank, 6, {f"synth_loss/{rank}": 0.5}),
+                ("done", rank, {"shared": float(rank), f"busy/{rank}": 0.9} | ({"cpu_threads": 3.0} if rank else {}))]
+    ctx = Context(messages)
+    monkeypatch.setattr(launch, "_context", lambda: ctx)
+    rows, steps = [], []
+    summary = launch.train_parallel(run_spec, data, lambda row, step: rows.append((row, step)), steps.append)
+    from dnibench.parallel.worker import worker_main
+    assert [(s["rank"], s["name"], s["daemon"], s["target"]) for s in ctx.seen] == [
+        (rank, f"dnibench-stage-worker{rank}", True, worker_main) for rank in (0, 1)]
+    for seen in ctx.seen:
+        assert seen["spec"] == run_spec.model_dump_json() and seen["timeout_s"] == 12.5
+        assert seen["hooks"] == {"delay": {1: 0.5}}
+        assert seen["rendezvous"] == str(launch.Path(seen["data_path"]).parent / "rendezvous")
+        given = seen["data"]
+        assert set(given) == {"x_train", "y_train", "x_test", "y_test", "num_classes"} and given["num_classes"] == 10
+        for key, n in (("x_train", 40), ("y_train", 40), ("x_test", 20), ("y_test", 20)):
+            assert torch.equal(given[key], getattr(data, key)[:n])
+    assert not launch.Path(ctx.seen[0]["data_path"]).parent.exists()         # the run's folder is gone
+    assert rows[:2] == [({"synth_loss/0": 0.5}, 6), ({"synth_loss/1": 0.5}, 6)] and steps == [1, 2, 3, 4, 5, 6]
+    assert rows[-1] == (summary, run_spec.train.steps) and len(rows) == 3
+    assert summary["shared"] == 1.0 and summary["busy/0"] == summary["busy/1"] == 0.9
+    assert summary["cpu_threads"] == 3.0                                      # what the workers said torch ran
+    assert {"cpu_util_pct_mean", "cpu_load_avg_1m_mean"} <= set(summary)
+    assert summary["load_1m/start"] >= 0 and summary["load_1m/end"] >= 0
+    assert all(p.joins and 0 < p.joins[0] <= 5.0 and not p.killed for p in ctx.procs)   # a moment to leave gloo
+
+
+def test_a_parallel_run_without_a_word_on_threads_logs_its_settings(two_workers, monkeypatch):
+    run_spec, data = two_workers
+    ctx = Context(lambda rank: [("done", rank, {})])
+    monkeypatch.setattr(launch, "_context", lambda: ctx)
+    summary = launch.train_parallel(run_spec, data, lambda row, step: None)
+    assert summary["cpu_threads"] == float(run_spec.parallel.threads) == 1.0
+
+
+def test_a_failed_parallel_run_kills_its_workers_at_once_and_leaves_no_folder(two_workers, monkeypatch):
+    run_spec, data = two_workers
+    ctx = Context(lambda rank: [("error", rank, f"RuntimeError: rank {rank}", "Traceback ...")], exitcode=1)
+    monkeypatch.setattr(launch, "_context", lambda: ctx)
+    with pytest.raises(WorkerFailed) as err:
+        launch.train_parallel(run_spec, data, lambda row, step: None)
+    assert str(err.value) == "worker 0: RuntimeError: rank 0"
+    assert all(p.joins[0] == 0.0 for p in ctx.procs)                          # no grace after a failure
+    assert not launch.Path(ctx.seen[0]["data_path"]).parent.exists()
