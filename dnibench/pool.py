@@ -166,8 +166,10 @@ class WorkerPool:
                 # Alive or not, asked before its pipe is read: a worker that sends its last word ("error", "killed")
                 # and exits between the read and the question would be taken for one that died without a word.
                 alive = w.proc.is_alive()
-                while self._poll(w):
+                while True:
                     try:
+                        if not w.conn.poll():
+                            break
                         kind, index, payload = w.conn.recv()
                     except (EOFError, OSError):         # it died: its end of the pipe closed
                         break
@@ -183,16 +185,9 @@ class WorkerPool:
                         raise RuntimeError(f"{specs[index].label}: the run raised in worker process "
                                            f"{w.proc.pid}:\n{payload}")
                 if not alive:
-                    self._replace(w, exp_id, specs, on_result)
+                    self._replace(w, specs, on_result)
 
-    @staticmethod
-    def _poll(w: _Worker) -> bool:
-        try:
-            return w.conn.poll()
-        except (EOFError, OSError):
-            return False
-
-    def _replace(self, w: _Worker, exp_id: str, specs: list, on_result) -> None:
+    def _replace(self, w: _Worker, specs: list, on_result) -> None:
         w.proc.join()
         if not w.started:
             raise RuntimeError(f"worker process {w.proc.pid} exited with code {w.proc.exitcode} before it was "

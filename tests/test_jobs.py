@@ -165,4 +165,21 @@ def test_a_dead_forkserver_falls_back_to_spawn(monkeypatch, capsys):
     assert workers.workers == ["worker", "worker"] and started == ["forkserver", "spawn", "spawn"]
     assert workers.ctx.get_start_method() == "spawn"
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "spawn instead" in err[0]
+    assert err == ["dnibench: the forkserver failed to start a worker (EOFError); starting workers with spawn instead"]
+
+
+def test_a_spawn_that_fails_is_raised_as_it_is(monkeypatch, capsys):
+    """Only a forkserver's failure falls back (to spawn); spawn's own is the error, raised once, with no retry."""
+    import multiprocessing as mp
+
+    from dnibench import pool
+    started = []
+
+    def start_in(self, ctx):
+        started.append(ctx.get_start_method())
+        raise ConnectionError("refused")
+    monkeypatch.setattr(pool, "_context", lambda: mp.get_context("spawn"))
+    monkeypatch.setattr(pool.WorkerPool, "_start_in", start_in)
+    with pytest.raises(ConnectionError, match="refused"):
+        pool.WorkerPool(2, "sqlite:///unused.db", "cpu", None, None, client=None)
+    assert started == ["spawn"] and capsys.readouterr().err == ""

@@ -77,11 +77,14 @@ def test_relay_raises_a_divergence_as_diverged():
     assert str(err.value) == "diverged at step 3 (non-finite loss)"
 
 
-def test_relay_names_the_first_workers_error_when_several_fail():
+def test_relay_names_the_first_workers_error_when_several_fail(monkeypatch):
+    """Every worker accounted for (one done, two failed): the reason at once, without the grace period."""
+    monkeypatch.setattr(launch, "REPORT_GRACE_S", 30.0)
+    start = time.monotonic()
     errors = [Says([("error", rank, f"RuntimeError: stop {rank}", "Traceback ...")], exitcode=1) for rank in (1, 2)]
     with pytest.raises(WorkerFailed) as err:
         relay([Says([("done", 0, {})], exitcode=0)] + errors)
-    assert str(err.value) == "worker 1: RuntimeError: stop 1"
+    assert str(err.value) == "worker 1: RuntimeError: stop 1" and time.monotonic() - start < 10
 
 
 def test_relay_blames_a_worker_that_died_without_a_word_over_its_peers_errors():
@@ -106,9 +109,9 @@ def test_relay_gives_the_others_a_moment_to_say_why_they_stopped(monkeypatch):
 def test_relay_fails_a_run_whose_workers_all_fall_silent():
     start = time.monotonic()
     with pytest.raises(WorkerFailed) as err:
-        relay([Says([("row", 0, 5, {"loss": 1.0})])], timeout_s=-59.7)      # silence allowed: timeout_s + 60 = 0.3 s
+        relay([Says([("row", 0, 5, {"loss": 1.0})])], timeout_s=-59.9)      # silence allowed: timeout_s + 60 = 0.1 s
     assert str(err.value) == "no word from any parallel worker in 0 s (after step 5)"
-    assert 0.3 <= time.monotonic() - start < 5
+    assert 0.1 <= time.monotonic() - start < 1.2        # at the first look after the limit: each look waits 0.5 s
 
 
 def test_relay_hears_a_beat_as_a_sign_of_life():
@@ -247,7 +250,7 @@ def test_closing_the_pool_stops_busy_workers_by_signal_and_idle_ones_by_word(mon
     STOP_GRACE_S is killed and its run marked KILLED; every pipe is closed and the pool is empty."""
     signals = []
     monkeypatch.setattr(pool.os, "kill", lambda pid, sig: signals.append((pid, sig)))
-    monkeypatch.setattr(pool, "STOP_GRACE_S", 0.0)
+    monkeypatch.setattr(pool, "STOP_GRACE_S", 30.0)
     workers = _pool_with(Working())
     slots = []
     for pid, alive, stops, task, started in [(11, True, True, 3, True), (12, True, True, None, True),
@@ -261,9 +264,9 @@ def test_closing_the_pool_stops_busy_workers_by_signal_and_idle_ones_by_word(mon
     assert signals == [(11, pool.signal.SIGTERM), (13, pool.signal.SIGTERM), (15, pool.signal.SIGTERM)]
     assert [s.conn.sent for s in slots] == [[None], [None], [None], [], [None]]
     assert [s.proc.killed for s in slots] == [False, False, False, False, True]
-    assert workers.killed == [(15, "worker process 15 did not stop within 0 s of the stop: killed")]
+    assert workers.killed == [(15, "worker process 15 did not stop within 30 s of the stop: killed")]
     assert all(s.conn.closed for s in slots) and workers.workers == []
-    assert all(s.proc.joins and s.proc.joins[0] == 0.0 for s in slots)
+    assert all(s.proc.joins and 29 < s.proc.joins[0] <= 30 for s in slots)    # the grace, counted once for all
 
 
 def test_closing_the_pool_forgives_a_worker_gone_before_its_signal(monkeypatch):
@@ -412,3 +415,113 @@ def test_a_failed_parallel_run_kills_its_workers_at_once_and_leaves_no_folder(tw
     assert str(err.value) == "worker 0: RuntimeError: rank 0"
     assert all(p.joins[0] == 0.0 for p in ctx.procs)                          # no grace after a failure
     assert not launch.Path(ctx.seen[0]["data_path"]).parent.exists()
+
+
+def test_a_worker_stopped_by_a_signal_gets_no_run_while_it_exits():
+    """A worker that said "killed" is on its way out: the next run waits for its replacement."""
+    class Exiting(Says):                               # still alive for its first three reads after saying it
+        def poll(self):
+            if self.polls == 3:
+                self.code = -15
+            return super().poll()
+    dying = Exiting([("killed", 0, None)])
+    workers, results, specs = _pool_with(dying), [], [Spec(), Spec()]
+    workers.run("1", "parent", specs, lambda spec, failure: results.append((spec, failure)))
+    assert [m[0] for m in dying.sent_to_worker] == [0] and [m[0] for m in workers.workers[0].proc.sent_to_worker] == [1]
+    assert results == [(specs[0], f"worker process {PID} was stopped by a signal: run KILLED"), (specs[1], None)]
+
+
+def test_relay_waits_on_the_pipes_and_on_the_workers_not_yet_seen_exited(monkeypatch):
+    """A worker's death wakes the parent through its sentinel even while its pipe stays open (a child of it holding
+    the pipe); a worker seen exited, or done, is not waited on again (its sentinel would wake the parent at once)."""
+    waits = []
+    real = launch.wait_any
+
+    def wait_any(objects, timeout):
+        waits.append(list(objects))
+        return real(objects, timeout)
+    monkeypatch.setattr(launch, "wait_any", wait_any)
+    done = Says([("done", 0, {})], exitcode=0)
+    error = Says([("error", 1, "ValueError: boom", "Traceback ...")], exitcode=1)
+    alive = Says([])
+    with pytest.raises(WorkerFailed):
+        monkeypatch.setattr(launch, "REPORT_GRACE_S", 0.6)
+        relay([done, error, alive])
+    assert waits[0] == [done, error, alive, done.sentinel, error.sentinel, alive.sentinel]
+    assert all(w == [alive, alive.sentinel] for w in waits[2:]) and len(waits) >= 3
+
+
+def test_the_pool_and_a_parallel_run_start_workers_from_a_forkserver_that_preloads_them():
+    """forkserver where there is one, its preloaded modules ones that exist (a wrong name would be skipped silently,
+    and every worker would import it all itself); spawn elsewhere."""
+    import importlib
+    from multiprocessing import forkserver
+    for module in (pool, launch):
+        if "forkserver" not in multiprocessing.get_all_start_methods():
+            pytest.skip("no forkserver on this platform")
+        ctx = module._context()
+        assert ctx.get_start_method() == "forkserver"
+        preload = forkserver._forkserver._preload_modules
+        assert "dnibench.runner" in preload
+        for name in preload:
+            importlib.import_module(name)
+    assert set(forkserver._forkserver._preload_modules) == {"dnibench.parallel.worker", "dnibench.runner", "torch._dynamo"}
+    pool._context()
+    assert set(forkserver._forkserver._preload_modules) == {"dnibench.runner", "dnibench.pool"}
+
+
+def test_without_a_forkserver_workers_are_spawned(monkeypatch):
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])
+    for module in (pool, launch):
+        assert module._context().get_start_method() == "spawn"
+
+
+class Born:
+    """A process as a start context makes it: what it was given, and whether it was started."""
+
+    def __init__(self, target, args, daemon, name):
+        self.target, self.args, self.daemon, self.name, self.started = target, args, daemon, name, False
+
+    def start(self):
+        self.started = True
+
+
+def test_a_pools_workers_are_started_with_its_settings_and_not_yet_ready(monkeypatch):
+    pipes = []
+
+    class Ctx:
+        def Pipe(self):
+            pipes.append(multiprocessing.Pipe())
+            return pipes[-1]
+
+        Process = Born
+
+        @staticmethod
+        def get_start_method():
+            return "forkserver"
+    monkeypatch.setattr(pool, "_context", Ctx)
+    workers = pool.WorkerPool(2, "sqlite:///m.db", "cuda", "data", "cifar", client="client")
+    assert len(workers.workers) == 2 and workers.client == "client" and workers.jobs == 2
+    for slot, (mine, theirs) in zip(workers.workers, pipes):
+        proc = slot.proc
+        assert proc.started and proc.target is pool._worker and proc.daemon and proc.name == "dnibench-worker"
+        assert proc.args == (theirs, "sqlite:///m.db", "cuda", "data", "cifar", 2)
+        assert slot.conn is mine and theirs.closed and not mine.closed
+        assert (slot.ready, slot.started, slot.task) == (False, False, None)
+
+
+def test_a_worker_dies_with_the_process_that_started_it():
+    """Linux: the kernel sends the worker SIGTERM when its parent dies (PR_SET_PDEATHSIG), so no orphan trains on."""
+    import ctypes
+    import signal
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only")
+    libc = ctypes.CDLL(None, use_errno=True)
+    value = ctypes.c_int(-1)
+    try:
+        pool._die_with_parent()
+        assert libc.prctl(2, ctypes.byref(value)) == 0            # PR_GET_PDEATHSIG
+        assert value.value == signal.SIGTERM
+    finally:
+        libc.prctl(1, 0)                                         # this test process: as it was

@@ -45,7 +45,7 @@ def _hooks() -> dict:
     that dies), DNIBENCH_TEST_PARALLEL_DUMP=dir (each worker saves its parameters there)."""
     hooks: dict = {}
     for key, name, cast in (("delay", "DNIBENCH_TEST_WORKER_DELAY", float), ("exit", "DNIBENCH_TEST_WORKER_EXIT", int)):
-        value = os.environ.get(name, "")
+        value = os.environ.get(name)
         if value:
             rank, amount = value.split(":")
             hooks[key] = {int(rank): cast(amount)}
