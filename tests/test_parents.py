@@ -525,3 +525,138 @@ def test_a_worker_dies_with_the_process_that_started_it():
         assert value.value == signal.SIGTERM
     finally:
         libc.prctl(1, 0)                                         # this test process: as it was
+
+
+# ---- a `--jobs` worker's own loop (pool._worker), in this process ---------------------------------------------------
+
+class Parent:
+    """The worker's end of its pipe: hands it ``tasks`` in turn (an exception is raised at that read; past the end,
+    EOFError: the parent is gone) and keeps what the worker says."""
+
+    def __init__(self, tasks):
+        self.tasks, self.said = list(tasks), []
+
+    def send(self, message) -> None:
+        self.said.append(message)
+
+    def recv(self):
+        if not self.tasks:
+            raise EOFError
+        task = self.tasks.pop(0)
+        if isinstance(task, BaseException):
+            raise task
+        return task
+
+
+@pytest.fixture
+def worker_in_process(monkeypatch):
+    """pool._worker with its process-wide effects recorded instead of made (signals, PDEATHSIG, MLflow's URI), the
+    data sets and the runs stood in for: ``(run, calls)``; ``run(tasks, outcomes)`` runs the loop to its end and
+    returns what it said. ``outcomes[i]``: run i's failure, or an exception it raises."""
+    import signal
+    import mlflow
+    import mlflow.tracking
+    from dnibench import interrupt, runner, tasks as task_registry
+    calls = {"signals": [], "loads": [], "runs": [], "checks": 0}
+    monkeypatch.setenv("DNIBENCH_JOBS", "1")
+    monkeypatch.setattr(pool, "_die_with_parent", lambda: calls.__setitem__("orphan_guard", True))
+    monkeypatch.setattr(interrupt, "install", lambda: calls.__setitem__("installed", True))
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: calls["signals"].append((signum, handler)))
+    monkeypatch.setattr(mlflow, "set_tracking_uri", lambda uri: calls.__setitem__("uri", uri))
+
+    class Client:
+        def __init__(self, uri):
+            calls["client_uri"] = uri
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Client)
+
+    class Task:
+        def __init__(self, name):
+            self.name = name
+
+        def load(self, data_dir, cifar_dir):
+            calls["loads"].append((self.name, data_dir, cifar_dir))
+            return f"{self.name} data"
+    monkeypatch.setattr(task_registry, "get_task", Task)
+
+    def run(tasks, outcomes, interrupt_at=None):
+        def run_child(client, exp_id, parent_id, spec, data, dev, progress):
+            calls["runs"].append((type(client).__name__, exp_id, parent_id, spec.name, data, str(dev), progress))
+            outcome = outcomes[len(calls["runs"]) - 1]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        monkeypatch.setattr(runner, "_run_child", run_child)
+
+        def check():
+            calls["checks"] += 1
+            if calls["checks"] == interrupt_at:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(interrupt, "check", check)
+        parent = Parent(tasks)
+        pool._worker(parent, "sqlite:///w.db", "cpu", "data-dir", "cifar-dir", 3)
+        calls["jobs_env"] = pool.os.environ["DNIBENCH_JOBS"]
+        return parent.said
+    return run, calls
+
+
+def spec_of(name, task):
+    from types import SimpleNamespace
+    return SimpleNamespace(name=name, task=task)
+
+
+def test_a_pool_worker_says_ready_then_runs_each_task_on_its_data_loaded_once(worker_in_process):
+    import signal
+    run, calls = worker_in_process
+    tasks = [(0, "e1", "p1", spec_of("a", "mnist")), (1, "e1", "p1", spec_of("b", "mnist")),
+             (2, "e2", "p2", spec_of("c", "cifar10")), None, (3, "e2", "p2", spec_of("never", "mnist"))]
+    said = run(tasks, [None, "diverged at step 4 (non-finite loss)", None])
+    assert said == [("ready", None, None), ("done", 0, None), ("done", 1, "diverged at step 4 (non-finite loss)"),
+                    ("done", 2, None)]
+    assert calls["runs"] == [("Client", "e1", "p1", "a", "mnist data", "cpu", False),
+                             ("Client", "e1", "p1", "b", "mnist data", "cpu", False),
+                             ("Client", "e2", "p2", "c", "cifar10 data", "cpu", False)]
+    assert calls["loads"] == [("mnist", "data-dir", "cifar-dir"), ("cifar10", "data-dir", "cifar-dir")]
+    assert calls["checks"] == 3 and calls["jobs_env"] == "3"
+    assert calls["uri"] == calls["client_uri"] == "sqlite:///w.db"
+    assert calls["installed"] and calls["orphan_guard"] and calls["signals"] == [(signal.SIGINT, signal.SIG_IGN)]
+
+
+def test_a_pool_worker_whose_parent_is_gone_returns(worker_in_process):
+    run, calls = worker_in_process
+    assert run([(0, "e", "p", spec_of("a", "mnist"))], [None]) == [("ready", None, None), ("done", 0, None)]
+    assert run([OSError("closed")], []) == [("ready", None, None)]
+
+
+@pytest.mark.parametrize("stop", ["run", "check"])
+def test_a_pool_worker_stopped_by_a_signal_says_killed_and_exits(worker_in_process, stop):
+    run, calls = worker_in_process
+    tasks = [(0, "e", "p", spec_of("a", "mnist")), (5, "e", "p", spec_of("b", "mnist")),
+             (6, "e", "p", spec_of("c", "mnist"))]
+    if stop == "run":
+        said = run(tasks, [None, KeyboardInterrupt()])
+        assert len(calls["runs"]) == 2
+    else:
+        said = run(tasks, [None], interrupt_at=2)
+        assert len(calls["runs"]) == 1
+    assert said == [("ready", None, None), ("done", 0, None), ("killed", 5, None)]
+
+
+def test_a_pool_worker_whose_run_raises_says_so_with_its_traceback_and_exits(worker_in_process):
+    run, calls = worker_in_process
+    tasks = [(4, "e", "p", spec_of("a", "mnist")), (5, "e", "p", spec_of("b", "mnist"))]
+    said = run(tasks, [ValueError("boom")])
+    assert said[0] == ("ready", None, None) and len(said) == 2 and len(calls["runs"]) == 1
+    kind, index, text = said[1]
+    assert (kind, index) == ("error", 4)
+    assert text.startswith("Traceback (most recent call last):\n") and text.endswith("ValueError: boom\n")
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError, EOFError, OSError])
+def test_a_word_to_a_parent_that_is_gone_is_dropped(error):
+    class Gone:
+        def send(self, message):
+            raise error
+    pool._send(Gone(), ("done", 1, None))                 # nobody to tell: no error
+    parent = Parent([])
+    pool._send(parent, ("done", 1, "why"))
+    assert parent.said == [("done", 1, "why")]
