@@ -39,7 +39,7 @@ def _die_with_parent() -> None:
         return
     try:
         import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
 
