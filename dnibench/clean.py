@@ -69,6 +69,7 @@ def clean(out: Path, tracking_uri: str, log=print) -> list[Path]:
                 if folder.parent.is_dir() and not any(folder.parent.iterdir()):
                     folder.parent.rmdir()
                     deleted.append(folder.parent)
+        store.forget_engines(db)
         db.unlink()
         deleted.append(db)
         # the store's remembered plans (resume.py) and the lock it was created under (store.py)

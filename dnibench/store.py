@@ -14,6 +14,7 @@ import glob
 import os
 import platform
 import sqlite3
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -37,6 +38,25 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     if not tracking_uri.startswith(SQLITE):
         return None
     return Path(tracking_uri[len(SQLITE):].split("?", 1)[0])
+
+
+def forget_engines(db: Path) -> None:
+    """Drop this process's MLflow connections to the sqlite file ``db`` before it is deleted. MLflow keeps, for the
+    life of the process, one SQLAlchemy engine per store URI (``SqlAlchemyStore._engine_map``) and one store per URI
+    holding its engine (the tracking store registry's cache); SQLAlchemy binds a relative sqlite path to the working
+    folder of the engine's creation. Their pooled connection would go on writing to the deleted file ("attempt to
+    write a readonly database"), and the same URI opened again in this process (after clean, or from another folder)
+    would reach the old file. Nothing to do where MLflow's store was never imported (a separate `dnibench clean`)."""
+    module = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    engines = getattr(getattr(module, "SqlAlchemyStore", None), "_engine_map", None) or {}
+    target = db.resolve()
+    for uri in list(engines):
+        path = sqlite_path(uri)
+        if path is not None and path.resolve() == target:
+            engines.pop(uri).dispose()
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    registry = getattr(utils, "_tracking_store_registry", None)
+    getattr(getattr(registry, "_get_store_with_resolved_uri", None), "cache_clear", lambda: None)()
 
 
 def check_uri(tracking_uri: str, write: bool) -> None:

@@ -152,3 +152,23 @@ def test_the_cli_clean_command(tmp_path, capsys):
     assert capsys.readouterr().err == ("dnibench: error: results/mlflow.db: not a readable MLflow store (file is not "
                                        "a database); the store and its artifacts were not deleted (move it aside "
                                        "yourself)\n")
+
+
+def test_a_store_cleaned_in_this_process_is_made_anew_by_the_next_open(tmp_path, monkeypatch, capsys):
+    """MLflow keeps, for the life of the process, one SQLAlchemy engine and one store per store URI, a relative sqlite
+    path bound to the folder it was first opened from. Once clean deleted the file, the next store made under the same
+    URI in this process (a notebook, tests run twice in one process) was written through the old engine: "attempt to
+    write a readonly database" in the same folder, the old folder's file from another one."""
+    uri = "sqlite:///results/mlflow.db"
+    for round_, folder in enumerate(["a", "a", "b"]):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        monkeypatch.chdir(tmp_path / folder)
+        client = store.open_store(uri, write=True, artifact_root=(tmp_path / folder / "art").as_uri())
+        run_id = client.create_run("0").info.run_id
+        client.log_metric(run_id, "round", round_)
+        assert [m.value for m in client.get_metric_history(run_id, "round")] == [round_]
+        with sqlite3.connect(tmp_path / folder / "results" / "mlflow.db") as conn:     # this folder's file has it
+            assert conn.execute("SELECT run_uuid FROM runs").fetchall() == [(run_id,)]
+        assert main(["clean", "--out", "reports", "--tracking-uri", uri]) == 0
+        assert not Path("results/mlflow.db").exists()
+    capsys.readouterr()
