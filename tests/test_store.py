@@ -254,7 +254,9 @@ def test_a_damaged_store_names_the_file_and_is_kept(tmp_path, whole_store, damag
             conn.execute("CREATE TABLE t (x)")
     before = path.read_bytes()
     text = one_line_error(lambda: store.open_store(f"sqlite:///{path}", write=True))
-    assert f"MLflow store {path} is damaged" in text and "move it aside" in text
+    why = {"truncated": "database disk image is malformed", "random": "not an SQLite database", "empty": "empty file",
+           "foreign": "an SQLite file without MLflow's tables"}[damage]
+    assert f"MLflow store {path} is damaged ({why}): move it aside (e.g. rename it to mlflow.db.damaged)" in text
     assert path.read_bytes() == before      # never repaired or deleted behind the user's back
 
 
@@ -420,3 +422,57 @@ def test_a_signal_is_recorded_and_raised_only_at_a_safe_point():
         interrupt.restore(previous)
     assert signal.getsignal(signal.SIGTERM) is previous[signal.SIGTERM]
     interrupt.check()                       # the signal stopped that invocation, not the next one in this process
+
+
+def test_forgetting_a_stores_engines_drops_only_those_on_its_file(tmp_path, monkeypatch):
+    """store.forget_engines (dnibench clean): MLflow's engines on the deleted file are disposed of and dropped, every
+    spelling of its URI; another file's and a server's are kept; MLflow's store cache is cleared."""
+    import sys
+    import types
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service import utils
+
+    class Engine:
+        disposed = False
+
+        def dispose(self):
+            self.disposed = True
+    db, other = tmp_path / "m.db", tmp_path / "other.db"
+    monkeypatch.chdir(tmp_path)
+    engines = {f"sqlite:///{db}": Engine(), "sqlite:///m.db?timeout=5": Engine(), f"sqlite:///{other}": Engine(),
+               "postgresql://host/db": Engine()}
+    kept = {key: engines[key] for key in (f"sqlite:///{other}", "postgresql://host/db")}
+    gone = [engines[f"sqlite:///{db}"], engines["sqlite:///m.db?timeout=5"]]
+    monkeypatch.setattr(SqlAlchemyStore, "_engine_map", engines)
+    cleared = []
+    monkeypatch.setattr(utils._tracking_store_registry, "_get_store_with_resolved_uri",
+                        types.SimpleNamespace(cache_clear=lambda: cleared.append(True)))
+    store.forget_engines(db)
+    assert engines == kept and all(e.disposed for e in gone) and not any(e.disposed for e in kept.values())
+    assert cleared == [True]
+    # an MLflow without these internals: nothing to forget, no error
+    for name in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.tracking._tracking_service.utils"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    store.forget_engines(db)
+    bare = types.ModuleType("utils")
+    bare._tracking_store_registry = types.SimpleNamespace(_get_store_with_resolved_uri=object())
+    monkeypatch.setitem(sys.modules, "mlflow.tracking._tracking_service.utils", bare)
+    store.forget_engines(db)
+
+
+def test_a_store_that_cannot_be_opened_is_named_with_its_first_line(tmp_path, monkeypatch, whole_store):
+    import mlflow.tracking
+
+    class Refusing:
+        def __init__(self, uri):
+            pass
+
+        def search_experiments(self, max_results):
+            raise self.error
+    path = store_copy(whole_store, tmp_path)
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", Refusing)
+    for error, first in [(RuntimeError("schema ahead\nmore"), "schema ahead"), (KeyError(), "KeyError")]:
+        Refusing.error = error
+        with pytest.raises(DnibenchError) as err:
+            store.open_store(f"sqlite:///{path}", write=False)
+        assert str(err.value) == f"--tracking-uri sqlite:///{path}: cannot open the store: {first}"
