@@ -189,9 +189,7 @@ def _migrate(tmp: Path, artifact_root: str | None) -> None:
     try:
         SqlAlchemyStore(uri, artifact_root or tmp.parent.resolve().as_uri())
     finally:
-        engine = SqlAlchemyStore._engine_map.pop(uri, None)
-        if engine is not None:
-            engine.dispose()                # closes the file before the rename
+        forget_engines(tmp)                 # closes the file before the rename
 
 
 def open_store(tracking_uri: str, write: bool, artifact_root: str | None = None, checked: bool = False):

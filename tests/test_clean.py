@@ -154,7 +154,7 @@ def test_the_cli_clean_command(tmp_path, capsys):
                                        "yourself)\n")
 
 
-def test_a_store_cleaned_in_this_process_is_made_anew_by_the_next_open(tmp_path, monkeypatch, capsys):
+def test_a_store_cleaned_in_this_process_is_made_anew_by_the_next_open(tmp_path, monkeypatch):
     """MLflow keeps, for the life of the process, one SQLAlchemy engine and one store per store URI, a relative sqlite
     path bound to the folder it was first opened from. Once clean deleted the file, the next store made under the same
     URI in this process (a notebook, tests run twice in one process) was written through the old engine: "attempt to
@@ -171,4 +171,3 @@ def test_a_store_cleaned_in_this_process_is_made_anew_by_the_next_open(tmp_path,
             assert conn.execute("SELECT run_uuid FROM runs").fetchall() == [(run_id,)]
         assert main(["clean", "--out", "reports", "--tracking-uri", uri]) == 0
         assert not Path("results/mlflow.db").exists()
-    capsys.readouterr()

@@ -234,12 +234,23 @@ class Proc:
         self.killed, self.alive = True, False
 
 
-class Conn:
-    def __init__(self):
-        self.sent, self.closed = [], False
+class Parent:
+    """The worker's end of its pipe: hands it ``tasks`` in turn (an exception is raised at that read; past the end,
+    EOFError: the parent is gone), keeps what it is sent, and whether it was closed."""
+
+    def __init__(self, tasks=()):
+        self.tasks, self.said, self.closed = list(tasks), [], False
 
     def send(self, message) -> None:
-        self.sent.append(message)
+        self.said.append(message)
+
+    def recv(self):
+        if not self.tasks:
+            raise EOFError
+        task = self.tasks.pop(0)
+        if isinstance(task, BaseException):
+            raise task
+        return task
 
     def close(self) -> None:
         self.closed = True
@@ -257,13 +268,13 @@ def test_closing_the_pool_stops_busy_workers_by_signal_and_idle_ones_by_word(mon
     for pid, alive, stops, task, started in [(11, True, True, 3, True), (12, True, True, None, True),
                                              (13, True, True, None, False), (14, False, True, None, True),
                                              (15, True, False, 5, True)]:
-        slot = pool._Worker(Proc(pid, alive, stops), Conn())
+        slot = pool._Worker(Proc(pid, alive, stops), Parent())
         slot.task, slot.started = task, started
         slots.append(slot)
     workers.workers = list(slots)
     workers.close()
     assert signals == [(11, pool.signal.SIGTERM), (13, pool.signal.SIGTERM), (15, pool.signal.SIGTERM)]
-    assert [s.conn.sent for s in slots] == [[None], [None], [None], [], [None]]
+    assert [s.conn.said for s in slots] == [[None], [None], [None], [], [None]]
     assert [s.proc.killed for s in slots] == [False, False, False, False, True]
     assert workers.killed == [(15, f"worker process 15 did not stop within {grace:.0f} s of the stop: killed")]
     assert all(s.conn.closed for s in slots) and workers.workers == []
@@ -275,11 +286,11 @@ def test_closing_the_pool_forgives_a_worker_gone_before_its_signal(monkeypatch):
         raise ProcessLookupError
     monkeypatch.setattr(pool.os, "kill", gone)
     workers = _pool_with(Working())
-    slot = pool._Worker(Proc(21), Conn())
+    slot = pool._Worker(Proc(21), Parent())
     slot.task, slot.started = 0, True
     workers.workers = [slot]
     workers.close()
-    assert slot.conn.sent == [None] and slot.conn.closed and not slot.proc.killed and workers.killed == []
+    assert slot.conn.said == [None] and slot.conn.closed and not slot.proc.killed and workers.killed == []
 
 
 def test_a_parallel_runs_workers_are_stopped_and_each_waited_for():
@@ -351,26 +362,25 @@ class Context:
         return self.procs[-1]
 
 
-@pytest.fixture(params=[(40, 500), (500, 8), (None, None)], ids=["train-subset", "test-subset", "all"])
-def two_workers(request):
-    """A parallel cdni spec at K = 2 on 64 training and 20 test examples, with subsets (a subset past the data:
-    all of it) and the sizes each worker must be given."""
+def two_workers(train_subset=None, test_subset=None):
+    """A parallel cdni spec at K = 2 on 64 training and 20 test examples, with these subsets (a subset past the data:
+    all of it), and the sizes each worker must be given."""
     from test_parallel import spec
     from dnibench.data import ImageData
     g = torch.Generator().manual_seed(0)
     data = ImageData(torch.rand(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g),
                      torch.rand(20, 1, 8, 8, generator=g), torch.randint(0, 10, (20,), generator=g), 10, "fake")
     run_spec = spec("cdni", 2)
-    run_spec.train.train_subset, run_spec.train.test_subset = request.param
-    sizes = {"train": min(request.param[0] or 64, 64), "test": min(request.param[1] or 20, 20)}
-    return run_spec, data, sizes
+    run_spec.train.train_subset, run_spec.train.test_subset = train_subset, test_subset
+    return run_spec, data, {"train": min(train_subset or 64, 64), "test": min(test_subset or 20, 20)}
 
 
-def test_a_parallel_run_hands_each_worker_its_part_and_merges_what_they_say(two_workers, monkeypatch):
+@pytest.mark.parametrize("subsets", [(40, 500), (500, 8), (None, None)], ids=["train-subset", "test-subset", "all"])
+def test_a_parallel_run_hands_each_worker_its_part_and_merges_what_they_say(subsets, monkeypatch):
     """Each worker gets its rank, the spec, the data subset in one file, the rendezvous, the hooks and gloo's
     timeout; the run logs every row, counts the last worker's steps, and logs and returns the workers' summaries
     merged (the last worker's word last), the sampler's, the threads and the machine's load."""
-    run_spec, data, sizes = two_workers
+    run_spec, data, sizes = two_workers(*subsets)
     monkeypatch.setattr(launch.os, "getloadavg", lambda: (1.5, 5.5, 15.5))
     monkeypatch.setenv("DNIBENCH_GLOO_TIMEOUT_S", "12.5")
     monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:0.5")
@@ -405,16 +415,16 @@ def test_a_parallel_run_hands_each_worker_its_part_and_merges_what_they_say(two_
     assert all(p.joins and 0 < p.joins[0] <= 5.0 and not p.killed for p in ctx.procs)   # a moment to leave gloo
 
 
-def test_a_parallel_run_without_a_word_on_threads_logs_its_settings(two_workers, monkeypatch):
-    run_spec, data, _ = two_workers
+def test_a_parallel_run_without_a_word_on_threads_logs_its_settings(monkeypatch):
+    run_spec, data, _ = two_workers()
     ctx = Context(lambda rank: [("done", rank, {})])
     monkeypatch.setattr(launch, "_context", lambda: ctx)
     summary = launch.train_parallel(run_spec, data, lambda row, step: None)
     assert summary["cpu_threads"] == float(run_spec.parallel.threads) == 1.0
 
 
-def test_a_failed_parallel_run_kills_its_workers_at_once_and_leaves_no_folder(two_workers, monkeypatch):
-    run_spec, data, _ = two_workers
+def test_a_failed_parallel_run_kills_its_workers_at_once_and_leaves_no_folder(monkeypatch):
+    run_spec, data, _ = two_workers()
     ctx = Context(lambda rank: [("error", rank, f"RuntimeError: rank {rank}", "Traceback ...")], exitcode=1)
     monkeypatch.setattr(launch, "_context", lambda: ctx)
     with pytest.raises(WorkerFailed) as err:
@@ -451,8 +461,8 @@ def test_relay_waits_on_the_pipes_and_on_the_workers_not_yet_seen_exited(monkeyp
     done = Says([("done", 0, {})], exitcode=0)
     error = Says([("error", 1, "ValueError: boom", "Traceback ...")], exitcode=1)
     alive = Says([])
+    monkeypatch.setattr(launch, "REPORT_GRACE_S", 0.6)
     with pytest.raises(WorkerFailed):
-        monkeypatch.setattr(launch, "REPORT_GRACE_S", 0.6)
         relay([done, error, alive])
     assert waits[0] == [done, error, alive, done.sentinel, error.sentinel, alive.sentinel]
     assert all(w == [alive, alive.sentinel] for w in waits[2:]) and len(waits) >= 3
@@ -463,9 +473,9 @@ def test_the_pool_and_a_parallel_run_start_workers_from_a_forkserver_that_preloa
     and every worker would import it all itself); spawn elsewhere."""
     import importlib
     from multiprocessing import forkserver
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver on this platform")
     for module in (pool, launch):
-        if "forkserver" not in multiprocessing.get_all_start_methods():
-            pytest.skip("no forkserver on this platform")
         ctx = module._context()
         assert ctx.get_start_method() == "forkserver"
         preload = forkserver._forkserver._preload_modules
@@ -535,25 +545,6 @@ def test_a_worker_dies_with_the_process_that_started_it():
 
 
 # ---- a `--jobs` worker's own loop (pool._worker), in this process ---------------------------------------------------
-
-class Parent:
-    """The worker's end of its pipe: hands it ``tasks`` in turn (an exception is raised at that read; past the end,
-    EOFError: the parent is gone) and keeps what the worker says."""
-
-    def __init__(self, tasks):
-        self.tasks, self.said = list(tasks), []
-
-    def send(self, message) -> None:
-        self.said.append(message)
-
-    def recv(self):
-        if not self.tasks:
-            raise EOFError
-        task = self.tasks.pop(0)
-        if isinstance(task, BaseException):
-            raise task
-        return task
-
 
 @pytest.fixture
 def worker_in_process(monkeypatch):

@@ -113,17 +113,16 @@ def _relay(procs, conns, world: int, log, on_step, interrupt, timeout_s: float) 
     done: dict[int, dict] = {}
     errors: dict[int, str] = {}
     closed: set[int] = set()
-    gone: set[int] = set()                             # exited: their sentinels say nothing new (waiting on one spins)
     progress, last_heard = 0, time.monotonic()
     failed_at = None
     while len(done) < world:
         interrupt.check()                              # SIGTERM/SIGINT: KeyboardInterrupt, workers stopped by the caller
         live = [c for r, c in enumerate(conns) if r not in closed]
-        wait_any(live + [p.sentinel for r, p in enumerate(procs) if r not in done and r not in gone], timeout=0.5)
+        # an exited worker's sentinel says nothing new: waiting on it would return at once, every time (a spin)
+        wait_any(live + [p.sentinel for r, p in enumerate(procs) if r not in done and p.is_alive()], timeout=0.5)
         # Exited or not, asked before the pipes are read: a worker's last word is in its pipe once it has exited,
         # and one that sends it ("error") and exits between the read and the question is no silent death.
         exited = [r for r, p in enumerate(procs) if not p.is_alive()]
-        gone.update(exited)
         for rank, conn in enumerate(conns):
             while rank not in closed:
                 try:
