@@ -5,6 +5,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cli_processes import wait_for
 from dnibench.runner import ROLE, run_suites
 
 SUITE = """
@@ -158,21 +159,27 @@ def test_cli_list_shows_methods_and_suites():
 
 def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
     import signal
-    import time
     slow = SUITE.replace("steps: 6", "steps: 100000").replace("eval_every: 3", "eval_every: 100000")
     path = tmp_path / "slow.yaml"
     path.write_text(slow)
-    uri = f"sqlite:///{tmp_path}/m.db"
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
     proc = subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(path), "--profile", "smoke",
                              "--device", "cpu", "--tracking-uri", uri, "--data-dir", str(fake_mnist_data_dir),
                              "--no-progress"], stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(uri)
-    deadline = time.time() + 120
-    while time.time() < deadline:                        # wait until the first child run is RUNNING
-        exp = client.get_experiment_by_name("tiny") if (tmp_path / "m.db").exists() else None
-        if exp and client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'child'"):
-            break
-        time.sleep(0.5)
+
+    def running_child():
+        # No client before the run has made the store: MlflowClient's constructor would create it in place, racing
+        # the run's own creation (CI: "table ... already exists"). The run links a whole store, so one that exists
+        # is complete.
+        if not db.exists():
+            return None
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("tiny")
+        running = exp and client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'child'")
+        return running and (client, exp)
+
+    client, exp = wait_for(running_child, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "rerun to resume" in err, err[-3000:]
