@@ -137,7 +137,7 @@ def check_damaged(path: Path) -> None:
     except sqlite3.DatabaseError as err:
         raise damaged(str(err)) from None
     if problems != ["ok"]:
-        raise damaged(f"integrity check: {problems[0]}")
+        raise damaged("integrity check: " + " ".join(problems[0].split()))   # its first problem, on one line
     if not {"alembic_version", "runs", "experiments"} <= tables:
         raise damaged("an SQLite file without MLflow's tables")
 

@@ -239,7 +239,7 @@ def test_a_missing_store_is_not_created_by_readers(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "foreign"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "foreign", "freelist"])
 def test_a_damaged_store_names_the_file_and_is_kept(tmp_path, whole_store, damage):
     path = tmp_path / "mlflow.db"
     whole = whole_store.read_bytes()
@@ -249,13 +249,16 @@ def test_a_damaged_store_names_the_file_and_is_kept(tmp_path, whole_store, damag
         path.write_bytes(random.Random(0).randbytes(20_000))
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "freelist":              # opens and reads, but its header counts 3 free pages it does not have
+        path.write_bytes(whole[:36] + (3).to_bytes(4, "big") + whole[40:])
     else:                                   # an SQLite file, but not MLflow's
         with sqlite3.connect(path) as conn:
             conn.execute("CREATE TABLE t (x)")
     before = path.read_bytes()
     text = one_line_error(lambda: store.open_store(f"sqlite:///{path}", write=True))
     why = {"truncated": "database disk image is malformed", "random": "not an SQLite database", "empty": "empty file",
-           "foreign": "an SQLite file without MLflow's tables"}[damage]
+           "foreign": "an SQLite file without MLflow's tables",
+           "freelist": "integrity check: *** in database main *** Main freelist: size is 0 but should be 3"}[damage]
     assert f"MLflow store {path} is damaged ({why}): move it aside (e.g. rename it to mlflow.db.damaged)" in text
     assert path.read_bytes() == before      # never repaired or deleted behind the user's back
 
@@ -476,3 +479,30 @@ def test_a_store_that_cannot_be_opened_is_named_with_its_first_line(tmp_path, mo
         with pytest.raises(DnibenchError) as err:
             store.open_store(f"sqlite:///{path}", write=False)
         assert str(err.value) == f"--tracking-uri sqlite:///{path}: cannot open the store: {first}"
+
+
+def test_a_creation_lock_held_too_long_is_one_line_naming_the_lock_and_the_store(tmp_path, monkeypatch):
+    from filelock import FileLock
+    path = tmp_path / "m.db"
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 1.0)
+    with FileLock(str(tmp_path / "m.db.lock")):      # flock: another holder even in this process
+        start = time.monotonic()
+        text = one_line_error(lambda: store.create_sqlite_store(path, None))
+        waited = time.monotonic() - start
+    assert text == f"another process has held {tmp_path / 'm.db.lock'} for 1 s while creating {path}; is it stuck?"
+    assert 1.0 <= waited < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.db.lock"]       # nothing created
+    store.create_sqlite_store(path, None)                                   # released: the next one creates it
+    store.check_damaged(path)
+
+
+def test_a_file_system_without_hard_links_gets_the_store_by_rename(tmp_path, monkeypatch):
+    path = tmp_path / "m.db"
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")     # e.g. some network and FAT file systems
+
+    monkeypatch.setattr(store.os, "link", no_links)
+    store.create_sqlite_store(path, None)
+    store.check_damaged(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.db", "m.db.lock"]   # the temporary file became it
