@@ -4,8 +4,10 @@ and recording who owns a run.
 A new ``sqlite:///`` store is created under an exclusive file lock (``<db>.lock`` next to it) and
 atomically: the schema is migrated in a temporary file next to the target, which is then renamed, so
 an interrupted creation leaves either no store or a whole one, and two processes starting on one
-fresh store (``--shard I/N``) never migrate it twice. Servers (``http(s)://``) are checked, never
-created. Each run carries its owner (host, pid, process start time); a RUNNING run whose owner on this
+fresh store (``--shard I/N``) never migrate it twice. A store that MLflow itself is creating in place (a
+notebook's ``MlflowClient``, ``mlflow ui``, started at the same moment) is waited for (check_damaged,
+``settle``), neither called damaged half-made nor migrated a second time over the other creator. Servers
+(``http(s)://``) are checked, never created. Each run carries its owner (host, pid, process start time); a RUNNING run whose owner on this
 host is gone (kill -9, power loss of the process) is marked KILLED by the next invocation.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import platform
 import sqlite3
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,6 +34,8 @@ LOCK_TIMEOUT_S = 300.0           # creating a store takes ~1 s; a holder this sl
 OWNER_HOST, OWNER_PID, OWNER_START = "dnibench.owner.host", "dnibench.owner.pid", "dnibench.owner.start"
 FAILURE_TAG = "failure"          # why a run is FAILED or KILLED (the runner, the pool, the dead-owner sweep)
 SQLITE_MAGIC = b"SQLite format 3\x00"
+SETTLE_QUIET_S = 1.0             # a store file (and journal) unchanged this long is not being created in place
+SETTLE_MAX_S = 60.0              # how long a store still changing is waited for, at most
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -117,14 +122,27 @@ def connect(path: Path, mode: str = "ro") -> sqlite3.Connection:
 
 
 def check_damaged(path: Path) -> None:
-    """Raise a one-line DnibenchError naming ``path`` when it is not a whole MLflow sqlite store."""
-    def damaged(why: str) -> DnibenchError:
-        return DnibenchError(f"the MLflow store {path} is damaged ({why}): move it aside (e.g. rename it to "
-                             f"{path.name}.damaged) and rerun for a new store; dnibench deletes nothing")
+    """Raise a one-line DnibenchError naming ``path`` when it is not a whole MLflow sqlite store. A file that looks
+    half-made (empty, or no MLflow tables yet) while it is still being written is another process's creation in
+    place (MLflow's own client: a notebook, ``mlflow ui``): waited for until it is whole or quiet for
+    SETTLE_QUIET_S (then damaged), at most SETTLE_MAX_S."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while True:
+        why, half_made = _damage(path)
+        if why is None:
+            return
+        if not (half_made and _changed_within(path, SETTLE_QUIET_S) and time.monotonic() < deadline):
+            raise DnibenchError(f"the MLflow store {path} is damaged ({why}): move it aside (e.g. rename it to "
+                                f"{path.name}.damaged) and rerun for a new store; dnibench deletes nothing")
+        time.sleep(0.05)
+
+
+def _damage(path: Path) -> tuple[str | None, bool]:
+    """What is wrong with the store file (None: nothing), and whether it is what a creation in place passes through."""
     with open(path, "rb") as f:
         head = f.read(len(SQLITE_MAGIC))
     if head != SQLITE_MAGIC:
-        raise damaged("empty file" if not head else "not an SQLite database")
+        return ("empty file", True) if not head else ("not an SQLite database", False)
     # Read-write when allowed: a kill -9 mid-transaction leaves a hot journal that only a writer rolls back.
     mode = "rw" if os.access(path, os.W_OK) else "ro"
     try:
@@ -135,11 +153,52 @@ def check_damaged(path: Path) -> None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as err:
-        raise damaged(str(err)) from None
+        return str(err), False
     if problems != ["ok"]:
-        raise damaged("integrity check: " + " ".join(problems[0].split()))   # its first problem, on one line
+        return "integrity check: " + " ".join(problems[0].split()), False   # its first problem, on one line
     if not {"alembic_version", "runs", "experiments"} <= tables:
-        raise damaged("an SQLite file without MLflow's tables")
+        return "an SQLite file without MLflow's tables", True
+    return None, False
+
+
+def settle(path: Path) -> None:
+    """Wait while another process creates the store at ``path`` in place, past check_damaged's half-made states:
+    MLflow's own client makes a missing sqlite store where it stands (an empty file, its first tables, then each
+    migration), and a store opened before its last migration would be migrated a second time over the other
+    creator ("table ... already exists", or the other one fails). Returns at once for a store whose schema is at
+    MLflow's head revision or a file quiet for SETTLE_QUIET_S (an older store: MLflow upgrades it, as before); else
+    waits, at most SETTLE_MAX_S. Imports MLflow's store: for the path that opens it."""
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while time.monotonic() < deadline and _changed_within(path, SETTLE_QUIET_S) and not _at_head(path):
+        time.sleep(0.05)
+
+
+def _changed_within(path: Path, seconds: float) -> bool:
+    """Whether the store file or its rollback journal was written in the last ``seconds``."""
+    newest = 0.0
+    for file in (path, path.parent / f"{path.name}-journal"):
+        try:
+            newest = max(newest, file.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return time.time() - newest < seconds
+
+
+def _at_head(path: Path) -> bool:
+    """Whether the store's schema is MLflow's latest revision: its creation (in place or here) is over."""
+    from mlflow.store.db import utils
+    head = getattr(utils, "_get_latest_schema_revision", None)
+    if head is None:                        # an MLflow without it: quietness alone decides
+        return False
+    try:
+        conn = connect(path)
+        try:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:                   # not (yet) an SQLite file, no alembic_version yet
+        return False
+    return row is not None and row[0] == head()
 
 
 def creation_lock(path: Path) -> Path:
@@ -205,6 +264,7 @@ def open_store(tracking_uri: str, write: bool, artifact_root: str | None = None,
             if not write:
                 return None
             create_sqlite_store(path, artifact_root)
+        settle(path)                        # a store MLflow made in place meanwhile (create_sqlite_store then kept it)
     try:
         client = MlflowClient(tracking_uri)  # a sqlite store's schema is checked here
         client.search_experiments(max_results=1)

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import psutil
@@ -506,3 +507,40 @@ def test_a_file_system_without_hard_links_gets_the_store_by_rename(tmp_path, mon
     store.create_sqlite_store(path, None)
     store.check_damaged(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.db", "m.db.lock"]   # the temporary file became it
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["checked-here", "checked-before-it-appeared"])
+def test_a_store_mlflow_is_creating_in_place_is_waited_for_not_called_damaged(tmp_path, checked):
+    """MLflow's own client (a notebook, `mlflow ui`) makes a missing store where it stands: tables, then each migration.
+    One started at the same moment as a run is waited for; before settle, it was called damaged ("empty file" or "an
+    SQLite file without MLflow's tables") or migrated a second time ("table ... already exists"). ``checked``: the
+    URI was checked before the store appeared (the CLI checks it first), so only the open waits."""
+    db = tmp_path / "m.db"
+    uri = f"sqlite:///{db}"
+    slow = ("import time, mlflow.store.db.utils as u\n"
+            "real = u._upgrade_db\n"
+            "def upgrade(engine):\n"
+            "    time.sleep(0.5)                 # the first tables are made; the migrations come after a pause\n"
+            "    real(engine)\n"
+            "u._upgrade_db = upgrade\n"
+            "from mlflow.tracking import MlflowClient\n"
+            f"MlflowClient({uri!r}).search_experiments()\n")
+    foreign = subprocess.Popen([sys.executable, "-c", slow], cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+    def half_made():
+        if not db.exists():
+            return False
+        try:
+            with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
+                return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone())
+        except sqlite3.Error:
+            return False
+    deadline = time.time() + 120
+    while not half_made():
+        assert foreign.poll() is None and time.time() < deadline, foreign.communicate()[1][-2000:]
+        time.sleep(0.005)
+    client = store.open_store(uri, write=True, checked=checked)     # while the other is migrating
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert foreign.wait(timeout=120) == 0, foreign.stderr.read()[-2000:]    # the other creator was not disturbed
+    store.check_damaged(db)
+    store.forget_engines(db)
