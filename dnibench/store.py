@@ -7,8 +7,9 @@ an interrupted creation leaves either no store or a whole one, and two processes
 fresh store (``--shard I/N``) never migrate it twice. A store that MLflow itself is creating in place (a
 notebook's ``MlflowClient``, ``mlflow ui``, started at the same moment) is waited for (check_damaged,
 ``settle``), neither called damaged half-made nor migrated a second time over the other creator. Servers
-(``http(s)://``) are checked, never created. Each run carries its owner (host, pid, process start time); a RUNNING run whose owner on this
-host is gone (kill -9, power loss of the process) is marked KILLED by the next invocation.
+(``http(s)://``) are checked, never created. Each run carries its owner (host, pid, process start time);
+a RUNNING run whose owner on this host is gone (kill -9, power loss of the process) is marked KILLED by
+the next invocation.
 """
 from __future__ import annotations
 
