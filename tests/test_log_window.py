@@ -113,12 +113,12 @@ def test_a_window_is_timed_from_its_start_to_its_close():
     import time
     window = LogWindow(spec(), [], torch.device("cpu"))
     window.start()
-    time.sleep(0.05)
+    time.sleep(0.3)
     window.add(1, {"train_loss": torch.tensor(1.0)})
     _, steps, seconds = window.close()
-    assert steps == 1 and 0.05 <= seconds < 5.0
+    assert steps == 1 and 0.3 <= seconds < 5.0
     window.start()
-    assert 0.0 <= window.elapsed() < 0.05                                   # the clock restarted
+    assert 0.0 <= window.elapsed() < 0.3          # the clock restarted (a bound a busy CI box's scheduling stays under)
 
 
 def test_devices_resolve_or_are_refused_in_one_line():
