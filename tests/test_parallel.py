@@ -86,6 +86,52 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
     assert not torch.allclose(initial[0][1].weight, one["stage0"]["1.weight"])
 
 
+PER_STAGE_DNI = """
+from dnibench.methods import register
+from dnibench.methods.cdni import ConditionedDNI
+
+
+@register
+class PerStageCDNI(ConditionedDNI):
+    \"\"\"cDNI without its fused step (as a variant with an update rule of its own would be).\"\"\"
+    name = "cdni_per_stage"
+    supports_fused_step = False
+"""
+
+
+def states_at_start() -> dict:
+    torch.manual_seed(0)
+    from dnibench.models import build_stages
+    return {"stage0": build_stages("fcn4", (1, 8, 8), 10)[0].state_dict()}
+
+
+def test_lockstep_two_workers_equal_one_process_on_the_per_stage_path(data, tmp_path, monkeypatch):
+    """A cDNI variant without the fused step (a variant file's own update rule forces it) is trained by the
+    per-stage rule in every worker (train_group's other branch): lockstep K = 2 equals K = 1 there too."""
+    from dnibench.methods import file_sha256
+    from dnibench.suite import MethodFile
+    path = (tmp_path / "per_stage.py").resolve()
+    path.write_text(PER_STAGE_DNI)
+    base = spec("cdni", 1, lockstep=True)
+    states = {}
+    for workers in (1, 2):
+        folder = tmp_path / f"k{workers}"
+        folder.mkdir()
+        monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
+        run_spec = base.model_copy(update={
+            "method": "cdni_per_stage", "method_file": MethodFile(path=str(path), sha256=file_sha256(path)),
+            "parallel": base.parallel.model_copy(update={"workers": workers})})
+        run(run_spec, data)
+        states[workers] = dumped(folder)
+    one, two = states[1], states[2]
+    assert set(one) == set(two) and len(one) == 4 + 3
+    for name in one:
+        for key in one[name]:
+            torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{name}.{key}: {m}")
+    assert not torch.equal(one["stage0"]["1.weight"], states_at_start()["stage0"]["1.weight"])    # it learnt
+
+
 def test_decoupled_run_logs_staleness_within_its_flow_control_bound(data):
     summary, rows = run(spec("cdni", 2, max_in_flight=3), data)
     h = boundary(summary)
