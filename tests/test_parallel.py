@@ -62,23 +62,28 @@ def dumped(folder):
 @pytest.mark.parametrize("method,settings", [("dni", {"synth_hidden_layers": 1, "synth_width": 16}), ("cdni", {}),
                                              ("unlock_cdni", {"input_hidden_layers": 0})])
 def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path, monkeypatch):
+    """K = 2, and K = 3 (a middle worker, which both receives targets and sends its own down; more workers than
+    the 2 cores here, so they block instead of polling)."""
     states = {}
-    for workers in (1, 2):
+    for workers in (1, 2, 3):
         folder = tmp_path / f"k{workers}"
         folder.mkdir()
         monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
         summary, _ = run(spec(method, workers, lockstep=True, **settings), data)
         states[workers] = dumped(folder)
-        if workers == 2:
+        if workers > 1:
             assert summary[f"staleness/h{boundary(summary)}_max"] == 0.0          # lockstep: every target before the next step
-    one, two = states[1], states[2]
+    one = states[1]
     # 4 stages, 3 synthesizers (and 3 synthetic input models)
-    assert set(one) == set(two) and len(one) == 4 + 3 + (3 if method.startswith("unlock") else 0)
+    assert len(one) == 4 + 3 + (3 if method.startswith("unlock") else 0)
     initial = None
-    for name in one:
-        for key in one[name]:
-            torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-5, atol=1e-6,
-                                       msg=lambda m: f"{name}.{key}: {m}")
+    for workers in (2, 3):
+        many = states[workers]
+        assert set(many) == set(one)
+        for name in one:
+            for key in one[name]:
+                torch.testing.assert_close(many[name][key], one[name][key], rtol=1e-5, atol=1e-6,
+                                           msg=lambda m: f"K = {workers}: {name}.{key}: {m}")
     # the parameters moved (a run that learnt nothing would compare equal trivially)
     torch.manual_seed(0)
     from dnibench.models import build_stages
@@ -187,6 +192,16 @@ def test_targets_that_came_are_taken_without_waiting_for_flow_control(data, monk
     h = boundary(summary)
     assert summary[f"staleness/h{h}_mean"] < 1.5 and summary[f"staleness/h{h}_max"] <= 2.0
     assert summary["total_worker0/wait_grad_s"] < 0.1
+
+
+def test_complete_unlock_takes_each_real_input_once_its_batch_is_trained(data, monkeypatch):
+    """Worker 1 slow under complete unlock: worker 0 runs ahead, so the real input of batch s is there before
+    worker 1 has trained s. It is taken right after that step (staleness 0 each time the queue is polled), never
+    before: a real input for a batch not trained yet has nothing kept to regress against."""
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:0.03")
+    summary, _ = run(spec("unlock_cdni", 2, max_in_flight=3, input_hidden_layers=0), data)
+    h = boundary(summary)
+    assert summary[f"input_staleness/h{h}_mean"] < 0.5 and summary[f"input_staleness/h{h}_max"] <= 2.0
 
 
 def _grandchildren():

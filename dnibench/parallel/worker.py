@@ -783,7 +783,7 @@ class Worker:
         self.stats.add(f"staleness/h{self.hi}", self.trained - s)
         with self.clock("busy"):
             if self.unlocked:                          # at the stage above's synthetic input, as one process does
-                _, context = self.kept[s] if s in self.kept else (None, None)
+                _, context = self.kept[s]
                 self.group.regress(target[1], metrics, h=target[0], context=context)
             elif s == self.held_step:                  # nothing predicted since: its own prediction (lockstep)
                 self.group.regress(target, metrics)
@@ -820,6 +820,9 @@ class Worker:
                     message = inbox.take()
                 if on is not None and self.par.schedule == "decoupled":
                     on(message, metrics)
+        left = sorted(getattr(self, "kept", {}))
+        if left:        # each batch's state goes once its target (and real input) came: a leak, or a mispairing
+            raise RuntimeError(f"worker {self.rank}: the state of batches {left[:5]} was still kept after the run")
         with self.clock("comm"):
             self.outbox.drain()
             if self.world > 1:
