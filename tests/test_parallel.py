@@ -91,15 +91,15 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
     assert not torch.allclose(initial[0][1].weight, one["stage0"]["1.weight"])
 
 
-PER_STAGE_DNI = """
+PER_STAGE = """
 from dnibench.methods import register
-from dnibench.methods.cdni import ConditionedDNI
+from {module} import {base}
 
 
 @register
-class PerStageCDNI(ConditionedDNI):
-    \"\"\"cDNI without its fused step (as a variant with an update rule of its own would be).\"\"\"
-    name = "cdni_per_stage"
+class PerStage({base}):
+    \"\"\"{base} without its fused step (as a variant with an update rule of its own would be).\"\"\"
+    name = "{name}"
     supports_fused_step = False
 """
 
@@ -110,26 +110,31 @@ def states_at_start() -> dict:
     return {"stage0": build_stages("fcn4", (1, 8, 8), 10)[0].state_dict()}
 
 
-def test_lockstep_two_workers_equal_one_process_on_the_per_stage_path(data, tmp_path, monkeypatch):
-    """A cDNI variant without the fused step (a variant file's own update rule forces it) is trained by the
-    per-stage rule in every worker (train_group's other branch): lockstep K = 2 equals K = 1 there too."""
+@pytest.mark.parametrize("method,base,schedule,models", [("cdni", "dnibench.methods.cdni.ConditionedDNI", "decoupled", 4 + 3),
+                                                         ("bprop", "dnibench.methods.bprop.Backprop", "locked", 4)])
+def test_two_workers_equal_one_process_on_the_per_stage_path(method, base, schedule, models, data, tmp_path,
+                                                             monkeypatch):
+    """A variant without the fused step (a variant file's own update rule forces it) is trained by the per-stage
+    rule in every worker (decoupled: train_group's other branch; locked: an update per stage): K = 2 (lockstep
+    where decoupled) equals K = 1 there too."""
     from dnibench.methods import file_sha256
     from dnibench.suite import MethodFile
     path = (tmp_path / "per_stage.py").resolve()
-    path.write_text(PER_STAGE_DNI)
-    base = spec("cdni", 1, lockstep=True)
+    module, _, cls = base.rpartition(".")
+    path.write_text(PER_STAGE.format(module=module, base=cls, name=f"{method}_per_stage"))
+    base_spec = spec(method, 1, schedule, lockstep=schedule == "decoupled")
     states = {}
     for workers in (1, 2):
         folder = tmp_path / f"k{workers}"
         folder.mkdir()
         monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
-        run_spec = base.model_copy(update={
-            "method": "cdni_per_stage", "method_file": MethodFile(path=str(path), sha256=file_sha256(path)),
-            "parallel": base.parallel.model_copy(update={"workers": workers})})
+        run_spec = base_spec.model_copy(update={
+            "method": f"{method}_per_stage", "method_file": MethodFile(path=str(path), sha256=file_sha256(path)),
+            "parallel": base_spec.parallel.model_copy(update={"workers": workers})})
         run(run_spec, data)
         states[workers] = dumped(folder)
     one, two = states[1], states[2]
-    assert set(one) == set(two) and len(one) == 4 + 3
+    assert set(one) == set(two) and len(one) == models
     for name in one:
         for key in one[name]:
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-5, atol=1e-6,
