@@ -169,8 +169,8 @@ def settle(path: Path) -> None:
     creator ("table ... already exists", or the other one fails). Returns at once for a store whose schema is at
     MLflow's head revision or a file quiet for SETTLE_QUIET_S (an older store: MLflow upgrades it, as before); else
     waits, at most SETTLE_MAX_S. Imports MLflow's store: for the path that opens it."""
-    deadline = time.monotonic() + SETTLE_MAX_S
-    while time.monotonic() < deadline and _changed_within(path, SETTLE_QUIET_S) and not _at_head(path):
+    deadline, head = time.monotonic() + SETTLE_MAX_S, _head_revision()
+    while time.monotonic() < deadline and _changed_within(path, SETTLE_QUIET_S) and not _at_head(path, head):
         time.sleep(0.05)
 
 
@@ -185,11 +185,16 @@ def _changed_within(path: Path, seconds: float) -> bool:
     return time.time() - newest < seconds
 
 
-def _at_head(path: Path) -> bool:
-    """Whether the store's schema is MLflow's latest revision: its creation (in place or here) is over."""
+def _head_revision() -> str | None:
+    """MLflow's latest schema revision (None from an MLflow without the function: quietness alone decides)."""
     from mlflow.store.db import utils
-    head = getattr(utils, "_get_latest_schema_revision", None)
-    if head is None:                        # an MLflow without it: quietness alone decides
+    latest = getattr(utils, "_get_latest_schema_revision", None)
+    return None if latest is None else latest()
+
+
+def _at_head(path: Path, head: str | None) -> bool:
+    """Whether the store's schema is at revision ``head``: its creation (in place or here) is over."""
+    if head is None:
         return False
     try:
         conn = connect(path)
@@ -199,7 +204,7 @@ def _at_head(path: Path) -> bool:
             conn.close()
     except sqlite3.Error:                   # not (yet) an SQLite file, no alembic_version yet
         return False
-    return row is not None and row[0] == head()
+    return row is not None and row[0] == head
 
 
 def creation_lock(path: Path) -> Path:

@@ -544,3 +544,31 @@ def test_a_store_mlflow_is_creating_in_place_is_waited_for_not_called_damaged(tm
     assert foreign.wait(timeout=120) == 0, foreign.stderr.read()[-2000:]    # the other creator was not disturbed
     store.check_damaged(db)
     store.forget_engines(db)
+
+
+def test_settle_returns_at_once_for_a_whole_or_a_quiet_store_and_waits_only_while_one_changes(tmp_path, whole_store,
+                                                                                             monkeypatch):
+    monkeypatch.setattr(store, "SETTLE_QUIET_S", 0.5)
+
+    def timed(call, path):
+        start = time.monotonic()
+        call(path)
+        return time.monotonic() - start
+    whole = store_copy(whole_store, tmp_path)               # just written, at MLflow's head revision
+    assert timed(store.settle, whole) < 0.4
+    (tmp_path / "older").mkdir()
+    older = store_copy(whole_store, tmp_path / "older")     # a store of an older MLflow: another revision
+    with closing(sqlite3.connect(older)) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'an-older-one'")
+    assert 0.5 <= timed(store.settle, older) < 3            # still changing: waited for until quiet
+    os.utime(older, (time.time() - 10, time.time() - 10))
+    assert timed(store.settle, older) < 0.4                 # quiet: MLflow upgrades it, as before
+    monkeypatch.setattr(store, "_head_revision", lambda: None)     # an MLflow without the revision function
+    os.utime(whole)                                         # written just now
+    assert timed(store.settle, whole) >= 0.4                # quietness alone decides
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert 0.5 <= timed(lambda p: one_line_error(lambda: store.check_damaged(p)), empty) < 3   # perhaps being made
+    os.utime(empty, (time.time() - 10, time.time() - 10))
+    assert timed(lambda p: one_line_error(lambda: store.check_damaged(p)), empty) < 0.4        # damaged at once
