@@ -209,6 +209,17 @@ def test_complete_unlock_takes_each_real_input_once_its_batch_is_trained(data, m
     assert summary[f"input_staleness/h{h}_mean"] < 0.5 and summary[f"input_staleness/h{h}_max"] <= 2.0
 
 
+def test_complete_unlock_regresses_the_real_inputs_still_coming_after_the_last_step(data, monkeypatch):
+    """Worker 0 slow under complete unlock: worker 1, which waits for no input, runs ahead to the flow-control edge
+    (max_in_flight - 1 = 2 batches), so the last real inputs reach it after its last step; finish() takes and
+    regresses them (the time counted as waiting for input), as one process regresses every batch's."""
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "0:0.03")
+    summary, _ = run(spec("unlock_cdni", 2, max_in_flight=3, input_hidden_layers=0), data)
+    h = boundary(summary)
+    assert 1.0 <= summary[f"input_staleness/h{h}_max"] <= 2.0
+    assert summary["total_worker1/wait_input_s"] > 0.0
+
+
 def _grandchildren():
     """Processes below this one's children (the forkserver's workers), alive."""
     out = []
