@@ -14,6 +14,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cli_processes import wait_for
 from dnibench import interrupt, store
 from dnibench.errors import DnibenchError
 from dnibench.report.context import load_failed_runs
@@ -535,10 +536,7 @@ def test_a_store_mlflow_is_creating_in_place_is_waited_for_not_called_damaged(tm
                 return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone())
         except sqlite3.Error:
             return False
-    deadline = time.time() + 120
-    while not half_made():
-        assert foreign.poll() is None and time.time() < deadline, foreign.communicate()[1][-2000:]
-        time.sleep(0.005)
+    wait_for(half_made, foreign)
     client = store.open_store(uri, write=True, checked=checked)     # while the other is migrating
     assert [e.name for e in client.search_experiments()] == ["Default"]
     assert foreign.wait(timeout=120) == 0, foreign.stderr.read()[-2000:]    # the other creator was not disturbed
