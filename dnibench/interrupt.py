@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 
 _received: list[int] = []
+_cause: list[str] = []          # why the signal came, where its sender said so (pool.watch_parent)
 
 
 def _handler(signum, frame):
@@ -30,9 +31,24 @@ def restore(previous: dict) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
     _received.clear()
+    _cause.clear()
 
 
 def check() -> None:
     """A safe point: stop here if a signal arrived."""
     if _received:
         raise KeyboardInterrupt
+
+
+def because(cause: str) -> None:
+    """Say why the signal about to be sent to this process comes (before sending it)."""
+    _cause[:] = [cause]
+
+
+def reason() -> str:
+    """Why this process stopped, for a KILLED run's ``failure`` tag."""
+    if _cause:
+        return _cause[0]
+    if _received:
+        return f"stopped by {signal.Signals(_received[0]).name}"
+    return "interrupted"

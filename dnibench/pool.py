@@ -13,8 +13,9 @@ and no lock held by the parent is copied into a worker).
 - Stop (Ctrl-C/SIGTERM on the parent): workers ignore SIGINT; the parent sends each busy worker one
   SIGTERM, which its ``interrupt`` handler turns into a stop at the next training step (run KILLED), then
   waits for every worker to exit. A worker still alive after STOP_GRACE_S is killed and its run marked
-  KILLED by the parent. A worker whose parent (the forkserver, which exits with this process) dies gets
-  SIGTERM from the kernel (Linux), so no orphans.
+  KILLED by the parent. A worker whose parent process dies, kill -9 included, gets SIGTERM (``_die_with_parent``):
+  its run ends KILLED at its next step, and no orphan trains on (before, the forkserver outlived the parent while its
+  workers lived, and they finished their runs after their parent's death).
 - A worker that dies (kill -9, out of memory) costs only its run: the parent marks that run KILLED with
   the reason, counts it as failed, starts a new worker and goes on; a rerun redoes the run (resume by
   config hash). A run is never re-queued in the same invocation: a run that kills its worker would loop.
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import wait as wait_any
@@ -33,15 +36,37 @@ STOP_GRACE_S = 60.0         # a step of the paper's CNNs on CPU takes well under
 MAX_JOBS = 256
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this worker when the process that started it dies (its run then ends KILLED)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
+def _die_with_parent(conn=None) -> None:
+    """SIGTERM this worker when the process that started it dies, kill -9 included (a --jobs worker's run then ends
+    KILLED at its next step; a parallel run's worker exits). Two ways, for the two start methods:
+    - spawn: the kernel's parent-death signal (Linux), the parent being that process;
+    - forkserver: the worker's parent is the forkserver, which outlives that process as long as any worker it forked
+      lives (each holds the forkserver's liveness pipe), so that signal never comes: ``watch_parent(conn)``."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    watch_parent(conn)
+
+
+def watch_parent(conn) -> None:
+    """A thread that SIGTERMs this process once the far end of ``conn`` (its pipe to the process that started it)
+    has closed: POLLHUP/POLLERR, every reader gone, which a kill -9 of that process does too. No ``conn``: nothing."""
+    if conn is not None and hasattr(select, "poll"):
+        fd = os.dup(conn.fileno())                  # its own copy: never closed under the waiting poll
+        threading.Thread(target=_signal_when_closed, args=(fd,), name="parent-watch", daemon=True).start()
+
+
+def _signal_when_closed(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLHUP | select.POLLERR)   # the far end's close; never this end's data
+    while not any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll()):
         pass
+    from . import interrupt
+    interrupt.because("the process that started this worker died (its pipe to it closed)")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _context():
@@ -63,7 +88,7 @@ def _send(conn, message) -> None:
 
 
 def _worker(conn, tracking_uri: str, device: str, data_dir, cifar_dir, jobs: int) -> None:
-    _die_with_parent()
+    _die_with_parent(conn)
     os.environ["DNIBENCH_JOBS"] = str(jobs)
     from . import interrupt
     interrupt.install()

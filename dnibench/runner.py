@@ -280,6 +280,7 @@ def _run_suite(client: MlflowClient, suite: Suite, exp_id: str, todo: list[RunSp
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        client.set_tag(parent.info.run_id, FAILURE_TAG, interrupt.reason())
         raise
     finally:
         if pool is not None and status != "FINISHED":   # the workers' runs end before the parent's
@@ -328,6 +329,7 @@ def _run_child(client: MlflowClient, exp_id: str, parent_id: str, spec: RunSpec,
         return err.reason
     except KeyboardInterrupt:
         status = "KILLED"
+        client.set_tag(run_id, FAILURE_TAG, interrupt.reason())
         raise
     except Exception as err:
         first_line = (str(err).splitlines() or [""])[0]

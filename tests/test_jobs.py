@@ -120,10 +120,35 @@ def test_sigterm_on_the_parent_stops_the_workers_and_kills_their_runs(tmp_path, 
     code, _, err = finish(proc)
     assert code == 130 and "rerun to resume" in err and "Traceback" not in err, err[-2000:]
     rows = children(db)
-    assert [r["status"] for r in rows] == ["KILLED", "KILLED"], rows
+    assert [(r["status"], r["failure"]) for r in rows] == [("KILLED", "stopped by SIGTERM")] * 2, rows
     assert {r["pid"] for r in rows} <= set(workers)
     time.sleep(0.5)
     assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+def test_kill_9_of_the_parent_stops_the_workers_and_kills_their_runs(tmp_path, fake_mnist_data_dir):
+    """kill -9 of `dnibench run --jobs 2` itself mid-suite: nothing in the parent can act, so each worker must notice
+    by itself (its pipe to the parent closed) and stop its run at the next step, KILLED with the reason, rather than
+    train it to the end as an orphan and mark it FINISHED behind a rerun's back."""
+    suite = suite_file(tmp_path, diverging=False)
+    suite.write_text(suite.read_text().replace("steps: 3,", "steps: 100000,"))   # runs that never end alone
+    db = tmp_path / "m.db"
+    proc = start(suite, db, fake_mnist_data_dir, jobs=2)
+    wait_for(lambda: len([r for r in children(db) if r["status"] == "RUNNING"]) == 2, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)   # forkserver's too
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)             # not its output: the workers hold that pipe open while they live
+    deadline = time.monotonic() + 15
+
+    def alive():
+        return [p.pid for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    while (alive() or [r for r in children(db) if r["status"] == "RUNNING"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.stdout.close(), proc.stderr.close()
+    rows = children(db)
+    assert [r["status"] for r in rows] == ["KILLED", "KILLED"], rows
+    assert {r["failure"] for r in rows} == {"the process that started this worker died (its pipe to it closed)"}, rows
+    assert not alive()
 
 
 @pytest.mark.parametrize("jobs", ["0", "257", "x"])

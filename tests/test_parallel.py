@@ -281,6 +281,43 @@ def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake
     assert {"cores_bound", "cost/worker0/whole_step_s", "cost/worker1/whole_step_s"} <= metrics
 
 
+def test_kill_9_of_dnibench_run_leaves_no_worker_behind(tmp_path, fake_mnist_data_dir):
+    """kill -9 of the `dnibench run` process itself, mid-way through a parallel run: nothing can stop the workers
+    from the parent, so they must go by themselves (the forkserver sees its parent's pipe close and exits; each
+    worker is signalled when the forkserver that forked it dies). Every process below the killed one is gone
+    within seconds: none trains on, holding a core, until its next message to the parent fails (no log point in
+    this run; a beat after BEAT_S = 30 s)."""
+    import signal
+    import time
+
+    from cli_processes import start_run, wait_for
+    suite = tmp_path / "par.yaml"
+    suite.write_text(SUITE.replace("steps: 6,", "steps: 1000000,").replace(
+        "eval_every: 3, log_every: 3", "eval_every: 1000000, log_every: 1000000"))   # never ends, never logs
+    db = tmp_path / "m.db"
+    proc = start_run(suite, db, fake_mnist_data_dir, 1)
+
+    def training():                   # both workers (the forkserver's children) have built, measured and trained
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.ppid() != proc.pid]
+        return len(workers) == 2 and all(sum(p.cpu_times()[:2]) > 4.0 for p in workers)
+    wait_for(training, proc)
+    below = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)             # not its output: the workers hold that pipe open while they live
+    deadline = time.monotonic() + 10
+    while (left := [p for p in below if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.stdout.close(), proc.stderr.close()
+    assert left == [], [(p.pid, p.name()) for p in left]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_the_parallel_suite_plans_at_every_profile_and_one_process_runs_keep_their_hash():
     from dnibench.suite import check_all_profiles, load_suite, plan
     suite = load_suite("suites/parallel.yaml")

@@ -544,6 +544,35 @@ def test_a_worker_dies_with_the_process_that_started_it():
         libc.prctl(1, 0)                                         # this test process: as it was
 
 
+@pytest.mark.parametrize("duplex", [True, False], ids=["jobs worker's socket pair", "parallel worker's pipe"])
+def test_a_worker_is_signalled_once_its_parents_end_of_the_pipe_closes(monkeypatch, duplex):
+    """Started by the forkserver, a worker's parent is the forkserver, which outlives a killed `dnibench run` while its
+    workers live: the kernel's parent-death signal never comes. watch_parent waits on the worker's own end of its pipe
+    instead: SIGTERM to itself, with the cause said, once the parent's end closes, and not before (not on a message)."""
+    import multiprocessing as mp
+    import signal
+    import time
+    from dnibench import interrupt
+    sent = []
+    monkeypatch.setattr(pool.os, "kill", lambda pid, signum: sent.append((pid, signum, interrupt.reason())))
+    parents_end, workers_end = mp.Pipe(duplex=duplex)
+    try:
+        pool.watch_parent(workers_end)
+        if duplex:
+            parents_end.send(("a task",))                            # readable: no reason to stop
+        time.sleep(0.3)
+        assert sent == []
+        parents_end.close()                                          # as a kill -9 of the parent does
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sent == [(pool.os.getpid(), signal.SIGTERM,
+                         "the process that started this worker died (its pipe to it closed)")]
+    finally:
+        workers_end.close()
+        interrupt._cause.clear()
+
+
 # ---- a `--jobs` worker's own loop (pool._worker), in this process ---------------------------------------------------
 
 @pytest.fixture
@@ -557,7 +586,7 @@ def worker_in_process(monkeypatch):
     from dnibench import interrupt, runner, tasks as task_registry
     calls = {"signals": [], "loads": [], "runs": [], "checks": 0}
     monkeypatch.setenv("DNIBENCH_JOBS", "1")
-    monkeypatch.setattr(pool, "_die_with_parent", lambda: calls.__setitem__("orphan_guard", True))
+    monkeypatch.setattr(pool, "_die_with_parent", lambda conn: calls.__setitem__("orphan_guard", conn))
     monkeypatch.setattr(interrupt, "install", lambda: calls.__setitem__("installed", True))
     monkeypatch.setattr(signal, "signal", lambda signum, handler: calls["signals"].append((signum, handler)))
     monkeypatch.setattr(mlflow, "set_tracking_uri", lambda uri: calls.__setitem__("uri", uri))
@@ -616,7 +645,8 @@ def test_a_pool_worker_says_ready_then_runs_each_task_on_its_data_loaded_once(wo
     assert calls["loads"] == [("mnist", "data-dir", "cifar-dir"), ("cifar10", "data-dir", "cifar-dir")]
     assert calls["checks"] == 3 and calls["jobs_env"] == "3"
     assert calls["uri"] == calls["client_uri"] == "sqlite:///w.db"
-    assert calls["installed"] and calls["orphan_guard"] and calls["signals"] == [(signal.SIGINT, signal.SIG_IGN)]
+    assert calls["installed"] and calls["signals"] == [(signal.SIGINT, signal.SIG_IGN)]
+    assert isinstance(calls["orphan_guard"], Parent)                # it watches its own pipe to the parent
 
 
 def test_a_pool_worker_whose_parent_is_gone_returns(worker_in_process):

@@ -153,11 +153,11 @@ def test_a_diverged_run_ends_failed_with_its_reason_and_the_suite_goes_on(folder
     (RuntimeError("boom\nsecond line"), "FAILED", "FAILED", "error: RuntimeError: boom"),
     (ValueError(), "FAILED", "FAILED", "error: ValueError: "),
     (RuntimeError("x" * 600), "FAILED", "FAILED", ("error: RuntimeError: " + "x" * 600)[:500]),
-    (KeyboardInterrupt(), "KILLED", "KILLED", None),
+    (KeyboardInterrupt(), "KILLED", "KILLED", "interrupted"),
 ])
 def test_a_run_that_raises_stops_the_suite_and_every_run_ends(folder, variant_fails, error, child, parent, failure):
     """Any other error is a bug: the run is tagged with its first line and FAILED, the suite's parent FAILED, and it
-    is raised. An interrupt ends the run and its parent KILLED. Either way the rows logged so far are kept."""
+    is raised. An interrupt ends the run and its parent KILLED, the run tagged so. Either way the rows logged so far are kept."""
     variant_fails.append(error)
     with pytest.raises(type(error)):
         run(folder, "tiny")
@@ -250,8 +250,8 @@ def test_each_run_has_a_progress_bar_of_its_steps_only_when_asked(folder, capsys
 
 
 def test_a_signal_stops_a_run_at_its_next_step(folder, monkeypatch):
-    """SIGTERM/SIGINT during training (interrupt.py records it) stops the run at its next step: KILLED, with the rows
-    it logged, and nothing after that step is trained or logged."""
+    """SIGTERM/SIGINT during training (interrupt.py records it) stops the run at its next step: KILLED, tagged with the
+    signal, with the rows it logged, and nothing after that step is trained or logged."""
     import signal
 
     import dnibench.train as train
@@ -274,7 +274,8 @@ def test_a_signal_stops_a_run_at_its_next_step(folder, monkeypatch):
     finally:
         interrupt._received.clear()
     children, parents, client, kids = statuses(uri_of(folder))
-    assert (children, parents, steps) == ({"frozen_first": ("KILLED", None)}, ["KILLED"], [1])
+    assert (children, parents, steps) == ({"frozen_first": ("KILLED", "stopped by SIGTERM")}, ["KILLED"], [1])
+    assert [p.data.tags.get("failure") for p in runs_of(uri_of(folder), "parent")[1]] == ["stopped by SIGTERM"]
     assert [m.step for m in client.get_metric_history(kids[0].info.run_id, "train_loss")] == [1]
 
 

@@ -196,7 +196,7 @@ def _die_with_parent() -> None:
 def worker_main(rank: int, spec_json: str, data_path: str, rendezvous: str, conn, hooks: dict,
                 timeout_s: float) -> None:
     """Process entry point: runs the worker, tells the parent ("row" ..., then "done"/"diverged"/"error")."""
-    _die_with_parent()
+    _die_with_parent()             # and Worker watches its pipe to the parent once bound to its cores (pool.watch_parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C reaches the group: the parent stops the workers
     from ..errors import Diverged
     # Every way out is os._exit once the parent has been told: every message was taken and every send
@@ -235,6 +235,8 @@ class Worker:
         else:
             from ..tracking import usable_cores
             self.cores = usable_cores()
+        from ..pool import watch_parent
+        watch_parent(conn)                             # the parent's death, kill -9 included, stops this worker at once
         self.bound = bool(bound)
         torch.set_num_threads(par.threads)             # one thread per worker unless the suite says otherwise
         self.data = torch.load(data_path, mmap=True)
