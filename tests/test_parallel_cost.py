@@ -120,6 +120,15 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     parts = report.efficiency_parts(rate=1e4, one_rate=1e4, steps=[6e-3, 8e-3], batch=100, whole=[11e-3, 13e-3])
     assert parts["contention"] == pytest.approx(10 / 12) and parts["split"] == pytest.approx(12 / 14)
     assert parts["work"] == pytest.approx(10 / 14) and parts["bound"] == pytest.approx(10 / 16)
+    assert parts["loop"] != parts["loop"]                  # NaN: the K = 1 run did not time its step
+    # the K = 1 run's step timed alone, 8 ms: its loop kept 0.8 of that step's rate; the one-process step is 8 ms, and
+    # the executor is counted against that loop (the run's 0.8 of the slowest worker's rate over the one process's 0.8)
+    parts = report.efficiency_parts(rate=1e4, one_rate=1e4, steps=[6e-3, 8e-3], batch=100, whole=[11e-3, 13e-3],
+                                    one_step=8e-3)
+    assert parts["loop"] == pytest.approx(0.8) and parts["executor"] == pytest.approx(1.0)
+    assert parts["work"] == pytest.approx(8 / 14) and parts["contention"] == pytest.approx(8 / 12)
+    assert parts["split"] == pytest.approx(12 / 14) and parts["balance"] == pytest.approx(14 / 16)
+    assert parts["bound"] == pytest.approx(8 / 16) and parts["efficiency"] == pytest.approx(0.5)
     # from the runs: one row for cDNI at K = 2, whose factors multiply to its efficiency
     table = report.efficiency_table(report.prepare(pd.DataFrame([_row("cdni", "decoupled", k, summary)
                                                                  for k, summary in summaries.items()])))
@@ -130,6 +139,11 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     assert got["balance"] * got["work"] * got["executor"] == pytest.approx(got["efficiency"], abs=0.02)
     assert 0.5 <= got["balance"] <= 1.0
     assert got["contention"] * got["split"] == pytest.approx(got["work"], abs=0.02)
+    # the K = 1 run timed its step: the loop's share is its rate over that step's
+    one_step = summaries[1]["cost/worker0/step_s"]
+    assert float(table.iloc[0]["loop"]) == pytest.approx(
+        one_step * summaries[1]["mean_samples_per_s"] / BATCH, abs=0.005)
+    assert got["work"] == pytest.approx(one_step / sum(cost.worker_steps_from_metrics(summaries[2], 2)), abs=0.005)
 
 
 def test_a_decoupled_run_times_the_whole_step_on_every_worker(summaries):

@@ -240,14 +240,22 @@ def speedup_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: int,
-                     whole: list[float] | None = None) -> dict[str, float]:
+                     whole: list[float] | None = None, one_step: float | None = None) -> dict[str, float]:
     """A decoupled run's parallel efficiency as the product of three measured factors (``steps``: each worker's
-    step timed before the run, cost/worker{k}/step_s; ``one_rate``: the same method's K = 1 samples/s):
+    step timed before the run, cost/worker{k}/step_s; ``one_rate``: the same method's K = 1 samples/s;
+    ``one_step``: that K = 1 run's own step timed alone before it, its cost/worker0/step_s):
     ``balance`` = sum of the steps / (K x the slowest), what the split of the stages leaves; ``work`` = the one
     process's step / the sum of the workers' steps, what splitting a step costs (each worker's own step overhead,
     the boundary synthesizer's second prediction, the neighbour on the other core); ``executor`` = the run's
-    samples/s over the slowest worker's compute-bound rate, what the messages and the waiting cost. ``bound`` =
+    samples/s over the slowest worker's rate from its step, what the messages and the waiting cost. ``bound`` =
     balance x work, the efficiency an executor that cost nothing would reach with this split and these steps.
+
+    Both runs pay a loop around their steps (gathering each batch, the metrics, the log points, the slower steps a
+    median leaves out): with ``one_step``, the one process's step is that timed step, and the executor is taken
+    relative to the one process's loop (the run's samples/s over the slowest worker's rate, over the K = 1 run's
+    samples/s over its step's rate), so that overhead counts once, in neither factor; ``loop`` = the K = 1 run's
+    samples/s over its step's rate says how large it was. Without (runs logged before K = 1 timed its step), the
+    one process's step is its run's seconds per step, loop included, and ``loop`` is NaN.
 
     With ``whole`` (cost/worker{k}/whole_step_s: the one-process step timed on every worker at once before the run)
     work is itself two measured factors: ``contention`` = the one process's step alone / that step timed next to
@@ -255,8 +263,11 @@ def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: in
     bandwidth; shared cores past one worker a core), and ``split`` = contention's step / the workers' steps added
     up, what cutting the step into K pieces costs beyond that. Without, both are NaN."""
     k, slowest, total = len(steps), max(steps), sum(steps)
-    one_step = batch / one_rate
-    parts = {"balance": total / (k * slowest), "work": one_step / total, "executor": rate * slowest / batch}
+    run_step = batch / one_rate                     # the K = 1 run's seconds per step, its loop included
+    loop = one_step / run_step if one_step else float("nan")
+    one_step = one_step or run_step
+    parts = {"balance": total / (k * slowest), "work": one_step / total,
+             "executor": rate * slowest / batch * run_step / one_step, "loop": loop}
     contended = sum(whole) / len(whole) if whole else float("nan")
     parts["contention"], parts["split"] = one_step / contended, contended / total
     parts["efficiency"] = rate / (k * one_rate)     # = balance x work x executor
@@ -266,23 +277,27 @@ def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: in
 
 def efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per decoupled label and K > 1 whose runs timed their workers' steps: ``efficiency_parts`` (means over
-    seeds of each run against the label's mean K = 1 rate)."""
+    seeds of each run against the label's mean K = 1 rate and, where they timed it, mean K = 1 step)."""
     from ..parallel import cost
 
     rows = []
     for (name, k), group in runs[runs["workers"] > 1].groupby(["label", "workers"], sort=True):
-        one = runs[(runs["label"] == baseline_label(runs, name)) & (runs["workers"] == 1)]["samples_per_s"].mean()
+        ones = runs[(runs["label"] == baseline_label(runs, name)) & (runs["workers"] == 1)]
+        one = ones["samples_per_s"].mean()
+        timed = [cost.worker_steps_from_metrics(row, 1) for row in ones[ones["samples_per_s"].notna()].to_dict("records")]
+        one_step = float(np.mean([t[0] for t in timed])) if timed and all(timed) else None
         parts = []
         for row in group.to_dict("records"):
             steps = cost.worker_steps_from_metrics(row, int(k))
             if steps and row["samples_per_s"] == row["samples_per_s"] and one == one:
                 parts.append(efficiency_parts(row["samples_per_s"], one, steps, _batch(row),
-                                              cost.worker_whole_steps_from_metrics(row, int(k))))
+                                              cost.worker_whole_steps_from_metrics(row, int(k)), one_step))
         if parts:
             mean = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}   # NaN unless every run has it
             rows.append({"method": name, "K": int(k), "runs": len(parts),
                          **{key: f"{mean[key]:.2f}" if mean[key] == mean[key] else ""
-                            for key in ("efficiency", "balance", "work", "contention", "split", "executor", "bound")}})
+                            for key in ("efficiency", "balance", "work", "contention", "split", "executor", "bound",
+                                        "loop")}})
     return pd.DataFrame(rows)
 
 
@@ -469,9 +484,13 @@ def efficiency_target(runs: pd.DataFrame, parts: pd.DataFrame, k: int = 2, metho
     row = parts[(parts["method"] == name) & (parts["K"] == k)] if not parts.empty else parts
     if len(row):
         row = row.iloc[0]
-        text += (f" With this split and its workers' steps timed before the run, an executor that cost nothing would "
-                 f"reach {row['bound']} (balance {row['balance']} x work {row['work']}); the executor kept "
+        beyond = " beyond the one process's own loop" if row.get("loop") else ""
+        text += (f" With this split and its workers' steps timed before the run, an executor that cost nothing{beyond} "
+                 f"would reach {row['bound']} (balance {row['balance']} x work {row['work']}); the executor kept "
                  f"{row['executor']} of it.")
+        if row.get("loop"):
+            text += (f" Both runs' training loops cost their steps some speed (the one process kept {row['loop']} of "
+                     f"its step's rate timed alone): the executor's share is counted against the one process's loop.")
         if row.get("contention"):
             text += (f" Work {row['work']} = contention {row['contention']} x split {row['split']}: timed on every "
                      f"worker at once, the one-process step ran at {row['contention']} of its speed alone (what the "
@@ -555,7 +574,12 @@ def render(ctx: ReportContext) -> Section | None:
                          "to the busy neighbours (what the machine takes, before any split or message); split, that step "
                          "over the workers' steps added up (what cutting the step costs). Executor: the run's samples/s over the slowest worker's rate from its step "
                          "alone (what messages and waiting cost). Bound: balance x work, what an executor that cost "
-                         "nothing would reach with this split.", "", markdown_table(parts), ""]
+                         "nothing would reach with this split. Loop: the K = 1 run's samples/s over its own step's rate "
+                         "timed alone before it (what the training loop around the step costs: gathering each batch, "
+                         "the metrics, the log points, the slow steps a median leaves out). Where the K = 1 run timed "
+                         "its step, the one-process step above is that step, and the executor is counted against the "
+                         "one process's loop (its rate over the slowest worker's, over the K = 1 run's loop), so the "
+                         "loop's cost, which both runs pay, is in neither factor.", "", markdown_table(parts), ""]
             scale = modelled_scaling(at)
             if not scale.empty:
                 files += scaling_figure(ctx, scale, f"{stem}_modelled", f"{where}: cost model, K = 1..64")
