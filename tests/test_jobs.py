@@ -109,14 +109,20 @@ def test_kill_9_of_one_worker_costs_only_its_run_and_a_rerun_completes_it(tmp_pa
     assert not [r for r in rows if r["status"] == "RUNNING"]
 
 
-def test_sigterm_on_the_parent_stops_the_workers_and_kills_their_runs(tmp_path, fake_mnist_data_dir):
+@pytest.mark.parametrize("group", [False, True], ids=["SIGTERM to the parent", "Ctrl-C: SIGINT to the group"])
+def test_sigterm_on_the_parent_stops_the_workers_and_kills_their_runs(tmp_path, fake_mnist_data_dir, group):
+    """The parent stops each busy worker with one SIGTERM (a terminal's Ctrl-C reaches the workers too, which ignore
+    it): their runs end KILLED, tagged with that SIGTERM, and the command exits 130."""
     suite = suite_file(tmp_path, diverging=False)
     suite.write_text(suite.read_text().replace("steps: 3,", "steps: 100000,"))   # runs that never end alone
     db = tmp_path / "m.db"
-    proc = start(suite, db, fake_mnist_data_dir, jobs=2)
+    proc = start_run(suite, db, fake_mnist_data_dir, SEEDS, "--jobs", "2", session=group)
     wait_for(lambda: len([r for r in children(db) if r["status"] == "RUNNING"]) == 2, proc)
     workers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]   # forkserver's too
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == 130 and "rerun to resume" in err and "Traceback" not in err, err[-2000:]
     rows = children(db)

@@ -1,4 +1,5 @@
 """The runner end to end on tiny fake MNIST: MLflow runs, tags, metrics; resume; determinism; bad input."""
+import os
 import subprocess
 import sys
 
@@ -157,7 +158,10 @@ def test_cli_list_shows_methods_and_suites():
         assert name in result.stdout
 
 
-def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
+@pytest.mark.parametrize("group", [False, True], ids=["SIGTERM to the process", "Ctrl-C: SIGINT to its group"])
+def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir, group):
+    """As the README says: Ctrl-C or SIGTERM stops the current run at its next step, ends it and its parent KILLED
+    with the signal named (``failure``), and exits 130. A terminal's Ctrl-C reaches the whole process group."""
     import signal
     slow = SUITE.replace("steps: 6", "steps: 100000").replace("eval_every: 3", "eval_every: 100000")
     path = tmp_path / "slow.yaml"
@@ -166,7 +170,7 @@ def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
     uri = f"sqlite:///{db}"
     proc = subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(path), "--profile", "smoke",
                              "--device", "cpu", "--tracking-uri", uri, "--data-dir", str(fake_mnist_data_dir),
-                             "--no-progress"], stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], stderr=subprocess.PIPE, text=True, start_new_session=group)
 
     def running_child():
         # No client before the run has made the store: MlflowClient's constructor would create it in place, racing
@@ -180,11 +184,14 @@ def test_sigterm_marks_the_running_runs_killed(tmp_path, fake_mnist_data_dir):
         return running and (client, exp)
 
     client, exp = wait_for(running_child, proc)
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "rerun to resume" in err, err[-3000:]
-    statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
-    assert statuses == {"KILLED"}                          # parent and child: nothing left RUNNING
+    ended = {(r.info.status, r.data.tags.get("failure")) for r in client.search_runs([exp.experiment_id])}
+    assert ended == {("KILLED", f"stopped by {'SIGINT' if group else 'SIGTERM'}")}   # parent and child
 
 
 def test_torchrun_processes_split_a_suite_without_overlap(tmp_path, suite_path, fake_mnist_data_dir):

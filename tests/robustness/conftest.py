@@ -72,9 +72,11 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, match: str | None = None) -> str:
-    """Non-zero exit, one line on stderr (matching ``match``, a regex), no traceback. Returns the line."""
+    """Exit 2 (the README: input errors exit 2), one line on stderr (matching ``match``, a regex), no traceback.
+    Returns the line."""
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0, f"exit 0 for bad input; stdout={proc.stdout[-500:]!r} stderr={proc.stderr[-500:]!r}"
+    assert proc.returncode == 2, (f"exit {proc.returncode} for bad input; stdout={proc.stdout[-500:]!r} "
+                                  f"stderr={proc.stderr[-500:]!r}")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {proc.stderr[-2000:]!r}"
     line = lines[0]
