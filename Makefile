@@ -11,6 +11,7 @@ PROFILE ?= quick
 DEVICE ?= auto
 SEEDS ?=
 TRACKING_URI ?= sqlite:///results/mlflow.db
+REPORTS ?= reports
 SUITES ?= suites/mnist_ff.yaml suites/mnist_async.yaml suites/mnist_unlock.yaml suites/mnist_delay.yaml suites/cifar10_ff.yaml \
           suites/rnn_copy.yaml suites/rnn_repeat_copy.yaml suites/rnn_ptb.yaml suites/rnn_multiscale.yaml \
           suites/parallel.yaml
@@ -42,10 +43,10 @@ reproduce: venv ## run the suites at PROFILE (smoke|quick|paper) and write repor
 	status=0; $(VENV)/bin/dnibench run $(SUITES) --profile $(PROFILE) --device $(DEVICE) \
 	  --tracking-uri $(TRACKING_URI) $(if $(SEEDS),--seeds $(SEEDS)) --jobs $(JOBS) $(RUN_FLAGS) || status=$$?; \
 	if [ $$status -gt 1 ]; then exit $$status; fi; \
-	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports && exit $$status
+	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out $(REPORTS) && exit $$status
 
 report: venv ## re-render reports/ from the MLflow store (no training)
-	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out reports
+	$(VENV)/bin/dnibench report --tracking-uri $(TRACKING_URI) --out $(REPORTS)
 
 # TEST_JOBS=N: N pytest processes (pytest-xdist), each test file in one of them (its module fixtures built once);
 # 2 by default, the CI machine's cores (12:09 in one process, 7:52 in two, on this 2-core box); 0: one process.

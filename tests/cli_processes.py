@@ -13,13 +13,19 @@ def start_run(suite: Path, db: Path, data_dir: Path, seeds: int, *extra: str, se
     """`dnibench run SUITE --profile smoke` on CPU with one thread, in the suite's folder, with no
     tracking URI, torchrun rank or job count inherited from the environment; ``session``: in a process group of
     its own (for a signal to the group, as a terminal's Ctrl-C sends)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = run_env(PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-m", "dnibench.cli", "run", str(suite), "--profile", "smoke",
                              "--seeds", str(seeds), "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
                              "--data-dir", str(data_dir), "--no-progress", *extra],
                             cwd=suite.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=session)
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a `dnibench` child: one thread, and no tracking URI, torchrun rank, job count
+    or outer make's flags inherited; then ``extra``."""
+    drop = ("MLFLOW_TRACKING_URI", "WORLD_SIZE", "RANK", "DNIBENCH_JOBS", "MAKEFLAGS", "MAKELEVEL")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "OMP_NUM_THREADS": "1", **extra}
 
 
 def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
