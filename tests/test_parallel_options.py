@@ -58,6 +58,42 @@ def test_suite_options_plan_validate_and_keep_old_hashes(tmp_path):
         assert "\n" not in str(err.value)
 
 
+def test_a_profiles_parallel_block_replaces_those_fields_of_every_entrys(tmp_path):
+    """As the README says: a profile's ``parallel:`` replaces those fields of every entry's block (the others stay the
+    entry's), and an entry without a block stays one process."""
+    path = tmp_path / "p.yaml"
+    path.write_text("""
+name: p
+task: mnist
+train: {steps: 4, batch_size: 8, lr: 1.0e-3, lr_decay_at: [], eval_every: 4, log_every: 2}
+profiles:
+  smoke: {}
+  quick: {parallel: {workers: [1, 2, 4]}}
+  paper: {parallel: {threads: 2}}
+entries:
+  - model: fcn6
+    method: bprop
+    parallel: {workers: [1, 2], schedule: pipelined, microbatches: 4}
+  - model: fcn6
+    method: cdni
+    parallel: {workers: 2, max_in_flight: 3}
+  - model: fcn6
+    method: dni
+""")
+    suite = load_suite(path)
+
+    def runs(profile):
+        return sorted((s.method, *((s.parallel.workers, s.parallel.schedule, s.parallel.microbatches,
+                                    s.parallel.max_in_flight, s.parallel.threads) if s.parallel else ()))
+                      for s in plan(suite, profile))
+    assert runs("smoke") == [("bprop", 1, "pipelined", 4, None, 1), ("bprop", 2, "pipelined", 4, None, 1),
+                             ("cdni", 2, "decoupled", None, 3, 1), ("dni",)]
+    assert runs("quick") == [("bprop", k, "pipelined", 4, None, 1) for k in (1, 2, 4)] + [
+        ("cdni", k, "decoupled", None, 3, 1) for k in (1, 2, 4)] + [("dni",)]
+    assert runs("paper") == [("bprop", 1, "pipelined", 4, None, 2), ("bprop", 2, "pipelined", 4, None, 2),
+                             ("cdni", 2, "decoupled", None, 3, 2), ("dni",)]
+
+
 @pytest.fixture(scope="module")
 def data():
     g = torch.Generator().manual_seed(0)
