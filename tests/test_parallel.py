@@ -281,6 +281,25 @@ def test_dnibench_run_drives_a_parallel_suite_and_logs_its_params(tmp_path, fake
     assert {"cores_bound", "cost/worker0/whole_step_s", "cost/worker1/whole_step_s"} <= metrics
 
 
+def test_under_jobs_a_suite_with_parallel_runs_runs_them_one_at_a_time_in_the_main_process(tmp_path, fake_mnist_data_dir):
+    """README: a suite with parallel runs runs them one at a time in the main process, also under `--jobs N` (each
+    starts its own workers and wants the cores for them; a --jobs worker is a daemon and may not start processes)."""
+    from dnibench.cli import main
+    suite = tmp_path / "par.yaml"
+    suite.write_text(SUITE.replace("    parallel: {workers: 2}\n", "    parallel: {workers: [1, 2]}\n")
+                     + "  - model: fcn3\n    method: bprop\n")
+    db = tmp_path / "m.db"
+    assert main(["run", str(suite), "--profile", "smoke", "--device", "cpu", "--tracking-uri", f"sqlite:///{db}",
+                 "--data-dir", str(fake_mnist_data_dir), "--no-progress", "--jobs", "2"]) == 0
+    with sqlite3.connect(db) as con:
+        runs = con.execute("select r.status, r.start_time, r.end_time, t.value from runs r join tags t "
+                           "on t.run_uuid = r.run_uuid and t.key = 'dnibench.owner.pid' join tags c "
+                           "on c.run_uuid = r.run_uuid and c.key = 'dnibench.role' and c.value = 'child' "
+                           "order by r.start_time").fetchall()
+    assert len(runs) == 3 and {(status, int(pid)) for status, _, _, pid in runs} == {("FINISHED", os.getpid())}
+    assert all(later[1] >= earlier[2] for earlier, later in zip(runs, runs[1:])), runs   # one at a time
+
+
 def test_kill_9_of_dnibench_run_leaves_no_worker_behind(tmp_path, fake_mnist_data_dir):
     """kill -9 of the `dnibench run` process itself, mid-way through a parallel run: nothing can stop the workers
     from the parent, so they must go by themselves (the forkserver sees its parent's pipe close and exits; each
