@@ -236,6 +236,19 @@ def test_a_worker_that_dies_fails_the_run_with_the_reason_and_leaves_no_process(
     assert _grandchildren() == []
 
 
+def test_a_peer_silent_past_the_gloo_timeout_fails_the_run_with_the_timeout(data, monkeypatch):
+    """README: a worker that times out (DNIBENCH_GLOO_TIMEOUT_S) ends the run FAILED with its error, and the others are
+    killed. Worker 1 sleeps 8 s before each step; worker 0 runs ahead to its flow-control edge and waits 3 s for a
+    target that does not come."""
+    monkeypatch.setenv("DNIBENCH_GLOO_TIMEOUT_S", "3")
+    monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:8")
+    with pytest.raises(WorkerFailed) as err:
+        run(spec("cdni", 2), data)
+    assert err.value.reason.startswith("worker 0: RuntimeError: ") and "Timed out waiting 3000ms" in err.value.reason
+    assert "\n" not in err.value.reason
+    assert _grandchildren() == []
+
+
 SUITE = """
 name: par
 task: mnist
