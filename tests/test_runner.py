@@ -215,3 +215,24 @@ def test_shard_flag_is_validated(tmp_path, suite_path):
     assert result.returncode == 2 and "--shard 3/2" in result.stderr
     result = run_cli("run", str(suite_path), "--shard", "x", "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
     assert result.returncode == 2 and "expected I/N" in result.stderr
+
+
+def test_run_and_report_default_to_the_embedded_store_and_reports_here(tmp_path, suite_path, fake_mnist_data_dir,
+                                                                         monkeypatch):
+    """README: without --tracking-uri the store is `sqlite:///results/mlflow.db` (where the command runs; the
+    environment's MLFLOW_TRACKING_URI, where set, instead), and `dnibench report` writes `reports/` from it."""
+    import sqlite3
+
+    from dnibench.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["--profile", "smoke", "--device", "cpu", "--data-dir", str(fake_mnist_data_dir), "--no-progress"]
+    assert main(["run", str(suite_path), *args]) == 0
+    with sqlite3.connect(tmp_path / "results" / "mlflow.db") as con:
+        assert con.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0] == 9   # 8 + parent
+    assert main(["report"]) == 0
+    assert "tiny" in (tmp_path / "reports" / "README.md").read_text()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+    assert main(["run", str(suite_path), *args, "--seeds", "1"]) == 0
+    with sqlite3.connect(tmp_path / "elsewhere.db") as con:
+        assert con.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0] > 1
