@@ -189,6 +189,8 @@ LATE_CASES = [
      r"entries\[0\]: train\.eval_every: task 'copy' does not use it; it would be ignored"),
     ("copy-train-subset", COPY.replace("quick: {}", "quick: {train: {train_subset: 100}}"), {},
      r"train\.train_subset: task 'copy' does not use it.*\(at profile quick\)"),
+    ("ptb-train-subset", COPY.replace("task: copy", "task: ptb").replace("quick: {}", "quick: {train: {train_subset: 100}}"),
+     {}, r"train\.train_subset: task 'ptb' does not use it.*\(at profile quick\)"),
     ("cnn-filters-without-a-cnn", swap("steps: 2,", "steps: 2, cnn_filters: 8,"), {},
      r"train\.cnn_filters: no entry has a CNN; it would be ignored"),
     ("p-update-true", swap("synth_width: 8", "synth_width: 8, p_update: true"), {}, r"p_update.*expected a number; got True"),
