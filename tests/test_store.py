@@ -369,21 +369,23 @@ def test_dead_owners_running_runs_are_marked_killed(tmp_path, whole_store):
         tags = {"dnibench.role": "child", "suite": "tiny", "profile": "smoke", "model": "fcn3", "method": name,
                 "seed": "0", "config_hash": name, **owner}
         ids[name] = client.create_run(exp, tags=tags).info.run_id
-    failed = load_failed_runs(uri)          # what the report and compare read: it marks them first
-    assert sorted(failed["method"]) == ["dead", "reused"] and set(failed["status"]) == {"KILLED"}
-    assert failed.attrs["status_counts"] == {"KILLED": 2, "RUNNING": 3}
+    # `dnibench report`, as a user runs it after a kill -9: it marks them first (load_failed_runs, which compare reads too)
+    from dnibench.cli import main
+    (tmp_path / "no_suites").mkdir()
+    assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path / "reports"),
+                 "--suites-dir", str(tmp_path / "no_suites")]) == 0
     for name, run_id in ids.items():
         run = client.get_run(run_id)
         assert run.info.status == ("KILLED" if name in ("dead", "reused") else "RUNNING"), name
     reason = client.get_run(ids["dead"]).data.tags["failure"]
     assert reason == f"owner process {gone} on {me[store.OWNER_HOST]} died (found by a later invocation)"
-    assert store.mark_dead_runs_killed(client) == []            # marked once
-
-    from dnibench.report import write_report
-    write_report(uri, tmp_path / "reports", suites_dir=tmp_path / "no_suites")
     readme = (tmp_path / "reports" / "README.md").read_text()
     assert "Child runs in the store by status: KILLED 2, RUNNING 3." in readme
     assert "2 run(s) FAILED or KILLED" in readme and f"| KILLED | {reason} |" in readme
+    failed = load_failed_runs(uri)
+    assert sorted(failed["method"]) == ["dead", "reused"] and set(failed["status"]) == {"KILLED"}
+    assert failed.attrs["status_counts"] == {"KILLED": 2, "RUNNING": 3}
+    assert store.mark_dead_runs_killed(client) == []            # marked once
 
 
 def test_owner_alive_decides_only_what_it_can_tell():
