@@ -100,3 +100,33 @@ def test_example_suite_compares_dgl_with_the_baselines_at_every_profile(dgl):
     assert {s.model for s in paper} == {"fcn3", "fcn4", "fcn5", "fcn6", "cnn3", "cnn4"}
     assert {s.seed for s in paper} == {0, 1, 2} and paper[0].train.steps == 500_000
     assert {e["model"] for e in skipped_entries(suite, "quick")} == {"cnn3", "cnn4"}
+
+
+def test_the_readmes_command_runs_the_example_then_compares_it(tmp_path, capsys):
+    """README, word for word but for the store and the data (random digits, as many as the smoke profile reads):
+    `dnibench run examples/dgl.yaml --profile smoke && dnibench compare mnist_dgl`: every run of the example finishes,
+    the variant is compared with each baseline, and the report gives the suite's table under "Other suites" (it has
+    no section of its own)."""
+    import numpy as np
+
+    from conftest import _write_idx
+    from dnibench.cli import main
+    from dnibench.data import fetch_mnist
+    rng, idx = np.random.default_rng(0), tmp_path / "idx"
+    idx.mkdir()
+    for name, n in (("train", 1000), ("t10k", 200)):
+        _write_idx(idx / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(idx / f"{name}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    fetch_mnist(tmp_path / "data", idx_dir=idx, log=lambda *_: None)
+    uri, out = f"sqlite:///{tmp_path}/m.db", tmp_path / "reports"
+    assert main(["run", str(EXAMPLES / "dgl.yaml"), "--profile", "smoke", "--device", "cpu", "--tracking-uri", uri,
+                 "--data-dir", str(tmp_path / "data"), "--no-progress"]) == 0
+    assert "24 run(s) done" in capsys.readouterr().out
+    assert main(["compare", "mnist_dgl", "--tracking-uri", uri, "--out", str(out)]) == 0
+    compared = capsys.readouterr().out
+    for model in ("fcn3", "fcn4", "fcn5", "fcn6", "cnn3", "cnn4"):          # the variant beside each baseline, each net
+        assert all(f"| {model} | {name} | 1 |" in compared for name in ("Bprop", "DNI", "cDNI", "dgl")), compared
+    assert main(["report", "--tracking-uri", uri, "--out", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    other = readme[readme.index("Other suites: variants against the baselines"):]
+    assert "mnist_dgl" in other and "dgl" in other
