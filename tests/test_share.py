@@ -173,6 +173,23 @@ def test_two_suites_train_a_shared_configuration_once(suites, trainings, tmp_pat
     assert len(runs) == 12 and sum(SHARED_FROM in r.data.tags for r in runs) == 2
 
 
+def test_under_jobs_the_later_suites_wait_for_the_earlier_ones_run_and_share_it(suites):
+    """README: within one invocation the later suite waits for the earlier one's run, also with --jobs 2 (each
+    suite's runs end on the workers before the next suite plans its aliases): trained once, aliased twice."""
+    import os
+    folder, uri, data_dir = suites
+    rc, out = run(folder, uri, data_dir, "mnist_ff", "mnist_async", "third", extra=["--jobs", "2"])
+    assert rc == 0 and "dnibench: 4 run(s) done, 2 shared, 0 already finished (skipped)" in out, out
+    _, runs = children(uri)
+    assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    trained = [r for r in runs if SHARED_FROM not in r.data.tags]
+    assert sorted(r.data.tags["suite"] for r in trained) == ["mnist_async", "mnist_async", "mnist_ff", "mnist_ff"]
+    assert all(r.data.tags["dnibench.owner.pid"] != str(os.getpid()) for r in trained)   # on the workers
+    original = next(r for r in trained if (r.data.tags["suite"], r.data.tags["method"]) == ("mnist_ff", "bprop"))
+    assert sorted((r.data.tags["suite"], r.data.tags[SHARED_FROM]) for r in runs if SHARED_FROM in r.data.tags) == [
+        ("mnist_async", original.info.run_id), ("third", original.info.run_id)]
+
+
 def test_a_failed_original_is_not_shared_the_later_suite_trains_it(suites, trainings):
     folder, uri, data_dir = suites
     # bprop at lr 1e30 diverges (tests/test_divergence.py): mnist_ff's run FAILS, so mnist_async's run of
