@@ -10,7 +10,7 @@ SUITE = "suites/cifar10_ff.yaml"
 
 
 
-def test_cifar10_suite_runs_at_smoke_on_cifar_format_data(tmp_path, fake_cifar_dir):
+def test_cifar10_suite_runs_at_smoke_on_cifar_format_data(tmp_path, fake_cifar_dir, capsys):
     import pickle
     folder = fake_cifar_dir[0] / "cifar-10-batches-py"
     for i in range(1, 6):          # 5 x 13 rows: the smoke batch (64) is refused above the training set's size
@@ -18,8 +18,10 @@ def test_cifar10_suite_runs_at_smoke_on_cifar_format_data(tmp_path, fake_cifar_d
         batch[b"data"], batch[b"labels"] = batch[b"data"][[0, 1, 2] * 4 + [0]], (batch[b"labels"] * 5)[:13]
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch, protocol=2))
     uri = f"sqlite:///{tmp_path}/m.db"
-    out = run_suites([SUITE], "smoke", device="cpu", tracking_uri=uri, cifar_dir=fake_cifar_dir[0], progress=False)
-    assert (out.ran, out.failed) == (8, 0)                      # FCN-3 and CNN-3 x four methods
+    from dnibench.cli import main                               # as the README says: --cifar-dir, the pickles' folder
+    assert main(["run", SUITE, "--profile", "smoke", "--device", "cpu", "--tracking-uri", uri, "--cifar-dir",
+                 str(folder), "--no-progress"]) == 0
+    assert "dnibench: 8 run(s) done, 0 already finished (skipped)" in capsys.readouterr().out   # FCN-3, CNN-3 x 4
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("cifar10_ff")
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'child'")
