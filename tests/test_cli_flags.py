@@ -245,6 +245,29 @@ def test_signals_during_a_command_and_after_it(monkeypatch, capsys, tmp_path, su
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_the_first_signal_is_recorded_with_its_name_and_a_second_raises_at_once():
+    """README: the first Ctrl-C/SIGTERM stops at the next step (recorded; the run's failure tag names it), a second
+    stops at once (raised in the handler); a cause said before the signal (a worker's parent gone) is the reason."""
+    import signal
+
+    from dnibench import interrupt
+    previous = interrupt.install()
+    try:
+        assert interrupt.reason() == "interrupted"             # a KeyboardInterrupt that no signal sent
+        interrupt._handler(signal.SIGINT, None)
+        assert interrupt.reason() == "stopped by SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.check()
+        with pytest.raises(KeyboardInterrupt):
+            interrupt._handler(signal.SIGTERM, None)
+        assert interrupt.reason() == "stopped by SIGINT"         # the first one's name
+        interrupt.because("its parent died")
+        assert interrupt.reason() == "its parent died"
+    finally:
+        interrupt.restore(previous)
+    assert interrupt.reason() == "interrupted"                 # forgotten with the handlers
+
+
 def test_main_in_another_thread_touches_no_handler(monkeypatch, tmp_path):
     """Signal handlers can be set from the main thread only: elsewhere main leaves them alone."""
     import threading
