@@ -182,6 +182,70 @@ def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(before, stages.parameters()))
 
 
+@pytest.mark.parametrize("method,lo,hi", [("cdni", 1, 3), ("cdni", 0, 2), ("cdni", 2, 4), ("unlock_cdni", 1, 3),
+                                          ("cdni", 0, 4)],
+                         ids=["middle", "first", "last", "unlock middle", "one worker"])
+def test_the_decoupled_step_timed_is_the_workers_own_on_a_copy(monkeypatch, method, lo, hi):
+    """Worker.time_decoupled_step (the cost model's compute per worker, the efficiency's balance) times what the worker
+    does in a step, on a copy of the method: trains its group on a batch (from the input below, or the images where it
+    is first), regresses its boundary synthesizer on a target from above (not the last worker), and with complete
+    unlock regresses its synthetic input models (a real input from below, not the first); one worker alone runs the
+    method's own step. The run's parameters are left as they were."""
+    import types
+
+    from dnibench.methods import Setup
+    from dnibench.methods.dni import DNI
+    from dnibench.methods.units import StageGroup
+    from dnibench.models import build_stages, stage_output_shapes
+    from dnibench.parallel import worker
+
+    torch.manual_seed(0)
+    stages = build_stages("fcn4", (1, 8, 8), 10)
+    unlock = method.startswith("unlock")
+    setup = Setup(10, (1, 8, 8), stage_output_shapes(stages, (1, 8, 8)), 1e-2, torch.device("cpu"),
+                  fused_step=not unlock)
+    cls = get_method(method)
+    run_method = cls(stages, cls.Settings(**({"input_hidden_layers": 0} if unlock else {})), setup)
+    before = [p.detach().clone() for opt in run_method.optimizers() for g in opt.param_groups for p in g["params"]]
+    seen = []
+
+    def spy(name):
+        original = getattr(StageGroup, name)
+
+        def record(self, *args, **kwargs):
+            first = args[0]                     # the input, target, or real inputs by the stage they come out of
+            seen.append((name, self.method is run_method, (self.lo, self.hi),
+                         tuple(sorted(first)) if isinstance(first, dict) else tuple(first.shape),
+                         kwargs.get("fresh", False)))
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(StageGroup, name, record)
+    for name in ("train", "train_fused", "regress", "train_unlocked", "regress_inputs"):
+        spy(name)
+    whole = DNI.step
+    monkeypatch.setattr(DNI, "step", lambda self, x, y: seen.append(("step", self is run_method, tuple(x.shape)))
+                        or whole(self, x, y))
+    monkeypatch.setattr(cost, "median_seconds", lambda fn, *a, **k: (fn(), 0.5)[1])
+    world = 1 if (lo, hi) == (0, 4) else 2
+    me = types.SimpleNamespace(method=run_method, setup=setup, batch=BATCH, in_shape=(1, 8, 8), device=torch.device("cpu"),
+                               lo=lo, hi=hi, first=lo == 0, last=hi == 4, world=world)
+    me.shape_in = lambda: worker.Worker.shape_in(me)
+    me.shape_out = lambda: worker.Worker.shape_out(me)
+    assert worker.Worker.time_decoupled_step(me, seconds=0.0) == 0.5
+    x, h_in, out = (BATCH, 1, 8, 8), (BATCH, *setup.stage_shapes[lo - 1]), (BATCH, *setup.stage_shapes[hi - 1])
+    if world == 1:                                      # the method's own step (which trains the whole net fused)
+        expected = [("step", False, x), ("train_fused", False, (0, 4), x, False)]
+    elif unlock:        # the group's own synthetic inputs, the boundary synthesizer, then I at stage lo's input
+        expected = [("train_unlocked", False, (lo, hi), x, False),
+                    ("regress_inputs", False, (lo, hi), tuple(range(lo, hi)), False),
+                    ("regress", False, (lo, hi), out, False), ("regress_inputs", False, (lo, hi), (lo - 1,), True)]
+    else:
+        expected = [("train_fused", False, (lo, hi), x if lo == 0 else h_in, False)]
+        expected += [] if hi == 4 else [("regress", False, (lo, hi), out, False)]
+    assert seen == expected
+    after = [p.detach() for opt in run_method.optimizers() for g in opt.param_groups for p in g["params"]]
+    assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+
+
 def test_locked_workers_that_block_pay_the_blocked_message():
     stages = [cost.StageCost(forward=1e-3, backward=2e-3, update=1e-4, out_bytes=4000) for _ in range(4)]
     inputs = {**cost.cost_metrics(stages, cost.Link(1e-5, 1e9)), **cost.split_metrics([(0, 2), (2, 4)]),

@@ -44,7 +44,10 @@ _FILES: dict[Path, tuple[str, type[Method]]] = {}
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its ``name``."""
-    _discover()                             # a plug-in's name must not shadow a built-in's
+    if not cls.__module__.startswith(f"{__name__}."):
+        _discover()                         # a plug-in's name must not shadow a built-in's
+    # (not for a built-in: its module may be imported first, e.g. `from dnibench.methods.dni import DNI` in a
+    # script, and discovering the others from inside it imported cdni, which imports dni half-made: ImportError)
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise SuiteError(f"method name {cls.name!r} is registered twice "
                          f"({_REGISTRY[cls.name].__module__} and {cls.__module__})")
