@@ -183,8 +183,8 @@ def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatc
 
 
 @pytest.mark.parametrize("method,lo,hi", [("cdni", 1, 3), ("cdni", 0, 2), ("cdni", 2, 4), ("unlock_cdni", 1, 3),
-                                          ("cdni", 0, 4)],
-                         ids=["middle", "first", "last", "unlock middle", "one worker"])
+                                          ("cdni", 0, 4), ("dni", 1, 3)],
+                         ids=["middle", "first", "last", "unlock middle", "one worker", "dni middle"])
 def test_the_decoupled_step_timed_is_the_workers_own_on_a_copy(monkeypatch, method, lo, hi):
     """Worker.time_decoupled_step (the cost model's compute per worker, the efficiency's balance) times what the worker
     does in a step, on a copy of the method: trains its group on a batch (from the input below, or the images where it
@@ -214,9 +214,11 @@ def test_the_decoupled_step_timed_is_the_workers_own_on_a_copy(monkeypatch, meth
 
         def record(self, *args, **kwargs):
             first = args[0]                     # the input, target, or real inputs by the stage they come out of
+            context = args[2] if name in ("train", "train_fused", "train_unlocked") else kwargs.get("context")
+            h = kwargs.get("h")                 # regress: the kept output the synthesizer predicts again at
             seen.append((name, self.method is run_method, (self.lo, self.hi),
                          tuple(sorted(first)) if isinstance(first, dict) else tuple(first.shape),
-                         kwargs.get("fresh", False)))
+                         kwargs.get("fresh", False), None if h is None else tuple(h.shape), context is not None))
             return original(self, *args, **kwargs)
         monkeypatch.setattr(StageGroup, name, record)
     for name in ("train", "train_fused", "regress", "train_unlocked", "regress_inputs"):
@@ -224,23 +226,32 @@ def test_the_decoupled_step_timed_is_the_workers_own_on_a_copy(monkeypatch, meth
     whole = DNI.step
     monkeypatch.setattr(DNI, "step", lambda self, x, y: seen.append(("step", self is run_method, tuple(x.shape)))
                         or whole(self, x, y))
-    monkeypatch.setattr(cost, "median_seconds", lambda fn, *a, **k: (fn(), 0.5)[1])
+    timed = []
+
+    def median_seconds(fn, device, repeats, seconds, warmup):     # each step once, and how it would be timed
+        timed.append((str(device), repeats, seconds, warmup))
+        fn()
+        return 0.5
+    monkeypatch.setattr(cost, "median_seconds", median_seconds)
     world = 1 if (lo, hi) == (0, 4) else 2
     me = types.SimpleNamespace(method=run_method, setup=setup, batch=BATCH, in_shape=(1, 8, 8), device=torch.device("cpu"),
                                lo=lo, hi=hi, first=lo == 0, last=hi == 4, world=world)
     me.shape_in = lambda: worker.Worker.shape_in(me)
     me.shape_out = lambda: worker.Worker.shape_out(me)
-    assert worker.Worker.time_decoupled_step(me, seconds=0.0) == 0.5
+    assert worker.Worker.time_decoupled_step(me, seconds=0.25) == 0.5
+    assert timed == [("cpu", 5, 0.25, 5)]               # at least 5 steps in the span, after 5 unmeasured
     x, h_in, out = (BATCH, 1, 8, 8), (BATCH, *setup.stage_shapes[lo - 1]), (BATCH, *setup.stage_shapes[hi - 1])
+    c = method != "dni"                                 # a label context for conditioned synthesizers only
     if world == 1:                                      # the method's own step (which trains the whole net fused)
-        expected = [("step", False, x), ("train_fused", False, (0, 4), x, False)]
+        expected = [("step", False, x), ("train_fused", False, (0, 4), x, False, None, c)]
     elif unlock:        # the group's own synthetic inputs, the boundary synthesizer, then I at stage lo's input
-        expected = [("train_unlocked", False, (lo, hi), x, False),
-                    ("regress_inputs", False, (lo, hi), tuple(range(lo, hi)), False),
-                    ("regress", False, (lo, hi), out, False), ("regress_inputs", False, (lo, hi), (lo - 1,), True)]
-    else:
-        expected = [("train_fused", False, (lo, hi), x if lo == 0 else h_in, False)]
-        expected += [] if hi == 4 else [("regress", False, (lo, hi), out, False)]
+        expected = [("train_unlocked", False, (lo, hi), x, False, None, c),
+                    ("regress_inputs", False, (lo, hi), tuple(range(lo, hi)), False, None, False),
+                    ("regress", False, (lo, hi), out, False, out, c),
+                    ("regress_inputs", False, (lo, hi), (lo - 1,), True, None, False)]
+    else:               # a target from above regressed at a kept output, predicted again there (as on_target does)
+        expected = [("train_fused", False, (lo, hi), x if lo == 0 else h_in, False, None, c)]
+        expected += [] if hi == 4 else [("regress", False, (lo, hi), out, False, out, c)]
     assert seen == expected
     after = [p.detach() for opt in run_method.optimizers() for g in opt.param_groups for p in g["params"]]
     assert len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
