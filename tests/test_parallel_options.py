@@ -109,26 +109,29 @@ def spec(method: str, workers: int, **parallel) -> RunSpec:
 
 
 def test_1f1b_run_equals_gpipe(data, tmp_path, monkeypatch):
-    """1F1B and GPipe compute the same micro-batch gradients in another order: the same parameters and loss."""
+    """1F1B and GPipe compute the same micro-batch gradients in another order, and GPipe over two workers the same as in
+    one (the worker's pipelined step: its stages, optimizer and shapes): the same parameters and loss."""
     states, losses = {}, {}
-    for pipe in ("gpipe", "1f1b"):
-        folder = tmp_path / pipe
+    for pipe, workers in (("gpipe", 2), ("1f1b", 2), ("gpipe", 1)):
+        folder = tmp_path / f"{pipe}{workers}"
         folder.mkdir()
         monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
         rows = []
-        train_ff(spec("bprop", 2, schedule="pipelined", microbatches=2, pipeline_schedule=pipe), data,
+        train_ff(spec("bprop", workers, schedule="pipelined", microbatches=2, pipeline_schedule=pipe), data,
                  lambda row, step: rows.append(row))
-        losses[pipe] = [row["train_loss"] for row in rows if "train_loss" in row]
-        states[pipe] = {}
+        case = pipe if workers == 2 else "one worker"
+        losses[case] = [row["train_loss"] for row in rows if "train_loss" in row]
+        states[case] = {}
         for path in sorted(folder.glob("rank*.pt")):
-            states[pipe].update(torch.load(path))
-    assert len(losses["gpipe"]) == 2 and losses["gpipe"] == pytest.approx(losses["1f1b"], rel=1e-5)
+            states[case].update(torch.load(path))
     assert losses["gpipe"][0] != losses["gpipe"][1]          # it trained
-    gpipe, one_f = states["gpipe"], states["1f1b"]
-    assert set(gpipe) == set(one_f) == {f"stage{i}" for i in range(4)}
-    for name in gpipe:
-        for key, value in gpipe[name].items():
-            torch.testing.assert_close(one_f[name][key], value, rtol=1e-5, atol=1e-6)
+    gpipe = states["gpipe"]
+    for case in ("1f1b", "one worker"):
+        assert len(losses["gpipe"]) == 2 and losses["gpipe"] == pytest.approx(losses[case], rel=1e-5), case
+        assert set(gpipe) == set(states[case]) == {f"stage{i}" for i in range(4)}
+        for name in gpipe:
+            for key, value in gpipe[name].items():
+                torch.testing.assert_close(states[case][name][key], value, rtol=1e-5, atol=1e-6)
     # and the option reaches the library: its 1F1B (not GPipe) refuses fewer micro-batches than workers
     with pytest.raises(WorkerFailed, match="1f1b needs at least as many micro-batches as workers"):
         train_ff(spec("bprop", 2, schedule="pipelined", microbatches=1, pipeline_schedule="1f1b"), data,
