@@ -138,6 +138,55 @@ def test_1f1b_run_equals_gpipe(data, tmp_path, monkeypatch):
                  lambda row, step: None)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_pipelined_worker_hands_its_stages_to_the_pipeline_and_counts_its_time(monkeypatch, rank):
+    """Worker.pipelined_step, on a stand-in worker of two with a stand-in pipeline: the worker's own stages in order
+    with one Adam over them (updated by the pipeline, stepped with the run's schedule), the input shape of its first
+    stage, the run's micro-batches and schedule; each step feeds the images to the first worker and the labels to the
+    last, and counts the pipeline's compute as busy and its waiting as comm, per step."""
+    import types
+
+    from dnibench.methods import Setup
+    from dnibench.models import build_stages, stage_output_shapes
+    from dnibench.parallel import pipelined, worker
+    from dnibench.parallel.worker import Clock
+
+    stages = build_stages("cnn3", (1, 8, 8), 10, 4)           # stage shapes that differ from one another
+    shapes = stage_output_shapes(stages, (1, 8, 8))
+    setup = Setup(10, (1, 8, 8), shapes, 1e-2, torch.device("cpu"))
+    made = []
+
+    class Pipe:
+        def __init__(self, module, rank, world, microbatches, batch, in_shape, optimizer, device, schedule):
+            made.append((list(module), rank, world, microbatches, batch, in_shape, optimizer, str(device), schedule))
+            self.timings = {"busy": 0.0, "wait": 0.0}
+            self.calls = 0
+
+        def step(self, x, y):
+            self.calls += 1
+            self.timings["busy"] += 0.25 * self.calls
+            self.timings["wait"] += 0.5
+            seen.append((x, y))
+            return torch.tensor(float(self.calls)) if y is not None else None
+    seen = []
+    monkeypatch.setattr(pipelined, "PipelinedBprop", Pipe)
+    lo, hi = (0, 1) if rank == 0 else (1, 3)                 # cnn3: 3 stages
+    me = types.SimpleNamespace(stages=stages, lo=lo, hi=hi, setup=setup, in_shape=(1, 8, 8), first=rank == 0,
+                               last=rank == 1, world=2, rank=rank, batch=32, device=torch.device("cpu"),
+                               par=ParallelSettings(workers=2, schedule="pipelined", microbatches=4), clock=Clock())
+    step = worker.Worker.pipelined_step(me)
+    (module, got_rank, world, micro, batch, in_shape, optimizer, device, schedule), = made
+    assert module == list(stages[lo:hi]) and (got_rank, world, micro, batch, device) == (rank, 2, 4, 32, "cpu")
+    assert in_shape == ((1, 8, 8) if rank == 0 else tuple(shapes[lo - 1])) and schedule == "gpipe"
+    assert me.extra_optimizers == [optimizer] and isinstance(optimizer, torch.optim.Adam)
+    assert [p for g in optimizer.param_groups for p in g["params"]] == [p for s in stages[lo:hi] for p in s.parameters()]
+    x, y = torch.zeros(32, 1, 8, 8), torch.zeros(32, dtype=torch.long)
+    rows = [step(n, x, y) for n in (1, 2, 3)]
+    assert seen == [(x if rank == 0 else None, y if rank == 1 else None)] * 3
+    assert rows == ([{}] * 3 if rank == 0 else [{"train_loss": torch.tensor(float(n))} for n in (1, 2, 3)])
+    assert me.clock.seconds == {"busy": 1.5, "wait_input": 0.0, "wait_grad": 0.0, "comm": 1.5}   # 0.25 + 0.5 + 0.75
+
+
 def test_threads_setting_reaches_torch(tmp_path):
     """A worker runs torch at the suite's threads (built here in-process: a whole run at 2 threads takes seconds on
     a loaded 2-core machine, where two OpenMP threads wait for each other)."""

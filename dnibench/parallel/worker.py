@@ -707,7 +707,6 @@ class Worker:
             dist.init_process_group("gloo", init_method=f"file://{self.rendezvous}", rank=0, world_size=1)
         pipe = PipelinedBprop(module, self.rank, self.world, self.par.microbatches, self.batch, in_shape, optimizer,
                               device=self.device, schedule=self.par.pipeline_schedule or "gpipe")
-        self.pipe = pipe
 
         def step(_step, x, y):
             before = dict(pipe.timings)
