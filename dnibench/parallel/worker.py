@@ -711,9 +711,9 @@ class Worker:
         def step(_step, x, y):
             before = dict(pipe.timings)
             loss = pipe.step(x if self.first else None, y if self.last else None)
-            self.clock.seconds["busy"] += pipe.timings.get("busy", 0.0) - before.get("busy", 0.0)
+            self.clock.seconds["busy"] += pipe.timings["busy"] - before["busy"]
             # the library does not say why it waited: a pipeline's wait is for activations or gradients
-            self.clock.seconds["comm"] += pipe.timings.get("wait", 0.0) - before.get("wait", 0.0)
+            self.clock.seconds["comm"] += pipe.timings["wait"] - before["wait"]
             return {"train_loss": loss} if loss is not None else {}
         return step
 
