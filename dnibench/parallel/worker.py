@@ -196,7 +196,7 @@ def _die_with_parent() -> None:
 def worker_main(rank: int, spec_json: str, data_path: str, rendezvous: str, conn, hooks: dict,
                 timeout_s: float) -> None:
     """Process entry point: runs the worker, tells the parent ("row" ..., then "done"/"diverged"/"error")."""
-    _die_with_parent()             # and Worker watches its pipe to the parent once bound to its cores (pool.watch_parent)
+    _die_with_parent()             # and Worker watches its pipe to the parent once bound (pool.watch_parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C reaches the group: the parent stops the workers
     from ..errors import Diverged
     # Every way out is os._exit once the parent has been told: every message was taken and every send
