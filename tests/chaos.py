@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
-from conftest import _write_idx  # noqa: E402  (the tests' fake IDX writer)
+from fake_data import write_idx as _write_idx  # noqa: E402  (the tests' fake IDX writer)
 from dnibench.data import fetch_mnist  # noqa: E402
 
 SUITE = """

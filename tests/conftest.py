@@ -1,15 +1,15 @@
 """Shared test fixtures. Data fixtures (``fake_*``) write tiny data sets in the exact on-disk formats
 (MNIST IDX, CIFAR-10 python batches), so no test needs the network or the real data."""
 
-import gzip
 import pickle
-import struct
 import threading
 
 import numpy as np
 import pytest
 import torch
 import tqdm
+
+from fake_data import write_idx
 
 # tqdm's default lock is a multiprocessing semaphore shared by every process forked from this one. mutmut forks each
 # mutant's tests from one parent: two of the runner's mutants hung there for ten minutes, each waiting on that
@@ -41,12 +41,6 @@ def no_user_data_cache(request, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DNIBENCH_DATA", str(tmp_path_factory.getbasetemp() / "default-data" / name))
 
 
-def _write_idx(path, arr):
-    header = struct.pack(f">4B{arr.ndim}I", 0, 0, 8, arr.ndim, *arr.shape)  # magic 0x0000080N, big-endian dims
-    blob = header + arr.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(blob) if path.suffix == ".gz" else blob)
-
-
 @pytest.fixture
 def fake_mnist_idx(tmp_path):
     """(folder, arrays): 12 train / 5 test random 28x28 digits; train files gzip'd, test files plain."""
@@ -56,10 +50,10 @@ def fake_mnist_idx(tmp_path):
     arrays["x_train"][0, 0, 0], arrays["x_train"][0, 0, 1] = 0, 255  # both ends of the range
     folder = tmp_path / "idx"
     folder.mkdir()
-    _write_idx(folder / "train-images-idx3-ubyte.gz", arrays["x_train"])
-    _write_idx(folder / "train-labels-idx1-ubyte.gz", arrays["y_train"])
-    _write_idx(folder / "t10k-images-idx3-ubyte", arrays["x_test"])
-    _write_idx(folder / "t10k-labels-idx1-ubyte", arrays["y_test"])
+    write_idx(folder / "train-images-idx3-ubyte.gz", arrays["x_train"])
+    write_idx(folder / "train-labels-idx1-ubyte.gz", arrays["y_train"])
+    write_idx(folder / "t10k-images-idx3-ubyte", arrays["x_test"])
+    write_idx(folder / "t10k-labels-idx1-ubyte", arrays["y_test"])
     return folder, arrays
 
 

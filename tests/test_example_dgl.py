@@ -107,17 +107,9 @@ def test_the_readmes_command_runs_the_example_then_compares_it(tmp_path, capsys)
     `dnibench run examples/dgl.yaml --profile smoke && dnibench compare mnist_dgl`: every run of the example finishes,
     the variant is compared with each baseline, and the report gives the suite's table under "Other suites" (it has
     no section of its own)."""
-    import numpy as np
-
-    from conftest import _write_idx
     from dnibench.cli import main
-    from dnibench.data import fetch_mnist
-    rng, idx = np.random.default_rng(0), tmp_path / "idx"
-    idx.mkdir()
-    for name, n in (("train", 1000), ("t10k", 200)):
-        _write_idx(idx / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-        _write_idx(idx / f"{name}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
-    fetch_mnist(tmp_path / "data", idx_dir=idx, log=lambda *_: None)
+    from fake_data import fake_mnist
+    fake_mnist(tmp_path, 1000, 200)
     uri, out = f"sqlite:///{tmp_path}/m.db", tmp_path / "reports"
     assert main(["run", str(EXAMPLES / "dgl.yaml"), "--profile", "smoke", "--device", "cpu", "--tracking-uri", uri,
                  "--data-dir", str(tmp_path / "data"), "--no-progress"]) == 0

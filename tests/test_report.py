@@ -1,8 +1,6 @@
 """The report: a real MLflow store written by the runner on fake MNIST -> reports/ files whose numbers
 are the store's; the published column is the YAML's; verdict logic; an empty store still gives a README."""
-import gzip
 import math
-import struct
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ from dnibench.report.table1 import LEFT_OUT, cells, pattern, wide
 from dnibench.report.verdict import NO_DATA, NO_RUNS, NOT_COMPARABLE, NOT_FULL_DATA, ONE_SEED, OUTSIDE, WITHIN, verdict
 from dnibench.runner import ROLE, run_suites
 from dnibench.suite import Suite
+from fake_data import fake_mnist
 
 # Named like the real Table 1 suite, so the report reads its runs into Table 1.
 SUITE = """
@@ -39,24 +38,11 @@ entries:
 METHODS = ["nobprop", "bprop", "dni", "cdni"]
 
 
-def _write_idx(path, arr):
-    blob = struct.pack(f">4B{arr.ndim}I", 0, 0, 8, arr.ndim, *arr.shape) + arr.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(blob))
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """(ctx-free facts): the store URI, the suites folder and the written report folder."""
-    from dnibench.data import fetch_mnist
-
     root = tmp_path_factory.mktemp("report")
-    rng = np.random.default_rng(0)
-    idx = root / "idx"
-    idx.mkdir()
-    for name, shape in [("train-images-idx3-ubyte.gz", (16, 28, 28)), ("train-labels-idx1-ubyte.gz", (16,)),
-                        ("t10k-images-idx3-ubyte.gz", (10, 28, 28)), ("t10k-labels-idx1-ubyte.gz", (10,))]:
-        _write_idx(idx / name, rng.integers(0, 10 if len(shape) == 1 else 256, shape))
-    fetch_mnist(root / "data", idx_dir=idx, log=lambda *_: None)
+    fake_mnist(root, 16, 10)
     suites = root / "suites"
     suites.mkdir()
     (suites / "mnist_ff.yaml").write_text(SUITE)
