@@ -197,6 +197,18 @@ def test_efficiency_target_not_met_says_what_the_split_allows():
         "the executor kept 0.83 of it. Work 0.95 = contention 0.97 x split 0.98: timed on every worker at once, the "
         "one-process step ran at 0.97 of its speed alone (what the machine takes when every worker computes, before "
         "any split or message), and cutting it into 2 pieces kept 0.98 of that.")
+    # contention above 1 (+ 0.02): the machine's speed moved between the two runs; the verdict says by how much and
+    # what the efficiency would be with contention counted as 1 (0.75 / 1.03 = 0.728; at 1.02, within tolerance, silent)
+    assert parallel.efficiency_target(runs, parts.assign(contention="1.02")).endswith("kept 0.98 of that.")
+    drifted = parallel.efficiency_target(runs, parts.assign(contention="1.03"))
+    assert drifted.endswith(
+        "kept 0.98 of that. Contention above 1 is not something sharing the machine does: the same step ran 1.03x as "
+        "fast during the K = 2 run as during the K = 1 run, so the machine's speed moved between them and the "
+        "efficiency above is inflated by about that much; counting contention as 1, it would be about 0.728 (not met). "
+        "`make bench` measures it as interleaved pairs.")
+    fast = runs.assign(samples_per_s=[1000.0, 1500.0, 1800.0])           # 0.90: met, and 0.874 still met
+    assert parallel.efficiency_target(fast, parts.assign(contention="1.03")).endswith("about 0.874 (met). `make bench` "
+                                                                                      "measures it as interleaved pairs.")
     parts = parts.assign(contention="", split="")          # a run that did not time it: the sentence stops before
     assert parallel.efficiency_target(runs, parts).endswith("the executor kept 0.83 of it.")
 
