@@ -41,3 +41,16 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120):
         assert time.time() < deadline, "timed out waiting"
         time.sleep(0.02)
     return found
+
+
+def alive(processes) -> list:
+    """Those of ``processes`` (psutil.Process) still running and not zombies; one that exits while asked is gone."""
+    import psutil
+    out = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                out.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return out

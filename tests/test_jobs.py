@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli_processes import finish, start_run, wait_for
+from cli_processes import alive, finish, start_run, wait_for
 
 # bprop at lr 1e30 diverges (NaN from its second step, see test_divergence.py): FAILED, the others go on.
 SUITE = """
@@ -145,16 +145,13 @@ def test_kill_9_of_the_parent_stops_the_workers_and_kills_their_runs(tmp_path, f
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)             # not its output: the workers hold that pipe open while they live
     deadline = time.monotonic() + 15
-
-    def alive():
-        return [p.pid for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    while (alive() or [r for r in children(db) if r["status"] == "RUNNING"]) and time.monotonic() < deadline:
+    while (alive(workers) or [r for r in children(db) if r["status"] == "RUNNING"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.stdout.close(), proc.stderr.close()
     rows = children(db)
     assert [r["status"] for r in rows] == ["KILLED", "KILLED"], rows
     assert {r["failure"] for r in rows} == {"the process that started this worker died (its pipe to it closed)"}, rows
-    assert not alive()
+    assert not alive(workers)
 
 
 @pytest.mark.parametrize("jobs", ["0", "257", "x"])

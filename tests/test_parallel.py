@@ -315,14 +315,15 @@ def test_under_jobs_a_suite_with_parallel_runs_runs_them_one_at_a_time_in_the_ma
 
 def test_kill_9_of_dnibench_run_leaves_no_worker_behind(tmp_path, fake_mnist_data_dir):
     """kill -9 of the `dnibench run` process itself, mid-way through a parallel run: nothing can stop the workers
-    from the parent, so they must go by themselves (the forkserver sees its parent's pipe close and exits; each
-    worker is signalled when the forkserver that forked it dies). Every process below the killed one is gone
-    within seconds: none trains on, holding a core, until its next message to the parent fails (no log point in
-    this run; a beat after BEAT_S = 30 s)."""
+    from the parent, so they must go by themselves. Their parent is the forkserver, which outlives the killed process
+    while they live, so each watches its own pipe to the killed process (pool.watch_parent) and stops when it closes;
+    the forkserver and the resource tracker then exit too. Every process below the killed one is gone within seconds:
+    none trains on, holding a core, until its next message to the parent fails (no log point in this run; a beat
+    after BEAT_S = 30 s)."""
     import signal
     import time
 
-    from cli_processes import start_run, wait_for
+    from cli_processes import alive, start_run, wait_for
     suite = tmp_path / "par.yaml"
     suite.write_text(SUITE.replace("steps: 6,", "steps: 1000000,").replace(
         "eval_every: 3, log_every: 3", "eval_every: 1000000, log_every: 1000000"))   # never ends, never logs
@@ -337,17 +338,10 @@ def test_kill_9_of_dnibench_run_leaves_no_worker_behind(tmp_path, fake_mnist_dat
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)             # not its output: the workers hold that pipe open while they live
     deadline = time.monotonic() + 10
-    while (left := [p for p in below if _alive(p)]) and time.monotonic() < deadline:
+    while (left := alive(below)) and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.stdout.close(), proc.stderr.close()
-    assert left == [], [(p.pid, p.name()) for p in left]
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    assert left == [], [p.pid for p in left]
 
 
 def test_the_parallel_suite_plans_at_every_profile_and_one_process_runs_keep_their_hash():

@@ -556,6 +556,11 @@ def test_a_worker_is_signalled_once_its_parents_end_of_the_pipe_closes(monkeypat
     sent = []
     monkeypatch.setattr(pool.os, "kill", lambda pid, signum: sent.append((pid, signum, interrupt.reason())))
     parents_end, workers_end = mp.Pipe(duplex=duplex)
+
+    def wait_for_signal():
+        deadline = time.monotonic() + 5
+        while not sent and time.monotonic() < deadline:
+            time.sleep(0.01)
     try:
         pool.watch_parent(workers_end)
         if duplex:
@@ -563,12 +568,12 @@ def test_a_worker_is_signalled_once_its_parents_end_of_the_pipe_closes(monkeypat
         time.sleep(0.3)
         assert sent == []
         parents_end.close()                                          # as a kill -9 of the parent does
-        deadline = time.monotonic() + 5
-        while not sent and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_signal()
         assert sent == [(pool.os.getpid(), signal.SIGTERM,
                          "the process that started this worker died (its pipe to it closed)")]
-    finally:
+    finally:                    # the watch ends here, while os.kill is still the stand-in, whatever failed above
+        parents_end.close()
+        wait_for_signal()
         workers_end.close()
         interrupt._cause.clear()
 

@@ -265,12 +265,11 @@ def efficiency_parts(rate: float, one_rate: float, steps: list[float], batch: in
     up, what cutting the step into K pieces costs beyond that. Without, both are NaN."""
     k, slowest, total = len(steps), max(steps), sum(steps)
     run_step = batch / one_rate                     # the K = 1 run's seconds per step, its loop included
-    loop = one_step / run_step if one_step else float("nan")
-    one_step = one_step or run_step
-    parts = {"balance": total / (k * slowest), "work": one_step / total,
-             "executor": rate * slowest / batch * run_step / one_step, "loop": loop}
+    step = one_step or run_step                     # the one process's step: timed alone where it was
+    parts = {"balance": total / (k * slowest), "work": step / total,
+             "executor": rate * slowest / batch * run_step / step, "loop": step / run_step if one_step else float("nan")}
     contended = sum(whole) / len(whole) if whole else float("nan")
-    parts["contention"], parts["split"] = one_step / contended, contended / total
+    parts["contention"], parts["split"] = step / contended, contended / total
     parts["efficiency"] = rate / (k * one_rate)     # = balance x work x executor
     parts["bound"] = parts["balance"] * parts["work"]
     return parts
