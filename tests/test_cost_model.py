@@ -314,7 +314,7 @@ def test_busy_ping_over_gloo_times_each_rounds_messages_not_its_compute(tmp_path
         assert computed == 8 and len(samples) == 6 and all(0 < t < 0.5 for t in samples)
     # the rank that posts first also waits out its peer's compute (up to 50 ms here); the later poster waits for
     # the messages only (0.1-5 ms here): with the compute inside, every round would take 50 ms or more
-    assert 0 < cost.message_rounds(rounds[0][0], rounds[1][0], bursts=2) < 0.03
+    assert 0 < cost.message_rounds(rounds[0][0], rounds[1][0], bursts=2) < 0.045
 
 
 def test_cost_metrics_round_trip():

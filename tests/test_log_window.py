@@ -117,8 +117,9 @@ def test_a_window_is_timed_from_its_start_to_its_close():
     window.add(1, {"train_loss": torch.tensor(1.0)})
     _, steps, seconds = window.close()
     assert steps == 1 and 0.3 <= seconds < 5.0
+    before = time.perf_counter()
     window.start()
-    assert 0.0 <= window.elapsed() < 0.3          # the clock restarted (a bound a busy CI box's scheduling stays under)
+    assert 0.0 <= window.elapsed() <= time.perf_counter() - before      # the clock restarted
 
 
 def test_devices_resolve_or_are_refused_in_one_line():

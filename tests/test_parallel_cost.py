@@ -6,7 +6,7 @@ import torch
 
 from dnibench.data import ImageData
 from dnibench.methods import get_method
-from dnibench.parallel import cost
+from dnibench.parallel import cost, worker
 from dnibench.report import parallel as report
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
 from dnibench.train import train_ff
@@ -62,8 +62,9 @@ def test_runs_log_stage_costs_and_the_link(summaries):
     assert link.message(two["cost/link_busy_bytes"]) == pytest.approx(max(
         two["cost/link_busy_s"], two["cost/link_busy_bytes"] / two["cost/link_bandwidth_Bps"]))
     assert two["load_1m/start"] >= 0 and two["load_1m/end"] >= 0
-    # measured once, outside the training clock, and cheap
-    assert 0 < two["cost/measure_s"] < 5.0
+    # measured once, outside the training clock: at least the two steps each worker times for a fixed span (K = 2
+    # decoupled), and not a loop that runs away (how cheap it is belongs in make bench, not here)
+    assert 2 * worker.STEP_TIMING_S <= two["cost/measure_s"] < 60
     one = cost.costs_from_metrics(summaries[1])
     assert one is not None and len(one[0]) == 4 and one[1] is None   # one process: no link
 
@@ -93,8 +94,8 @@ def test_report_predicts_from_the_logged_inputs(summaries):
     assert got.loc[2, "source"] == (f"stage costs timed next to a busy peer x K=1 whole-step factor {factor:.2f}, "
                                     "run's split, logged link, messages timed next to busy compute")
     assert got.loc[1, "source"] == "logged stage costs, uncalibrated (K=1 is the calibration point)"
-    worker = [sum(s.total for s in stages[lo:hi]) * factor for lo, hi in split]
-    assert got.loc[2, "predicted"] == pytest.approx(BATCH / max(w + m for w, m in zip(worker, sends)))
+    per_worker = [sum(s.total for s in stages[lo:hi]) * factor for lo, hi in split]
+    assert got.loc[2, "predicted"] == pytest.approx(BATCH / max(w + m for w, m in zip(per_worker, sends)))
     # without a K = 1 run's stage costs: the old calibration (K = 1 predicted as measured)
     runs_old = runs.assign(**{f"metric.cost/stage{i}/forward": [float("nan"), runs.iloc[1][f"metric.cost/stage{i}/forward"]]
                               for i in range(4)}) if runs.iloc[0]["workers"] == 1 else None
@@ -136,9 +137,13 @@ def test_efficiency_is_balance_times_work_times_executor(summaries):
     got = {key: float(table.iloc[0][key]) for key in ("efficiency", "balance", "work", "executor", "contention", "split")}
     expected = summaries[2]["mean_samples_per_s"] / (2 * summaries[1]["mean_samples_per_s"])
     assert got["efficiency"] == pytest.approx(expected, abs=0.005)
-    assert got["balance"] * got["work"] * got["executor"] == pytest.approx(got["efficiency"], abs=0.02)
+    # the table's values are rounded to 0.01: a product of rounded factors is off by at most half a unit of each
+    # times the others, plus the rounding of the value it is compared with
+    b, w, e = got["balance"], got["work"], got["executor"]
+    assert b * w * e == pytest.approx(got["efficiency"], abs=0.005 * (w * e + b * e + b * w + 1) + 1e-9)
     assert 0.5 <= got["balance"] <= 1.0
-    assert got["contention"] * got["split"] == pytest.approx(got["work"], abs=0.02)
+    c, s = got["contention"], got["split"]
+    assert c * s == pytest.approx(w, abs=0.005 * (c + s + 1) + 1e-9)
     # the K = 1 run timed its step: the loop's share is its rate over that step's
     one_step = summaries[1]["cost/worker0/step_s"]
     assert float(table.iloc[0]["loop"]) == pytest.approx(

@@ -111,7 +111,7 @@ def test_relay_fails_a_run_whose_workers_all_fall_silent():
     with pytest.raises(WorkerFailed) as err:
         relay([Says([("row", 0, 5, {"loss": 1.0})])], timeout_s=-59.9)      # silence allowed: timeout_s + 60 = 0.1 s
     assert str(err.value) == "no word from any parallel worker in 0 s (after step 5)"
-    assert 0.1 <= time.monotonic() - start < 1.2        # at the first look after the limit: each look waits 0.5 s
+    assert 0.1 <= time.monotonic() - start < 5          # at the first look after the limit: each look waits 0.5 s
 
 
 def test_relay_hears_a_beat_as_a_sign_of_life():
@@ -461,7 +461,7 @@ def test_relay_waits_on_the_pipes_and_on_the_workers_not_yet_seen_exited(monkeyp
     done = Says([("done", 0, {})], exitcode=0)
     error = Says([("error", 1, "ValueError: boom", "Traceback ...")], exitcode=1)
     alive = Says([])
-    monkeypatch.setattr(launch, "REPORT_GRACE_S", 0.6)
+    monkeypatch.setattr(launch, "REPORT_GRACE_S", 1.2)        # each look waits 0.5 s: a third look unless 0.7 s late
     with pytest.raises(WorkerFailed):
         relay([done, error, alive])
     assert waits[0] == [done, error, alive, done.sentinel, error.sentinel, alive.sentinel]

@@ -513,7 +513,7 @@ def test_a_file_system_without_hard_links_gets_the_store_by_rename(tmp_path, mon
 
 
 @pytest.mark.parametrize("checked", [False, True], ids=["checked-here", "checked-before-it-appeared"])
-def test_a_store_mlflow_is_creating_in_place_is_waited_for_not_called_damaged(tmp_path, checked):
+def test_a_store_mlflow_is_creating_in_place_is_waited_for_not_called_damaged(tmp_path, checked, monkeypatch):
     """MLflow's own client (a notebook, `mlflow ui`) makes a missing store where it stands: tables, then each migration.
     One started at the same moment as a run is waited for; before settle, it was called damaged ("empty file" or "an
     SQLite file without MLflow's tables") or migrated a second time ("table ... already exists"). ``checked``: the
@@ -539,6 +539,9 @@ def test_a_store_mlflow_is_creating_in_place_is_waited_for_not_called_damaged(tm
         except sqlite3.Error:
             return False
     wait_for(half_made, foreign)
+    # quiet for 5 s, not 1: the other creator's gap of 0.5 s plus its migrations' start, on a busy box; a settle that
+    # does not wait is still caught by that 0.5 s, and settle returns once the store is at MLflow's head revision
+    monkeypatch.setattr(store, "SETTLE_QUIET_S", 5.0)
     client = store.open_store(uri, write=True, checked=checked)     # while the other is migrating
     assert [e.name for e in client.search_experiments()] == ["Default"]
     assert foreign.wait(timeout=120) == 0, foreign.stderr.read()[-2000:]    # the other creator was not disturbed

@@ -259,7 +259,8 @@ def test_training_run_logs_threads_load_and_dispersion():
     assert_throughput_is_steps_over_training_time(logged, summary, batch=8, steps=40, log_every=10)
 
 
-def assert_throughput_is_steps_over_training_time(logged: dict, summary: dict, batch: int, steps: int, log_every: int):
+def assert_throughput_is_steps_over_training_time(logged: dict, summary: dict, batch: int, steps: int, log_every: int,
+                                                  drain_s: float = 1e-9):
     """The recorded rates are the examples trained over the training clock: each log row's samples/s over its own
     window (the growth of wall_s/train since the last row), the run's mean over its whole training time; the clock
     only grows, and evaluation has a clock of its own."""
@@ -268,7 +269,9 @@ def assert_throughput_is_steps_over_training_time(logged: dict, summary: dict, b
     assert len(rows) == steps // log_every and all(b > a for a, b in zip(walls, walls[1:]))
     for row, before, after in zip(rows, walls, walls[1:]):
         assert row["samples_per_s"] * (after - before) == pytest.approx(log_every * batch, rel=1e-6)
-    assert summary["total_wall_s/train"] == pytest.approx(walls[-1], abs=0.05)    # a parallel run adds its drain
+    # the run's training time is its last row's plus what came after it: nothing in one process, the draining of the
+    # last messages in a parallel run (two gloo processes on a busy core: not held to a fixed few ms)
+    assert walls[-1] <= summary["total_wall_s/train"] <= walls[-1] + drain_s
     assert summary["mean_samples_per_s"] * summary["total_wall_s/train"] == pytest.approx(steps * batch, rel=1e-6)
     evals = [row["wall_s/eval"] for row in rows if "wall_s/eval" in row]
     assert evals and all(b > a for a, b in zip(evals, evals[1:])) and summary["total_wall_s/eval"] == evals[-1]
