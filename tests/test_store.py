@@ -291,14 +291,19 @@ def test_kill_9_during_creation_leaves_no_store_or_a_whole_one(tmp_path):
     deadline = time.time() + 60
     while not list(tmp_path.glob(".m.db.creating-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    time.sleep(random.Random(os.getpid()).uniform(0, 0.5))
+    delay = random.Random(os.getpid()).uniform(0, 0.5)
+    time.sleep(delay)
     proc.kill()
     proc.wait()
-    if path.exists():                       # the rename happened before the kill: it must be whole
+    try:
+        if path.exists():                       # the rename happened before the kill: it must be whole
+            store.check_damaged(path)
+        store.create_sqlite_store(path, None)   # either way the next invocation gets a whole store
         store.check_damaged(path)
-    store.create_sqlite_store(path, None)   # either way the next invocation gets a whole store
-    store.check_damaged(path)
-    assert not list(tmp_path.glob(".m.db.creating-*"))
+        assert not list(tmp_path.glob(".m.db.creating-*"))
+    except BaseException as err:                # a failure says at which moment the kill came, to redo it
+        err.add_note(f"killed {delay:.3f} s after the temporary store appeared")
+        raise
 
 
 def test_marking_runs_killed_reads_every_page_before_it_changes_one():
