@@ -138,6 +138,25 @@ def test_1f1b_run_equals_gpipe(data, tmp_path, monkeypatch):
                  lambda row, step: None)
 
 
+def test_a_pipelined_run_of_one_micro_batch_is_bprop_learning_rate_schedule_included(data):
+    """One micro-batch makes the pipeline a plain forward and backward of the whole batch: on one worker or two it
+    trains exactly what bprop in one process does, with the learning rate cut at step 3 (the pipeline's own Adam is
+    the run's, under the run's schedule). With more micro-batches Adam's eps makes the sums differ slightly."""
+    losses = {}
+    for workers in (None, 1, 2):
+        parallel = {} if workers is None else {"parallel": ParallelSettings(
+            workers=workers, schedule="pipelined", microbatches=1, pipeline_schedule="gpipe")}
+        run_spec = RunSpec(suite="t", profile="smoke", task="mnist", model="fcn4", method="bprop",
+                           method_args=get_method("bprop").Settings().model_dump(),
+                           train=TrainSettings(steps=6, batch_size=32, lr=1e-2, lr_decay_at=[3], eval_every=6,
+                                               log_every=3), seed=0, device="cpu", **parallel)
+        rows = []
+        summary = train_ff(run_spec, data, lambda row, step: rows.append(row))
+        losses[workers] = [row["train_loss"] for row in rows if "train_loss" in row] + [summary["final_test_error"]]
+    assert len(losses[None]) == 3 and losses[None][0] != losses[None][1]
+    assert losses[1] == pytest.approx(losses[None], rel=1e-6) and losses[2] == pytest.approx(losses[None], rel=1e-6)
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_pipelined_worker_hands_its_stages_to_the_pipeline_and_counts_its_time(monkeypatch, rank):
     """Worker.pipelined_step, on a stand-in worker of two with a stand-in pipeline: the worker's own stages in order
