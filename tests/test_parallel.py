@@ -160,6 +160,10 @@ def test_decoupled_run_logs_staleness_within_its_flow_control_bound(data):
     for step, row in rows:
         logged.setdefault(step, {}).update(row)
     assert_throughput_is_steps_over_training_time(logged, summary, batch=32, steps=STEPS, log_every=3, drain_s=1.0)
+    # each row's learning rate is its step's: cut by lr_decay_factor from step 6 (lr_decay_at)
+    cut = 1e-2 * spec("cdni", 2).train.lr_decay_factor
+    assert [(step, row["lr"]) for step, row in rows if "lr" in row] == [
+        (3, 1e-2), (6, pytest.approx(cut)), (9, pytest.approx(cut)), (12, pytest.approx(cut))]
 
 
 @pytest.mark.parametrize("method,schedule", [("unlock_cdni", "decoupled"), ("bprop", "locked"),
