@@ -6,6 +6,7 @@ ends the run FAILED with the reason and leaves no process behind; `dnibench run`
 import json
 import os
 import sqlite3
+import time
 
 import psutil
 import pytest
@@ -145,7 +146,12 @@ def test_two_workers_equal_one_process_on_the_per_stage_path(method, base, sched
 
 
 def test_decoupled_run_logs_staleness_within_its_flow_control_bound(data):
+    start = time.monotonic()
     summary, rows = run(spec("cdni", 2, max_in_flight=3), data)
+    outer = time.monotonic() - start
+    # the run's training and evaluation clocks are parts of its time, seen from outside (workers' start included)
+    assert 0 < summary["total_wall_s/train"] and 0 < summary["total_wall_s/eval"]
+    assert summary["total_wall_s/train"] + summary["total_wall_s/eval"] < outer
     h = boundary(summary)
     assert 0.0 <= summary[f"staleness/h{h}_mean"] <= summary[f"staleness/h{h}_max"] <= 2.0    # max_in_flight - 1
     evals = [(step, row) for step, row in rows if "test_error" in row]
@@ -333,7 +339,6 @@ def test_kill_9_of_dnibench_run_leaves_no_worker_behind(tmp_path, fake_mnist_dat
     none trains on, holding a core, until its next message to the parent fails (no log point in this run; a beat
     after BEAT_S = 30 s)."""
     import signal
-    import time
 
     from cli_processes import alive, start_run, wait_for
     suite = tmp_path / "par.yaml"
