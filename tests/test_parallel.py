@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dnibench.data import ImageData
-from dnibench.errors import WorkerFailed
+from dnibench.errors import Diverged, WorkerFailed
 from dnibench.methods import get_method
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
 from dnibench.train import train_ff
@@ -243,6 +243,18 @@ def _grandchildren():
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def test_a_parallel_run_that_diverges_fails_at_its_first_non_finite_step_and_leaves_no_process(data):
+    """A learning rate far too large: the workers' losses become non-finite, the run fails as diverged at the step
+    the worker saw first (a step of the run: it checks at its log points, every 3 steps), not as a crash."""
+    diverging = spec("cdni", 2)
+    diverging = diverging.model_copy(update={"train": diverging.train.model_copy(update={"lr": 1e12})})
+    with pytest.raises(Diverged) as err:
+        run(diverging, data)
+    assert isinstance(err.value.step, int) and 1 <= err.value.step <= STEPS, err.value.step
+    assert str(err.value) == f"diverged at step {err.value.step} (non-finite loss)"
+    assert _grandchildren() == []
 
 
 def test_a_worker_that_dies_fails_the_run_with_the_reason_and_leaves_no_process(data, monkeypatch):
