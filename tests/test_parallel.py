@@ -68,18 +68,20 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
     own one-process loop (no executor), learning-rate cut at step 6 included."""
     states, curves = {}, {}
     plain, rows = run(spec(method, 1, lockstep=True, **settings).model_copy(update={"parallel": None}), data)
-    curves[None] = [row["train_loss"] for _, row in rows if "train_loss" in row] + [plain["final_test_error"]]
+    curves[None] = [row["train_loss"] for _, row in rows if "train_loss" in row] + [plain["final_test_error"],
+                                                                                   plain["final_train_loss"]]
     for workers in (1, 2, 3):
         folder = tmp_path / f"k{workers}"
         folder.mkdir()
         monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
         summary, rows = run(spec(method, workers, lockstep=True, **settings), data)
         states[workers] = dumped(folder)
-        curves[workers] = [row["train_loss"] for _, row in rows if "train_loss" in row] + [summary["final_test_error"]]
+        curves[workers] = [row["train_loss"] for _, row in rows if "train_loss" in row] + [summary["final_test_error"],
+                                                                                           summary["final_train_loss"]]
         assert curves[workers] == pytest.approx(curves[None], rel=1e-5), workers
         if workers > 1:
             assert summary[f"staleness/h{boundary(summary)}_max"] == 0.0          # lockstep: every target before the next step
-    assert len(curves[None]) == STEPS // 3 + 1
+    assert len(curves[None]) == STEPS // 3 + 2 and curves[None][-1] == curves[None][-3]   # the last row's loss
     one = states[1]
     # 4 stages, 3 synthesizers (and 3 synthetic input models)
     assert len(one) == 4 + 3 + (3 if method.startswith("unlock") else 0)
