@@ -182,6 +182,9 @@ def test_every_schedule_finishes_with_two_workers(method, schedule, data):
     assert summary["final_train_loss"] == summary["final_train_loss"]      # finite, not NaN
     if method == "unlock_cdni":
         assert summary[f"input_staleness/h{boundary(summary)}_max"] <= 2.0
+        # the stage costs the split and the model use, averaged over the workers: a synthetic-input model on the
+        # input of every stage but the first
+        assert [summary[f"cost/stage{i}/synth_input"] > 0 for i in range(4)] == [False, True, True, True]
     # only a decoupled run times its workers' steps before it starts (the cost model's compute per worker)
     steps = [summary.get(f"cost/worker{k}/step_s") for k in (0, 1)]
     assert all(step is not None and step > 0 for step in steps) == (schedule == "decoupled")
