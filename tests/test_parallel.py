@@ -188,6 +188,12 @@ def test_every_schedule_finishes_with_two_workers(method, schedule, data):
     # only a decoupled run times its workers' steps before it starts (the cost model's compute per worker)
     steps = [summary.get(f"cost/worker{k}/step_s") for k in (0, 1)]
     assert all(step is not None and step > 0 for step in steps) == (schedule == "decoupled")
+    # and only a pipelined one each worker's forward and backward of a micro-batch (the pipeline model's chunks)
+    chunks = [summary.get(f"cost/worker{k}/chunk_{part}_s") for k in (0, 1) for part in ("forward", "backward")]
+    if schedule == "pipelined":
+        assert all(chunk is not None and chunk > 0 for chunk in chunks), chunks
+    else:
+        assert chunks == [None] * 4, chunks
 
 
 def test_locked_bprop_two_workers_equal_one_process(data):
