@@ -188,6 +188,9 @@ def test_every_schedule_finishes_with_two_workers(method, schedule, data):
     # only a decoupled run times its workers' steps before it starts (the cost model's compute per worker)
     steps = [summary.get(f"cost/worker{k}/step_s") for k in (0, 1)]
     assert all(step is not None and step > 0 for step in steps) == (schedule == "decoupled")
+    # every schedule times a message as its run sends them, next to busy compute (a pipeline's: a relay of
+    # micro-batches through every worker), for the cost model
+    assert summary["cost/link_busy_s"] > 0 and summary["cost/link_busy_bytes"] > 0
     # and only a pipelined one each worker's forward and backward of a micro-batch (the pipeline model's chunks)
     chunks = [summary.get(f"cost/worker{k}/chunk_{part}_s") for k in (0, 1) for part in ("forward", "backward")]
     if schedule == "pipelined":
