@@ -463,3 +463,27 @@ def test_workers_poll_for_messages_only_where_each_has_its_cores(data):
     summary, _ = run(spec("bprop", 2, schedule="pipelined"), data)
     assert summary["wait_polls"] == 0.0                      # torch's pipelining waits its own way
     assert "cost/link_blocked_s" not in summary               # measured for locked runs only
+
+
+def test_finish_fails_a_worker_that_still_keeps_a_batchs_state():
+    """A batch's kept output (and context) goes once its target, and under complete unlock its real input, came. One
+    still kept after the last message is a leak that grows with the run, or a target paired with the wrong batch:
+    finish() raises, naming the first batches, after taking what was still coming (in process, on a stand-in)."""
+    from types import SimpleNamespace as NS
+
+    from dnibench.parallel.worker import Clock, Worker
+
+    drained = []
+    stand_in = NS(down=None, up=None, rank=1, world=1, par=NS(schedule="decoupled"), clock=Clock(),
+                  outbox=NS(drain=lambda: drained.append(1)))
+    for kept in ({}, {3: "h3"}, {i: f"h{i}" for i in range(9, 2, -1)}):
+        stand_in.kept = dict(kept)
+        if not kept:
+            Worker.finish(stand_in)
+            assert drained == [1]
+            continue
+        with pytest.raises(RuntimeError) as err:
+            Worker.finish(stand_in)
+        first = sorted(kept)[:5]
+        assert str(err.value) == f"worker 1: the state of batches {first} was still kept after the run"
+    Worker.finish(NS(**{k: v for k, v in vars(stand_in).items() if k != "kept"}))   # a worker that keeps nothing
