@@ -57,7 +57,10 @@ def frozen_owner(db: Path) -> int | None:
     pid = next((r["pid"] for r in children(db) if r["status"] == "RUNNING"), None)
     if pid is None:
         return None
-    os.kill(pid, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:              # it finished its last run and exited since the read
+        return None
     try:
         if any(r["pid"] == pid and r["status"] == "RUNNING" for r in children(db, timeout=1)):
             return pid
