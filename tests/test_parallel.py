@@ -282,8 +282,8 @@ def test_a_worker_that_dies_fails_the_run_with_the_reason_and_leaves_no_process(
 
 def test_a_peer_silent_past_the_gloo_timeout_fails_the_run_with_the_timeout(data, monkeypatch):
     """README: a worker that times out (DNIBENCH_GLOO_TIMEOUT_S) ends the run FAILED with its error, and the others are
-    killed. Worker 1 sleeps 30 s before each step (killed long before); worker 0 runs ahead to its flow-control edge and waits 3 s for a
-    target that does not come."""
+    killed. Worker 1 sleeps 30 s before each step (it is killed long before); worker 0 runs ahead to its flow-control
+    edge and waits 3 s for a target that does not come."""
     monkeypatch.setenv("DNIBENCH_GLOO_TIMEOUT_S", "3")
     monkeypatch.setenv("DNIBENCH_TEST_WORKER_DELAY", "1:30")
     with pytest.raises(WorkerFailed) as err:
