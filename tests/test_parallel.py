@@ -66,18 +66,18 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
     """K = 2, and K = 3 (a middle worker, which both receives targets and sends its own down; more workers than
     the 2 cores here, so they block instead of polling); and every K logs the losses and test error of the method's
     own one-process loop (no executor), learning-rate cut at step 6 included."""
+    def curve(summary, rows):
+        return [row["train_loss"] for _, row in rows if "train_loss" in row] + [summary["final_test_error"],
+                                                                               summary["final_train_loss"]]
     states, curves = {}, {}
-    plain, rows = run(spec(method, 1, lockstep=True, **settings).model_copy(update={"parallel": None}), data)
-    curves[None] = [row["train_loss"] for _, row in rows if "train_loss" in row] + [plain["final_test_error"],
-                                                                                   plain["final_train_loss"]]
+    curves[None] = curve(*run(spec(method, 1, lockstep=True, **settings).model_copy(update={"parallel": None}), data))
     for workers in (1, 2, 3):
         folder = tmp_path / f"k{workers}"
         folder.mkdir()
         monkeypatch.setenv("DNIBENCH_TEST_PARALLEL_DUMP", str(folder))
         summary, rows = run(spec(method, workers, lockstep=True, **settings), data)
         states[workers] = dumped(folder)
-        curves[workers] = [row["train_loss"] for _, row in rows if "train_loss" in row] + [summary["final_test_error"],
-                                                                                           summary["final_train_loss"]]
+        curves[workers] = curve(summary, rows)
         assert curves[workers] == pytest.approx(curves[None], rel=1e-5), workers
         if workers > 1:
             assert summary[f"staleness/h{boundary(summary)}_max"] == 0.0          # lockstep: every target before the next step

@@ -144,12 +144,9 @@ def test_a_pipelined_run_of_one_micro_batch_is_bprop_learning_rate_schedule_incl
     the run's, under the run's schedule). With more micro-batches Adam's eps makes the sums differ slightly."""
     losses = {}
     for workers in (None, 1, 2):
-        parallel = {} if workers is None else {"parallel": ParallelSettings(
-            workers=workers, schedule="pipelined", microbatches=1, pipeline_schedule="gpipe")}
-        run_spec = RunSpec(suite="t", profile="smoke", task="mnist", model="fcn4", method="bprop",
-                           method_args=get_method("bprop").Settings().model_dump(),
-                           train=TrainSettings(steps=6, batch_size=32, lr=1e-2, lr_decay_at=[3], eval_every=6,
-                                               log_every=3), seed=0, device="cpu", **parallel)
+        run_spec = spec("bprop", workers or 1, schedule="pipelined", microbatches=1, pipeline_schedule="gpipe")
+        run_spec = run_spec.model_copy(update={"train": run_spec.train.model_copy(update={"lr_decay_at": [3]}),
+                                               **({"parallel": None} if workers is None else {})})
         rows = []
         summary = train_ff(run_spec, data, lambda row, step: rows.append(row))
         losses[workers] = [row["train_loss"] for row in rows if "train_loss" in row] + [summary["final_test_error"]]
