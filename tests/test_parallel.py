@@ -96,6 +96,29 @@ def test_lockstep_two_workers_equal_one_process(method, settings, data, tmp_path
     assert not torch.allclose(states_at_start()["stage0"]["1.weight"], one["stage0"]["1.weight"])
 
 
+def test_a_test_set_of_several_evaluation_chunks_gives_the_one_process_error():
+    """The workers pass the test set up in chunks of EVAL_CHUNK images (MNIST's 10 000 are five); the test sets
+    above fit in one. Two whole chunks and a part, at K = 2 and 3 (a middle worker relays each chunk), give the
+    method's own one-process loop's test error at every evaluation point."""
+    from dnibench.parallel.worker import EVAL_CHUNK
+    g = torch.Generator().manual_seed(3)
+    n_test = 2 * EVAL_CHUNK + 500
+    big = ImageData(torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g),
+                    torch.rand(n_test, 1, 8, 8, generator=g), torch.randint(0, 10, (n_test,), generator=g), 10, "fake")
+
+    def errors(run_spec):
+        summary, rows = run(run_spec, big)
+        return [(step, row["test_error"]) for step, row in rows if "test_error" in row] + [summary["final_test_error"]]
+    one = errors(spec("cdni", 1, lockstep=True).model_copy(update={"parallel": None}))
+    assert [step for step, _ in one[:-1]] == [6, 12]
+    for workers in (2, 3):
+        # the parameters agree to float tolerance, so an example on an argmax tie could flip: 2 of n_test allowed
+        got = errors(spec("cdni", workers, lockstep=True))
+        assert [step for step, _ in got[:-1]] == [6, 12]
+        assert [e for _, e in got[:-1]] + got[-1:] == pytest.approx([e for _, e in one[:-1]] + one[-1:],
+                                                                     abs=100 * 2 / n_test), workers
+
+
 PER_STAGE = """
 from dnibench.methods import register
 from {module} import {base}
