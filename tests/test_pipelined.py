@@ -133,3 +133,21 @@ def test_cuda_over_gloo_is_refused_in_one_line(tmp_path):
             PipelinedBprop(module, 0, 2, 2, 8, (4,), torch.optim.SGD(module.parameters(), lr=0.1), device="cuda")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"schedule": "interleaved"}, "schedule 'interleaved': expected one of gpipe, 1f1b"),
+    ({"rank": 2}, "rank 2 out of range for 2 workers"),
+    ({"rank": -1}, "rank -1 out of range for 2 workers"),
+    ({"microbatches": 0}, "batch size 8 does not split into 0 equal micro-batches"),
+    ({"microbatches": 3}, "batch size 8 does not split into 3 equal micro-batches"),
+    ({"microbatches": 1, "schedule": "1f1b"}, "1f1b needs at least as many micro-batches as workers (1 < 2); use gpipe"),
+])
+def test_arguments_the_pipeline_cannot_run_are_refused_in_one_line(args, message):
+    """Refused before any process group or pipeline stage is touched (none exists here), each in one line."""
+    from dnibench.parallel.pipelined import PipelinedBprop
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    kwargs = {"rank": 0, "world": 2, "microbatches": 2, "batch_size": 8, "schedule": "gpipe", **args}
+    with pytest.raises(ValueError) as err:
+        PipelinedBprop(module, in_shape=(4,), optimizer=torch.optim.SGD(module.parameters(), lr=0.1), **kwargs)
+    assert str(err.value) == message
