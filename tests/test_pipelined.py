@@ -7,6 +7,8 @@ scale of the gradient, so it would hide a loss scaled by M, which SGD does not.
 """
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -39,7 +41,8 @@ def _worker(rank: int, world: int, rdzv: str, out: str) -> None:
     from dnibench.parallel.pipelined import PipelinedBprop
 
     sleeps: list[float] = []                   # the pipeline's yields to gloo after a send (module doc)
-    pipelined.time = types.SimpleNamespace(perf_counter=pipelined.time.perf_counter, sleep=sleeps.append)
+    ticks = itertools.count()                  # a clock that moves by 1 at each reading: the timings are exact counts
+    pipelined.time = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)), sleep=sleeps.append)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=rdzv, rank=rank, world_size=world)
     try:
@@ -50,13 +53,19 @@ def _worker(rank: int, world: int, rdzv: str, out: str) -> None:
             in_shape = IN_SHAPE if rank == 0 else (256,)
             opt = torch.optim.SGD(part.parameters(), lr=LR)
             pipe = PipelinedBprop(part, rank, world, m, BATCH, in_shape, opt, schedule=schedule)
+            chunks: list[str] = []             # the order of the library's forward (F) and backward (B) chunks
+            for name, mark in (("forward_one_chunk", "F"), ("backward_one_chunk", "B")):
+                def recorded(*args, _inner=getattr(pipe.stage, name), _mark=mark, **kwargs):
+                    chunks.append(_mark)
+                    return _inner(*args, **kwargs)
+                setattr(pipe.stage, name, recorded)
             losses = []
             sleeps.clear()
             for x, y in _batches():
                 loss = pipe.step(x if rank == 0 else None, y if rank == world - 1 else None)
                 losses.append(None if loss is None else float(loss))
             results[(m, schedule)] = {"state": part.state_dict(), "losses": losses,
-                                      "timings": dict(pipe.timings), "sleeps": list(sleeps)}
+                                      "timings": dict(pipe.timings), "sleeps": list(sleeps), "chunks": "".join(chunks)}
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -110,8 +119,18 @@ def test_pipelined_two_processes_equal_one_process(tmp_path):
         # the parameters really moved (the comparison is not of two untouched initialisations)
         init = nn.Sequential(*_model()).state_dict()
         assert not torch.allclose(init["0.1.weight"], ref_state["0.1.weight"])
-        for part in (first, last):
-            assert part["timings"]["busy"] > 0 and part["timings"]["wait"] >= 0
+        # with a clock that moves by 1 at each reading, a step reads it at its start, before and after each chunk
+        # (busy: 1 each), before and after each micro-batch's loss on the last rank (busy: 1 each), and before and
+        # after the optimizer's step (busy: 1); wait is the rest of the step, as many ticks again
+        for rank, part, losses in ((0, first, 0), (1, last, m)):
+            per_step = 2 * m + losses + 1
+            assert part["timings"] == {"busy": per_step * STEPS, "wait": per_step * STEPS}, (m, schedule, rank)
+        # the schedule asked for ran: GPipe every forward then every backward; 1F1B as many forwards before its first
+        # backward as there are ranks from this one to the last (its warm-up), then one of each in turn
+        for rank, part in ((0, first), (1, last)):
+            order = {"gpipe": "F" * m + "B" * m,
+                     "1f1b": "F" * (world - rank) + "BF" * (m - world + rank) + "B" * (world - rank)}[schedule]
+            assert part["chunks"] == order * STEPS, (m, schedule, rank)
         # GPipe yields 20 us before a chunk that follows a sent one: rank 0 sends after each forward (M per step,
         # the last before the first backward), rank 1 after each backward but the step's last; 1F1B never
         sent = {0: m, 1: m - 1} if schedule == "gpipe" else {0: 0, 1: 0}
@@ -129,8 +148,10 @@ def test_cuda_over_gloo_is_refused_in_one_line(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdv", rank=0, world_size=1)
     try:
         module = torch.nn.Sequential(torch.nn.Linear(4, 3))
-        with pytest.raises(DnibenchError, match="needs NCCL and one GPU per worker"):
+        with pytest.raises(DnibenchError) as err:
             PipelinedBprop(module, 0, 2, 2, 8, (4,), torch.optim.SGD(module.parameters(), lr=0.1), device="cuda")
+        assert str(err.value) == ("schedule pipelined on CUDA needs NCCL and one GPU per worker; the executor's gloo "
+                                  "transport carries only host tensors (run it with --device cpu)")
     finally:
         dist.destroy_process_group()
 
@@ -151,3 +172,23 @@ def test_arguments_the_pipeline_cannot_run_are_refused_in_one_line(args, message
     with pytest.raises(ValueError) as err:
         PipelinedBprop(module, in_shape=(4,), optimizer=torch.optim.SGD(module.parameters(), lr=0.1), **kwargs)
     assert str(err.value) == message
+
+
+def test_a_step_without_its_whole_batch_is_refused_in_one_line(tmp_path):
+    """Rank 0 needs the batch's images and the last rank its labels, each of the batch size (one rank is both)."""
+    from dnibench.parallel.pipelined import PipelinedBprop
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rdv", rank=0, world_size=1)
+    try:
+        module = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        pipe = PipelinedBprop(module, 0, 1, 2, 8, (4,), torch.optim.SGD(module.parameters(), lr=0.1))
+        x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        for args, message in (((None, y), "rank 0 needs the batch x of 8 examples"),
+                              ((x[:4], y), "rank 0 needs the batch x of 8 examples"),
+                              ((x, None), "the last rank needs the labels y of 8 examples"),
+                              ((x, y[:4]), "the last rank needs the labels y of 8 examples")):
+            with pytest.raises(ValueError) as err:
+                pipe.step(*args)
+            assert str(err.value) == message
+        assert float(pipe.step(x, y)) > 0          # and the whole batch trains
+    finally:
+        dist.destroy_process_group()

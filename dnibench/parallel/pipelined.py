@@ -87,16 +87,15 @@ class PipelinedBprop:
 
     ``module``: this rank's contiguous stage group (rank r holds pipeline stage r of ``world``);
     ``in_shape``: per-example shape of its input (the data on rank 0, the activation below otherwise);
-    ``optimizer``: over ``module``'s parameters; ``loss_fn``: ``(logits, y) -> loss`` of one
-    micro-batch, default the share of the batch-mean cross-entropy; ``group``: the process group
+    ``optimizer``: over ``module``'s parameters; the loss of a micro-batch is its share of the
+    batch-mean cross-entropy (``batch_mean_microbatch_loss``); ``group``: the process group
     (default: the world group) in which ``rank`` is this rank's group rank.
     """
 
     def __init__(self, module: nn.Module, rank: int, world: int, microbatches: int, batch_size: int,
                  in_shape: tuple[int, ...], optimizer: torch.optim.Optimizer,
-                 device: torch.device | str = "cpu", loss_fn: Callable | None = None,
-                 group=None, schedule: str = "gpipe", dtype: torch.dtype = torch.float32,
-                 send_yield_s: float = SEND_YIELD_S):
+                 device: torch.device | str = "cpu", group=None, schedule: str = "gpipe",
+                 dtype: torch.dtype = torch.float32, send_yield_s: float = SEND_YIELD_S):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
         if schedule not in SCHEDULES:
@@ -119,10 +118,8 @@ class PipelinedBprop:
         self.device = torch.device(device)
         self.module, self.optimizer = module, optimizer
         self.timings: dict[str, float] = {"busy": 0.0, "wait": 0.0}
-        self.steps = 0
         mb = batch_size // microbatches
         out_shape = _output_shape(module, tuple(in_shape), dtype, self.device)
-        self.out_shape = out_shape
         self.stage = PipelineStage(
             module, rank, world, self.device,
             # requires_grad in the examples is what tells the library which gradients travel: the
@@ -131,7 +128,7 @@ class PipelinedBprop:
             input_args=torch.empty(mb, *in_shape, dtype=dtype, device=self.device).requires_grad_(rank > 0),
             output_args=torch.empty(mb, *out_shape, dtype=dtype, device=self.device).requires_grad_(True),
             group=group)
-        self._loss_fn = loss_fn
+        self._loss_fn = batch_mean_microbatch_loss(batch_size)
         cls = ScheduleGPipe if schedule == "gpipe" else Schedule1F1B
         # every rank gets the loss: the library runs backward only where a loss_fn is set, and calls
         # it on the last stage only
@@ -144,8 +141,7 @@ class PipelinedBprop:
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
-        fn = self._loss_fn or batch_mean_microbatch_loss(self.batch_size)
-        out = fn(logits, y)
+        out = self._loss_fn(logits, y)
         self._busy += time.perf_counter() - start
         return out
 
@@ -194,7 +190,6 @@ class PipelinedBprop:
         busy = self._busy + (end - opt_start)
         self.timings["busy"] += busy
         self.timings["wait"] += (end - start) - busy
-        self.steps += 1
         if last:
             return torch.stack([loss.detach() for loss in losses]).sum()
         return None
