@@ -513,7 +513,8 @@ def test_finish_fails_a_worker_that_still_keeps_a_batchs_state():
 
 
 def test_a_workers_clock_adds_each_span_to_its_cause(monkeypatch):
-    """Busy fraction and waiting time by cause come from these sums (a clock that moves by 1 at each reading)."""
+    """Busy fraction and waiting time by cause come from these sums (a clock that moves by 1 at each reading), and a
+    worker's metrics from them."""
     import itertools
     import types
 
@@ -526,6 +527,11 @@ def test_a_workers_clock_adds_each_span_to_its_cause(monkeypatch):
         with clock(cause):
             next(ticks)                                # something that takes one tick besides the clock's readings
     assert clock.seconds == {"busy": 6.0, "wait_input": 2.0, "wait_grad": 2.0, "comm": 2.0}
+    # and what a worker logs of them: the busy share of its training time, and the waits in seconds
+    me = types.SimpleNamespace(rank=1, clock=clock)
+    assert worker.Worker.worker_metrics(me, 0.5 * 16) == {"worker1/busy_frac": 6.0 / 8, "worker1/wait_input_s": 2.0,
+                                                          "worker1/wait_grad_s": 2.0, "worker1/comm_s": 2.0}
+    assert worker.Worker.worker_metrics(me, 0.5)["worker1/busy_frac"] == 12.0     # a training time under 1 s
 
 
 @pytest.mark.parametrize("method,schedule,workers,fused", [
