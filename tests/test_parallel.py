@@ -529,7 +529,7 @@ def test_a_workers_clock_adds_each_span_to_its_cause(monkeypatch):
     assert clock.seconds == {"busy": 6.0, "wait_input": 2.0, "wait_grad": 2.0, "comm": 2.0}
     # and what a worker logs of them: the busy share of its training time, and the waits in seconds
     me = types.SimpleNamespace(rank=1, clock=clock)
-    assert worker.Worker.worker_metrics(me, 0.5 * 16) == {"worker1/busy_frac": 6.0 / 8, "worker1/wait_input_s": 2.0,
+    assert worker.Worker.worker_metrics(me, 8.0) == {"worker1/busy_frac": 6.0 / 8, "worker1/wait_input_s": 2.0,
                                                           "worker1/wait_grad_s": 2.0, "worker1/comm_s": 2.0}
     assert worker.Worker.worker_metrics(me, 0.5)["worker1/busy_frac"] == 12.0     # a training time under 1 s
 
@@ -541,9 +541,10 @@ def test_a_workers_clock_adds_each_span_to_its_cause(monkeypatch):
 def test_a_worker_builds_the_one_process_network_and_takes_the_fused_step_where_it_can(method, schedule, workers,
                                                                                        fused):
     """Worker.build, on a stand-in: the network one process builds (a CNN here, with the run's filters and both
-    conventions away from their defaults, seeded alike), and the method's fused step (one optimizer call per worker
-    and step; 1.14-1.29x on whole steps) everywhere but where a worker runs part of a step the fused step cannot
-    (complete unlock's groups, a pipeline's micro-batches) at K > 1."""
+    conventions away from their defaults, seeded alike), and the method's fused step (one backward and one optimizer
+    call per worker and step, where the per-stage path makes one per stage; the same parameters, faster) everywhere
+    but where a worker runs part of a step the fused step cannot (complete unlock's groups, a pipeline's micro-batches)
+    at K > 1."""
     import types
 
     from dnibench.loop import seed_everything
