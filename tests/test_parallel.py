@@ -571,3 +571,47 @@ def test_a_worker_builds_the_one_process_network_and_takes_the_fused_step_where_
         assert all(torch.equal(got.state_dict()[k], ref.state_dict()[k]) for k in ref.state_dict())
     assert me.setup.stage_shapes[0] == (4, 8, 8)             # 4 filters, pooling at stride 1 keeps 8 x 8
     assert me.method.stages is me.stages
+
+
+@pytest.mark.parametrize("outcome", ["done", "diverged", "long error", "empty error"])
+def test_a_worker_process_tells_the_parent_how_it_ended_then_exits(outcome):
+    """worker_main's last word on its pipe, then its exit code: "done" with the summary (0), "diverged" with the step
+    (0), or "error" with the exception's first line, cut to 400 characters, and the traceback (1). A forked process
+    with a stand-in Worker, since worker_main ends the process."""
+    import multiprocessing as mp
+
+    from dnibench.parallel import worker
+
+    class StandIn:
+        def __init__(self, rank, *args):
+            pass
+
+        def run(self):
+            if outcome == "done":
+                return {"samples_per_s": 1.5}
+            if outcome == "diverged":
+                raise Diverged(7)
+            raise ValueError("" if outcome == "empty error" else "y" * 500 + "\nthe second line")
+
+    def child(conn):
+        worker.Worker = StandIn
+        worker.worker_main(3, "{}", "", "", conn, {}, 1.0)
+
+    ctx = mp.get_context("fork")
+    mine, theirs = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=child, args=(theirs,))
+    proc.start()
+    theirs.close()
+    message = mine.recv()
+    proc.join(30)
+    if outcome == "done":
+        assert message == ("done", 3, {"samples_per_s": 1.5}) and proc.exitcode == 0
+    elif outcome == "diverged":
+        assert message == ("diverged", 3, 7) and proc.exitcode == 0
+    else:
+        kind, rank, reason, trace = message
+        assert (kind, rank, proc.exitcode) == ("error", 3, 1)
+        assert reason == ("ValueError: " if outcome == "empty error" else ("ValueError: " + "y" * 500)[:400])
+        assert trace.startswith("Traceback") and "ValueError" in trace
+    with pytest.raises(EOFError):                    # nothing after the last word
+        mine.recv()
