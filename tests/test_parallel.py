@@ -21,11 +21,16 @@ from dnibench.train import train_ff
 STEPS = 12
 
 
+def images(n_test: int, seed: int = 0) -> ImageData:
+    """256 random 8 x 8 training images and ``n_test`` test images, 10 classes."""
+    g = torch.Generator().manual_seed(seed)
+    return ImageData(torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g),
+                     torch.rand(n_test, 1, 8, 8, generator=g), torch.randint(0, 10, (n_test,), generator=g), 10, "fake")
+
+
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(0)
-    return ImageData(torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g),
-                     torch.rand(100, 1, 8, 8, generator=g), torch.randint(0, 10, (100,), generator=g), 10, "fake")
+    return images(100)
 
 
 def spec(method: str, workers: int, schedule: str = "decoupled", lockstep: bool = False, max_in_flight=None,
@@ -101,10 +106,8 @@ def test_a_test_set_of_several_evaluation_chunks_gives_the_one_process_error():
     above fit in one. Two whole chunks and a part, at K = 2 and 3 (a middle worker relays each chunk), give the
     method's own one-process loop's test error at every evaluation point."""
     from dnibench.parallel.worker import EVAL_CHUNK
-    g = torch.Generator().manual_seed(3)
     n_test = 2 * EVAL_CHUNK + 500
-    big = ImageData(torch.rand(256, 1, 8, 8, generator=g), torch.randint(0, 10, (256,), generator=g),
-                    torch.rand(n_test, 1, 8, 8, generator=g), torch.randint(0, 10, (n_test,), generator=g), 10, "fake")
+    big = images(n_test, seed=3)
 
     def errors(run_spec):
         summary, rows = run(run_spec, big)
