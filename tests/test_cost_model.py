@@ -382,55 +382,54 @@ def test_message_rounds_takes_each_rounds_later_poster():
         cost.message_rounds(rounds, rounds, bursts=5)
 
 
-def test_relay_rounds_with_two_ranks_is_each_receivers_waits_beyond_the_fill_per_message():
-    """Two ranks: each round's receiver waited (per message v) M v plus the sender's first compute (the fill); the
-    leader's entry is NaN. Bursts of 4 rounds, the mean of each, the median burst."""
-    nan, c, m = float("nan"), 0.5e-3, 4
-    per_message = [0.2e-3, 0.3e-3, 0.2e-3, 0.3e-3] + [2.0e-3] * 4 + [0.25e-3, 0.35e-3, 0.3e-3, 0.3e-3]
-    # rank 0 leads the even rounds, rank 1 the odd ones
-    rank0 = [(nan, c) if r % 2 == 0 else (m * v + c, c) for r, v in enumerate(per_message)]
-    rank1 = [(m * v + c, c) if r % 2 == 0 else (nan, c) for r, v in enumerate(per_message)]
-    # bursts of 4 rounds: means 0.25, 2.0, 0.3 ms -> 0.3 ms (a held-up burst does not set it)
-    assert cost.relay_rounds([rank0, rank1], m) == pytest.approx(0.3e-3)
-    # within a burst a held-up round counts: the mean, not the median (0.2, 0.2, 0.2, 1.4 -> 0.5 ms)
-    rows = [[(nan, c), (m * 0.2e-3 + c, c), (nan, c), (m * 0.2e-3 + c, c)],
-            [(m * 0.2e-3 + c, c), (nan, c), (m * 1.4e-3 + c, c), (nan, c)]]
-    assert cost.relay_rounds(rows, m, bursts=1) == pytest.approx(0.5e-3)
-    with pytest.raises(ValueError, match="round 0: the waits are not those of a round led by rank 0"):
-        cost.relay_rounds([[(1e-3, c)], [(1e-3, c)]], m, bursts=1)
-    with pytest.raises(ValueError, match="do not split into 3 bursts"):
-        cost.relay_rounds([rank0[:4], rank1[:4]], m)
-    for bad in ([rank0], [rank0, rank1[:-1]], [[], []]):          # one rank; unequal rounds; no rounds
-        with pytest.raises(ValueError, match="do not split into 1 bursts"):
-            cost.relay_rounds(bad, m, bursts=1)
-    # three ranks, round 1 led by rank 2 (2 -> 1 -> 0): its next hop, rank 1, has no wait (NaN), whatever its compute
-    with pytest.raises(ValueError, match="round 1: the waits are not those of a round led by rank 2"):
-        cost.relay_rounds([[(nan, c), (1e-3, c)], [(1e-3, c), (nan, c)], [(1e-3, c), (nan, c)]], m, bursts=1)
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("workers, microbatches", [(2, 4), (2, 8), (3, 4), (4, 6)])
+def test_pipeline_message_is_the_message_time_that_gives_the_stand_in_step(schedule, workers, microbatches):
+    """Worked by hand for GPipe, K = 2, M = 4: a one-worker step of 8 ms is per micro-batch 1 ms each way, so K = 2 with
+    messages of m runs (K + M - 1) 1 ms + (K + M - 2) m each way: 10 ms + 8 m. A step of 12 ms is m = 0.25 ms. For every
+    schedule and K the model's own step for stand-in stages of that compute and the solved m gives the step back."""
+    if schedule == "gpipe" and (workers, microbatches) == (2, 4):
+        assert cost.pipeline_message("gpipe", 2, 4, 8e-3, 12e-3) == pytest.approx(0.25e-3, rel=1e-9)
+    one_s, message_s = 8e-3, 0.37e-3
+    stages = [cost.StageCost(forward=one_s / 2, backward=one_s / 2)] * workers
+    step_s = cost.step_time(schedule, stages, workers, cost.Link(message_s, float("inf")), microbatches)
+    assert cost.pipeline_message(schedule, workers, microbatches, one_s, step_s) == pytest.approx(message_s, rel=1e-9)
+    # a step no slower than the free messages' costs them nothing (noise can make the stand-in that fast)
+    free_s = cost.step_time(schedule, stages, workers, cost.Link(0.0, float("inf")), microbatches)
+    assert cost.pipeline_message(schedule, workers, microbatches, one_s, free_s) == 0.0
+    assert cost.pipeline_message(schedule, workers, microbatches, one_s, free_s * 0.9) == 0.0
 
 
-def test_relay_rounds_with_three_ranks_charges_each_hop_its_fill_and_messages():
-    """Rank p hops down a round's order waited for p computes and then its M + p - 1 messages: round 0 runs 0 -> 1 -> 2,
-    round 1 runs 2 -> 1 -> 0. Worked by hand with M = 2 and a compute of 1 ms (rank 1's computes took 1.3 ms, the
-    others 0.85: their mean is 1 ms)."""
-    nan = float("nan")
-    rows = [[(nan, 0.85e-3), (2e-3 + 3 * 0.6e-3, 0.85e-3)],      # round 1: rank 0 is p = 2, messages 0.6 ms
-            [(1e-3 + 2 * 0.4e-3, 1.3e-3), (1e-3 + 2 * 0.2e-3, 1.3e-3)],
-            [(2e-3 + 3 * 0.3e-3, 0.85e-3), (nan, 0.85e-3)]]     # round 0: rank 2 is p = 2, messages 0.3 ms
-    # round 0: mean of rank 1's 0.4 and rank 2's 0.3 ms; round 1: of rank 1's 0.2 and rank 0's 0.6 ms; bursts of 1
-    assert cost.relay_rounds(rows, 2, bursts=2) == pytest.approx(statistics.median([0.35e-3, 0.4e-3]))
-    assert cost.relay_rounds(rows, 2, bursts=1) == pytest.approx(0.375e-3)
+def test_a_stand_in_chunk_passes_its_input_on_scaled_with_autograds_gradients():
+    from dnibench.parallel.pipelined import _StandInChunk
+
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([1.7], dtype=torch.float64, requires_grad=True)
+    assert torch.equal(_StandInChunk.apply(x, scale, 0.0), x * scale)
+    assert torch.autograd.gradcheck(lambda a, b: _StandInChunk.apply(a, b, 0.0), (x, scale))
 
 
-def test_relay_ping_runs_through_every_rank_and_alternates_the_direction(tmp_path):
-    """Three real gloo processes: round r is led by rank 0 when r is even (0 -> 1 -> 2) and by rank 2 when odd (2 -> 1
-    -> 0); the leader's waits are NaN, every other rank's are not, every rank computed about work_s per message, and
-    relay_rounds puts the three together."""
-    got = gloo_ranks(tmp_path, 3, lambda rank: cost.relay_ping(rank, 3, 4096, messages=3, rounds=6, work_s=1e-4,
-                                                                yield_s=2e-5))
-    assert [len(rows) for rows in got] == [6, 6, 6]
-    for r in range(6):
-        leader = 0 if r % 2 == 0 else 2
-        for rank in range(3):
-            waited, compute = got[rank][r]
-            assert math.isnan(waited) == (rank == leader) and compute >= 1e-4
-    assert cost.relay_rounds(got, 3, bursts=3) >= 0
+def _stand_in(rank: int) -> tuple[list[float], list[float]]:
+    from dnibench.parallel.pipelined import time_stand_in
+
+    alone = [dist.new_group([r]) for r in range(2)]
+    one = time_stand_in(0, 1, "gpipe", 4, 32, 16, work_s=1e-3, steps=3, group=alone[rank])
+    return one, time_stand_in(rank, 2, "gpipe", 4, 32, 16, work_s=1e-3, steps=3, warmup=1)
+
+
+def test_time_stand_in_times_each_step_of_the_librarys_pipeline_through_chunks_of_known_compute(tmp_path):
+    """Two real gloo processes: a one-worker stand-in pipeline on each (in a group of its own), then one through both.
+    Each worker runs M forward and M backward chunks of work_s a step, so every step takes at least 2 M work_s; the
+    warm-up steps are not among the ones returned."""
+    for one, two in gloo_ranks(tmp_path, 2, _stand_in):
+        assert len(one) == len(two) == 3
+        assert min(one + two) >= 2 * 4 * 1e-3
+        assert max(one + two) < 5.0
+
+
+def test_pipeline_message_refuses_what_it_cannot_solve():
+    with pytest.raises(ValueError, match="a stand-in pipeline runs gpipe or 1f1b"):
+        cost.pipeline_message("locked", 2, 4, 8e-3, 12e-3)
+    for workers, one_s, step_s in ((1, 8e-3, 12e-3), (2, 0.0, 12e-3), (2, 8e-3, 0.0), (2, float("nan"), 12e-3)):
+        with pytest.raises(ValueError, match="two or more workers and positive step times"):
+            cost.pipeline_message("gpipe", workers, 4, one_s, step_s)

@@ -15,6 +15,7 @@ import torch
 from dnibench.data import ImageData
 from dnibench.errors import Diverged, WorkerFailed
 from dnibench.methods import get_method
+from dnibench.parallel import cost
 from dnibench.suite import ParallelSettings, RunSpec, TrainSettings
 from dnibench.train import train_ff
 
@@ -214,9 +215,15 @@ def test_every_schedule_finishes_with_two_workers(method, schedule, data):
     # only a decoupled run times its workers' steps before it starts (the cost model's compute per worker)
     steps = [summary.get(f"cost/worker{k}/step_s") for k in (0, 1)]
     assert all(step is not None and step > 0 for step in steps) == (schedule == "decoupled")
-    # every schedule times a message as its run sends them, next to busy compute (a pipeline's: a relay of
-    # micro-batches through every worker), for the cost model
-    assert summary["cost/link_busy_s"] > 0 and summary["cost/link_busy_bytes"] > 0
+    # every schedule times a message as its run sends them, next to busy compute, for the cost model; a pipeline's is
+    # solved from a stand-in pipeline of its schedule, run on each worker alone and then through both
+    assert summary["cost/link_busy_bytes"] > 0
+    if schedule == "pipelined":
+        one_s, step_s = summary["cost/stand_in_one_s"], summary["cost/stand_in_step_s"]
+        assert one_s > 0 and step_s > 0
+        assert summary["cost/link_busy_s"] == cost.pipeline_message("gpipe", 2, 2, one_s, step_s)
+    else:
+        assert summary["cost/link_busy_s"] > 0 and "cost/stand_in_step_s" not in summary
     # and only a pipelined one each worker's forward and backward of a micro-batch (the pipeline model's chunks)
     chunks = [summary.get(f"cost/worker{k}/chunk_{part}_s") for k in (0, 1) for part in ("forward", "backward")]
     if schedule == "pipelined":

@@ -49,14 +49,22 @@ clock starts (both workers computing about a millisecond between a send and a re
 the schedule sends (a micro-batch's activation when pipelined), in three bursts (the median burst: one burst
 can land in a moment when every message is held up), and the model charges it to every message of every schedule
 (``costs_from_metrics``; other sizes by the ping-pong's time per byte, ``busy_link``). A pipeline's messages are
-measured in a pipeline's pattern instead (``relay_ping``: the first worker computes and sends a stream of micro-batch
-messages, sleeping after each send as PipelinedBprop does under GPipe, and every later worker waits for each, computes
-and passes it on, all workers at once; the mean per message beyond each worker's fill, the median of three bursts;
-1F1B waits on each send at once, which frees its core as the sleep does): the exchange's 64 KB rounds measured 0.9-3.3
-ms in 4 of 20 runs on 2026-11-30 where the runs' messages cost 0.2-0.7 ms (1F1B over four rounds: errors +9, +38, -48,
-+21 % with the exchange, -4, +27, -0, -4 % with the stream measured in the same round's GPipe run of the same M). With
-two workers the relay is that stream; with more workers than cores (K = 4 on 2 cores) it keeps every worker in it, as
-the run does. Locked bprop's are measured as round trips through
+measured in the library's own schedule instead (``pipeline_message``, from pipelined.time_stand_in run by worker.py
+``Worker.time_stand_in``): a stand-in pipeline of the run's schedule, M and message size whose chunks compute a known
+0.5 ms each way, first one worker alone (on as many workers at once as there are cores), then through all of them;
+the message time that makes ``step_time`` give the stand-in's step from its one-worker step is the message's cost.
+It holds what a message costs a pipeline beyond its wire time: torch's pipelining posts and waits on each micro-batch's
+send and receive (about 0.1 ms of bookkeeping a call on this machine, 2026-12-01), and gloo's transport thread, on the
+worker's own core, holds that core while it waits for the pair's lock the posting thread holds (a GPipe M = 8 step at
+K = 2 of 18 ms had a 3-5 ms stall in about half its steps, nearly always at the phase's second send; perf sched:
+gloo's loop thread on the CPU in epoll_wait for 4.5 ms while both workers waited, 2026-12-02). GPipe M = 8 at K = 2:
+0.39-0.44 ms a message, at compute per chunk of 0.25, 0.5 and 1 ms alike. It replaced a relay of plain isend/irecv
+micro-batch messages through the workers (0.21-0.24 ms a message), which left all of that out: three rounds of
+make bench each (``DNIBENCH_BENCH_SCHEDULES=pipelined``, 2026-12-02), model errors at K = 2 with the relay +43, +36,
++15 % (GPipe M = 4), -8, +51, +43 % (M = 8), -12, -5, -8 % (1F1B M = 4); with the stand-in +16, +1, -8 %; +3, +8,
++4 %; +11, -4, +3 %. At K = 4 on 2 cores (more workers than cores, two pairs each) the stand-in predicts 13-20 % slow
+(GPipe M = 4: -13, -14 %; M = 8: -15, -20 %) where the relay was +6, +1 % and +11, +5 %: four workers time-share
+two cores, which the model's per-message cost does not separate from the compute. the run does. Locked bprop's are measured as round trips through
 the executor's own inbox, the receiver waiting as the run's workers do (worker.py ``round_trip_ping``; six rounds
 each way on 2026-11-30: exchange errors +16, +21, -3, +8, +7, -14 %, the last from a 2.0 ms exchange; round trips
 +0, +21, +15, +3, +5, +2 %). Where locked workers wait blocked (more workers than
@@ -498,70 +506,26 @@ def busy_ping(rank: int, peer: int, nbytes: int, repeats: int = 20, work=None, g
     return samples
 
 
-def relay_ping(rank: int, world: int, nbytes: int, messages: int, rounds: int = 24, work_s: float = 5e-4,
-               yield_s: float = 0.0) -> list[tuple[float, float]]:
-    """A pipeline phase in miniature through all ``world`` ranks at once (every rank calls it): in each round the
-    first rank computes ``work_s`` (one thread) and posts a send of ``nbytes``, ``messages`` times (sleeping
-    ``yield_s`` after each post, as PipelinedBprop does under GPipe); each later rank waits for each message, computes
-    ``work_s`` and passes it on; the direction alternates round by round (a forward phase, then a backward one).
-    Returns this rank's (seconds waited, seconds per compute) of each round, the waits NaN in the rounds it led.
+def pipeline_message(schedule: str, workers: int, microbatches: int, one_step_s: float, step_s: float) -> float:
+    """A pipeline message's cost from stand-in steps (pipelined.time_stand_in): ``one_step_s``, one worker's step
+    through one stand-in stage (its chunks and the library's own time per micro-batch, no messages), and ``step_s``,
+    the step of ``workers`` such stages, one per worker. The message time m that makes ``step_time`` of ``workers``
+    stages of the one-worker step's compute give ``step_s`` (0 where the messages cost nothing)."""
+    if schedule not in PIPELINES:
+        raise ValueError(f"schedule {schedule!r}: a stand-in pipeline runs {' or '.join(PIPELINES)}")
+    if workers < 2 or not one_step_s > 0 or not step_s > 0:
+        raise ValueError("a message's cost needs two or more workers and positive step times")
+    stages = [StageCost(forward=one_step_s / 2, backward=one_step_s / 2)] * workers
 
-    Every worker takes part, so with more workers than cores (K = 4 on 2 cores) the messages share the cores with
-    every worker's compute, as the run's do: a stream between workers 0 and 1 alone put GPipe M = 4's prediction at
-    K = 4 39 % and 62 % fast (two runs, 2026-11-30); streams in every pair at once, four workers busy where a
-    pipeline keeps about two, 21-37 % slow (three runs); the relay +21, -3, -1 % at 24 rounds, +6, -0, -12 % at 96
-    (worker.py RELAY_ROUNDS). On few cores a pipeline's messages cost more than a ping-pong: gloo's thread pushes the
-    sender's message while the sender computes its next chunk, and waits for the core (2026-11-30: 0.57-0.77 ms per
-    32 KB message without GPipe's sleep, 0.21-0.31 ms with it)."""
-    import torch
-    import torch.distributed as dist
-
-    bufs = [torch.zeros(max(nbytes // 4, 1)) for _ in range(messages)]
-    out = []
-    for r in range(rounds + 2):                      # the first round each way sets up the connections
-        order = list(range(world)) if r % 2 == 0 else list(range(world - 1, -1, -1))
-        pos = order.index(rank)
-        prev, nxt = (order[pos - 1] if pos else None), (order[pos + 1] if pos + 1 < world else None)
-        jobs, waited, computed = [], 0.0, 0.0
-        for buf in bufs:
-            if prev is not None:
-                start = time.perf_counter()
-                dist.irecv(buf, prev).wait()
-                waited += time.perf_counter() - start
-            computed += busy_compute(work_s)
-            if nxt is not None:
-                jobs.append(dist.isend(buf, nxt))
-                if yield_s:
-                    time.sleep(yield_s)
-        for job in jobs:
-            job.wait()
-        if r >= 2:
-            out.append((waited if prev is not None else float("nan"), computed / messages))
-    return out
-
-
-def relay_rounds(table: list[list[tuple[float, float]]], messages: int, bursts: int = 3) -> float:
-    """A pipeline message's cost from every rank's ``relay_ping`` rounds (``table[rank][round]``). A rank p hops down
-    the round's order waits for p computes and p messages before its first message (the fill), then for each of the
-    other M - 1: its waits less p computes (at the ranks' mean), per message waited for (M + p - 1); per round the
-    mean over the ranks that waited; the mean of each of ``bursts`` runs of rounds in order, the median burst (a burst
-    can land in a moment when every message is held up). With two ranks: (waits - one compute) / M, the receiver's
-    waits beyond the fill per message."""
-    import math
-    import statistics
-
-    world = len(table)
-    if world < 2 or len({len(rows) for rows in table}) != 1 or not table[0] or len(table[0]) % bursts:
-        raise ValueError(f"relay_ping rounds of {world} ranks do not split into {bursts} bursts")
-    per_round = []
-    for r in range(len(table[0])):
-        order = list(range(world)) if r % 2 == 0 else list(range(world - 1, -1, -1))
-        if not math.isnan(table[order[0]][r][0]) or any(math.isnan(table[k][r][0]) for k in order[1:]):
-            raise ValueError(f"relay_ping round {r}: the waits are not those of a round led by rank {order[0]}")
-        compute = statistics.mean(rows[r][1] for rows in table)
-        per_round.append(statistics.mean(max(table[k][r][0] - p * compute, 0.0) / (messages + p - 1)
-                                         for p, k in enumerate(order[1:], start=1)))
-    return _median_burst(per_round, bursts, statistics.mean)
+    def step(message_s: float) -> float:
+        return step_time(schedule, stages, workers, Link(message_s, float("inf")), microbatches)
+    low, high = 0.0, step_s                          # a message costs at most the whole step
+    if step(low) >= step_s:
+        return 0.0
+    for _ in range(100):                              # bisection: step() grows with the message time
+        middle = (low + high) / 2
+        low, high = (middle, high) if step(middle) < step_s else (low, middle)
+    return (low + high) / 2
 
 
 def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> float:

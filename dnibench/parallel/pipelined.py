@@ -44,6 +44,10 @@ GPipe M = 8 at K = 2 (FCN-6, batch 256): 10 839-12 066 samples/s without, 13 667
 M = 4 moved by 0.96-1.18x in five pairs (median 0.98x). 1F1B is left alone: it waits on each send at once, batched
 with the next receive, so its core is free for gloo then anyway (two pairs with the sleep: 0.95x and 0.85x).
 
+**A stand-in pipeline** (``time_stand_in``) runs the same schedule through stages of known compute: what a step takes
+beyond its chunks is then the library's and its messages', the cost model's measure of a pipeline's message
+(cost.pipeline_message).
+
 ``step`` returns only after the schedule finished: the library waits on every send and receive it
 posted before ``step`` returns, so no pipelining communication is outstanding between steps.
 """
@@ -193,3 +197,62 @@ class PipelinedBprop:
         if last:
             return torch.stack([loss.detach() for loss in losses]).sum()
         return None
+
+
+# --- a stand-in pipeline: what a message costs in the library's own schedule (the cost model's input) ----------------
+
+class _StandInChunk(torch.autograd.Function):
+    """``x * scale`` with ``work_s`` of compute (cost.busy_compute, this thread) in the forward and again in the
+    backward: a stage whose time is known and whose activation and gradient have the run's shape."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, work_s: float) -> torch.Tensor:
+        from .cost import busy_compute
+        busy_compute(work_s)
+        ctx.save_for_backward(x, scale)
+        ctx.work_s = work_s
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        from .cost import busy_compute
+        busy_compute(ctx.work_s)
+        x, scale = ctx.saved_tensors
+        return grad * scale, (grad * x).sum().reshape(1), None
+
+
+class StandInStage(nn.Module):
+    """One worker's stand-in stage group (``time_stand_in``): ``work_s`` per chunk forward and backward, the input
+    passed on scaled by one parameter; the last worker hands its first ``classes`` features to the loss."""
+
+    def __init__(self, work_s: float, classes: int | None = None):
+        super().__init__()
+        self.work_s, self.classes = work_s, classes
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _StandInChunk.apply(x, self.scale, self.work_s)
+        return out if self.classes is None else out[:, :self.classes]
+
+
+def time_stand_in(rank: int, world: int, schedule: str, microbatches: int, batch_size: int, features: int,
+                  work_s: float, steps: int, warmup: int = 3, group=None, classes: int = 10) -> list[float]:
+    """Seconds of each of ``steps`` steps (after ``warmup``) of a pipelined bprop step through ``world`` stand-in
+    stages (``StandInStage``: ``work_s`` per chunk each way), ``features`` floats per example between them, in
+    ``group`` (every rank in it calls this at once; ``rank`` is this rank's group rank). The library's schedule, its
+    bookkeeping and its messages are the run's; only the compute is a stand-in of known length, so what a step takes
+    beyond its chunks is the schedule's own (one worker) or its messages' (several): cost.pipeline_message solves it."""
+    last = rank == world - 1
+    module = StandInStage(work_s, classes if last else None)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    pipe = PipelinedBprop(module, rank, world, microbatches, batch_size, (features,), optimizer, group=group,
+                          schedule=schedule)
+    x = torch.zeros(batch_size, features) if rank == 0 else None
+    y = torch.zeros(batch_size, dtype=torch.long) if last else None
+    seconds = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        pipe.step(x, y)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return seconds

@@ -44,9 +44,10 @@ UP, DOWN, EVAL, COST = 1, 2, 3, 4   # message tags: activations up, gradients (t
 EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
 BURSTS = 3                          # a message measurement's rounds in 3 bursts, the median burst (cost.message_rounds,
-                                    # cost.relay_rounds)
-RELAY_ROUNDS = 96                   # a pipeline's relay_ping: about 1 s at M = 8. Standalone at K = 2, M = 8, four runs
-                                    # each: 24 rounds gave 0.37-0.80 ms a message, 96 rounds 0.43-0.58 (2026-11-30)
+                                    # Worker.time_stand_in)
+STAND_IN_STEPS = 30                 # a stand-in pipeline's timed steps, alone and then all workers (0.6 s at K = 2, M = 8)
+STAND_IN_WORK_S = 5e-4              # its compute per chunk, each way: the message cost solved from it was 0.39, 0.42 and
+                                    # 0.41 ms at 0.25, 0.5 and 1 ms (GPipe M = 8, K = 2, 2026-12-02)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
 
@@ -405,11 +406,10 @@ class Worker:
             out["cost/link_fitted"] = float(fitted)
             # and as a message costs in the run, both workers computing between messages, at the size the schedule
             # sends (a micro-batch's activation when pipelined); the model charges it to every message of that size
-            # (costs_from_metrics). In the schedule's pattern: a pipeline's is a relay of micro-batch messages through
-            # every worker, each sender's core free after each post (cost.relay_ping, below: GPipe sleeps there, 1F1B
-            # waits on the send at once), locked bprop's a round trip, the decoupled schedules' an exchange
+            # (costs_from_metrics). In the schedule's pattern: a pipeline's through the library's own schedule with
+            # stand-in stages (time_stand_in, below), locked bprop's a round trip, the decoupled schedules' an exchange
             # (cost.busy_ping: each round's later poster, no phase skew in it), the last two between workers 0 and 1;
-            # 96 or 60 rounds in 3 bursts, the median burst
+            # 60 rounds in 3 bursts, the median burst
             if self.par.schedule == "locked":
                 # a locked step's messages: round trips through the executor's own inbox, each receiver idle first
                 # and waiting as the run's workers do (polling where every worker has its cores, worker.py spins);
@@ -431,15 +431,14 @@ class Worker:
                 out["cost/link_busy_s"] = cost.message_rounds(mine.tolist(), peer.tolist(), bursts=BURSTS)
             out["cost/link_busy_bytes"] = float(busy_bytes)
         if self.world > 1 and self.par.schedule == "pipelined":
-            from .pipelined import SEND_YIELD_S
-            dist.barrier()                             # every worker in the relay, as in the run's pipeline
-            mine = torch.tensor(cost.relay_ping(self.rank, self.world, busy_bytes, self.par.microbatches,
-                                                rounds=RELAY_ROUNDS, yield_s=SEND_YIELD_S), dtype=torch.float64)
-            table = [torch.zeros_like(mine) for _ in range(self.world)]
-            dist.all_gather(table, mine)
+            # a pipeline's messages as the library's own schedule sends them: a stand-in pipeline of the run's schedule,
+            # M and message size, a known compute per chunk, one worker alone and then all of them (time_stand_in)
+            features = act // (self.batch * 4)
+            one_s, step_s = self.time_stand_in(features)
             if self.rank == 0:
-                out["cost/link_busy_s"] = cost.relay_rounds([t.tolist() for t in table], self.par.microbatches,
-                                                            bursts=BURSTS)
+                out["cost/link_busy_s"] = cost.pipeline_message(self.par.pipeline_schedule or "gpipe", self.world,
+                                                                self.par.microbatches, one_s, step_s)
+                out.update({"cost/stand_in_one_s": one_s, "cost/stand_in_step_s": step_s})
         if self.par.schedule == "decoupled" and not self.par.lockstep:
             # and this worker's whole step, as the decoupled loop runs it, next to its busy peers; with K > 1 then the
             # method's one-process step on every worker at once: what the machine leaves of that step's speed alone
@@ -477,6 +476,30 @@ class Worker:
         if self.world > 1:
             dist.all_reduce(table)
         return table.tolist()
+
+    def time_stand_in(self, features: int) -> tuple[float, float]:
+        """Seconds per step of a stand-in pipeline (pipelined.time_stand_in) of the run's schedule and micro-batches,
+        ``features`` floats per example between workers: first a one-worker pipeline on each of the first workers at
+        once, one per core (each in a group of its own, next to its busy peers; with more workers than cores a
+        pipeline keeps about that many busy), their mean; then one through all the workers. Each is the mean step of
+        the median one of BURSTS bursts (a burst can land in a moment when every message is held up)."""
+        import statistics
+
+        from .pipelined import time_stand_in
+        schedule, m = self.par.pipeline_schedule or "gpipe", self.par.microbatches
+        alone = [dist.new_group([rank]) for rank in range(self.world)]     # every worker creates every group
+
+        def burst_mean(seconds: list[float]) -> float:
+            size = len(seconds) // BURSTS
+            return statistics.median(statistics.mean(seconds[i:i + size]) for i in range(0, size * BURSTS, size))
+        runners = min(self.world, self.cores)
+        dist.barrier()
+        one = burst_mean(time_stand_in(0, 1, schedule, m, self.batch, features, STAND_IN_WORK_S, STAND_IN_STEPS,
+                                       group=alone[self.rank])) if self.rank < runners else 0.0
+        ones = self.timed_at_once(lambda: (one,))[0][:runners]
+        steps = burst_mean(time_stand_in(self.rank, self.world, schedule, m, self.batch, features, STAND_IN_WORK_S,
+                                         STAND_IN_STEPS))
+        return statistics.mean(ones), steps
 
     def round_trip_ping(self, nbytes: int, repeats: int, spin: bool, work_s: float = 2e-3) -> float:
         """One-way seconds of a message of ``nbytes`` to a receiver that waits for it in the executor's own Inbox,
