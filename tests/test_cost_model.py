@@ -409,22 +409,30 @@ def test_a_stand_in_chunk_passes_its_input_on_scaled_with_autograds_gradients():
     assert torch.autograd.gradcheck(lambda a, b: _StandInChunk.apply(a, b, 0.0), (x, scale))
 
 
-def _stand_in(rank: int) -> tuple[list[float], list[float]]:
-    from dnibench.parallel.pipelined import time_stand_in
+def _stand_in(rank: int) -> tuple[list[float], list[float], list[str]]:
+    from dnibench.parallel import pipelined
 
+    schedules = []                              # the schedule each stand-in pipeline was built with
+
+    class Recorded(pipelined.PipelinedBprop):
+        def __init__(self, *args, **kwargs):
+            schedules.append(kwargs.get("schedule", "gpipe"))       # the default when none is given
+            super().__init__(*args, **kwargs)
+    pipelined.PipelinedBprop = Recorded          # this forked process's module only
     alone = [dist.new_group([r]) for r in range(2)]
-    one = time_stand_in(0, 1, "gpipe", 4, 32, 16, work_s=1e-3, steps=3, group=alone[rank])
-    return one, time_stand_in(rank, 2, "gpipe", 4, 32, 16, work_s=1e-3, steps=3, warmup=1)
+    one = pipelined.time_stand_in(0, 1, "gpipe", 4, 32, 16, work_s=1e-3, steps=3, group=alone[rank])
+    return one, pipelined.time_stand_in(rank, 2, "1f1b", 4, 32, 16, work_s=1e-3, steps=3, warmup=1), schedules
 
 
 def test_time_stand_in_times_each_step_of_the_librarys_pipeline_through_chunks_of_known_compute(tmp_path):
-    """Two real gloo processes: a one-worker stand-in pipeline on each (in a group of its own), then one through both.
-    Each worker runs M forward and M backward chunks of work_s a step, so every step takes at least 2 M work_s; the
-    warm-up steps are not among the ones returned."""
-    for one, two in gloo_ranks(tmp_path, 2, _stand_in):
+    """Two real gloo processes: a one-worker stand-in pipeline on each (in a group of its own, GPipe), then one through
+    both (1F1B). Each worker runs M forward and M backward chunks of work_s a step, so every step takes at least 2 M
+    work_s; the warm-up steps are not among the ones returned; each pipeline runs the schedule it was given."""
+    for one, two, schedules in gloo_ranks(tmp_path, 2, _stand_in):
         assert len(one) == len(two) == 3
         assert min(one + two) >= 2 * 4 * 1e-3
         assert max(one + two) < 5.0
+        assert schedules == ["gpipe", "1f1b"]
 
 
 def test_pipeline_message_refuses_what_it_cannot_solve():

@@ -223,32 +223,31 @@ class _StandInChunk(torch.autograd.Function):
 
 class StandInStage(nn.Module):
     """One worker's stand-in stage group (``time_stand_in``): ``work_s`` per chunk forward and backward, the input
-    passed on scaled by one parameter; the last worker hands its first ``classes`` features to the loss."""
+    passed on scaled by one parameter (the last worker's output goes to the loss as it is: its features are the
+    classes)."""
 
-    def __init__(self, work_s: float, classes: int | None = None):
+    def __init__(self, work_s: float):
         super().__init__()
-        self.work_s, self.classes = work_s, classes
+        self.work_s = work_s
         self.scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _StandInChunk.apply(x, self.scale, self.work_s)
-        return out if self.classes is None else out[:, :self.classes]
+        return _StandInChunk.apply(x, self.scale, self.work_s)
 
 
 def time_stand_in(rank: int, world: int, schedule: str, microbatches: int, batch_size: int, features: int,
-                  work_s: float, steps: int, warmup: int = 3, group=None, classes: int = 10) -> list[float]:
+                  work_s: float, steps: int, warmup: int = 3, group=None) -> list[float]:
     """Seconds of each of ``steps`` steps (after ``warmup``) of a pipelined bprop step through ``world`` stand-in
     stages (``StandInStage``: ``work_s`` per chunk each way), ``features`` floats per example between them, in
     ``group`` (every rank in it calls this at once; ``rank`` is this rank's group rank). The library's schedule, its
     bookkeeping and its messages are the run's; only the compute is a stand-in of known length, so what a step takes
     beyond its chunks is the schedule's own (one worker) or its messages' (several): cost.pipeline_message solves it."""
-    last = rank == world - 1
-    module = StandInStage(work_s, classes if last else None)
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)
+    module = StandInStage(work_s)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.0)     # the inputs are zeros: so is the scale's gradient
     pipe = PipelinedBprop(module, rank, world, microbatches, batch_size, (features,), optimizer, group=group,
                           schedule=schedule)
     x = torch.zeros(batch_size, features) if rank == 0 else None
-    y = torch.zeros(batch_size, dtype=torch.long) if last else None
+    y = torch.zeros(batch_size, dtype=torch.long) if rank == world - 1 else None
     seconds = []
     for i in range(warmup + steps):
         start = time.perf_counter()
