@@ -360,6 +360,18 @@ def test_busy_link_charges_a_message_what_it_cost_next_to_busy_compute():
     assert cost.costs_from_metrics(metrics, busy=False)[1] == link     # locked / pipelined: the ping-pong's
 
 
+def test_median_burst_summarises_each_run_of_rounds_in_order_and_takes_the_middle_one():
+    # bursts [1, 1, 10], [30, 30, 30], [3, 3, 3]: means 4, 30, 3 -> 4 (their medians 1, 30, 3 would give 3; rounds
+    # taken every third instead of in runs, 11.3)
+    rounds = [1.0, 1.0, 10.0, 30.0, 30.0, 30.0, 3.0, 3.0, 3.0]
+    assert cost.median_burst(rounds, 3, statistics.mean) == 4.0
+    assert cost.median_burst(rounds, 3, statistics.median) == 3.0
+    assert cost.median_burst(rounds, 1, statistics.mean) == pytest.approx(111 / 9)
+    for bad, bursts in ((rounds[:8], 3), ([], 1), (rounds, 0)):
+        with pytest.raises(ValueError, match=f"{len(bad)} rounds do not split into {bursts} bursts"):
+            cost.median_burst(bad, bursts, statistics.mean)
+
+
 def test_message_rounds_takes_each_rounds_later_poster():
     # Rank 0 finishes its work 2 ms early in the first rounds, rank 1 in the last: the rank that posted first
     # waited out its peer's compute as well; the message itself took 0.3 ms in every round.
@@ -409,30 +421,32 @@ def test_a_stand_in_chunk_passes_its_input_on_scaled_with_autograds_gradients():
     assert torch.autograd.gradcheck(lambda a, b: _StandInChunk.apply(a, b, 0.0), (x, scale))
 
 
-def _stand_in(rank: int) -> tuple[list[float], list[float], list[str]]:
+def _stand_in(rank: int) -> tuple[list[float], list[float], list[tuple]]:
     from dnibench.parallel import pipelined
 
-    schedules = []                              # the schedule each stand-in pipeline was built with
+    built = []                                  # each stand-in pipeline's schedule and per-example shape
 
     class Recorded(pipelined.PipelinedBprop):
         def __init__(self, *args, **kwargs):
-            schedules.append(kwargs.get("schedule", "gpipe"))       # the default when none is given
+            built.append((kwargs.get("schedule", "gpipe"), args[5]))      # gpipe: the default when none is given
             super().__init__(*args, **kwargs)
     pipelined.PipelinedBprop = Recorded          # this forked process's module only
     alone = [dist.new_group([r]) for r in range(2)]
-    one = pipelined.time_stand_in(0, 1, "gpipe", 4, 32, 16, work_s=1e-3, steps=3, group=alone[rank])
-    return one, pipelined.time_stand_in(rank, 2, "1f1b", 4, 32, 16, work_s=1e-3, steps=3, warmup=1), schedules
+    # micro-batches of 32 / 4 = 8 examples: 515 bytes are 16 floats an example (the 3 left over round down)
+    one = pipelined.time_stand_in(0, 1, "gpipe", 4, 32, 515, work_s=1e-3, steps=3, group=alone[rank])
+    return one, pipelined.time_stand_in(rank, 2, "1f1b", 4, 32, 8, work_s=1e-3, steps=3, warmup=1), built
 
 
 def test_time_stand_in_times_each_step_of_the_librarys_pipeline_through_chunks_of_known_compute(tmp_path):
     """Two real gloo processes: a one-worker stand-in pipeline on each (in a group of its own, GPipe), then one through
     both (1F1B). Each worker runs M forward and M backward chunks of work_s a step, so every step takes at least 2 M
-    work_s; the warm-up steps are not among the ones returned; each pipeline runs the schedule it was given."""
-    for one, two, schedules in gloo_ranks(tmp_path, 2, _stand_in):
+    work_s; the warm-up steps are not among the ones returned; each pipeline runs the schedule it was given, with
+    messages of the bytes asked for (at least one float an example)."""
+    for one, two, built in gloo_ranks(tmp_path, 2, _stand_in):
         assert len(one) == len(two) == 3
         assert min(one + two) >= 2 * 4 * 1e-3
         assert max(one + two) < 5.0
-        assert schedules == ["gpipe", "1f1b"]
+        assert built == [("gpipe", (16,)), ("1f1b", (1,))]
 
 
 def test_pipeline_message_refuses_what_it_cannot_solve():

@@ -434,11 +434,13 @@ def busy_compute(seconds: float) -> float:
     return time.perf_counter() - start
 
 
-def _median_burst(rounds: list[float], bursts: int, summary) -> float:
+def median_burst(rounds: list[float], bursts: int, summary) -> float:
     """``rounds`` in ``bursts`` equal runs in order, ``summary`` of each, their median: a burst can land in a moment
     when every message is held up, and the median burst leaves it out."""
     import statistics
 
+    if bursts < 1 or not rounds or len(rounds) % bursts:
+        raise ValueError(f"{len(rounds)} rounds do not split into {bursts} bursts")
     size = len(rounds) // bursts
     return statistics.median(summary(rounds[i:i + size]) for i in range(0, len(rounds), size))
 
@@ -543,7 +545,7 @@ def message_rounds(mine: list[float], peer: list[float], bursts: int = 1) -> flo
         raise ValueError(f"busy_ping rounds: {len(mine)} against {len(peer)}; both ranks run the same rounds")
     if bursts < 1 or len(mine) % bursts:
         raise ValueError(f"{len(mine)} busy_ping rounds do not split into {bursts} bursts")
-    return _median_burst([min(a, b) for a, b in zip(mine, peer)], bursts, statistics.median)
+    return median_burst([min(a, b) for a, b in zip(mine, peer)], bursts, statistics.median)
 
 
 def busy_link(link: Link, busy_s: float, nbytes: int) -> Link:

@@ -433,8 +433,7 @@ class Worker:
         if self.world > 1 and self.par.schedule == "pipelined":
             # a pipeline's messages as the library's own schedule sends them: a stand-in pipeline of the run's schedule,
             # M and message size, a known compute per chunk, one worker alone and then all of them (time_stand_in)
-            features = act // (self.batch * 4)
-            one_s, step_s = self.time_stand_in(features)
+            one_s, step_s = self.time_stand_in(busy_bytes)
             if self.rank == 0:
                 out["cost/link_busy_s"] = cost.pipeline_message(self.par.pipeline_schedule or "gpipe", self.world,
                                                                 self.par.microbatches, one_s, step_s)
@@ -477,9 +476,9 @@ class Worker:
             dist.all_reduce(table)
         return table.tolist()
 
-    def time_stand_in(self, features: int) -> tuple[float, float]:
+    def time_stand_in(self, nbytes: int) -> tuple[float, float]:
         """Seconds per step of a stand-in pipeline (pipelined.time_stand_in) of the run's schedule and micro-batches,
-        ``features`` floats per example between workers: first a one-worker pipeline on each of the first workers at
+        micro-batch messages of ``nbytes`` between workers: first a one-worker pipeline on each of the first workers at
         once, one per core (each in a group of its own, next to its busy peers; with more workers than cores a
         pipeline keeps about that many busy), their mean; then one through all the workers. Each is the mean step of
         the median one of BURSTS bursts (a burst can land in a moment when every message is held up)."""
@@ -490,14 +489,13 @@ class Worker:
         alone = [dist.new_group([rank]) for rank in range(self.world)]     # every worker creates every group
 
         def burst_mean(seconds: list[float]) -> float:
-            size = len(seconds) // BURSTS
-            return statistics.median(statistics.mean(seconds[i:i + size]) for i in range(0, size * BURSTS, size))
+            return cost.median_burst(seconds, BURSTS, statistics.mean)
         runners = min(self.world, self.cores)
         dist.barrier()
-        one = burst_mean(time_stand_in(0, 1, schedule, m, self.batch, features, STAND_IN_WORK_S, STAND_IN_STEPS,
+        one = burst_mean(time_stand_in(0, 1, schedule, m, self.batch, nbytes, STAND_IN_WORK_S, STAND_IN_STEPS,
                                        group=alone[self.rank])) if self.rank < runners else 0.0
         ones = self.timed_at_once(lambda: (one,))[0][:runners]
-        steps = burst_mean(time_stand_in(self.rank, self.world, schedule, m, self.batch, features, STAND_IN_WORK_S,
+        steps = burst_mean(time_stand_in(self.rank, self.world, schedule, m, self.batch, nbytes, STAND_IN_WORK_S,
                                          STAND_IN_STEPS))
         return statistics.mean(ones), steps
 
