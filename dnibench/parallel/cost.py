@@ -55,18 +55,19 @@ measured in the library's own schedule instead (``pipeline_message``, from pipel
 the message time that makes ``step_time`` give the stand-in's step from its one-worker step is the message's cost.
 It holds what a message costs a pipeline beyond its wire time: torch's pipelining posts and waits on each micro-batch's
 send and receive (about 0.1 ms of bookkeeping a call on this machine, 2026-12-01), and gloo's transport thread, on the
-worker's own core, holds that core while it waits for the pair's lock the posting thread holds (a GPipe M = 8 step at
-K = 2 of 18 ms had a 3-5 ms stall in about half its steps, nearly always at the phase's second send; perf sched:
-gloo's loop thread on the CPU in epoll_wait for 4.5 ms while both workers waited, 2026-12-02). GPipe M = 8 at K = 2:
+worker's own core, can spin there: a GPipe M = 8 step at K = 2 of 18 ms had a 3-5 ms stall in about half its steps,
+nearly always in posting the phase's second send, and perf sched showed gloo's loop thread on the CPU, in epoll_wait,
+for 4.5 ms while both workers' compute threads waited (2026-12-02; its event handler skips a pair whose lock another
+thread holds, and epoll reports the same event again). GPipe M = 8 at K = 2:
 0.39-0.44 ms a message, at compute per chunk of 0.25, 0.5 and 1 ms alike. It replaced a relay of plain isend/irecv
 micro-batch messages through the workers (0.21-0.24 ms a message), which left all of that out: three rounds of
 make bench each (``DNIBENCH_BENCH_SCHEDULES=pipelined``, 2026-12-02), model errors at K = 2 with the relay +43, +36,
 +15 % (GPipe M = 4), -8, +51, +43 % (M = 8), -12, -5, -8 % (1F1B M = 4); with the stand-in +16, +1, -8 %; +3, +8,
 +4 %; +11, -4, +3 %. At K = 4 on 2 cores (more workers than cores, two pairs each) the stand-in predicts 13-20 % slow
 (GPipe M = 4: -13, -14 %; M = 8: -15, -20 %) where the relay was +6, +1 % and +11, +5 %: four workers time-share
-two cores, which the model's per-message cost does not separate from the compute. the run does. Locked bprop's are measured as round trips through
-the executor's own inbox, the receiver waiting as the run's workers do (worker.py ``round_trip_ping``; six rounds
-each way on 2026-11-30: exchange errors +16, +21, -3, +8, +7, -14 %, the last from a 2.0 ms exchange; round trips
+two cores, which the model's per-message cost does not separate from the compute. Locked bprop's are measured as round
+trips through the executor's own inbox, the receiver waiting as the run's workers do (worker.py ``round_trip_ping``;
+six rounds each way on 2026-11-30: exchange errors +16, +21, -3, +8, +7, -14 %, the last from a 2.0 ms exchange; round trips
 +0, +21, +15, +3, +5, +2 %). Where locked workers wait blocked (more workers than
 cores, so they do not poll: worker.py ``spins``) their messages cost what a locked run measured for a receiver
 waiting blocked (worker.py ``round_trip_ping``, ``cost/link_blocked_s``). With the ping-pong alone it over-predicted locked

@@ -239,9 +239,10 @@ def time_stand_in(rank: int, world: int, schedule: str, microbatches: int, batch
                   work_s: float, steps: int, warmup: int = 3, group=None) -> list[float]:
     """Seconds of each of ``steps`` steps (after ``warmup``) of a pipelined bprop step through ``world`` stand-in
     stages (``StandInStage``: ``work_s`` per chunk each way), micro-batch messages of ``nbytes`` between them (float32,
-    rounded down to whole examples, at least one float per example), in ``group`` (every rank in it calls this at once; ``rank`` is this rank's group rank). The library's schedule, its
-    bookkeeping and its messages are the run's; only the compute is a stand-in of known length, so what a step takes
-    beyond its chunks is the schedule's own (one worker) or its messages' (several): cost.pipeline_message solves it."""
+    rounded down to whole floats per example, at least one), in ``group`` (every rank in it calls this at once; ``rank``
+    is this rank's group rank). The library's schedule, its bookkeeping and its messages are the run's; only the
+    compute is a stand-in of known length, so what a step takes beyond its chunks is the schedule's own (one worker) or
+    its messages' (several): cost.pipeline_message solves it."""
     features = max(nbytes // (4 * (batch_size // microbatches)), 1)
     module = StandInStage(work_s)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.0)     # the inputs are zeros: so is the scale's gradient

@@ -45,9 +45,10 @@ EVAL_CHUNK = 2000
 BEAT_S = 30.0                       # a worker says it is alive at least this often (launch.py's watchdog)
 BURSTS = 3                          # a message measurement's rounds in 3 bursts, the median burst (cost.message_rounds,
                                     # Worker.time_stand_in)
-STAND_IN_STEPS = 30                 # a stand-in pipeline's timed steps, alone and then all workers (0.6 s at K = 2, M = 8)
-STAND_IN_WORK_S = 5e-4              # its compute per chunk, each way: the message cost solved from it was 0.39, 0.42 and
-                                    # 0.41 ms at 0.25, 0.5 and 1 ms (GPipe M = 8, K = 2, 2026-12-02)
+STAND_IN_STEPS = 30                 # a stand-in pipeline's timed steps, alone and then all workers (0.6 s at K = 2,
+                                    # M = 8)
+STAND_IN_WORK_S = 5e-4              # its compute per chunk, each way: the message cost solved from it was 0.39, 0.42
+                                    # and 0.41 ms at 0.25, 0.5 and 1 ms (GPipe M = 8, K = 2, 2026-12-02)
 STEP_TIMING_S = 0.75                # how long every worker times its decoupled step (a pipelined one: its micro-batch's
                                     # forward and backward) before the run: the cost model's input
 
