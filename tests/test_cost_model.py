@@ -449,6 +449,24 @@ def test_time_stand_in_times_each_step_of_the_librarys_pipeline_through_chunks_o
         assert built == [("gpipe", (16,)), ("1f1b", (1,))]
 
 
+def _round_trips(rank: int) -> list[float]:
+    import types
+
+    from dnibench.parallel import worker
+
+    me = types.SimpleNamespace(rank=rank)
+    return [worker.Worker.round_trip_ping(me, 4096, repeats=4, spin=spin, work_s=0.05) for spin in (True, False)]
+
+
+def test_round_trip_ping_is_the_one_way_message_time_less_both_computes(tmp_path):
+    """Two real gloo processes, worker 0 and 1, each computing 50 ms before it sends: worker 0 gets half of each round
+    trip less both computes, a message's time (well under the 25 ms that half of one compute left in would add), for
+    a receiver polling and one blocked; worker 1 gets 0."""
+    zero, one = gloo_ranks(tmp_path, 2, _round_trips)
+    assert one == [0.0, 0.0]
+    assert all(0.0 <= t < 0.02 for t in zero), zero
+
+
 def test_pipeline_message_refuses_what_it_cannot_solve():
     with pytest.raises(ValueError, match="a stand-in pipeline runs gpipe or 1f1b"):
         cost.pipeline_message("locked", 2, 4, 8e-3, 12e-3)
