@@ -449,22 +449,32 @@ def test_time_stand_in_times_each_step_of_the_librarys_pipeline_through_chunks_o
         assert built == [("gpipe", (16,)), ("1f1b", (1,))]
 
 
-def _round_trips(rank: int) -> list[float]:
+def _round_trips(rank: int) -> tuple[list[float], list[int]]:
     import types
 
     from dnibench.parallel import worker
 
+    sizes, send = [], worker.dist.send                  # the floats of each message this rank sends
+
+    def recorded(tensor, *args, **kwargs):
+        sizes.append(tensor.numel())
+        return send(tensor, *args, **kwargs)
+    worker.dist.send = recorded                         # this forked process's module only
     me = types.SimpleNamespace(rank=rank)
-    return [worker.Worker.round_trip_ping(me, 4096, repeats=4, spin=spin, work_s=0.05) for spin in (True, False)]
+    times = [worker.Worker.round_trip_ping(me, 4096, repeats=4, spin=spin, work_s=0.05) for spin in (True, False)]
+    worker.Worker.round_trip_ping(me, 4, repeats=1, spin=True, work_s=0.0)   # a message smaller than two floats
+    return times, sizes
 
 
 def test_round_trip_ping_is_the_one_way_message_time_less_both_computes(tmp_path):
     """Two real gloo processes, worker 0 and 1, each computing 50 ms before it sends: worker 0 gets half of each round
     trip less both computes, a message's time (well under the 25 ms that half of one compute left in would add), for
-    a receiver polling and one blocked; worker 1 gets 0."""
-    zero, one = gloo_ranks(tmp_path, 2, _round_trips)
+    a receiver polling and one blocked; worker 1 gets 0. Every message is the size asked for (4096 bytes: 1024
+    floats; at least 2, which carry the reply's compute time), in 5 rounds a call (the first sets up the connection)."""
+    (zero, sent0), (one, sent1) = gloo_ranks(tmp_path, 2, _round_trips)
     assert one == [0.0, 0.0]
     assert all(0.0 <= t < 0.02 for t in zero), zero
+    assert sent0 == sent1 == [1024] * 10 + [2] * 2
 
 
 def test_pipeline_message_refuses_what_it_cannot_solve():
