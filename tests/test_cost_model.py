@@ -463,6 +463,9 @@ def _round_trips(rank: int) -> tuple[list[float], list[int]]:
     me = types.SimpleNamespace(rank=rank)
     times = [worker.Worker.round_trip_ping(me, 4096, repeats=4, spin=spin, work_s=0.05) for spin in (True, False)]
     worker.Worker.round_trip_ping(me, 4, repeats=1, spin=True, work_s=0.0)   # a message smaller than two floats
+    # worker 1 reports 100 ms of compute it does not do, worker 0 reports none: half the round trip less that
+    worker.cost.busy_compute = lambda seconds: seconds if rank == 1 else 0.0
+    times.append(worker.Worker.round_trip_ping(me, 4096, repeats=4, spin=True, work_s=0.1))
     return times, sizes
 
 
@@ -470,11 +473,14 @@ def test_round_trip_ping_is_the_one_way_message_time_less_both_computes(tmp_path
     """Two real gloo processes, worker 0 and 1, each computing 50 ms before it sends: worker 0 gets half of each round
     trip less both computes, a message's time (well under the 25 ms that half of one compute left in would add), for
     a receiver polling and one blocked; worker 1 gets 0. Every message is the size asked for (4096 bytes: 1024
-    floats; at least 2, which carry the reply's compute time), in 5 rounds a call (the first sets up the connection)."""
+    floats; at least 2, which carry the reply's compute time), in 5 rounds a call (the first sets up the connection).
+    A peer that reports 100 ms of compute it did not do gives half a round trip less that: -50 ms and a message (a
+    round trip of up to 20 ms allowed: a busy machine)."""
     (zero, sent0), (one, sent1) = gloo_ranks(tmp_path, 2, _round_trips)
-    assert one == [0.0, 0.0]
-    assert all(0.0 <= t < 0.02 for t in zero), zero
-    assert sent0 == sent1 == [1024] * 10 + [2] * 2
+    assert one == [0.0, 0.0, 0.0]
+    assert all(0.0 < t < 0.02 for t in zero[:2]), zero
+    assert -0.05 < zero[2] < -0.04, zero
+    assert sent0 == sent1 == [1024] * 10 + [2] * 2 + [1024] * 5
 
 
 def test_pipeline_message_refuses_what_it_cannot_solve():
