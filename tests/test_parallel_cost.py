@@ -187,10 +187,11 @@ def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(before, stages.parameters()))
 
 
-@pytest.mark.parametrize("lo,hi,microbatches", [(0, 2, 4), (1, 3, 2), (2, 4, 8), (0, 4, None)],
-                         ids=["first", "middle", "last", "one worker"])
+@pytest.mark.parametrize("model,lo,hi,microbatches", [("fcn4", 0, 2, 4), ("fcn4", 1, 3, 2), ("fcn4", 2, 4, 8),
+                                                      ("fcn4", 0, 4, None), ("cnn3", 0, 2, 4)],
+                         ids=["first", "middle", "last", "one worker", "cnn first"])
 def test_the_pipeline_chunks_timed_are_a_micro_batchs_forward_and_backward_through_the_workers_stages(
-        monkeypatch, lo, hi, microbatches):
+        monkeypatch, model, lo, hi, microbatches):
     """Worker.time_pipeline_chunks (a pipelined run's compute per micro-batch and worker, the model's chunks): a forward
     of one micro-batch through the worker's stages, then a forward and backward, each timed over half the span; the
     backward is their difference. The input is a micro-batch of the images on the first worker, of the activation below
@@ -203,7 +204,7 @@ def test_the_pipeline_chunks_timed_are_a_micro_batchs_forward_and_backward_throu
     from dnibench.models import build_stages, stage_output_shapes
 
     torch.manual_seed(0)
-    stages = build_stages("fcn4", (1, 8, 8), 10)
+    stages = build_stages(model, (1, 8, 8), 10, 4)         # a CNN's stages differ in shape, an FCN's hidden ones do not
     setup = Setup(10, (1, 8, 8), stage_output_shapes(stages, (1, 8, 8)), 1e-2, torch.device("cpu"))
     before = [p.detach().clone() for p in stages.parameters()]
     inputs, outputs = [], []                    # what each timed call fed the worker's first stage, and its output
@@ -216,8 +217,8 @@ def test_the_pipeline_chunks_timed_are_a_micro_batchs_forward_and_backward_throu
         fn()
         return [0.2, 0.5][len(timed) - 1]
     monkeypatch.setattr(cost, "median_seconds", median_seconds)
-    me = types.SimpleNamespace(stages=stages, lo=lo, hi=hi, first=lo == 0, last=hi == 4, batch=BATCH, in_shape=(1, 8, 8),
-                               setup=setup, device=torch.device("cpu"),
+    me = types.SimpleNamespace(stages=stages, lo=lo, hi=hi, first=lo == 0, last=hi == len(stages), batch=BATCH,
+                               in_shape=(1, 8, 8), setup=setup, device=torch.device("cpu"),
                                par=types.SimpleNamespace(microbatches=microbatches))
     assert worker.Worker.time_pipeline_chunks(me, seconds=0.5, warmup=3) == (0.2, pytest.approx(0.3))
     assert timed == [("cpu", 5, 0.25, 3), ("cpu", 5, 0.25, 3)]
@@ -227,7 +228,7 @@ def test_the_pipeline_chunks_timed_are_a_micro_batchs_forward_and_backward_throu
     assert (inputs[0].grad is not None) == (lo > 0)             # the input's gradient, where one goes down
     copy_out = outputs[1][0]                                    # the copy's last stage, after forward and backward
     assert copy_out is not stages[hi - 1] and all(p.grad is not None for p in copy_out.parameters())
-    if hi < 4:                                                  # a gradient of the output's shape from above
+    if hi < len(stages):                                        # a gradient of the output's shape from above
         assert tuple(outputs[1][1].shape) == (mb, *setup.stage_shapes[hi - 1])
     assert all(torch.equal(a, b) for a, b in zip(before, stages.parameters()))
     assert all(p.grad is None for p in stages.parameters())
