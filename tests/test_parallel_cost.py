@@ -179,10 +179,17 @@ def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatc
         seen.append((self is run_method, self.fused, len(self.stages), tuple(x.shape), tuple(y.shape)))
         return step(self, x, y)
     monkeypatch.setattr(DNI, "step", spy)
-    monkeypatch.setattr(cost, "median_seconds", lambda fn, *a, **k: (fn(), 0.5)[1])
+    timed = []
+
+    def median_seconds(fn, device, repeats, seconds, warmup):     # the step once, and how it would be timed
+        timed.append((str(device), repeats, seconds, warmup))
+        fn()
+        return 0.5
+    monkeypatch.setattr(cost, "median_seconds", median_seconds)
     me = types.SimpleNamespace(setup=setup, method=run_method, stages=stages, batch=BATCH, in_shape=(1, 8, 8),
                                device=torch.device("cpu"))
-    assert worker.Worker.time_whole_step(me, seconds=0.0) == 0.5
+    assert worker.Worker.time_whole_step(me, seconds=0.25) == 0.5
+    assert timed == [("cpu", 5, 0.25, 5)]               # at least 5 steps in the span, after 5 unmeasured
     assert seen == [(False, True, 4, (BATCH, 1, 8, 8), (BATCH,))]
     assert all(torch.equal(a, b) for a, b in zip(before, stages.parameters()))
 
