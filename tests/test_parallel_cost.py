@@ -158,6 +158,20 @@ def test_a_decoupled_run_times_the_whole_step_on_every_worker(summaries):
     assert cost.worker_whole_steps_from_metrics(summaries[1], 1) is None
 
 
+def record_timing(monkeypatch, returns=(0.5,)) -> list[tuple]:
+    """cost.median_seconds replaced: each function it is given runs once, and how it would be timed (device, at least
+    how many, over what span, after how many unmeasured) is recorded; the n-th call returns ``returns[n]`` (the last
+    one after that)."""
+    timed = []
+
+    def median_seconds(fn, device, repeats, seconds, warmup):
+        timed.append((str(device), repeats, seconds, warmup))
+        fn()
+        return returns[min(len(timed), len(returns)) - 1]
+    monkeypatch.setattr(cost, "median_seconds", median_seconds)
+    return timed
+
+
 def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatch):
     """Worker.time_whole_step times the method's own fused step over every stage, at the run's batch, on a copy: the
     run's stages are left as they were."""
@@ -179,13 +193,7 @@ def test_the_whole_step_timed_is_the_one_process_step_on_a_copy(data, monkeypatc
         seen.append((self is run_method, self.fused, len(self.stages), tuple(x.shape), tuple(y.shape)))
         return step(self, x, y)
     monkeypatch.setattr(DNI, "step", spy)
-    timed = []
-
-    def median_seconds(fn, device, repeats, seconds, warmup):     # the step once, and how it would be timed
-        timed.append((str(device), repeats, seconds, warmup))
-        fn()
-        return 0.5
-    monkeypatch.setattr(cost, "median_seconds", median_seconds)
+    timed = record_timing(monkeypatch)
     me = types.SimpleNamespace(setup=setup, method=run_method, stages=stages, batch=BATCH, in_shape=(1, 8, 8),
                                device=torch.device("cpu"))
     assert worker.Worker.time_whole_step(me, seconds=0.25) == 0.5
@@ -217,13 +225,7 @@ def test_the_pipeline_chunks_timed_are_a_micro_batchs_forward_and_backward_throu
     inputs, outputs = [], []                    # what each timed call fed the worker's first stage, and its output
     stages[lo].register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
     stages[hi - 1].register_forward_hook(lambda module, args, out: outputs.append((module, out)))
-    timed = []
-
-    def median_seconds(fn, device, repeats, seconds, warmup):      # each call once, and how it would be timed
-        timed.append((str(device), repeats, seconds, warmup))
-        fn()
-        return [0.2, 0.5][len(timed) - 1]
-    monkeypatch.setattr(cost, "median_seconds", median_seconds)
+    timed = record_timing(monkeypatch, returns=(0.2, 0.5))
     me = types.SimpleNamespace(stages=stages, lo=lo, hi=hi, first=lo == 0, last=hi == len(stages), batch=BATCH,
                                in_shape=(1, 8, 8), setup=setup, device=torch.device("cpu"),
                                par=types.SimpleNamespace(microbatches=microbatches))
@@ -285,13 +287,7 @@ def test_the_decoupled_step_timed_is_the_workers_own_on_a_copy(monkeypatch, meth
     whole = DNI.step
     monkeypatch.setattr(DNI, "step", lambda self, x, y: seen.append(("step", self is run_method, tuple(x.shape)))
                         or whole(self, x, y))
-    timed = []
-
-    def median_seconds(fn, device, repeats, seconds, warmup):     # each step once, and how it would be timed
-        timed.append((str(device), repeats, seconds, warmup))
-        fn()
-        return 0.5
-    monkeypatch.setattr(cost, "median_seconds", median_seconds)
+    timed = record_timing(monkeypatch)
     world = 1 if (lo, hi) == (0, 4) else 2
     me = types.SimpleNamespace(method=run_method, setup=setup, batch=BATCH, in_shape=(1, 8, 8), device=torch.device("cpu"),
                                lo=lo, hi=hi, first=lo == 0, last=hi == 4, world=world)
