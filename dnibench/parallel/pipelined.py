@@ -61,6 +61,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .cost import busy_compute
+
 SCHEDULES = ("gpipe", "1f1b")
 SEND_YIELD_S = 20e-6     # GPipe: a rank's sleep after posting a send, before its next chunk (module doc)
 
@@ -207,7 +209,6 @@ class _StandInChunk(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, work_s: float) -> torch.Tensor:
-        from .cost import busy_compute
         busy_compute(work_s)
         ctx.save_for_backward(x, scale)
         ctx.work_s = work_s
@@ -215,7 +216,6 @@ class _StandInChunk(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        from .cost import busy_compute
         busy_compute(ctx.work_s)
         x, scale = ctx.saved_tensors
         return grad * scale, (grad * x).sum().reshape(1), None

@@ -492,10 +492,9 @@ class Worker:
         def burst_mean(seconds: list[float]) -> float:
             return cost.median_burst(seconds, BURSTS, statistics.mean)
         runners = min(self.world, self.cores)
-        dist.barrier()
-        one = burst_mean(time_stand_in(0, 1, schedule, m, self.batch, nbytes, STAND_IN_WORK_S, STAND_IN_STEPS,
-                                       group=alone[self.rank])) if self.rank < runners else 0.0
-        ones = self.timed_at_once(lambda: (one,))[0][:runners]
+        ones = self.timed_at_once(lambda: (
+            burst_mean(time_stand_in(0, 1, schedule, m, self.batch, nbytes, STAND_IN_WORK_S, STAND_IN_STEPS,
+                                     group=alone[self.rank])) if self.rank < runners else 0.0,))[0][:runners]
         steps = burst_mean(time_stand_in(self.rank, self.world, schedule, m, self.batch, nbytes, STAND_IN_WORK_S,
                                          STAND_IN_STEPS))
         return statistics.mean(ones), steps
